@@ -1,0 +1,118 @@
+"""Builds the Dramatiq broker from settings, and publishes job messages through it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage, Middleware
+
+from conveyor.services.jobs import JobMessage
+
+logger = logging.getLogger(__name__)
+
+
+def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
+    """RabbitMQ (publisher confirms on), Redis or the in-process stub, by the URL's scheme.
+
+    Dramatiq's own retry, time-limit and age-limit middleware are left out: the job row
+    drives retries and limits (see `conveyor.workers.lifecycle`).
+    """
+    middleware: list[Middleware] = [CurrentMessage()]
+    scheme = urlsplit(url).scheme
+    if scheme in ("amqp", "amqps"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+    if scheme in ("redis", "rediss", "unix"):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=url, namespace=namespace, middleware=middleware)
+    if scheme == "stub":
+        return StubBroker(middleware=middleware)
+    raise ValueError(f"unsupported broker URL scheme {scheme!r}; use amqp://, redis:// or stub://")
+
+
+def message_of(job: JobMessage) -> dramatiq.Message[None]:
+    return dramatiq.Message(
+        queue_name=job.queue,
+        actor_name=job.type,
+        args=(str(job.job_id),),
+        kwargs={},
+        options={},
+    )
+
+
+class BrokerEnqueuer:
+    """Publishes job messages on a small pool of threads, one broker connection each.
+
+    Broker clients block (pika, redis-py), so nothing here runs on an event loop. After a
+    failed publish, immediate publishing pauses briefly and the sweeper takes over: a job
+    whose message was not confirmed stays unpublished in its row and is swept.
+    """
+
+    def __init__(self, broker: dramatiq.Broker, *, threads: int = 4, max_pending: int = 10_000):
+        self.broker = broker
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="conveyor-publish")
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._max_pending = max_pending
+        self._paused_until = 0.0
+        self._confirmed: list[uuid.UUID] = []
+
+    def publish(self, messages: Sequence[JobMessage]) -> None:
+        for job in messages:
+            self.broker.enqueue(message_of(job), delay=job.delay_ms or None)
+
+    def publish_soon(self, message: JobMessage) -> None:
+        with self._lock:
+            if self._pending >= self._max_pending or time.monotonic() < self._paused_until:
+                return
+            self._pending += 1
+        self._pool.submit(self._publish_one, message)
+
+    def _publish_one(self, message: JobMessage) -> None:
+        try:
+            self.publish([message])
+        except Exception as exc:  # the row stays unpublished; the sweeper retries
+            with self._lock:
+                self._paused_until = time.monotonic() + 2.0
+            logger.warning("publish of job %s failed, left to the sweeper: %r",
+                           message.job_id, exc)
+        else:
+            with self._lock:
+                self._confirmed.append(message.job_id)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def take_confirmed(self) -> list[uuid.UUID]:
+        """Job ids confirmed since the last call (the sweeper marks them published)."""
+        with self._lock:
+            confirmed, self._confirmed = self._confirmed, []
+        return confirmed
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def check_broker(broker: dramatiq.Broker, url: str) -> None:
+    """Raise unless the broker answers (a fresh connection, so a stale one cannot lie)."""
+    scheme = urlsplit(url).scheme
+    if scheme in ("amqp", "amqps"):
+        import pika
+
+        params = pika.URLParameters(url)
+        params.socket_timeout = 2
+        params.blocked_connection_timeout = 2
+        params.connection_attempts = 1
+        pika.BlockingConnection(params).close()
+    elif scheme in ("redis", "rediss", "unix"):
+        broker.client.ping()  # type: ignore[attr-defined]

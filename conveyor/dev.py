@@ -1,0 +1,110 @@
+"""`conveyor dev`: the whole platform in one process, with nothing to install.
+
+SQLite under the data directory, Dramatiq's stub broker with in-process worker threads,
+in-process events, and the sweeper. On start it prints `url:` and `token:` lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+import signal
+
+
+import dramatiq
+from aiohttp import web
+from pydantic import SecretStr
+
+from conveyor.broker import BrokerEnqueuer, build_broker
+from conveyor.db import make_engine, make_sessionmaker
+from conveyor.events import MemoryEvents
+from conveyor.logs import configure_logging
+from conveyor.models import Role
+from conveyor.models.migrate import upgrade
+from conveyor.services.auth import issue_token
+from conveyor.services.outbox import publish_pending, requeue_unfinished
+from conveyor.services.users import ensure_user
+from conveyor.settings import Settings
+from conveyor.workers.lifecycle import JobLifecycle, Resources, bind_actors
+
+logger = logging.getLogger(__name__)
+
+ADMIN_EMAIL = "admin@localhost"
+
+
+def embedded_settings(settings: Settings) -> Settings:
+    """The settings with the embedded defaults: SQLite, stub broker, in-process events."""
+    data = settings.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    key_file = data / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(48))
+        key_file.chmod(0o600)
+    return settings.model_copy(
+        update={
+            "database_url": f"sqlite:///{data / 'conveyor.db'}",
+            "broker_url": "stub://",
+            "redis_url": None,
+            "secret_key": settings.secret_key or SecretStr(key_file.read_text().strip()),
+        }
+    )
+
+
+def run_dev(settings: Settings, *, host: str, port: int) -> int:
+    """Serve until interrupted; a restart keeps the jobs, and queued ones run."""
+    import conveyor.actors.all  # noqa: F401
+    from conveyor.http.app import create_app, token_config
+
+    settings = embedded_settings(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=settings.worker_threads + 4)
+    db = make_sessionmaker(engine)
+    requeue_unfinished(db)
+
+    broker = build_broker("stub://")
+    dramatiq.set_broker(broker)
+    events = MemoryEvents()
+    enqueuer = BrokerEnqueuer(broker, threads=1)
+    lifecycle = JobLifecycle(
+        lambda: Resources(db=db, notifier=events, enqueuer=enqueuer),
+        lease=dt.timedelta(seconds=settings.lease_seconds),
+    )
+    bind_actors(broker, lifecycle)
+    worker = dramatiq.Worker(broker, worker_threads=settings.worker_threads, worker_timeout=100)
+    worker.start()
+    publish_pending(db, enqueuer, grace=dt.timedelta(0),
+                    requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds))
+
+    admin = ensure_user(db, ADMIN_EMAIL, Role.ADMIN)
+    token = issue_token(token_config(settings), admin.id)
+    app = create_app(settings, broker=broker, events=events)
+
+    async def serve() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        print(f"url: http://{host}:{bound}", flush=True)
+        print(f"token: {token}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("stopping…", flush=True)
+        await runner.cleanup()
+
+    try:
+        asyncio.run(serve())
+    finally:
+        worker.stop()
+        enqueuer.close()
+        engine.dispose()
+    return 0
+
+
+

@@ -1,0 +1,169 @@
+"""Job-status fan-out to waiting clients: Redis pub/sub across processes, or in-process.
+
+Workers call `publish` after each committed transition; the web process `subscribe`s
+per job while a request waits (`?wait=`, `Prefer: wait`, server-sent events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Events(Protocol):
+    def publish(self, job_id: uuid.UUID, status: str) -> None:
+        """Announce that the job changed (from any thread)."""
+
+    def subscribe(self, job_id: uuid.UUID) -> contextlib.AbstractAsyncContextManager[
+        asyncio.Queue[str]
+    ]:
+        """Statuses of the job, as they are announced, while the context is open."""
+
+    async def close(self) -> None: ...
+
+
+class _Subscribers:
+    """Local queues per job, fed from whatever thread learns of a change."""
+
+    def __init__(self) -> None:
+        self._queues: dict[uuid.UUID, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str]]]]
+        self._queues = defaultdict(set)
+        self._lock = threading.Lock()
+
+    def add(self, job_id: uuid.UUID, queue: asyncio.Queue[str]) -> bool:
+        """Register; True if it is the first subscriber of this job."""
+        with self._lock:
+            first = job_id not in self._queues
+            self._queues[job_id].add((asyncio.get_running_loop(), queue))
+            return first
+
+    def remove(self, job_id: uuid.UUID, queue: asyncio.Queue[str]) -> bool:
+        """Unregister; True if it was the last subscriber of this job."""
+        with self._lock:
+            entries = self._queues.get(job_id, set())
+            entries.discard((asyncio.get_running_loop(), queue))
+            if not entries:
+                self._queues.pop(job_id, None)
+                return True
+            return False
+
+    def deliver(self, job_id: uuid.UUID, status: str) -> None:
+        with self._lock:
+            targets = list(self._queues.get(job_id, ()))
+        for loop, queue in targets:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(queue.put_nowait, status)
+
+
+class MemoryEvents:
+    """Events within one process (the embedded mode, and tests)."""
+
+    def __init__(self) -> None:
+        self._subscribers = _Subscribers()
+
+    def publish(self, job_id: uuid.UUID, status: str) -> None:
+        self._subscribers.deliver(job_id, status)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[str]]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._subscribers.add(job_id, queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.remove(job_id, queue)
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisEvents:
+    """Events over Redis pub/sub, one channel per job (`<prefix>:job:<id>`).
+
+    Publishing uses a blocking client (workers are threads); the web process holds one
+    subscriber connection and subscribes to a job's channel only while someone waits on it.
+    """
+
+    def __init__(self, url: str, prefix: str = "conveyor") -> None:
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._subscribers = _Subscribers()
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._start_lock: asyncio.Lock | None = None
+
+    def channel(self, job_id: uuid.UUID) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def publish(self, job_id: uuid.UUID, status: str) -> None:
+        try:
+            self._client.publish(self.channel(job_id), json.dumps({"status": status}))
+        except Exception as exc:  # waiters fall back to their timeout; the row is the truth
+            logger.warning("could not announce job %s: %r", job_id, exc)
+
+    async def _ensure_reader(self) -> Any:
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._pubsub is None:
+                import redis.asyncio as aioredis
+
+                client = aioredis.Redis.from_url(self.url)
+                self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await self._pubsub.connect()
+                self._reader = asyncio.create_task(self._read())
+        return self._pubsub
+
+    async def _read(self) -> None:
+        prefix = f"{self.prefix}:job:"
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    await asyncio.sleep(0.05)
+                    continue
+                message = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("event subscription failed, reconnecting: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if message and message["type"] == "message":
+                channel = message["channel"].decode()
+                with contextlib.suppress(ValueError, KeyError):
+                    job_id = uuid.UUID(channel.removeprefix(prefix))
+                    self._subscribers.deliver(job_id, json.loads(message["data"])["status"])
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[str]]:
+        pubsub = await self._ensure_reader()
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        if self._subscribers.add(job_id, queue):
+            await pubsub.subscribe(self.channel(job_id))
+        try:
+            yield queue
+        finally:
+            if self._subscribers.remove(job_id, queue):
+                with contextlib.suppress(Exception):
+                    await pubsub.unsubscribe(self.channel(job_id))
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        self._client.close()

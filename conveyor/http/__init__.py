@@ -1,0 +1,1 @@
+"""The aiohttp front end: authenticate, validate, enqueue, report."""

@@ -1,0 +1,93 @@
+"""The aiohttp application factory: the composition root of the web process."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import dramatiq
+from aiohttp import web
+
+from conveyor.broker import BrokerEnqueuer, build_broker
+from conveyor.db import make_engine, make_sessionmaker
+from conveyor.events import Events, MemoryEvents, RedisEvents
+from conveyor.http import jobs, system
+from conveyor.http.keys import (
+    BROKER, DB, DB_EXECUTOR, ENQUEUER, EVENTS, METRICS, OPENAPI, REGISTRY, SETTINGS, TOKENS,
+    USER_CACHE,
+)
+from conveyor.http.metrics import Metrics
+from conveyor.http.middleware import authenticate, observe, problems
+from conveyor.http.openapi import build_openapi
+from conveyor.registry import JOBS, Registry
+from conveyor.services.auth import TokenConfig
+from conveyor.services.sweeper import Sweeper
+from conveyor.settings import Settings
+
+
+def token_config(settings: Settings) -> TokenConfig:
+    if settings.secret_key is None:
+        raise SystemExit("CONVEYOR_SECRET_KEY is not set: it signs the API tokens")
+    return TokenConfig(
+        secret=settings.secret_key.get_secret_value(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl=dt.timedelta(seconds=settings.token_ttl_seconds),
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    broker: dramatiq.Broker | None = None,
+    events: Events | None = None,
+    registry: Registry = JOBS,
+    sweeper: bool = True,
+) -> web.Application:
+    """The web app; `broker` and `events` default to those the settings describe."""
+    import conveyor.actors.all  # noqa: F401  (every job type, so the registry is complete)
+
+    app = web.Application(
+        middlewares=[observe, problems, authenticate], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[REGISTRY] = registry
+    app[TOKENS] = token_config(settings)
+    app[METRICS] = Metrics()
+    app[OPENAPI] = build_openapi(registry)
+    app[USER_CACHE] = {}
+    app[BROKER] = broker or build_broker(settings.broker_url, namespace=settings.broker_namespace)
+    app[EVENTS] = events or (
+        RedisEvents(settings.redis_url, settings.redis_prefix)
+        if settings.redis_url
+        else MemoryEvents()
+    )
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        app[DB] = make_sessionmaker(engine)
+        app[DB_EXECUTOR] = ThreadPoolExecutor(settings.db_threads, thread_name_prefix="conveyor-db")
+        enqueuer = BrokerEnqueuer(app[BROKER], threads=settings.publish_threads)
+        app[ENQUEUER] = enqueuer
+        loop_sweeper = None
+        if sweeper:
+            loop_sweeper = Sweeper(
+                app[DB], enqueuer, app[EVENTS],
+                interval=settings.sweep_interval_seconds,
+                grace=dt.timedelta(seconds=settings.publish_grace_seconds),
+                requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
+            )
+            loop_sweeper.start()
+        yield
+        if loop_sweeper is not None:
+            loop_sweeper.stop()
+        enqueuer.close()
+        await app[EVENTS].close()
+        app[DB_EXECUTOR].shutdown(wait=True)
+        engine.dispose()
+
+    app.cleanup_ctx.append(resources)
+    app.add_routes(jobs.routes)
+    app.add_routes(system.routes)
+    return app

@@ -1,0 +1,249 @@
+"""Routes of /v1/jobs: submit, read (and wait), list, cancel, stream events; job types."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
+from conveyor.http.keys import ENQUEUER, EVENTS, METRICS, REGISTRY, SETTINGS, USER
+from conveyor.http.middleware import validation_errors
+from conveyor.http.runtime import run_db
+from conveyor.http.schemas import JobOut, JobPage, JobTypeList, JobTypeOut, SubmitJob
+from conveyor.models import Job, JobStatus
+from conveyor.models.job import FINISHED
+from conveyor.services import jobs
+from conveyor.services.jobs import JobMessage
+
+routes = web.RouteTableDef()
+
+RETRY_AFTER_SECONDS = "1"
+SSE_KEEPALIVE_SECONDS = 15.0
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+
+def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=model.model_dump_json(), status=status, headers=headers,
+        content_type="application/json",
+    )
+
+
+def _job_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["job_id"])
+    except ValueError:
+        raise NotFoundError("no such job (not a job id)") from None
+
+
+def _seconds(value: str | None, field: str, upper: float) -> float:
+    if value is None or value == "":
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= upper:
+        raise InvalidRequestError(
+            f"{field} must be a number of seconds from 0 to {upper:g}",
+            errors=[{"field": field, "message": f"must be between 0 and {upper:g}"}],
+        )
+    return seconds
+
+
+def _finished(job: Job) -> bool:
+    return job.status in FINISHED
+
+
+async def _wait(request: web.Request, job: Job, timeout: float, *, until_finished: bool) -> Job:
+    """The job once it changes status (or finishes), or as it is after `timeout` seconds.
+
+    Woken by the events fan-out; the row is read again once subscribed (so no change
+    between the first read and the subscription is missed) and after each relevant event.
+    """
+    if timeout <= 0 or _finished(job):
+        return job
+    viewer = request[USER]
+    initial = job.status
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with request.app[EVENTS].subscribe(job.id) as statuses:
+        job = await run_db(request.app, jobs.get, job.id, viewer)
+        while not (_finished(job) or (not until_finished and job.status != initial)):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                status = await asyncio.wait_for(statuses.get(), remaining)
+            except TimeoutError:
+                break
+            if (status not in FINISHED) and (until_finished or status == initial):
+                continue
+            job = await run_db(request.app, jobs.get, job.id, viewer)
+    return job
+
+
+@routes.post("/v1/jobs")
+async def submit_job(request: web.Request) -> web.Response:
+    """Validate and queue a job: 202 with its URL, or 200 with the finished job when a
+    `Prefer: wait=N` was given and it ended in time."""
+    settings = request.app[SETTINGS]
+    body = await request.read()
+    try:
+        submission = SubmitJob.model_validate_json(body)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadRequestError("the body is not valid JSON") from None
+        raise
+    job_type = request.app[REGISTRY].get(submission.type)
+    try:
+        payload = job_type.payload.model_validate(submission.payload)
+    except ValidationError as exc:
+        raise InvalidRequestError(
+            f"invalid payload for {job_type.name}", errors=validation_errors(exc, "payload")
+        ) from None
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise BadRequestError(
+            "Idempotency-Key must have 1 to 255 characters",
+            errors=[{"field": "Idempotency-Key", "message": "1 to 255 characters"}],
+        )
+    job, created = await run_db(
+        request.app,
+        jobs.submit,
+        job_type=job_type.name,
+        queue=job_type.queue,
+        payload=payload.model_dump(mode="json"),
+        max_retries=job_type.retry.max_retries,
+        owner_id=request[USER].id,
+        idempotency_key=key,
+    )
+    headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": RETRY_AFTER_SECONDS}
+    if created:
+        request.app[ENQUEUER].publish_soon(JobMessage(job.id, job.type, job.queue))
+        request.app[METRICS].submitted.labels(job.type).inc()
+    else:
+        headers["Idempotent-Replayed"] = "true"
+    match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
+    if match:
+        wait = min(float(match.group(1)), settings.max_wait_seconds)
+        job = await _wait(request, job, wait, until_finished=True)
+        headers["Preference-Applied"] = f"wait={match.group(1)}"
+        if _finished(job):
+            return _json(JobOut.of(job), 200, headers)
+    return _json(JobOut.of(job), 202, headers)
+
+
+@routes.get("/v1/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    """The job; `?wait=N` holds the answer until its status changes (or with
+    `until=finished`, until it finishes) or N seconds pass."""
+    wait = _seconds(request.query.get("wait"), "wait", request.app[SETTINGS].max_wait_seconds)
+    until = request.query.get("until", "change")
+    if until not in ("change", "finished"):
+        raise InvalidRequestError(
+            "until must be 'change' or 'finished'",
+            errors=[{"field": "until", "message": "one of: change, finished"}],
+        )
+    job = await run_db(request.app, jobs.get, _job_id(request), request[USER])
+    job = await _wait(request, job, wait, until_finished=until == "finished")
+    headers = {} if _finished(job) else {"Retry-After": RETRY_AFTER_SECONDS}
+    return _json(JobOut.of(job), headers=headers)
+
+
+def _list_param(request: web.Request, name: str) -> list[str]:
+    values = []
+    for raw in request.query.getall(name, []):
+        values.extend(v.strip() for v in raw.split(",") if v.strip())
+    return values
+
+
+@routes.get("/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    """Jobs newest first, filtered by `status` and `type`, by `cursor` pages of `limit`."""
+    settings = request.app[SETTINGS]
+    statuses = _list_param(request, "status")
+    unknown = [s for s in statuses if s not in {s.value for s in JobStatus}]
+    if unknown:
+        allowed = ", ".join(s.value for s in JobStatus)
+        raise InvalidRequestError(
+            f"unknown status {unknown[0]!r}",
+            errors=[{"field": "status", "message": f"must be one of: {allowed}"}],
+        )
+    raw_limit = request.query.get("limit", str(settings.default_page_size))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= settings.max_page_size:
+        raise InvalidRequestError(
+            f"limit must be an integer from 1 to {settings.max_page_size}",
+            errors=[{"field": "limit", "message": f"1 to {settings.max_page_size}"}],
+        )
+    page = await run_db(
+        request.app,
+        jobs.list_jobs,
+        request[USER],
+        statuses=statuses,
+        types=_list_param(request, "type"),
+        cursor=request.query.get("cursor") or None,
+        limit=int(raw_limit),
+    )
+    headers = {}
+    if page.next_cursor:
+        query = dict(request.query)
+        query["cursor"] = page.next_cursor
+        headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
+    body = JobPage(items=[JobOut.of(j) for j in page.jobs], next_cursor=page.next_cursor)
+    return _json(body, headers=headers)
+
+
+@routes.post("/v1/jobs/{job_id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    """Cancel: a waiting job at once (200); a running one is asked to stop (202)."""
+    job = await run_db(
+        request.app, jobs.cancel, request.app[EVENTS], _job_id(request), request[USER]
+    )
+    return _json(JobOut.of(job), 200 if _finished(job) else 202)
+
+
+@routes.get("/v1/jobs/{job_id}/events")
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the job's history (after `Last-Event-ID`), then live transitions
+    and progress until it finishes."""
+    viewer = request[USER]
+    job = await run_db(request.app, jobs.get, _job_id(request), viewer)
+    last = request.headers.get("Last-Event-ID", "0")
+    after = int(last) if last.isdigit() else 0
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                 "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    async with request.app[EVENTS].subscribe(job.id) as statuses:
+        while True:
+            for event in await run_db(request.app, jobs.events_after, job.id, after):
+                after = event.id
+                data = {
+                    "job_id": str(job.id), "kind": event.kind, "status": event.status,
+                    "attempt": event.attempt, "progress": event.progress,
+                    "message": event.message, "at": event.at.isoformat(),
+                }
+                await response.write(
+                    f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(data)}\n\n".encode()
+                )
+                if event.kind == "status" and event.status in FINISHED:
+                    await response.write_eof()
+                    return response
+            try:
+                await asyncio.wait_for(statuses.get(), SSE_KEEPALIVE_SECONDS)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+
+
+@routes.get("/v1/job-types")
+async def job_types(request: web.Request) -> web.Response:
+    """Every job type with its queue, limits and payload JSON Schema."""
+    return _json(JobTypeList(items=[JobTypeOut.of(t) for t in request.app[REGISTRY]]))

@@ -1,0 +1,31 @@
+"""Typed keys of application and request state."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import dramatiq
+from aiohttp import web
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.events import Events
+from conveyor.http.metrics import Metrics
+from conveyor.models import User
+from conveyor.registry import Registry
+from conveyor.services.auth import TokenConfig
+from conveyor.services.jobs import Enqueuer
+from conveyor.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+DB = web.AppKey("db", sessionmaker[Session])
+DB_EXECUTOR = web.AppKey("db_executor", ThreadPoolExecutor)
+REGISTRY = web.AppKey("registry", Registry)
+ENQUEUER = web.AppKey("enqueuer", Enqueuer)
+EVENTS = web.AppKey("events", Events)
+BROKER = web.AppKey("broker", dramatiq.Broker)
+TOKENS = web.AppKey("tokens", TokenConfig)
+METRICS = web.AppKey("metrics", Metrics)
+OPENAPI = web.AppKey("openapi", bytes)
+USER_CACHE = web.AppKey("user_cache", dict)
+
+USER = web.RequestKey("user", User)

@@ -1,0 +1,120 @@
+"""Request middlewares: request id and metrics, problem+json errors, bearer-token auth."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from conveyor import logs
+from conveyor.errors import AuthenticationError, ConveyorError
+from conveyor.http.keys import METRICS, TOKENS, USER, USER_CACHE
+from conveyor.http.runtime import run_db
+from conveyor.services import users
+from conveyor.services.auth import verify_token
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PROBLEM_TYPE = "application/problem+json"
+USER_CACHE_SECONDS = 10.0
+
+
+def problem(
+    status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                            "detail": detail}
+    if errors:
+        body["errors"] = errors
+    response = web.json_response(body, status=status, content_type=PROBLEM_TYPE)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+    """Pydantic errors as `{field, message}`, with dotted field paths."""
+    out = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in error["loc"])
+        field = f"{prefix}.{path}" if prefix and path else (prefix or path or "body")
+        out.append({"field": field, "message": error["msg"]})
+    return out
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id for logs and count the request by route template and status."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    token = logs.request_id.set(request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics = request.app[METRICS]
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+        logs.request_id.reset(token)
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into an RFC 9457 application/problem+json answer."""
+    try:
+        return await handler(request)
+    except ConveyorError as exc:
+        headers = {"WWW-Authenticate": 'Bearer realm="conveyor"'} if exc.status == 401 else None
+        return problem(exc.status, exc.title, exc.detail, exc.errors, headers)
+    except ValidationError as exc:
+        return problem(422, "Unprocessable content", "the request has invalid fields",
+                       validation_errors(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = {
+            404: f"no route matches {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+            413: "the request body is larger than the server accepts",
+        }.get(exc.status, exc.text or exc.reason)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return problem(exc.status, exc.reason, detail, headers=headers)
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "Internal error", "an unexpected error occurred; it was logged")
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /v1 route needs `Authorization: Bearer <token>` of an active user."""
+    if not request.path.startswith("/v1/") and request.path != "/v1":
+        return await handler(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("send 'Authorization: Bearer <token>'")
+    user_id = verify_token(request.app[TOKENS], token.strip())
+    cache = request.app[USER_CACHE]
+    cached = cache.get(user_id)
+    if cached is None or cached[0] < time.monotonic():
+        user = await run_db(request.app, users.get_by_id, user_id)
+        cache[user_id] = cached = (time.monotonic() + USER_CACHE_SECONDS, user)
+    user = cached[1]
+    if user is None or not user.active:
+        raise AuthenticationError("the token's user does not exist or is deactivated")
+    request[USER] = user
+    return await handler(request)

@@ -1,0 +1,87 @@
+"""Operational routes: liveness, readiness, Prometheus metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from conveyor.broker import check_broker
+from conveyor.http.keys import BROKER, DB, DB_EXECUTOR, METRICS, OPENAPI, SETTINGS
+from conveyor.http.runtime import run_db
+from conveyor.services import jobs
+
+routes = web.RouteTableDef()
+
+READY_TIMEOUT_SECONDS = 3.0
+JOB_COUNTS_TTL_SECONDS = 10.0
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive (no dependency is checked)."""
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database, the broker and Redis answer; 503 naming what does not."""
+    app = request.app
+    settings = app[SETTINGS]
+    loop = asyncio.get_running_loop()
+
+    def database() -> None:
+        with app[DB]() as session:
+            session.execute(text("SELECT 1"))
+
+    def redis_ping() -> None:
+        if settings.redis_url:
+            import redis
+
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
+                                          socket_connect_timeout=2)
+            try:
+                client.ping()
+            finally:
+                client.close()
+
+    checks = {
+        "database": database,
+        "broker": lambda: check_broker(app[BROKER], settings.broker_url),
+        "redis": redis_ping,
+    }
+    futures = {name: loop.run_in_executor(app[DB_EXECUTOR], fn) for name, fn in checks.items()}
+    results = {}
+    for name, future in futures.items():
+        try:
+            await asyncio.wait_for(future, READY_TIMEOUT_SECONDS)
+            results[name] = "ok"
+        except Exception as exc:
+            results[name] = f"error: {exc!r}"[:300]
+    ready = all(v == "ok" for v in results.values())
+    return web.json_response({"status": "ok" if ready else "unavailable", "checks": results},
+                             status=200 if ready else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition; job counts come from the database, refreshed every 10 s."""
+    app = request.app
+    registry = app[METRICS]
+    if registry.counts_expire_at < time.monotonic():
+        by_type, unpublished = await run_db(app, jobs.counts)
+        registry.jobs.clear()
+        for job_type, status, n in by_type:
+            registry.jobs.labels(job_type, status).set(n)
+        registry.unpublished.set(unpublished)
+        registry.counts_expire_at = time.monotonic() + JOB_COUNTS_TTL_SECONDS
+    return web.Response(body=generate_latest(registry.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")

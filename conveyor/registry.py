@@ -1,0 +1,178 @@
+"""Job types, declared once: payload model, pool, retry policy, time limit and function.
+
+HTTP validation, `GET /v1/job-types`, the OpenAPI document and the workers all read `JOBS`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import random
+import threading
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from conveyor.errors import InvalidRequestError
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+
+
+class Payload(BaseModel):
+    """Base of every job payload: immutable, and unknown fields are an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class JobContext(Protocol):
+    """What a running job may ask of its worker (a second parameter named `ctx`)."""
+
+    job_id: str
+    attempt: int
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone asked to cancel this job."""
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Record progress (0.0 to 1.0) with an optional note; raises when cancelled."""
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking early (and raising) when the job is cancelled."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long after a failure a job runs again."""
+
+    max_retries: int = 3
+    min_backoff: dt.timedelta = dt.timedelta(seconds=1)
+    max_backoff: dt.timedelta = dt.timedelta(hours=1)
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> dt.timedelta:
+        """Exponential backoff after failed attempt `attempt` (1-based), with equal jitter."""
+        base = self.min_backoff.total_seconds() * 2 ** max(attempt - 1, 0)
+        ceiling = min(base, self.max_backoff.total_seconds())
+        jitter = (rng or random).uniform(0, ceiling / 2)
+        return dt.timedelta(seconds=ceiling / 2 + jitter)
+
+
+@dataclass(frozen=True)
+class JobType:
+    """A declared job type; everything about it that any process needs to know."""
+
+    name: str
+    payload: type[Payload]
+    fn: Callable[..., Any] = field(repr=False)
+    queue: str
+    retry: RetryPolicy
+    time_limit: dt.timedelta | None
+    description: str
+    takes_context: bool
+
+    def run(self, payload: Payload, ctx: JobContext) -> Any:
+        """Call the function (awaiting it in a fresh event loop when it is `async`)."""
+        args = (payload, ctx) if self.takes_context else (payload,)
+        result = self.fn(*args)
+        if inspect.iscoroutine(result):
+            import asyncio
+
+            return asyncio.run(result)
+        return result
+
+
+class Registry:
+    """Job types by name; declaring a name twice is an error."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, JobType] = {}
+        self._lock = threading.Lock()
+
+    def add(self, job_type: JobType) -> JobType:
+        with self._lock:
+            if job_type.name in self._types:
+                raise ValueError(f"job type {job_type.name!r} is already declared")
+            self._types[job_type.name] = job_type
+        return job_type
+
+    def get(self, name: str) -> JobType:
+        """The job type called `name`, or a 422 that lists the known ones."""
+        try:
+            return self._types[name]
+        except KeyError:
+            known = ", ".join(sorted(self._types)) or "none"
+            raise InvalidRequestError(
+                f"unknown job type {name!r}; known types: {known}",
+                errors=[{"field": "type", "message": f"unknown job type; known: {known}"}],
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __iter__(self) -> Iterator[JobType]:
+        return iter(sorted(self._types.values(), key=lambda t: t.name))
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def queues(self) -> set[str]:
+        return {t.queue for t in self._types.values()}
+
+
+#: Every job type of this process (complete once `conveyor.actors.all` is imported).
+JOBS = Registry()
+
+
+def job(
+    *,
+    queue: str,
+    name: str | None = None,
+    max_retries: int = 3,
+    min_backoff: dt.timedelta = dt.timedelta(seconds=1),
+    max_backoff: dt.timedelta = dt.timedelta(hours=1),
+    time_limit: dt.timedelta | None = dt.timedelta(minutes=10),
+    registry: Registry = JOBS,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a job type. Its name defaults to `<module>.<function>` (`system.echo`).
+
+    The function takes the payload (a `Payload` subclass, from its annotation) and optionally
+    a second parameter `ctx: JobContext`; it returns a JSON-serialisable result.
+    """
+    if max_retries < 0:
+        raise ValueError("max_retries must be zero or more")
+    if min_backoff <= dt.timedelta(0) or max_backoff < min_backoff:
+        raise ValueError("backoffs must be positive, with max_backoff >= min_backoff")
+    if time_limit is not None and time_limit <= dt.timedelta(0):
+        raise ValueError("time_limit must be positive")
+
+    def declare(fn: Callable[..., Any]) -> Callable[..., Any]:
+        import re
+
+        job_name = name or f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
+        if not re.match(NAME_PATTERN, job_name):
+            raise ValueError(f"job name {job_name!r} must look like 'domain.action'")
+        params = list(inspect.signature(fn).parameters.values())
+        if not 1 <= len(params) <= 2:
+            raise TypeError(f"{job_name}: a job takes (payload) or (payload, ctx)")
+        hints = typing.get_type_hints(fn)
+        payload = hints.get(params[0].name)
+        if not (inspect.isclass(payload) and issubclass(payload, Payload)):
+            raise TypeError(f"{job_name}: annotate the first parameter with a Payload subclass")
+        registry.add(
+            JobType(
+                name=job_name,
+                payload=payload,
+                fn=fn,
+                queue=queue,
+                retry=RetryPolicy(max_retries, min_backoff, max_backoff),
+                time_limit=time_limit,
+                description=inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0],
+                takes_context=len(params) == 2,
+            )
+        )
+        return fn
+
+    return declare

@@ -1,0 +1,322 @@
+"""The job lifecycle: submit, read, list, cancel, and the guarded worker transitions.
+
+The job row is the truth and the outbox: a message only says "run job X", and every
+transition is a guarded UPDATE, so a duplicate or late message never moves a finished job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.db import transaction
+from conveyor.errors import BadRequestError, ConflictError, InvalidRequestError, NotFoundError
+from conveyor.ids import uuid7
+from conveyor.models import Job, JobEvent, JobStatus, Role, User
+from conveyor.models.base import utcnow
+from conveyor.models.job import FINISHED, PENDING
+
+logger = logging.getLogger(__name__)
+
+jobs_t = Job.__table__
+events_t = JobEvent.__table__
+
+
+@dataclass(frozen=True)
+class JobMessage:
+    """What goes on the broker for a job: its id, type and queue, and when to run it."""
+
+    job_id: uuid.UUID
+    type: str
+    queue: str
+    delay_ms: int = 0
+
+
+class Enqueuer(Protocol):
+    """The services' one way to the broker."""
+
+    def publish(self, messages: Sequence[JobMessage]) -> None:
+        """Publish and wait for the broker's confirmation; raises when it is unreachable."""
+
+    def publish_soon(self, message: JobMessage) -> None:
+        """Hand a message to the background publishers; never blocks, may drop (the sweeper
+        publishes whatever was not confirmed)."""
+
+
+class Notifier(Protocol):
+    """Wakes whoever waits on a job's status (see `conveyor.events`)."""
+
+    def publish(self, job_id: uuid.UUID, status: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def request_hash(job_type: str, payload: dict[str, Any]) -> str:
+    """Fingerprint of a submission, to tell a replay from a different request."""
+    import json
+
+    canonical = json.dumps([job_type, payload], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _event(
+    job_id: uuid.UUID,
+    status: str,
+    attempt: int,
+    now: dt.datetime,
+    *,
+    kind: str = "status",
+    progress: float | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "at": now,
+        "kind": kind,
+        "status": status,
+        "attempt": attempt,
+        "progress": progress,
+        "message": message[:1000] if message else None,
+    }
+
+
+# --- idempotency-key locks ---------------------------------------------------------------
+
+_local_keys: set[tuple[uuid.UUID, str]] = set()
+_local_keys_lock = threading.Lock()
+
+
+@contextmanager
+def _key_lock(session: Session, owner_id: uuid.UUID, key: str) -> Iterator[None]:
+    """Hold `key` for the transaction; a concurrent request with the same key gets 409."""
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.sha256(f"{owner_id}:{key}".encode()).digest()
+        lock_id = int.from_bytes(digest[:8], "big", signed=True)
+        if not session.scalar(select(func.pg_try_advisory_xact_lock(lock_id))):
+            raise _in_flight()
+        yield
+        return
+    with _local_keys_lock:
+        if (owner_id, key) in _local_keys:
+            raise _in_flight()
+        _local_keys.add((owner_id, key))
+    try:
+        yield
+    finally:
+        with _local_keys_lock:
+            _local_keys.discard((owner_id, key))
+
+
+def _in_flight() -> ConflictError:
+    return ConflictError(
+        "a request with this Idempotency-Key is still being processed; retry later",
+        errors=[{"field": "Idempotency-Key", "message": "request in flight"}],
+    )
+
+
+# --- API side ------------------------------------------------------------------------------
+
+
+def submit(
+    db: sessionmaker[Session],
+    *,
+    job_type: str,
+    queue: str,
+    payload: dict[str, Any],
+    max_retries: int,
+    owner_id: uuid.UUID,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Write a queued job (and its first event) in one transaction.
+
+    Returns the job and whether it was created; with an idempotency key already used for the
+    same request, the earlier job comes back instead (a different request is a 422).
+    """
+    digest = request_hash(job_type, payload) if idempotency_key else None
+    with transaction(db) as session:
+        if idempotency_key is not None:
+            with _key_lock(session, owner_id, idempotency_key):
+                existing = session.scalars(
+                    select(Job).where(
+                        Job.owner_id == owner_id, Job.idempotency_key == idempotency_key
+                    )
+                ).first()
+                if existing is not None:
+                    if existing.request_hash != digest:
+                        raise InvalidRequestError(
+                            "this Idempotency-Key was already used with a different request",
+                            errors=[{"field": "Idempotency-Key", "message": "reused key"}],
+                        )
+                    return existing, False
+                return _insert(session, job_type, queue, payload, max_retries, owner_id,
+                               idempotency_key, digest), True
+        return _insert(session, job_type, queue, payload, max_retries, owner_id, None, None), True
+
+
+def _insert(
+    session: Session,
+    job_type: str,
+    queue: str,
+    payload: dict[str, Any],
+    max_retries: int,
+    owner_id: uuid.UUID,
+    idempotency_key: str | None,
+    digest: str | None,
+) -> Job:
+    now = utcnow()
+    row = {
+        "id": uuid7(),
+        "type": job_type,
+        "queue": queue,
+        "status": JobStatus.QUEUED.value,
+        "payload": payload,
+        "result": None,
+        "error": None,
+        "attempts": 0,
+        "max_retries": max_retries,
+        "progress": None,
+        "owner_id": owner_id,
+        "idempotency_key": idempotency_key,
+        "request_hash": digest,
+        "cancel_requested": False,
+        "worker": None,
+        "created_at": now,
+        "updated_at": now,
+        "published_at": None,
+        "started_at": None,
+        "finished_at": None,
+        "next_attempt_at": None,
+        "lease_expires_at": None,
+    }
+    session.execute(insert(jobs_t), [row])
+    session.execute(insert(events_t), [_event(row["id"], JobStatus.QUEUED, 0, now)])
+    return Job(**row)
+
+
+def _visible(job: Job | None, viewer: User) -> Job:
+    if job is None or (viewer.role != Role.ADMIN and job.owner_id != viewer.id):
+        raise NotFoundError("no such job")
+    return job
+
+
+def get(db: sessionmaker[Session], job_id: uuid.UUID, viewer: User) -> Job:
+    """The job, if `viewer` may see it (members see their own jobs only)."""
+    with db() as session:
+        return _visible(session.get(Job, job_id), viewer)
+
+
+def encode_cursor(job_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> uuid.UUID:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return uuid.UUID(bytes=raw)
+    except (binascii.Error, ValueError):
+        raise BadRequestError(
+            "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we issued"}]
+        ) from None
+
+
+def list_jobs(
+    db: sessionmaker[Session],
+    viewer: User,
+    *,
+    statuses: Sequence[str] = (),
+    types: Sequence[str] = (),
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page:
+    """Newest first, by keyset pagination on the time-ordered id."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if viewer.role != Role.ADMIN:
+        query = query.where(Job.owner_id == viewer.id)
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    if types:
+        query = query.where(Job.type.in_(types))
+    if cursor:
+        query = query.where(Job.id < decode_cursor(cursor))
+    with db() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, encode_cursor(rows[-1].id) if more and rows else None)
+
+
+def cancel(
+    db: sessionmaker[Session], notifier: Notifier, job_id: uuid.UUID, viewer: User
+) -> Job:
+    """Cancel at once if the job waits; ask a running job to stop. Finished jobs: 409."""
+    now = utcnow()
+    with transaction(db) as session:
+        job = _visible(session.get(Job, job_id, with_for_update=True), viewer)
+        if job.status == JobStatus.CANCELLED:
+            return job
+        if job.status in FINISHED:
+            raise ConflictError(f"the job already {job.status}; it cannot be cancelled")
+        job.cancel_requested = True
+        job.updated_at = now
+        if job.status in PENDING:
+            job.status = JobStatus.CANCELLED.value
+            job.finished_at = now
+            session.execute(
+                insert(events_t),
+                [_event(job.id, JobStatus.CANCELLED, job.attempts, now, message="cancelled")],
+            )
+        else:
+            session.execute(
+                insert(events_t),
+                [_event(job.id, job.status, job.attempts, now, message="cancel requested")],
+            )
+    notifier.publish(job.id, job.status)
+    return job
+
+
+def events_after(
+    db: sessionmaker[Session], job_id: uuid.UUID, after: int, limit: int = 500
+) -> list[JobEvent]:
+    """The job's events with an id above `after`, oldest first."""
+    with db() as session:
+        return list(
+            session.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id == job_id, JobEvent.id > after)
+                .order_by(JobEvent.id)
+                .limit(limit)
+            )
+        )
+
+
+def counts(db: sessionmaker[Session]) -> tuple[list[tuple[str, str, int]], int]:
+    """Jobs by (type, status), and how many waiting jobs are still unpublished."""
+    with db() as session:
+        by_type = [
+            (row.type, row.status, row.n)
+            for row in session.execute(
+                select(Job.type, Job.status, func.count().label("n")).group_by(
+                    Job.type, Job.status
+                )
+            )
+        ]
+        unpublished = session.scalar(
+            select(func.count()).where(Job.status.in_(PENDING), Job.published_at.is_(None))
+        )
+    return by_type, int(unpublished or 0)

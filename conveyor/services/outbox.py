@@ -1,0 +1,162 @@
+"""The outbox sweep and the reconciler: no committed job is left without a message.
+
+`publish_pending` publishes jobs whose message was never confirmed (a crash between commit
+and publish, a broker outage, a lost retry message); `expire_leases` returns the jobs of dead
+workers to the queue, or fails them once their attempts are spent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.db import transaction
+from conveyor.models import JobStatus
+from conveyor.models.base import utcnow
+from conveyor.models.job import PENDING
+from conveyor.services.jobs import Enqueuer, JobMessage, Notifier, _event, events_t, jobs_t
+
+logger = logging.getLogger(__name__)
+
+
+def _locked(session: Session, stmt: object) -> object:
+    """FOR UPDATE SKIP LOCKED where the database has it, so several sweepers share work."""
+    if session.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update(skip_locked=True)  # type: ignore[attr-defined]
+    return stmt
+
+
+def message_for(job_id: uuid.UUID, type_: str, queue: str, next_attempt_at: dt.datetime | None,
+                now: dt.datetime) -> JobMessage:
+    delay = 0
+    if next_attempt_at is not None and next_attempt_at > now:
+        delay = int((next_attempt_at - now).total_seconds() * 1000)
+    return JobMessage(job_id, type_, queue, delay)
+
+
+def publish_pending(
+    db: sessionmaker[Session],
+    enqueuer: Enqueuer,
+    *,
+    grace: dt.timedelta,
+    requeue_after: dt.timedelta,
+    limit: int = 500,
+) -> int:
+    """Publish waiting jobs that have no confirmed message; returns how many were published.
+
+    Raises whatever the broker raises; the rows stay unpublished and the next sweep retries.
+    """
+    now = utcnow()
+    stale = now - requeue_after
+    stmt = (
+        select(jobs_t.c.id, jobs_t.c.type, jobs_t.c.queue, jobs_t.c.next_attempt_at)
+        .where(
+            jobs_t.c.status.in_(PENDING),
+            or_(
+                and_(jobs_t.c.published_at.is_(None), jobs_t.c.updated_at <= now - grace),
+                and_(
+                    jobs_t.c.published_at < stale,
+                    or_(jobs_t.c.next_attempt_at.is_(None), jobs_t.c.next_attempt_at < stale),
+                ),
+            ),
+        )
+        .order_by(jobs_t.c.published_at.nulls_first(), jobs_t.c.id)
+        .limit(limit)
+    )
+    with transaction(db) as session:
+        rows = session.execute(_locked(session, stmt)).all()  # type: ignore[call-overload]
+        if not rows:
+            return 0
+        enqueuer.publish([message_for(r.id, r.type, r.queue, r.next_attempt_at, now) for r in rows])
+        mark_published(session, [r.id for r in rows])
+    logger.info("published %d job(s) from the outbox", len(rows))
+    return len(rows)
+
+
+def mark_published(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
+    """Note that these jobs' messages were confirmed by the broker."""
+    ids = list(job_ids)
+    if ids:
+        session.execute(
+            update(jobs_t)
+            .where(jobs_t.c.id.in_(ids), jobs_t.c.status.in_(PENDING))
+            .values(published_at=utcnow())
+        )
+
+
+def expire_leases(
+    db: sessionmaker[Session], enqueuer: Enqueuer, notifier: Notifier, *, limit: int = 200
+) -> int:
+    """Handle running jobs whose lease ran out (their worker died or hung).
+
+    With attempts left the job goes back to `retrying` and is published now; with none it
+    ends `failed`, so a job that kills its worker again and again stops instead of looping.
+    """
+    now = utcnow()
+    stmt = (
+        select(
+            jobs_t.c.id, jobs_t.c.type, jobs_t.c.queue, jobs_t.c.attempts,
+            jobs_t.c.max_retries, jobs_t.c.cancel_requested,
+        )
+        .where(jobs_t.c.status == JobStatus.RUNNING, jobs_t.c.lease_expires_at < now)
+        .limit(limit)
+    )
+    changed: list[tuple[uuid.UUID, JobStatus]] = []
+    retry: list[JobMessage] = []
+    with transaction(db) as session:
+        for row in session.execute(_locked(session, stmt)).all():  # type: ignore[call-overload]
+            error = {
+                "type": "WorkerLost",
+                "message": f"the worker running attempt {row.attempts} stopped without finishing it",
+            }
+            if row.cancel_requested:
+                status, values = JobStatus.CANCELLED, {"finished_at": now}
+            elif row.attempts > row.max_retries:
+                status, values = JobStatus.FAILED, {"finished_at": now}
+            else:
+                status, values = JobStatus.RETRYING, {"next_attempt_at": now, "published_at": None}
+                retry.append(JobMessage(row.id, row.type, row.queue))
+            session.execute(
+                update(jobs_t)
+                .where(jobs_t.c.id == row.id, jobs_t.c.status == JobStatus.RUNNING,
+                       jobs_t.c.attempts == row.attempts)
+                .values(status=status.value, error=error, updated_at=now, lease_expires_at=None,
+                        **values)
+            )
+            session.execute(
+                insert(events_t),
+                [_event(row.id, status, row.attempts, now, message=error["message"])],
+            )
+            changed.append((row.id, status))
+    for job_id, status in changed:
+        logger.warning("job %s lost its worker; now %s", job_id, status)
+        notifier.publish(job_id, status)
+    if retry:
+        try:
+            enqueuer.publish(retry)
+        except Exception:  # the sweep publishes them once the broker is back
+            logger.warning("could not publish %d re-queued job(s) yet", len(retry), exc_info=True)
+        else:
+            with transaction(db) as session:
+                mark_published(session, [m.job_id for m in retry])
+    return len(changed)
+
+
+def requeue_unfinished(db: sessionmaker[Session]) -> None:
+    """After a restart of the embedded mode (whose in-memory broker lost its messages):
+    mark every waiting job unpublished and let running ones be reclaimed at once."""
+    now = utcnow()
+    with transaction(db) as session:
+        session.execute(
+            update(jobs_t).where(jobs_t.c.status.in_(PENDING)).values(published_at=None)
+        )
+        session.execute(
+            update(jobs_t)
+            .where(jobs_t.c.status == JobStatus.RUNNING)
+            .values(lease_expires_at=now - dt.timedelta(seconds=1))
+        )

@@ -1,0 +1,195 @@
+"""Worker-side transitions of a job: claim, progress, finish, retry, lease renewal.
+
+Each is one guarded UPDATE plus its event row in one transaction. A transition that finds
+the job no longer in the expected state (a duplicate message, a lease lost to another
+worker, a cancel) changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.db import transaction
+from conveyor.models import Job, JobStatus
+from conveyor.models.base import utcnow
+from conveyor.models.job import PENDING
+from conveyor.services.jobs import _event, events_t, jobs_t
+
+#: A retry message may arrive this much before the job's next-attempt time.
+EARLY_TOLERANCE = dt.timedelta(seconds=1)
+
+
+def claim(
+    db: sessionmaker[Session], job_id: uuid.UUID, *, worker: str, lease: dt.timedelta
+) -> Job | None:
+    """Move the job to `running` for one more attempt, or None if it is not ours to run.
+
+    Claimable: queued or retrying and due, or running with an expired lease (its worker
+    died); never cancelled, never past its attempts.
+    """
+    now = utcnow()
+    stmt = (
+        update(jobs_t)
+        .where(
+            jobs_t.c.id == job_id,
+            jobs_t.c.cancel_requested.is_(False),
+            jobs_t.c.attempts <= jobs_t.c.max_retries,
+            or_(
+                and_(
+                    jobs_t.c.status.in_(PENDING),
+                    or_(
+                        jobs_t.c.next_attempt_at.is_(None),
+                        jobs_t.c.next_attempt_at <= now + EARLY_TOLERANCE,
+                    ),
+                ),
+                and_(jobs_t.c.status == JobStatus.RUNNING, jobs_t.c.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status=JobStatus.RUNNING.value,
+            attempts=jobs_t.c.attempts + 1,
+            started_at=now,
+            updated_at=now,
+            lease_expires_at=now + lease,
+            next_attempt_at=None,
+            worker=worker,
+        )
+        .returning(*jobs_t.c)
+    )
+    with transaction(db) as session:
+        row = session.execute(stmt).mappings().first()
+        if row is None:
+            return None
+        session.execute(insert(events_t), [_event(job_id, JobStatus.RUNNING, row["attempts"], now)])
+    return Job(**row)
+
+
+def _guarded(job_id: uuid.UUID, attempt: int) -> Any:
+    return update(jobs_t).where(
+        jobs_t.c.id == job_id,
+        jobs_t.c.status == JobStatus.RUNNING,
+        jobs_t.c.attempts == attempt,
+    )
+
+
+def finish(
+    db: sessionmaker[Session],
+    job_id: uuid.UUID,
+    attempt: int,
+    status: JobStatus,
+    *,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """Record the end of attempt `attempt`; False if that attempt no longer owns the job."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status.value,
+        "result": result,
+        "error": error,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_expires_at": None,
+    }
+    if status == JobStatus.SUCCEEDED:
+        values["progress"] = 1.0
+    message = error["message"] if error else None
+    with transaction(db) as session:
+        if session.execute(_guarded(job_id, attempt).values(**values)).rowcount != 1:
+            return False
+        session.execute(insert(events_t), [_event(job_id, status, attempt, now, message=message)])
+    return True
+
+
+def retry_later(
+    db: sessionmaker[Session],
+    job_id: uuid.UUID,
+    attempt: int,
+    *,
+    error: dict[str, Any],
+    next_attempt_at: dt.datetime,
+) -> bool:
+    """Record a failed attempt that will run again at `next_attempt_at` (message unpublished)."""
+    now = utcnow()
+    values = {
+        "status": JobStatus.RETRYING.value,
+        "error": error,
+        "next_attempt_at": next_attempt_at,
+        "published_at": None,
+        "updated_at": now,
+        "lease_expires_at": None,
+    }
+    with transaction(db) as session:
+        if session.execute(_guarded(job_id, attempt).values(**values)).rowcount != 1:
+            return False
+        session.execute(
+            insert(events_t),
+            [_event(job_id, JobStatus.RETRYING, attempt, now, message=error["message"])],
+        )
+    return True
+
+
+def report_progress(
+    db: sessionmaker[Session],
+    job_id: uuid.UUID,
+    attempt: int,
+    fraction: float,
+    message: str | None,
+) -> bool:
+    """Store progress; returns whether cancellation was requested meanwhile."""
+    now = utcnow()
+    stmt = (
+        _guarded(job_id, attempt)
+        .values(progress=fraction, updated_at=now)
+        .returning(jobs_t.c.cancel_requested)
+    )
+    with transaction(db) as session:
+        cancel_requested = session.execute(stmt).scalar()
+        if cancel_requested is None:  # no longer ours: stop as if cancelled
+            return True
+        session.execute(
+            insert(events_t),
+            [
+                _event(
+                    job_id,
+                    JobStatus.RUNNING,
+                    attempt,
+                    now,
+                    kind="progress",
+                    progress=fraction,
+                    message=message,
+                )
+            ],
+        )
+    return bool(cancel_requested)
+
+
+def renew_leases(
+    db: sessionmaker[Session], running: dict[uuid.UUID, int], lease: dt.timedelta
+) -> set[uuid.UUID]:
+    """Extend the leases this worker holds; returns the jobs asked to stop (cancelled, or
+    no longer held by this attempt)."""
+    if not running:
+        return set()
+    now = utcnow()
+    with transaction(db) as session:
+        session.execute(
+            update(jobs_t)
+            .where(jobs_t.c.id.in_(running), jobs_t.c.status == JobStatus.RUNNING)
+            .values(lease_expires_at=now + lease)
+        )
+        rows = session.execute(
+            select(jobs_t.c.id, jobs_t.c.status, jobs_t.c.attempts, jobs_t.c.cancel_requested)
+            .where(jobs_t.c.id.in_(running))
+        ).all()
+    return {
+        row.id
+        for row in rows
+        if row.cancel_requested or row.status != JobStatus.RUNNING or row.attempts != running[row.id]
+    }
+

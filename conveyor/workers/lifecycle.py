@@ -1,0 +1,352 @@
+"""The worker side of the job lifecycle, as Dramatiq middleware and actors.
+
+Every job type becomes a Dramatiq actor whose message carries only the job id. Running it:
+claim the row (guarded; a duplicate or late message is acknowledged and skipped), re-validate
+the payload, run the function under the job's time limit while a heartbeat renews the lease
+and watches for cancellation, then record `succeeded`, `retrying` (publishing the delayed
+retry) or `failed` (and dead-letter the message). Attempts are counted in the row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage, Middleware
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor import logs
+from conveyor.errors import JobCancelledError, PermanentJobError
+from conveyor.models import JobStatus
+from conveyor.models.base import utcnow
+from conveyor.registry import JOBS, JobType, Registry
+from conveyor.services import runs
+from conveyor.services.jobs import Enqueuer, JobMessage, Notifier
+from conveyor.services.outbox import mark_published
+from conveyor.db import transaction
+
+logger = logging.getLogger(__name__)
+
+
+class JobTimeLimitError(Exception):
+    """Raised inside a job that ran past its time limit."""
+
+
+@dataclass
+class Resources:
+    """What the lifecycle needs in a worker process."""
+
+    db: sessionmaker[Session]
+    notifier: Notifier
+    enqueuer: Enqueuer
+    close: Callable[[], None] = lambda: None
+
+
+@dataclass(eq=False)
+class RunningJob:
+    """A job attempt in progress on one worker thread; also the job's `ctx`."""
+
+    job_id_: uuid.UUID
+    attempt: int
+    thread_id: int
+    deadline: float | None
+    db: sessionmaker[Session]
+    notifier: Notifier
+    time_limit: float | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    stop_reason: type[BaseException] | None = None
+    in_user_code: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def job_id(self) -> str:  # type: ignore[override]
+        return str(self.job_id_)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stop.is_set()
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        if runs.report_progress(self.db, self.job_id_, self.attempt, fraction, message):
+            self.interrupt(JobCancelledError)
+        self.notifier.publish(self.job_id_, JobStatus.RUNNING)
+        self.raise_if_stopped()
+
+    def sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)
+        self.raise_if_stopped()
+
+    def raise_if_stopped(self) -> None:
+        if self.stop.is_set() and self.stop_reason is not None:
+            raise self.stop_reason()
+
+    def interrupt(self, reason: type[BaseException]) -> None:
+        """Stop the job: wake `ctx.sleep`, and raise `reason` in its thread if it is in
+        user code (as Dramatiq's time limits do)."""
+        with self.lock:
+            if self.stop.is_set():
+                return
+            self.stop_reason = reason
+            self.stop.set()
+            if self.in_user_code and self.thread_id != threading.get_ident():
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self.thread_id), ctypes.py_object(reason)
+                )
+
+    @contextlib.contextmanager
+    def user_code(self) -> Iterator[None]:
+        with self.lock:
+            self.in_user_code = True
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_user_code = False
+                if self.stop.is_set():  # drop an interrupt not yet delivered
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(self.thread_id), None
+                    )
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the leases of this process's running jobs, enforces time limits and delivers
+    cancellations."""
+
+    def __init__(self, lifecycle: JobLifecycle) -> None:
+        super().__init__(name="conveyor-heartbeat", daemon=True)
+        self.lifecycle = lifecycle
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        renew_every = min(self.lifecycle.lease.total_seconds() / 3, 1.0)
+        next_renewal = 0.0
+        while not self.stopping.wait(0.1):
+            running = self.lifecycle.running_jobs()
+            now = time.monotonic()
+            for job in running:
+                if job.deadline is not None and now > job.deadline:
+                    job.interrupt(JobTimeLimitError)
+            if running and now >= next_renewal:
+                next_renewal = now + renew_every
+                try:
+                    stop = runs.renew_leases(
+                        self.lifecycle.resources.db,
+                        {job.job_id_: job.attempt for job in running},
+                        self.lifecycle.lease,
+                    )
+                except Exception:
+                    logger.warning("could not renew job leases", exc_info=True)
+                    continue
+                for job in running:
+                    if job.job_id_ in stop:
+                        job.interrupt(JobCancelledError)
+
+
+class JobLifecycle(Middleware):
+    """Dramatiq middleware owning the per-process resources and the running-job heartbeat."""
+
+    def __init__(
+        self,
+        resources: Callable[[], Resources],
+        *,
+        lease: dt.timedelta,
+        registry: Registry = JOBS,
+    ) -> None:
+        self._make_resources = resources
+        self._resources: Resources | None = None
+        self._resources_lock = threading.Lock()
+        self.lease = lease
+        self.registry = registry
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self._running: dict[uuid.UUID, RunningJob] = {}
+        self._running_lock = threading.Lock()
+        self._heartbeat: _Heartbeat | None = None
+
+    @property
+    def resources(self) -> Resources:
+        if self._resources is None:
+            with self._resources_lock:
+                if self._resources is None:
+                    self._resources = self._make_resources()
+        return self._resources
+
+    def running_jobs(self) -> list[RunningJob]:
+        with self._running_lock:
+            return list(self._running.values())
+
+    # Dramatiq hooks
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self._heartbeat = _Heartbeat(self)
+        self._heartbeat.start()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stopping.set()
+            self._heartbeat.join(timeout=5)
+            self._heartbeat = None
+        if self._resources is not None:
+            self._resources.close()
+            self._resources = None
+
+    # the actor body
+
+    def run(self, job_type: JobType, raw_id: str) -> None:
+        """Run one delivery of a job message (see the module docstring)."""
+        try:
+            job_id = uuid.UUID(raw_id)
+        except ValueError:
+            logger.error("message for %s carries no job id (%r); dropped", job_type.name, raw_id)
+            return
+        token = logs.job_id.set(raw_id)
+        try:
+            self._run(job_type, job_id)
+        finally:
+            logs.job_id.reset(token)
+
+    def _run(self, job_type: JobType, job_id: uuid.UUID) -> None:
+        res = self.resources
+        job = runs.claim(res.db, job_id, worker=self.worker_name, lease=self.lease)
+        if job is None:
+            logger.info("job %s is not due to run (finished, cancelled or taken); skipped", job_id)
+            return
+        res.notifier.publish(job_id, JobStatus.RUNNING)
+        limit = job_type.time_limit.total_seconds() if job_type.time_limit else None
+        running = RunningJob(
+            job_id_=job_id,
+            attempt=job.attempts,
+            thread_id=threading.get_ident(),
+            deadline=time.monotonic() + limit if limit else None,
+            db=res.db,
+            notifier=res.notifier,
+            time_limit=limit,
+        )
+        with self._running_lock:
+            self._running[job_id] = running
+        try:
+            self._execute(job_type, running, job.payload, job.max_retries)
+        finally:
+            with self._running_lock:
+                self._running.pop(job_id, None)
+
+    def _execute(
+        self, job_type: JobType, running: RunningJob, payload: dict[str, Any], max_retries: int
+    ) -> None:
+        job_id, attempt = running.job_id_, running.attempt
+        try:
+            validated = job_type.payload.model_validate(payload)
+            with running.user_code():
+                result = job_type.run(validated, running)
+            value = to_jsonable_python(result)
+        except JobCancelledError:
+            if running.stop_reason is JobCancelledError:
+                self._finish(job_id, attempt, JobStatus.CANCELLED,
+                             error={"type": "Cancelled", "message": "cancelled while running"})
+            return
+        except JobTimeLimitError:
+            error = {"type": "TimeLimitExceeded",
+                     "message": f"time limit of {running.time_limit:g}s exceeded"}
+            self._failed_attempt(job_type, running, error, retryable=True, max_retries=max_retries)
+        except (ValidationError, PermanentJobError, PydanticSerializationError) as exc:
+            # A payload the job type no longer accepts, a result that is not JSON, or an
+            # error the job itself calls permanent: retrying cannot help.
+            self._failed_attempt(job_type, running, _error(exc), retryable=False,
+                                 max_retries=max_retries)
+        except Exception as exc:
+            self._failed_attempt(job_type, running, _error(exc), retryable=True,
+                                 max_retries=max_retries)
+        else:
+            self._finish(job_id, attempt, JobStatus.SUCCEEDED, result=value)
+
+    def _failed_attempt(
+        self,
+        job_type: JobType,
+        running: RunningJob,
+        error: dict[str, Any],
+        *,
+        retryable: bool,
+        max_retries: int,
+    ) -> None:
+        res = self.resources
+        job_id, attempt = running.job_id_, running.attempt
+        if retryable and attempt <= max_retries:
+            delay = job_type.retry.backoff(attempt)
+            next_at = utcnow() + delay
+            if not runs.retry_later(res.db, job_id, attempt, error=error, next_attempt_at=next_at):
+                return
+            logger.info("job %s attempt %d failed (%s); retry in %.1fs",
+                        job_id, attempt, error["message"], delay.total_seconds())
+            res.notifier.publish(job_id, JobStatus.RETRYING)
+            message = JobMessage(job_id, job_type.name, job_type.queue,
+                                 int(delay.total_seconds() * 1000))
+            try:
+                res.enqueuer.publish([message])
+            except Exception:  # the sweeper publishes it: the row says retrying, unpublished
+                logger.warning("could not publish the retry of job %s", job_id, exc_info=True)
+            else:
+                with transaction(res.db) as session:
+                    mark_published(session, [job_id])
+            return
+        logger.error("job %s failed for good after %d attempt(s): %s",
+                     job_id, attempt, error["message"])
+        if self._finish(job_id, attempt, JobStatus.FAILED, error=error):
+            message_proxy = CurrentMessage.get_current_message()
+            if message_proxy is not None:
+                message_proxy.fail()  # nack: the message goes to the dead-letter queue
+
+    def _finish(self, job_id: uuid.UUID, attempt: int, status: JobStatus, **kwargs: Any) -> bool:
+        res = self.resources
+        if not runs.finish(res.db, job_id, attempt, status, **kwargs):
+            logger.warning("job %s attempt %d no longer holds the job; %s not recorded",
+                           job_id, attempt, status)
+            return False
+        res.notifier.publish(job_id, status)
+        return True
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "message": str(exc)[:2000] or type(exc).__name__}
+
+
+def bind_actors(
+    broker: dramatiq.Broker,
+    lifecycle: JobLifecycle,
+    *,
+    queues: set[str] | None = None,
+) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """Declare one Dramatiq actor per job type (of the given queues) on `broker`."""
+    if lifecycle not in broker.middleware:
+        broker.add_middleware(lifecycle)
+    actors = {}
+    for job_type in lifecycle.registry:
+        if queues is not None and job_type.queue not in queues:
+            continue
+
+        def body(job_id: str, _job_type: JobType = job_type) -> None:
+            lifecycle.run(_job_type, job_id)
+
+        body.__name__ = job_type.name.replace(".", "_")
+        actors[job_type.name] = dramatiq.Actor(
+            body,
+            broker=broker,
+            actor_name=job_type.name,
+            queue_name=job_type.queue,
+            priority=0,
+            options={},
+        )
+    return actors
