@@ -11,7 +11,10 @@ class ConveyorError(Exception):
     status = 500
     title = "Internal error"
 
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, detail: str | None = None, *, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        detail = detail or self.__doc__ or self.title
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []

@@ -11,7 +11,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
@@ -57,6 +57,7 @@ def claim(
             updated_at=now,
             lease_expires_at=now + lease,
             next_attempt_at=None,
+            published_at=func.coalesce(jobs_t.c.published_at, now),
             worker=worker,
         )
         .returning(*jobs_t.c)
