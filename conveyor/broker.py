@@ -34,7 +34,9 @@ def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
     if scheme in ("redis", "rediss", "unix"):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url, namespace=namespace, middleware=middleware)
+        return RedisBroker(  # type: ignore[no-untyped-call]
+            url=url, namespace=namespace, middleware=middleware
+        )
     if scheme == "stub":
         return StubBroker(middleware=middleware)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}; use amqp://, redis:// or stub://")
@@ -84,8 +86,7 @@ class BrokerEnqueuer:
         except Exception as exc:  # the row stays unpublished; the sweeper retries
             with self._lock:
                 self._paused_until = time.monotonic() + 2.0
-            logger.warning("publish of job %s failed, left to the sweeper: %r",
-                           message.job_id, exc)
+            logger.warning("publish of job %s failed, left to the sweeper: %r", message.job_id, exc)
         else:
             with self._lock:
                 self._confirmed.append(message.job_id)

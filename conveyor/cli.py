@@ -33,8 +33,9 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
-    web.run_app(create_app(settings), host=host, port=port, print=None,
-                access_log=None, shutdown_timeout=10)
+    web.run_app(
+        create_app(settings), host=host, port=port, print=None, access_log=None, shutdown_timeout=10
+    )
     return 0
 
 
@@ -94,12 +95,17 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=[r.value for r in Role], default=Role.MEMBER.value)
     create.set_defaults(run=cmd_users_create)
 
-    tokens = sub.add_parser("tokens", help="API tokens").add_subparsers(dest="tokens",
-                                                                         required=True)
+    tokens = sub.add_parser("tokens", help="API tokens").add_subparsers(
+        dest="tokens", required=True
+    )
     issue = tokens.add_parser("issue", help="print a bearer token for a user")
     issue.add_argument("email")
-    issue.add_argument("--days", type=float, default=None,
-                       help="lifetime in days (default: CONVEYOR_TOKEN_TTL_SECONDS)")
+    issue.add_argument(
+        "--days",
+        type=float,
+        default=None,
+        help="lifetime in days (default: CONVEYOR_TOKEN_TTL_SECONDS)",
+    )
     issue.set_defaults(run=cmd_tokens_issue)
     return root
 

@@ -12,7 +12,6 @@ import logging
 import secrets
 import signal
 
-
 import dramatiq
 from aiohttp import web
 from pydantic import SecretStr
@@ -75,8 +74,12 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     bind_actors(broker, lifecycle)
     worker = dramatiq.Worker(broker, worker_threads=settings.worker_threads, worker_timeout=100)
     worker.start()
-    publish_pending(db, enqueuer, grace=dt.timedelta(0),
-                    requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds))
+    publish_pending(
+        db,
+        enqueuer,
+        grace=dt.timedelta(0),
+        requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
+    )
 
     admin = ensure_user(db, ADMIN_EMAIL, Role.ADMIN)
     token = issue_token(token_config(settings), admin.id)
@@ -105,6 +108,3 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
         enqueuer.close()
         engine.dispose()
     return 0
-
-
-

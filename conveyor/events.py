@@ -23,9 +23,9 @@ class Events(Protocol):
     def publish(self, job_id: uuid.UUID, status: str) -> None:
         """Announce that the job changed (from any thread)."""
 
-    def subscribe(self, job_id: uuid.UUID) -> contextlib.AbstractAsyncContextManager[
-        asyncio.Queue[str]
-    ]:
+    def subscribe(
+        self, job_id: uuid.UUID
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[str]]:
         """Statuses of the job, as they are announced, while the context is open."""
 
     async def close(self) -> None: ...

@@ -30,8 +30,13 @@ class Payload(BaseModel):
 class JobContext(Protocol):
     """What a running job may ask of its worker (a second parameter named `ctx`)."""
 
-    job_id: str
-    attempt: int
+    @property
+    def job_id(self) -> str:
+        """The job's id."""
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first run, 2 for the first retry, and so on."""
 
     @property
     def cancelled(self) -> bool:

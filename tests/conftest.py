@@ -96,14 +96,16 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def stack(
-    request: pytest.FixtureRequest, broker_kind: str, aiohttp_client, pg_db, database_url,  # type: ignore[no-untyped-def]
+    request: pytest.FixtureRequest,
+    broker_kind: str,
+    aiohttp_client,
+    pg_db,
+    database_url,  # type: ignore[no-untyped-def]
     redis_prefix,
 ) -> AsyncIterator[Stack]:
     """Web app (with sweeper) and an in-process Dramatiq worker on real PostgreSQL,
     Redis events, and RabbitMQ or Redis as the broker."""
-    broker_url = (
-        request.getfixturevalue("rabbitmq_url") if broker_kind == "rabbitmq" else REDIS_URL
-    )
+    broker_url = request.getfixturevalue("rabbitmq_url") if broker_kind == "rabbitmq" else REDIS_URL
     settings = test_settings(
         database_url=database_url,
         broker_url=broker_url,

@@ -66,11 +66,17 @@ class Stack:
         return {"Authorization": f"Bearer {token or self.member_token}", **extra}
 
     async def submit(
-        self, type_: str, payload: dict[str, Any] | None = None, *, token: str | None = None,
-        expect: int = 202, **headers: str,
+        self,
+        type_: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        expect: int = 202,
+        **headers: str,
     ) -> dict[str, Any]:
         response = await self.client.post(
-            "/v1/jobs", json={"type": type_, "payload": payload or {}},
+            "/v1/jobs",
+            json={"type": type_, "payload": payload or {}},
             headers=self.headers(token, **headers),
         )
         body = await response.json()
@@ -85,10 +91,11 @@ class Stack:
         assert response.status == 200, body
         return body  # type: ignore[no-any-return]
 
-    async def wait_for(self, job_id: str, *statuses: str, timeout: float = 20.0,
-                       token: str | None = None) -> dict[str, Any]:
+    async def wait_for(
+        self, job_id: str, *statuses: str, within: float = 20.0, token: str | None = None
+    ) -> dict[str, Any]:
         """Long-poll until the job reaches one of `statuses`."""
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             job = await self.get(job_id, token=token, wait=f"{max(min(remaining, 5), 0):.2f}")

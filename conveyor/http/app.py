@@ -14,7 +14,16 @@ from conveyor.db import make_engine, make_sessionmaker
 from conveyor.events import Events, MemoryEvents, RedisEvents
 from conveyor.http import jobs, system
 from conveyor.http.keys import (
-    BROKER, DB, DB_EXECUTOR, ENQUEUER, EVENTS, METRICS, OPENAPI, REGISTRY, SETTINGS, TOKENS,
+    BROKER,
+    DB,
+    DB_EXECUTOR,
+    ENQUEUER,
+    EVENTS,
+    METRICS,
+    OPENAPI,
+    REGISTRY,
+    SETTINGS,
+    TOKENS,
     USER_CACHE,
 )
 from conveyor.http.metrics import Metrics
@@ -73,7 +82,9 @@ def create_app(
         loop_sweeper = None
         if sweeper:
             loop_sweeper = Sweeper(
-                app[DB], enqueuer, app[EVENTS],
+                app[DB],
+                enqueuer,
+                app[EVENTS],
                 interval=settings.sweep_interval_seconds,
                 grace=dt.timedelta(seconds=settings.publish_grace_seconds),
                 requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),

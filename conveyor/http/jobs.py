@@ -30,7 +30,9 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IG
 
 def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=model.model_dump_json(), status=status, headers=headers,
+        body=model.model_dump_json(),
+        status=status,
+        headers=headers,
         content_type="application/json",
     )
 
@@ -61,18 +63,18 @@ def _finished(job: Job) -> bool:
     return job.status in FINISHED
 
 
-async def _wait(request: web.Request, job: Job, timeout: float, *, until_finished: bool) -> Job:
-    """The job once it changes status (or finishes), or as it is after `timeout` seconds.
+async def _wait(request: web.Request, job: Job, seconds: float, *, until_finished: bool) -> Job:
+    """The job once it changes status (or finishes), or as it is after `seconds`.
 
     Woken by the events fan-out; the row is read again once subscribed (so no change
     between the first read and the subscription is missed) and after each relevant event.
     """
-    if timeout <= 0 or _finished(job):
+    if seconds <= 0 or _finished(job):
         return job
     viewer = request[USER]
     initial = job.status
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + seconds
     async with request.app[EVENTS].subscribe(job.id) as statuses:
         job = await run_db(request.app, jobs.get, job.id, viewer)
         while not (_finished(job) or (not until_finished and job.status != initial)):
@@ -158,7 +160,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 def _list_param(request: web.Request, name: str) -> list[str]:
-    values = []
+    values: list[str] = []
     for raw in request.query.getall(name, []):
         values.extend(v.strip() for v in raw.split(",") if v.strip())
     return values
@@ -218,8 +220,11 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID", "0")
     after = int(last) if last.isdigit() else 0
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                 "X-Accel-Buffering": "no"}
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
     )
     await response.prepare(request)
     async with request.app[EVENTS].subscribe(job.id) as statuses:
@@ -227,9 +232,13 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             for event in await run_db(request.app, jobs.events_after, job.id, after):
                 after = event.id
                 data = {
-                    "job_id": str(job.id), "kind": event.kind, "status": event.status,
-                    "attempt": event.attempt, "progress": event.progress,
-                    "message": event.message, "at": event.at.isoformat(),
+                    "job_id": str(job.id),
+                    "kind": event.kind,
+                    "status": event.status,
+                    "attempt": event.attempt,
+                    "progress": event.progress,
+                    "message": event.message,
+                    "at": event.at.isoformat(),
                 }
                 await response.write(
                     f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(data)}\n\n".encode()

@@ -26,11 +26,18 @@ USER_CACHE_SECONDS = 10.0
 
 
 def problem(
-    status: int, title: str, detail: str, errors: list[dict[str, Any]] | None = None,
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
-                            "detail": detail}
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     if errors:
         body["errors"] = errors
     response = web.json_response(body, status=status, content_type=PROBLEM_TYPE)
@@ -82,8 +89,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         headers = {"WWW-Authenticate": 'Bearer realm="conveyor"'} if exc.status == 401 else None
         return problem(exc.status, exc.title, exc.detail, exc.errors, headers)
     except ValidationError as exc:
-        return problem(422, "Unprocessable content", "the request has invalid fields",
-                       validation_errors(exc))
+        return problem(
+            422, "Unprocessable content", "the request has invalid fields", validation_errors(exc)
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

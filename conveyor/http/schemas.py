@@ -32,9 +32,7 @@ class JobOut(BaseModel):
     id: uuid.UUID
     type: str
     queue: str
-    status: str = Field(
-        description="queued | running | retrying | succeeded | failed | cancelled"
-    )
+    status: str = Field(description="queued | running | retrying | succeeded | failed | cancelled")
     payload: dict[str, Any]
     result: Any = None
     error: JobError | None = None
@@ -98,9 +96,7 @@ class JobTypeOut(BaseModel):
             queue=job_type.queue,
             description=job_type.description,
             max_retries=job_type.retry.max_retries,
-            time_limit_seconds=job_type.time_limit.total_seconds()
-            if job_type.time_limit
-            else None,
+            time_limit_seconds=job_type.time_limit.total_seconds() if job_type.time_limit else None,
             payload_schema=job_type.payload.model_json_schema(),
         )
 

@@ -41,8 +41,9 @@ async def readyz(request: web.Request) -> web.Response:
         if settings.redis_url:
             import redis
 
-            client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
-                                          socket_connect_timeout=2)
+            client = redis.Redis.from_url(
+                settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+            )
             try:
                 client.ping()
             finally:
@@ -62,8 +63,10 @@ async def readyz(request: web.Request) -> web.Response:
         except Exception as exc:
             results[name] = f"error: {exc!r}"[:300]
     ready = all(v == "ok" for v in results.values())
-    return web.json_response({"status": "ok" if ready else "unavailable", "checks": results},
-                             status=200 if ready else 503)
+    return web.json_response(
+        {"status": "ok" if ready else "unavailable", "checks": results},
+        status=200 if ready else 503,
+    )
 
 
 @routes.get("/metrics")
@@ -78,8 +81,9 @@ async def metrics(request: web.Request) -> web.Response:
             registry.jobs.labels(job_type, status).set(n)
         registry.unpublished.set(unpublished)
         registry.counts_expire_at = time.monotonic() + JOB_COUNTS_TTL_SECONDS
-    return web.Response(body=generate_latest(registry.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(
+        body=generate_latest(registry.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 @routes.get("/openapi.json")

@@ -16,9 +16,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import CursorResult, Table, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
@@ -30,8 +30,8 @@ from conveyor.models.job import FINISHED, PENDING
 
 logger = logging.getLogger(__name__)
 
-jobs_t = Job.__table__
-events_t = JobEvent.__table__
+jobs_t = cast(Table, Job.__table__)
+events_t = cast(Table, JobEvent.__table__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class Enqueuer(Protocol):
         """Hand a message to the background publishers; never blocks, may drop (the sweeper
         publishes whatever was not confirmed)."""
 
+    def take_confirmed(self) -> list[uuid.UUID]:
+        """Ids of jobs whose `publish_soon` was confirmed since the last call."""
+
 
 class Notifier(Protocol):
     """Wakes whoever waits on a job's status (see `conveyor.events`)."""
@@ -73,6 +76,11 @@ def request_hash(job_type: str, payload: dict[str, Any]) -> str:
 
     canonical = json.dumps([job_type, payload], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE or DELETE matched."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _event(
@@ -164,8 +172,16 @@ def submit(
                             errors=[{"field": "Idempotency-Key", "message": "reused key"}],
                         )
                     return existing, False
-                return _insert(session, job_type, queue, payload, max_retries, owner_id,
-                               idempotency_key, digest), True
+                return _insert(
+                    session,
+                    job_type,
+                    queue,
+                    payload,
+                    max_retries,
+                    owner_id,
+                    idempotency_key,
+                    digest,
+                ), True
         return _insert(session, job_type, queue, payload, max_retries, owner_id, None, None), True
 
 
@@ -180,7 +196,7 @@ def _insert(
     digest: str | None,
 ) -> Job:
     now = utcnow()
-    row = {
+    row: dict[str, Any] = {
         "id": uuid7(),
         "type": job_type,
         "queue": queue,
@@ -261,9 +277,7 @@ def list_jobs(
     return Page(rows, encode_cursor(rows[-1].id) if more and rows else None)
 
 
-def cancel(
-    db: sessionmaker[Session], notifier: Notifier, job_id: uuid.UUID, viewer: User
-) -> Job:
+def cancel(db: sessionmaker[Session], notifier: Notifier, job_id: uuid.UUID, viewer: User) -> Job:
     """Cancel at once if the job waits; ask a running job to stop. Finished jobs: 409."""
     now = utcnow()
     with transaction(db) as session:
@@ -311,9 +325,7 @@ def counts(db: sessionmaker[Session]) -> tuple[list[tuple[str, str, int]], int]:
         by_type = [
             (row.type, row.status, row.n)
             for row in session.execute(
-                select(Job.type, Job.status, func.count().label("n")).group_by(
-                    Job.type, Job.status
-                )
+                select(Job.type, Job.status, func.count().label("n")).group_by(Job.type, Job.status)
             )
         ]
         unpublished = session.scalar(

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,8 +32,9 @@ def _locked(session: Session, stmt: object) -> object:
     return stmt
 
 
-def message_for(job_id: uuid.UUID, type_: str, queue: str, next_attempt_at: dt.datetime | None,
-                now: dt.datetime) -> JobMessage:
+def message_for(
+    job_id: uuid.UUID, type_: str, queue: str, next_attempt_at: dt.datetime | None, now: dt.datetime
+) -> JobMessage:
     delay = 0
     if next_attempt_at is not None and next_attempt_at > now:
         delay = int((next_attempt_at - now).total_seconds() * 1000)
@@ -46,8 +48,9 @@ def publish_pending(
     grace: dt.timedelta,
     requeue_after: dt.timedelta,
     limit: int = 500,
-) -> int:
-    """Publish waiting jobs that have no confirmed message; returns how many were published.
+) -> bool:
+    """Publish waiting jobs that have no confirmed message; True if a whole batch went
+    (there may be more).
 
     Raises whatever the broker raises; the rows stay unpublished and the next sweep retries.
     """
@@ -71,11 +74,11 @@ def publish_pending(
     with transaction(db) as session:
         rows = session.execute(_locked(session, stmt)).all()  # type: ignore[call-overload]
         if not rows:
-            return 0
+            return False
         enqueuer.publish([message_for(r.id, r.type, r.queue, r.next_attempt_at, now) for r in rows])
         mark_published(session, [r.id for r in rows])
     logger.info("published %d job(s) from the outbox", len(rows))
-    return len(rows)
+    return len(rows) == limit
 
 
 def mark_published(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
@@ -100,8 +103,12 @@ def expire_leases(
     now = utcnow()
     stmt = (
         select(
-            jobs_t.c.id, jobs_t.c.type, jobs_t.c.queue, jobs_t.c.attempts,
-            jobs_t.c.max_retries, jobs_t.c.cancel_requested,
+            jobs_t.c.id,
+            jobs_t.c.type,
+            jobs_t.c.queue,
+            jobs_t.c.attempts,
+            jobs_t.c.max_retries,
+            jobs_t.c.cancel_requested,
         )
         .where(jobs_t.c.status == JobStatus.RUNNING, jobs_t.c.lease_expires_at < now)
         .limit(limit)
@@ -112,8 +119,9 @@ def expire_leases(
         for row in session.execute(_locked(session, stmt)).all():  # type: ignore[call-overload]
             error = {
                 "type": "WorkerLost",
-                "message": f"the worker running attempt {row.attempts} stopped without finishing it",
+                "message": f"the worker of attempt {row.attempts} stopped without finishing it",
             }
+            values: dict[str, Any]
             if row.cancel_requested:
                 status, values = JobStatus.CANCELLED, {"finished_at": now}
             elif row.attempts > row.max_retries:
@@ -123,10 +131,18 @@ def expire_leases(
                 retry.append(JobMessage(row.id, row.type, row.queue))
             session.execute(
                 update(jobs_t)
-                .where(jobs_t.c.id == row.id, jobs_t.c.status == JobStatus.RUNNING,
-                       jobs_t.c.attempts == row.attempts)
-                .values(status=status.value, error=error, updated_at=now, lease_expires_at=None,
-                        **values)
+                .where(
+                    jobs_t.c.id == row.id,
+                    jobs_t.c.status == JobStatus.RUNNING,
+                    jobs_t.c.attempts == row.attempts,
+                )
+                .values(
+                    status=status.value,
+                    error=error,
+                    updated_at=now,
+                    lease_expires_at=None,
+                    **values,
+                )
             )
             session.execute(
                 insert(events_t),

@@ -18,7 +18,7 @@ from conveyor.db import transaction
 from conveyor.models import Job, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import PENDING
-from conveyor.services.jobs import _event, events_t, jobs_t
+from conveyor.services.jobs import _event, events_t, jobs_t, rowcount
 
 #: A retry message may arrive this much before the job's next-attempt time.
 EARLY_TOLERANCE = dt.timedelta(seconds=1)
@@ -101,7 +101,7 @@ def finish(
         values["progress"] = 1.0
     message = error["message"] if error else None
     with transaction(db) as session:
-        if session.execute(_guarded(job_id, attempt).values(**values)).rowcount != 1:
+        if rowcount(session.execute(_guarded(job_id, attempt).values(**values))) != 1:
             return False
         session.execute(insert(events_t), [_event(job_id, status, attempt, now, message=message)])
     return True
@@ -126,7 +126,7 @@ def retry_later(
         "lease_expires_at": None,
     }
     with transaction(db) as session:
-        if session.execute(_guarded(job_id, attempt).values(**values)).rowcount != 1:
+        if rowcount(session.execute(_guarded(job_id, attempt).values(**values))) != 1:
             return False
         session.execute(
             insert(events_t),
@@ -185,12 +185,14 @@ def renew_leases(
             .values(lease_expires_at=now + lease)
         )
         rows = session.execute(
-            select(jobs_t.c.id, jobs_t.c.status, jobs_t.c.attempts, jobs_t.c.cancel_requested)
-            .where(jobs_t.c.id.in_(running))
+            select(
+                jobs_t.c.id, jobs_t.c.status, jobs_t.c.attempts, jobs_t.c.cancel_requested
+            ).where(jobs_t.c.id.in_(running))
         ).all()
     return {
         row.id
         for row in rows
-        if row.cancel_requested or row.status != JobStatus.RUNNING or row.attempts != running[row.id]
+        if row.cancel_requested
+        or row.status != JobStatus.RUNNING
+        or row.attempts != running[row.id]
     }
-

@@ -13,7 +13,7 @@ import threading
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
-from conveyor.services.jobs import Notifier
+from conveyor.services.jobs import Enqueuer, Notifier
 from conveyor.services.outbox import expire_leases, mark_published, publish_pending
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class Sweeper(threading.Thread):
     def __init__(
         self,
         db: sessionmaker[Session],
-        enqueuer: object,
+        enqueuer: Enqueuer,
         notifier: Notifier,
         *,
         interval: float,
@@ -47,7 +47,7 @@ class Sweeper(threading.Thread):
         self.flush_confirmed()
 
     def flush_confirmed(self) -> None:
-        confirmed = self.enqueuer.take_confirmed()  # type: ignore[attr-defined]
+        confirmed = self.enqueuer.take_confirmed()
         if confirmed:
             with transaction(self.db) as session:
                 mark_published(session, confirmed)
@@ -56,10 +56,11 @@ class Sweeper(threading.Thread):
         """One pass; failures are logged and retried on the next pass."""
         try:
             self.flush_confirmed()
-            expire_leases(self.db, self.enqueuer, self.notifier)  # type: ignore[arg-type]
-            while publish_pending(self.db, self.enqueuer, grace=self.grace,  # type: ignore[arg-type]
-                                  requeue_after=self.requeue_after) == 500:
-                pass
+            expire_leases(self.db, self.enqueuer, self.notifier)
+            while publish_pending(
+                self.db, self.enqueuer, grace=self.grace, requeue_after=self.requeue_after
+            ):
+                pass  # a full batch: there may be more
         except Exception as exc:
             logger.warning("sweep failed (will retry): %r", exc)
 

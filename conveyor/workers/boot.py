@@ -22,7 +22,9 @@ def worker_resources(settings: Settings, broker: dramatiq.Broker) -> Resources:
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     enqueuer = BrokerEnqueuer(broker, threads=1)
     if settings.redis_url:
-        notifier: RedisEvents | MemoryEvents = RedisEvents(settings.redis_url, settings.redis_prefix)
+        notifier: RedisEvents | MemoryEvents = RedisEvents(
+            settings.redis_url, settings.redis_prefix
+        )
     else:
         logger.warning("no redis_url: clients waiting on jobs are not woken by this worker")
         notifier = MemoryEvents()
@@ -31,8 +33,9 @@ def worker_resources(settings: Settings, broker: dramatiq.Broker) -> Resources:
         enqueuer.close()
         engine.dispose()
 
-    return Resources(db=make_sessionmaker(engine), notifier=notifier, enqueuer=enqueuer,
-                     close=close)
+    return Resources(
+        db=make_sessionmaker(engine), notifier=notifier, enqueuer=enqueuer, close=close
+    )
 
 
 def boot_pool(queues: set[str], settings: Settings | None = None) -> dramatiq.Broker:

@@ -29,6 +29,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor import logs
+from conveyor.db import transaction
 from conveyor.errors import JobCancelledError, PermanentJobError
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
@@ -36,7 +37,6 @@ from conveyor.registry import JOBS, JobType, Registry
 from conveyor.services import runs
 from conveyor.services.jobs import Enqueuer, JobMessage, Notifier
 from conveyor.services.outbox import mark_published
-from conveyor.db import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class RunningJob:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def job_id(self) -> str:  # type: ignore[override]
+    def job_id(self) -> str:
         return str(self.job_id_)
 
     @property
@@ -117,9 +117,7 @@ class RunningJob:
             with self.lock:
                 self.in_user_code = False
                 if self.stop.is_set():  # drop an interrupt not yet delivered
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                        ctypes.c_ulong(self.thread_id), None
-                    )
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), None)
 
 
 class _Heartbeat(threading.Thread):
@@ -255,21 +253,29 @@ class JobLifecycle(Middleware):
             value = to_jsonable_python(result)
         except JobCancelledError:
             if running.stop_reason is JobCancelledError:
-                self._finish(job_id, attempt, JobStatus.CANCELLED,
-                             error={"type": "Cancelled", "message": "cancelled while running"})
+                self._finish(
+                    job_id,
+                    attempt,
+                    JobStatus.CANCELLED,
+                    error={"type": "Cancelled", "message": "cancelled while running"},
+                )
             return
         except JobTimeLimitError:
-            error = {"type": "TimeLimitExceeded",
-                     "message": f"time limit of {running.time_limit:g}s exceeded"}
+            error = {
+                "type": "TimeLimitExceeded",
+                "message": f"time limit of {running.time_limit:g}s exceeded",
+            }
             self._failed_attempt(job_type, running, error, retryable=True, max_retries=max_retries)
         except (ValidationError, PermanentJobError, PydanticSerializationError) as exc:
             # A payload the job type no longer accepts, a result that is not JSON, or an
             # error the job itself calls permanent: retrying cannot help.
-            self._failed_attempt(job_type, running, _error(exc), retryable=False,
-                                 max_retries=max_retries)
+            self._failed_attempt(
+                job_type, running, _error(exc), retryable=False, max_retries=max_retries
+            )
         except Exception as exc:
-            self._failed_attempt(job_type, running, _error(exc), retryable=True,
-                                 max_retries=max_retries)
+            self._failed_attempt(
+                job_type, running, _error(exc), retryable=True, max_retries=max_retries
+            )
         else:
             self._finish(job_id, attempt, JobStatus.SUCCEEDED, result=value)
 
@@ -289,11 +295,17 @@ class JobLifecycle(Middleware):
             next_at = utcnow() + delay
             if not runs.retry_later(res.db, job_id, attempt, error=error, next_attempt_at=next_at):
                 return
-            logger.info("job %s attempt %d failed (%s); retry in %.1fs",
-                        job_id, attempt, error["message"], delay.total_seconds())
+            logger.info(
+                "job %s attempt %d failed (%s); retry in %.1fs",
+                job_id,
+                attempt,
+                error["message"],
+                delay.total_seconds(),
+            )
             res.notifier.publish(job_id, JobStatus.RETRYING)
-            message = JobMessage(job_id, job_type.name, job_type.queue,
-                                 int(delay.total_seconds() * 1000))
+            message = JobMessage(
+                job_id, job_type.name, job_type.queue, int(delay.total_seconds() * 1000)
+            )
             try:
                 res.enqueuer.publish([message])
             except Exception:  # the sweeper publishes it: the row says retrying, unpublished
@@ -302,18 +314,23 @@ class JobLifecycle(Middleware):
                 with transaction(res.db) as session:
                     mark_published(session, [job_id])
             return
-        logger.error("job %s failed for good after %d attempt(s): %s",
-                     job_id, attempt, error["message"])
+        logger.error(
+            "job %s failed for good after %d attempt(s): %s", job_id, attempt, error["message"]
+        )
         if self._finish(job_id, attempt, JobStatus.FAILED, error=error):
             message_proxy = CurrentMessage.get_current_message()
             if message_proxy is not None:
-                message_proxy.fail()  # nack: the message goes to the dead-letter queue
+                message_proxy.fail()  # type: ignore[attr-defined]  # nack: the message goes to the dead-letter queue
 
     def _finish(self, job_id: uuid.UUID, attempt: int, status: JobStatus, **kwargs: Any) -> bool:
         res = self.resources
         if not runs.finish(res.db, job_id, attempt, status, **kwargs):
-            logger.warning("job %s attempt %d no longer holds the job; %s not recorded",
-                           job_id, attempt, status)
+            logger.warning(
+                "job %s attempt %d no longer holds the job; %s not recorded",
+                job_id,
+                attempt,
+                status,
+            )
             return False
         res.notifier.publish(job_id, status)
         return True

@@ -45,5 +45,5 @@ async def test_cancel_running_job_stops_it(stack: Stack) -> None:
     await stack.wait_for(job["id"], "running")
     response = await stack.client.post(f"/v1/jobs/{job['id']}/cancel", headers=stack.headers())
     assert response.status == 202
-    done = await stack.wait_for(job["id"], "cancelled", timeout=5)
+    done = await stack.wait_for(job["id"], "cancelled", within=5)
     assert done["error"]["type"] == "Cancelled"
