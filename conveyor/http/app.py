@@ -14,6 +14,7 @@ from conveyor.db import make_engine, make_sessionmaker
 from conveyor.events import Events, MemoryEvents, RedisEvents
 from conveyor.http import jobs, system
 from conveyor.http.keys import (
+    BATCHER,
     BROKER,
     DB,
     DB_EXECUTOR,
@@ -31,6 +32,7 @@ from conveyor.http.middleware import authenticate, observe, problems
 from conveyor.http.openapi import build_openapi
 from conveyor.registry import JOBS, Registry
 from conveyor.services.auth import TokenConfig
+from conveyor.services.batching import SubmitBatcher
 from conveyor.services.sweeper import Sweeper
 from conveyor.settings import Settings
 
@@ -79,6 +81,7 @@ def create_app(
         app[DB_EXECUTOR] = ThreadPoolExecutor(settings.db_threads, thread_name_prefix="conveyor-db")
         enqueuer = BrokerEnqueuer(app[BROKER], threads=settings.publish_threads)
         app[ENQUEUER] = enqueuer
+        app[BATCHER] = SubmitBatcher(app[DB])
         loop_sweeper = None
         if sweeper:
             loop_sweeper = Sweeper(
@@ -93,6 +96,7 @@ def create_app(
         yield
         if loop_sweeper is not None:
             loop_sweeper.stop()
+        app[BATCHER].close()
         enqueuer.close()
         await app[EVENTS].close()
         app[DB_EXECUTOR].shutdown(wait=True)

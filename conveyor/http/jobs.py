@@ -12,14 +12,14 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
-from conveyor.http.keys import ENQUEUER, EVENTS, METRICS, REGISTRY, SETTINGS, USER
+from conveyor.http.keys import BATCHER, ENQUEUER, EVENTS, METRICS, REGISTRY, SETTINGS, USER
 from conveyor.http.middleware import validation_errors
 from conveyor.http.runtime import run_db
 from conveyor.http.schemas import JobOut, JobPage, JobTypeList, JobTypeOut, SubmitJob
 from conveyor.models import Job, JobStatus
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
-from conveyor.services.jobs import JobMessage
+from conveyor.services.jobs import JobMessage, NewJob
 
 routes = web.RouteTableDef()
 
@@ -116,9 +116,7 @@ async def submit_job(request: web.Request) -> web.Response:
             "Idempotency-Key must have 1 to 255 characters",
             errors=[{"field": "Idempotency-Key", "message": "1 to 255 characters"}],
         )
-    job, created = await run_db(
-        request.app,
-        jobs.submit,
+    new = NewJob(
         job_type=job_type.name,
         queue=job_type.queue,
         payload=payload.model_dump(mode="json"),
@@ -126,6 +124,10 @@ async def submit_job(request: web.Request) -> web.Response:
         owner_id=request[USER].id,
         idempotency_key=key,
     )
+    if key is None:  # the common case: group-committed with concurrent submissions
+        job, created = await asyncio.wrap_future(request.app[BATCHER].submit(new)), True
+    else:
+        job, created = await run_db(request.app, jobs.submit, new)
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": RETRY_AFTER_SECONDS}
     if created:
         request.app[ENQUEUER].publish_soon(JobMessage(job.id, job.type, job.queue))

@@ -13,6 +13,7 @@ from conveyor.http.metrics import Metrics
 from conveyor.models import User
 from conveyor.registry import Registry
 from conveyor.services.auth import TokenConfig
+from conveyor.services.batching import SubmitBatcher
 from conveyor.services.jobs import Enqueuer
 from conveyor.settings import Settings
 
@@ -27,5 +28,6 @@ TOKENS = web.AppKey("tokens", TokenConfig)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
 USER_CACHE = web.AppKey("user_cache", dict)
+BATCHER = web.AppKey("batcher", SubmitBatcher)
 
 USER = web.RequestKey("user", User)

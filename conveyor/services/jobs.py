@@ -141,88 +141,84 @@ def _in_flight() -> ConflictError:
 # --- API side ------------------------------------------------------------------------------
 
 
-def submit(
-    db: sessionmaker[Session],
-    *,
-    job_type: str,
-    queue: str,
-    payload: dict[str, Any],
-    max_retries: int,
-    owner_id: uuid.UUID,
-    idempotency_key: str | None = None,
-) -> tuple[Job, bool]:
+@dataclass(frozen=True)
+class NewJob:
+    """A validated submission, ready to be written."""
+
+    job_type: str
+    queue: str
+    payload: dict[str, Any]
+    max_retries: int
+    owner_id: uuid.UUID
+    idempotency_key: str | None = None
+
+
+def submit(db: sessionmaker[Session], new: NewJob) -> tuple[Job, bool]:
     """Write a queued job (and its first event) in one transaction.
 
     Returns the job and whether it was created; with an idempotency key already used for the
     same request, the earlier job comes back instead (a different request is a 422).
     """
-    digest = request_hash(job_type, payload) if idempotency_key else None
+    key = new.idempotency_key
     with transaction(db) as session:
-        if idempotency_key is not None:
-            with _key_lock(session, owner_id, idempotency_key):
-                existing = session.scalars(
-                    select(Job).where(
-                        Job.owner_id == owner_id, Job.idempotency_key == idempotency_key
-                    )
-                ).first()
-                if existing is not None:
-                    if existing.request_hash != digest:
-                        raise InvalidRequestError(
-                            "this Idempotency-Key was already used with a different request",
-                            errors=[{"field": "Idempotency-Key", "message": "reused key"}],
-                        )
-                    return existing, False
-                return _insert(
-                    session,
-                    job_type,
-                    queue,
-                    payload,
-                    max_retries,
-                    owner_id,
-                    idempotency_key,
-                    digest,
-                ), True
-        return _insert(session, job_type, queue, payload, max_retries, owner_id, None, None), True
+        if key is None:
+            return _insert(session, [new])[0], True
+        with _key_lock(session, new.owner_id, key):
+            existing = session.scalars(
+                select(Job).where(Job.owner_id == new.owner_id, Job.idempotency_key == key)
+            ).first()
+            if existing is None:
+                return _insert(session, [new])[0], True
+            if existing.request_hash != request_hash(new.job_type, new.payload):
+                raise InvalidRequestError(
+                    "this Idempotency-Key was already used with a different request",
+                    errors=[{"field": "Idempotency-Key", "message": "reused key"}],
+                )
+            return existing, False
 
 
-def _insert(
-    session: Session,
-    job_type: str,
-    queue: str,
-    payload: dict[str, Any],
-    max_retries: int,
-    owner_id: uuid.UUID,
-    idempotency_key: str | None,
-    digest: str | None,
-) -> Job:
+def submit_many(db: sessionmaker[Session], batch: Sequence[NewJob]) -> list[Job]:
+    """Write several jobs without idempotency keys in one transaction (one commit)."""
+    if any(new.idempotency_key is not None for new in batch):
+        raise ValueError("jobs with an idempotency key go through submit()")
+    with transaction(db) as session:
+        return _insert(session, batch)
+
+
+def _insert(session: Session, batch: Sequence[NewJob]) -> list[Job]:
     now = utcnow()
-    row: dict[str, Any] = {
-        "id": uuid7(),
-        "type": job_type,
-        "queue": queue,
-        "status": JobStatus.QUEUED.value,
-        "payload": payload,
-        "result": None,
-        "error": None,
-        "attempts": 0,
-        "max_retries": max_retries,
-        "progress": None,
-        "owner_id": owner_id,
-        "idempotency_key": idempotency_key,
-        "request_hash": digest,
-        "cancel_requested": False,
-        "worker": None,
-        "created_at": now,
-        "updated_at": now,
-        "published_at": None,
-        "started_at": None,
-        "finished_at": None,
-        "next_attempt_at": None,
-        "lease_expires_at": None,
-    }
-    session.execute(insert(jobs_t), [row])
-    session.execute(insert(events_t), [_event(row["id"], JobStatus.QUEUED, 0, now)])
-    return Job(**row)
+    rows: list[dict[str, Any]] = [
+        {
+            "id": uuid7(),
+            "type": new.job_type,
+            "queue": new.queue,
+            "status": JobStatus.QUEUED.value,
+            "payload": new.payload,
+            "result": None,
+            "error": None,
+            "attempts": 0,
+            "max_retries": new.max_retries,
+            "progress": None,
+            "owner_id": new.owner_id,
+            "idempotency_key": new.idempotency_key,
+            "request_hash": request_hash(new.job_type, new.payload)
+            if new.idempotency_key
+            else None,
+            "cancel_requested": False,
+            "worker": None,
+            "created_at": now,
+            "updated_at": now,
+            "published_at": None,
+            "started_at": None,
+            "finished_at": None,
+            "next_attempt_at": None,
+            "lease_expires_at": None,
+        }
+        for new in batch
+    ]
+    session.execute(insert(jobs_t), rows)
+    session.execute(insert(events_t), [_event(r["id"], JobStatus.QUEUED, 0, now) for r in rows])
+    return [Job(**row) for row in rows]
 
 
 def _visible(job: Job | None, viewer: User) -> Job:

@@ -17,7 +17,7 @@ from conveyor.broker import message_of
 from conveyor.models import JobEvent
 from conveyor.models.base import utcnow
 from conveyor.services import jobs
-from conveyor.services.jobs import JobMessage, jobs_t
+from conveyor.services.jobs import JobMessage, NewJob, jobs_t
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("broker_kind", ["rabbitmq"])]
@@ -185,14 +185,8 @@ async def test_duplicate_message_for_a_finished_job_is_skipped(stack: Stack) -> 
 
 async def test_committed_but_unpublished_job_is_swept_and_runs(stack: Stack) -> None:
     owner = uuid.UUID((await stack.submit("system.echo", {}))["owner_id"])
-    job, _ = jobs.submit(  # committed, never published: as if the web process died here
-        stack.db,
-        job_type="system.echo",
-        queue="system",
-        payload={"swept": True},
-        max_retries=0,
-        owner_id=owner,
-    )
+    new = NewJob("system.echo", "system", {"swept": True}, max_retries=0, owner_id=owner)
+    job, _ = jobs.submit(stack.db, new)  # committed, never published: the web process died
     done = await stack.wait_for(str(job.id), "succeeded")
     assert done["result"] == {"swept": True}
 
