@@ -31,6 +31,8 @@ from conveyor.workers.lifecycle import JobLifecycle, Resources, bind_actors
 logger = logging.getLogger(__name__)
 
 ADMIN_EMAIL = "admin@localhost"
+#: How long Ctrl-C waits for running jobs before leaving them to the next start.
+SHUTDOWN_GRACE_MS = 5_000
 
 
 def embedded_settings(settings: Settings) -> Settings:
@@ -104,7 +106,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     try:
         asyncio.run(serve())
     finally:
-        worker.stop()
+        worker.stop(timeout=SHUTDOWN_GRACE_MS)  # unfinished jobs resume at the next start
         enqueuer.close()
         engine.dispose()
     return 0

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         30.0, gt=0, description="A running job's lease; renewed while its worker lives."
     )
+    max_worker_losses: int = Field(
+        2,
+        ge=0,
+        description="Times a job may lose its worker (crash, kill, lease expiry) before it "
+        "ends failed; counted apart from its retries.",
+    )
     sweep_interval_seconds: float = Field(
         1.0, gt=0, description="How often the sweeper looks for unpublished and stalled jobs."
     )

@@ -91,6 +91,7 @@ def create_app(
                 interval=settings.sweep_interval_seconds,
                 grace=dt.timedelta(seconds=settings.publish_grace_seconds),
                 requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
+                max_worker_losses=settings.max_worker_losses,
             )
             loop_sweeper.start()
         yield

@@ -36,8 +36,9 @@ class JobOut(BaseModel):
     payload: dict[str, Any]
     result: Any = None
     error: JobError | None = None
-    attempts: int
+    attempts: int = Field(description="Times the job started (retries and lost workers included)")
     max_retries: int
+    worker_losses: int = Field(description="Attempts that ended because their worker died")
     progress: float | None = None
     owner_id: uuid.UUID
     idempotency_key: str | None = None
@@ -60,6 +61,7 @@ class JobOut(BaseModel):
             result=job.result,
             error=JobError(**job.error) if job.error else None,
             attempts=job.attempts,
+            worker_losses=job.worker_losses,
             max_retries=job.max_retries,
             progress=job.progress,
             owner_id=job.owner_id,

@@ -197,6 +197,7 @@ def _insert(session: Session, batch: Sequence[NewJob]) -> list[Job]:
             "result": None,
             "error": None,
             "attempts": 0,
+            "worker_losses": 0,
             "max_retries": new.max_retries,
             "progress": None,
             "owner_id": new.owner_id,

@@ -93,12 +93,19 @@ def mark_published(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
 
 
 def expire_leases(
-    db: sessionmaker[Session], enqueuer: Enqueuer, notifier: Notifier, *, limit: int = 200
+    db: sessionmaker[Session],
+    enqueuer: Enqueuer,
+    notifier: Notifier,
+    *,
+    max_worker_losses: int,
+    limit: int = 200,
 ) -> int:
     """Handle running jobs whose lease ran out (their worker died or hung).
 
-    With attempts left the job goes back to `retrying` and is published now; with none it
-    ends `failed`, so a job that kills its worker again and again stops instead of looping.
+    A lost worker is counted apart from the job's own failures, so a crash or a deploy does
+    not use up its retries: the job goes back to `retrying` and is published now. After
+    `max_worker_losses` losses it ends `failed`, so a job that kills its worker again and
+    again stops instead of looping.
     """
     now = utcnow()
     stmt = (
@@ -107,7 +114,7 @@ def expire_leases(
             jobs_t.c.type,
             jobs_t.c.queue,
             jobs_t.c.attempts,
-            jobs_t.c.max_retries,
+            jobs_t.c.worker_losses,
             jobs_t.c.cancel_requested,
         )
         .where(jobs_t.c.status == JobStatus.RUNNING, jobs_t.c.lease_expires_at < now)
@@ -124,8 +131,9 @@ def expire_leases(
             values: dict[str, Any]
             if row.cancel_requested:
                 status, values = JobStatus.CANCELLED, {"finished_at": now}
-            elif row.attempts > row.max_retries:
+            elif row.worker_losses >= max_worker_losses:
                 status, values = JobStatus.FAILED, {"finished_at": now}
+                error["message"] += f" ({row.worker_losses + 1} workers lost running this job)"
             else:
                 status, values = JobStatus.RETRYING, {"next_attempt_at": now, "published_at": None}
                 retry.append(JobMessage(row.id, row.type, row.queue))
@@ -141,6 +149,7 @@ def expire_leases(
                     error=error,
                     updated_at=now,
                     lease_expires_at=None,
+                    worker_losses=row.worker_losses + 1,
                     **values,
                 )
             )

@@ -11,7 +11,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
@@ -29,8 +29,8 @@ def claim(
 ) -> Job | None:
     """Move the job to `running` for one more attempt, or None if it is not ours to run.
 
-    Claimable: queued or retrying and due, or running with an expired lease (its worker
-    died); never cancelled, never past its attempts.
+    Claimable: queued or retrying, and due; never cancelled, never past its retries (the
+    attempts that ended because their worker died do not count: see `expire_leases`).
     """
     now = utcnow()
     stmt = (
@@ -38,16 +38,11 @@ def claim(
         .where(
             jobs_t.c.id == job_id,
             jobs_t.c.cancel_requested.is_(False),
-            jobs_t.c.attempts <= jobs_t.c.max_retries,
+            jobs_t.c.attempts - jobs_t.c.worker_losses <= jobs_t.c.max_retries,
+            jobs_t.c.status.in_(PENDING),
             or_(
-                and_(
-                    jobs_t.c.status.in_(PENDING),
-                    or_(
-                        jobs_t.c.next_attempt_at.is_(None),
-                        jobs_t.c.next_attempt_at <= now + EARLY_TOLERANCE,
-                    ),
-                ),
-                and_(jobs_t.c.status == JobStatus.RUNNING, jobs_t.c.lease_expires_at < now),
+                jobs_t.c.next_attempt_at.is_(None),
+                jobs_t.c.next_attempt_at <= now + EARLY_TOLERANCE,
             ),
         )
         .values(

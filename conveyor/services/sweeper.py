@@ -31,6 +31,7 @@ class Sweeper(threading.Thread):
         interval: float,
         grace: dt.timedelta,
         requeue_after: dt.timedelta,
+        max_worker_losses: int,
     ) -> None:
         super().__init__(name="conveyor-sweeper", daemon=True)
         self.db = db
@@ -39,6 +40,7 @@ class Sweeper(threading.Thread):
         self.interval = interval
         self.grace = grace
         self.requeue_after = requeue_after
+        self.max_worker_losses = max_worker_losses
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -56,7 +58,9 @@ class Sweeper(threading.Thread):
         """One pass; failures are logged and retried on the next pass."""
         try:
             self.flush_confirmed()
-            expire_leases(self.db, self.enqueuer, self.notifier)
+            expire_leases(
+                self.db, self.enqueuer, self.notifier, max_worker_losses=self.max_worker_losses
+            )
             while publish_pending(
                 self.db, self.enqueuer, grace=self.grace, requeue_after=self.requeue_after
             ):

@@ -40,6 +40,9 @@ from conveyor.services.outbox import mark_published
 
 logger = logging.getLogger(__name__)
 
+#: When the database cannot be reached to claim a job, its message comes back after this.
+CLAIM_RETRY_MS = 5_000
+
 
 class JobTimeLimitError(Exception):
     """Raised inside a job that ran past its time limit."""
@@ -219,7 +222,22 @@ class JobLifecycle(Middleware):
 
     def _run(self, job_type: JobType, job_id: uuid.UUID) -> None:
         res = self.resources
-        job = runs.claim(res.db, job_id, worker=self.worker_name, lease=self.lease)
+        try:
+            job = runs.claim(res.db, job_id, worker=self.worker_name, lease=self.lease)
+        except Exception:
+            # The database is unreachable: try this delivery again later rather than
+            # acknowledge a job nobody ran (if the broker fails too, the sweeper's
+            # requeue of long-waiting jobs is the last resort).
+            logger.warning(
+                "could not claim job %s; delivery retried in %ds",
+                job_id,
+                CLAIM_RETRY_MS // 1000,
+                exc_info=True,
+            )
+            res.enqueuer.publish(
+                [JobMessage(job_id, job_type.name, job_type.queue, CLAIM_RETRY_MS)]
+            )
+            return
         if job is None:
             logger.info("job %s is not due to run (finished, cancelled or taken); skipped", job_id)
             return

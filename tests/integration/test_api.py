@@ -193,7 +193,7 @@ async def test_committed_but_unpublished_job_is_swept_and_runs(stack: Stack) -> 
 
 async def test_job_of_a_dead_worker_is_requeued_by_the_reconciler(stack: Stack) -> None:
     stack.stop_worker()
-    job = await stack.submit("system.fail", {"failures": 0})  # has retries left
+    job = await stack.submit("system.echo", {"r": 1})  # no retries: a lost worker is no failure
     with stack.db.begin() as session:  # as if a worker claimed it and died
         session.execute(
             update(jobs_t)
@@ -204,18 +204,22 @@ async def test_job_of_a_dead_worker_is_requeued_by_the_reconciler(stack: Stack) 
         )
     stack.start_worker()
     done = await stack.wait_for(job["id"], "succeeded", "failed")
-    assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 2, {"attempts": 2})
+    assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 2, {"r": 1})
+    assert stack.row(job["id"]).worker_losses == 1
 
 
 async def test_job_that_keeps_killing_its_worker_ends_failed(stack: Stack) -> None:
     stack.stop_worker()
     job = await stack.submit("system.echo", {})
-    with stack.db.begin() as session:  # its only attempt died with the worker
+    with stack.db.begin() as session:  # its third attempt died with the worker, too
         session.execute(
             update(jobs_t)
             .where(jobs_t.c.id == uuid.UUID(job["id"]))
             .values(
-                status="running", attempts=1, lease_expires_at=utcnow() - dt.timedelta(seconds=1)
+                status="running",
+                attempts=3,
+                worker_losses=stack.settings.max_worker_losses,
+                lease_expires_at=utcnow() - dt.timedelta(seconds=1),
             )
         )
     done = await stack.wait_for(job["id"], "failed")

@@ -50,6 +50,7 @@ def upgrade() -> None:
             nullable=True,
         ),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("worker_losses", sa.Integer(), nullable=False),
         sa.Column("max_retries", sa.Integer(), nullable=False),
         sa.Column("progress", sa.Float(), nullable=True),
         sa.Column("owner_id", sa.Uuid(), nullable=False),
