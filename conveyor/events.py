@@ -11,12 +11,34 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
+
+#: A status of "" means "something may have changed: read the job again".
+UNKNOWN = ""
+PAUSE_AFTER_FAILURE = 2.0
+POLL_SECONDS = 1.0
+
+
+@contextlib.asynccontextmanager
+async def _ticking(queue: asyncio.Queue[str]) -> AsyncIterator[None]:
+    """Feed `UNKNOWN` into the queue every second (when no change notices can arrive)."""
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            queue.put_nowait(UNKNOWN)
+
+    task = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 class Events(Protocol):
@@ -26,7 +48,8 @@ class Events(Protocol):
     def subscribe(
         self, job_id: uuid.UUID
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[str]]:
-        """Statuses of the job, as they are announced, while the context is open."""
+        """Statuses of the job, as they are announced, while the context is open
+        (`UNKNOWN` when the status must be read again)."""
 
     async def close(self) -> None: ...
 
@@ -98,7 +121,8 @@ class RedisEvents:
 
         self.url = url
         self.prefix = prefix
-        self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        self._paused_until = 0.0  # after a failed publish, skip publishing for a moment
         self._subscribers = _Subscribers()
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -108,10 +132,13 @@ class RedisEvents:
         return f"{self.prefix}:job:{job_id}"
 
     def publish(self, job_id: uuid.UUID, status: str) -> None:
+        if time.monotonic() < self._paused_until:
+            return
         try:
             self._client.publish(self.channel(job_id), json.dumps({"status": status}))
-        except Exception as exc:  # waiters fall back to their timeout; the row is the truth
-            logger.warning("could not announce job %s: %r", job_id, exc)
+        except Exception as exc:  # waiters re-read the row; the row is the truth
+            self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+            logger.warning("could not announce job %s (Redis unreachable?): %r", job_id, exc)
 
     async def _ensure_reader(self) -> Any:
         if self._start_lock is None:
@@ -120,7 +147,7 @@ class RedisEvents:
             if self._pubsub is None:
                 import redis.asyncio as aioredis
 
-                client = aioredis.Redis.from_url(self.url)
+                client = aioredis.Redis.from_url(self.url, socket_connect_timeout=2)
                 self._pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await self._pubsub.connect()
                 self._reader = asyncio.create_task(self._read())
@@ -148,10 +175,17 @@ class RedisEvents:
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[str]]:
-        pubsub = await self._ensure_reader()
         queue: asyncio.Queue[str] = asyncio.Queue()
-        if self._subscribers.add(job_id, queue):
-            await pubsub.subscribe(self.channel(job_id))
+        try:
+            pubsub = await self._ensure_reader()
+            if self._subscribers.add(job_id, queue):
+                await pubsub.subscribe(self.channel(job_id))
+        except Exception as exc:
+            self._subscribers.remove(job_id, queue)
+            logger.warning("Redis unreachable (%r); waiters re-read jobs every second", exc)
+            async with _ticking(queue):
+                yield queue
+            return
         try:
             yield queue
         finally:

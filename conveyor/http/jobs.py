@@ -85,8 +85,8 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
                 status = await asyncio.wait_for(statuses.get(), remaining)
             except TimeoutError:
                 break
-            if (status not in FINISHED) and (until_finished or status == initial):
-                continue
+            if status and status not in FINISHED and (until_finished or status == initial):
+                continue  # not what the client waits for (UNKNOWN: read the row again)
             job = await run_db(request.app, jobs.get, job.id, viewer)
     return job
 
@@ -138,7 +138,7 @@ async def submit_job(request: web.Request) -> web.Response:
     if match:
         wait = min(float(match.group(1)), settings.max_wait_seconds)
         job = await _wait(request, job, wait, until_finished=True)
-        headers["Preference-Applied"] = f"wait={match.group(1)}"
+        headers["Preference-Applied"] = f"wait={wait:g}"
         if _finished(job):
             return _json(JobOut.of(job), 200, headers)
     return _json(JobOut.of(job), 202, headers)

@@ -11,7 +11,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
@@ -109,8 +109,12 @@ def retry_later(
     *,
     error: dict[str, Any],
     next_attempt_at: dt.datetime,
-) -> bool:
-    """Record a failed attempt that will run again at `next_attempt_at` (message unpublished)."""
+) -> JobStatus | None:
+    """Record a failed attempt that will run again at `next_attempt_at` (message unpublished).
+
+    Returns `retrying`; `cancelled` when a cancel was requested meanwhile (the job will not
+    run again); None when this attempt no longer holds the job.
+    """
     now = utcnow()
     values = {
         "status": JobStatus.RETRYING.value,
@@ -121,13 +125,18 @@ def retry_later(
         "lease_expires_at": None,
     }
     with transaction(db) as session:
-        if rowcount(session.execute(_guarded(job_id, attempt).values(**values))) != 1:
-            return False
+        stmt = _guarded(job_id, attempt).where(jobs_t.c.cancel_requested.is_(False))
+        if rowcount(session.execute(stmt.values(**values))) != 1:
+            return (
+                JobStatus.CANCELLED
+                if finish(db, job_id, attempt, JobStatus.CANCELLED, error=error)
+                else None
+            )
         session.execute(
             insert(events_t),
             [_event(job_id, JobStatus.RETRYING, attempt, now, message=error["message"])],
         )
-    return True
+    return JobStatus.RETRYING
 
 
 def report_progress(
@@ -176,7 +185,10 @@ def renew_leases(
     with transaction(db) as session:
         session.execute(
             update(jobs_t)
-            .where(jobs_t.c.id.in_(running), jobs_t.c.status == JobStatus.RUNNING)
+            .where(
+                tuple_(jobs_t.c.id, jobs_t.c.attempts).in_(list(running.items())),
+                jobs_t.c.status == JobStatus.RUNNING,
+            )
             .values(lease_expires_at=now + lease)
         )
         rows = session.execute(

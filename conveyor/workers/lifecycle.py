@@ -68,6 +68,8 @@ class RunningJob:
     deadline: float | None
     db: sessionmaker[Session]
     notifier: Notifier
+    max_retries: int = 0
+    worker_losses: int = 0
     time_limit: float | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     stop_reason: type[BaseException] | None = None
@@ -250,19 +252,19 @@ class JobLifecycle(Middleware):
             deadline=time.monotonic() + limit if limit else None,
             db=res.db,
             notifier=res.notifier,
+            max_retries=job.max_retries,
+            worker_losses=job.worker_losses,
             time_limit=limit,
         )
         with self._running_lock:
             self._running[job_id] = running
         try:
-            self._execute(job_type, running, job.payload, job.max_retries)
+            self._execute(job_type, running, job.payload)
         finally:
             with self._running_lock:
                 self._running.pop(job_id, None)
 
-    def _execute(
-        self, job_type: JobType, running: RunningJob, payload: dict[str, Any], max_retries: int
-    ) -> None:
+    def _execute(self, job_type: JobType, running: RunningJob, payload: dict[str, Any]) -> None:
         job_id, attempt = running.job_id_, running.attempt
         try:
             validated = job_type.payload.model_validate(payload)
@@ -283,17 +285,13 @@ class JobLifecycle(Middleware):
                 "type": "TimeLimitExceeded",
                 "message": f"time limit of {running.time_limit:g}s exceeded",
             }
-            self._failed_attempt(job_type, running, error, retryable=True, max_retries=max_retries)
+            self._failed_attempt(job_type, running, error, retryable=True)
         except (ValidationError, PermanentJobError, PydanticSerializationError) as exc:
             # A payload the job type no longer accepts, a result that is not JSON, or an
             # error the job itself calls permanent: retrying cannot help.
-            self._failed_attempt(
-                job_type, running, _error(exc), retryable=False, max_retries=max_retries
-            )
+            self._failed_attempt(job_type, running, _error(exc), retryable=False)
         except Exception as exc:
-            self._failed_attempt(
-                job_type, running, _error(exc), retryable=True, max_retries=max_retries
-            )
+            self._failed_attempt(job_type, running, _error(exc), retryable=True)
         else:
             self._finish(job_id, attempt, JobStatus.SUCCEEDED, result=value)
 
@@ -304,14 +302,19 @@ class JobLifecycle(Middleware):
         error: dict[str, Any],
         *,
         retryable: bool,
-        max_retries: int,
     ) -> None:
         res = self.resources
         job_id, attempt = running.job_id_, running.attempt
-        if retryable and attempt <= max_retries:
-            delay = job_type.retry.backoff(attempt)
+        failures = attempt - running.worker_losses  # attempts lost with a worker do not count
+        if retryable and failures <= running.max_retries:
+            delay = job_type.retry.backoff(failures)
             next_at = utcnow() + delay
-            if not runs.retry_later(res.db, job_id, attempt, error=error, next_attempt_at=next_at):
+            outcome = runs.retry_later(
+                res.db, job_id, attempt, error=error, next_attempt_at=next_at
+            )
+            if outcome is not JobStatus.RETRYING:
+                if outcome is not None:
+                    res.notifier.publish(job_id, outcome)
                 return
             logger.info(
                 "job %s attempt %d failed (%s); retry in %.1fs",
