@@ -59,7 +59,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> dt.timedelta:
         """Exponential backoff after failed attempt `attempt` (1-based), with equal jitter."""
-        base = self.min_backoff.total_seconds() * 2 ** max(attempt - 1, 0)
+        base = self.min_backoff.total_seconds() * 2 ** min(max(attempt - 1, 0), 64)
         ceiling = min(base, self.max_backoff.total_seconds())
         jitter = (rng or random).uniform(0, ceiling / 2)
         return dt.timedelta(seconds=ceiling / 2 + jitter)

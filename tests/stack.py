@@ -96,12 +96,12 @@ class Stack:
     ) -> dict[str, Any]:
         """Long-poll until the job reaches one of `statuses`."""
         deadline = asyncio.get_running_loop().time() + within
-        while True:
+        job = await self.get(job_id, token=token)
+        while job["status"] not in statuses:
             remaining = deadline - asyncio.get_running_loop().time()
-            job = await self.get(job_id, token=token, wait=f"{max(min(remaining, 5), 0):.2f}")
-            if job["status"] in statuses:
-                return job
             assert remaining > 0, f"job {job_id} is {job['status']}, not {statuses}"
+            job = await self.get(job_id, token=token, wait=f"{min(remaining, 5):.2f}")
+        return job
 
     def row(self, job_id: str) -> Job:
         with self.db() as session:

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
 from conveyor.http.keys import BATCHER, ENQUEUER, EVENTS, METRICS, REGISTRY, SETTINGS, USER
@@ -97,12 +98,11 @@ async def submit_job(request: web.Request) -> web.Response:
     `Prefer: wait=N` was given and it ended in time."""
     settings = request.app[SETTINGS]
     body = await request.read()
-    try:
-        submission = SubmitJob.model_validate_json(body)
-    except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise BadRequestError("the body is not valid JSON") from None
-        raise
+    try:  # strict JSON: no NaN or Infinity, which no database column could store
+        document = from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        raise BadRequestError(f"the body is not valid JSON: {exc}") from None
+    submission = SubmitJob.model_validate(document)
     job_type = request.app[REGISTRY].get(submission.type)
     try:
         payload = job_type.payload.model_validate(submission.payload)
@@ -181,7 +181,9 @@ async def list_jobs(request: web.Request) -> web.Response:
             errors=[{"field": "status", "message": f"must be one of: {allowed}"}],
         )
     raw_limit = request.query.get("limit", str(settings.default_page_size))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= settings.max_page_size:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not (
+        1 <= int(raw_limit) <= settings.max_page_size
+    ):
         raise InvalidRequestError(
             f"limit must be an integer from 1 to {settings.max_page_size}",
             errors=[{"field": "limit", "message": f"1 to {settings.max_page_size}"}],
@@ -220,7 +222,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     viewer = request[USER]
     job = await run_db(request.app, jobs.get, _job_id(request), viewer)
     last = request.headers.get("Last-Event-ID", "0")
-    after = int(last) if last.isdigit() else 0
+    after = int(last) if last.isascii() and last.isdigit() else 0
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

@@ -65,9 +65,13 @@ class SubmitBatcher:
         try:
             created = submit_many(self.db, [new for new, _ in batch])
         except Exception as exc:
-            logger.warning("could not write %d submission(s): %r", len(batch), exc)
-            for _, future in batch:
-                future.set_exception(exc)
+            if len(batch) == 1:
+                logger.warning("could not write a submission: %r", exc)
+                batch[0][1].set_exception(exc)
+                return
+            # One bad submission must not fail the others: write them one by one.
+            for item in batch:
+                self._write([item])
             return
         for (_, future), job in zip(batch, created, strict=True):
             future.set_result(job)

@@ -110,16 +110,18 @@ _local_keys: set[tuple[uuid.UUID, str]] = set()
 _local_keys_lock = threading.Lock()
 
 
-@contextmanager
-def _key_lock(session: Session, owner_id: uuid.UUID, key: str) -> Iterator[None]:
-    """Hold `key` for the transaction; a concurrent request with the same key gets 409."""
+def _advisory_key_lock(session: Session, owner_id: uuid.UUID, key: str) -> None:
+    """On PostgreSQL, hold `key` until the transaction ends, across processes."""
     if session.get_bind().dialect.name == "postgresql":
         digest = hashlib.sha256(f"{owner_id}:{key}".encode()).digest()
         lock_id = int.from_bytes(digest[:8], "big", signed=True)
         if not session.scalar(select(func.pg_try_advisory_xact_lock(lock_id))):
             raise _in_flight()
-        yield
-        return
+
+
+@contextmanager
+def _local_key_lock(owner_id: uuid.UUID, key: str) -> Iterator[None]:
+    """Hold `key` in this process until after the commit (SQLite: one process)."""
     with _local_keys_lock:
         if (owner_id, key) in _local_keys:
             raise _in_flight()
@@ -160,21 +162,22 @@ def submit(db: sessionmaker[Session], new: NewJob) -> tuple[Job, bool]:
     same request, the earlier job comes back instead (a different request is a 422).
     """
     key = new.idempotency_key
-    with transaction(db) as session:
-        if key is None:
+    if key is None:
+        with transaction(db) as session:
             return _insert(session, [new])[0], True
-        with _key_lock(session, new.owner_id, key):
-            existing = session.scalars(
-                select(Job).where(Job.owner_id == new.owner_id, Job.idempotency_key == key)
-            ).first()
-            if existing is None:
-                return _insert(session, [new])[0], True
-            if existing.request_hash != request_hash(new.job_type, new.payload):
-                raise InvalidRequestError(
-                    "this Idempotency-Key was already used with a different request",
-                    errors=[{"field": "Idempotency-Key", "message": "reused key"}],
-                )
-            return existing, False
+    with _local_key_lock(new.owner_id, key), transaction(db) as session:
+        _advisory_key_lock(session, new.owner_id, key)
+        existing = session.scalars(
+            select(Job).where(Job.owner_id == new.owner_id, Job.idempotency_key == key)
+        ).first()
+        if existing is None:
+            return _insert(session, [new])[0], True
+        if existing.request_hash != request_hash(new.job_type, new.payload):
+            raise InvalidRequestError(
+                "this Idempotency-Key was already used with a different request",
+                errors=[{"field": "Idempotency-Key", "message": "reused key"}],
+            )
+        return existing, False
 
 
 def submit_many(db: sessionmaker[Session], batch: Sequence[NewJob]) -> list[Job]:

@@ -83,6 +83,19 @@ def finish(
     error: dict[str, Any] | None = None,
 ) -> bool:
     """Record the end of attempt `attempt`; False if that attempt no longer owns the job."""
+    with transaction(db) as session:
+        return _finish_in(session, job_id, attempt, status, result=result, error=error)
+
+
+def _finish_in(
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    status: JobStatus,
+    *,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
     now = utcnow()
     values: dict[str, Any] = {
         "status": status.value,
@@ -95,10 +108,9 @@ def finish(
     if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
     message = error["message"] if error else None
-    with transaction(db) as session:
-        if rowcount(session.execute(_guarded(job_id, attempt).values(**values))) != 1:
-            return False
-        session.execute(insert(events_t), [_event(job_id, status, attempt, now, message=message)])
+    if rowcount(session.execute(_guarded(job_id, attempt).values(**values))) != 1:
+        return False
+    session.execute(insert(events_t), [_event(job_id, status, attempt, now, message=message)])
     return True
 
 
@@ -127,11 +139,8 @@ def retry_later(
     with transaction(db) as session:
         stmt = _guarded(job_id, attempt).where(jobs_t.c.cancel_requested.is_(False))
         if rowcount(session.execute(stmt.values(**values))) != 1:
-            return (
-                JobStatus.CANCELLED
-                if finish(db, job_id, attempt, JobStatus.CANCELLED, error=error)
-                else None
-            )
+            cancelled = _finish_in(session, job_id, attempt, JobStatus.CANCELLED, error=error)
+            return JobStatus.CANCELLED if cancelled else None
         session.execute(
             insert(events_t),
             [_event(job_id, JobStatus.RETRYING, attempt, now, message=error["message"])],

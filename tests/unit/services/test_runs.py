@@ -1,0 +1,452 @@
+"""Worker-side transitions on SQLite: claim, finish, retry, progress, lease renewal."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.ids import uuid7
+from conveyor.models import Job, JobStatus, User
+from conveyor.models.base import utcnow
+from conveyor.services import jobs, outbox, runs
+from tests.unit.support import MakeJob, RecordingEnqueuer, RecordingNotifier
+
+LEASE = dt.timedelta(seconds=30)
+ERROR = {"type": "RuntimeError", "message": "boom"}
+
+
+def _expire(set_job: Callable[..., None], job: Job) -> None:
+    set_job(job.id, lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+
+
+def _lose_worker(db: sessionmaker[Session], set_job: Callable[..., None], job: Job) -> None:
+    """The running attempt's worker dies: its lease runs out and the reconciler requeues."""
+    _expire(set_job, job)
+    lost = outbox.expire_leases(db, RecordingEnqueuer(), RecordingNotifier(), max_worker_losses=10)
+    assert lost == 1
+
+
+def _fail(db: sessionmaker[Session], job: Job, attempt: int) -> None:
+    """The attempt fails and is due again at once."""
+    outcome = runs.retry_later(db, job.id, attempt, error=ERROR, next_attempt_at=utcnow())
+    assert outcome == JobStatus.RETRYING
+
+
+# --- claim -----------------------------------------------------------------------------------
+
+
+def test_claiming_a_queued_job_runs_its_first_attempt(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+) -> None:
+    job = make_job()
+    before = utcnow()
+    claimed = runs.claim(db, job.id, worker="host:1", lease=LEASE)
+    assert claimed is not None
+    assert claimed.id == job.id
+    assert claimed.status == JobStatus.RUNNING
+    assert claimed.attempts == 1
+    assert claimed.payload == job.payload
+    row = load(job.id)
+    assert row.status == JobStatus.RUNNING
+    assert row.attempts == 1
+    assert row.worker == "host:1"
+    assert row.started_at is not None and row.started_at >= before
+    assert row.lease_expires_at is not None
+    assert before + LEASE <= row.lease_expires_at <= utcnow() + LEASE
+    assert row.published_at is not None  # a claimed job certainly had its message
+    assert history(job.id) == [("status", "queued", 0), ("status", "running", 1)]
+
+
+def test_a_job_is_claimed_only_once(make_job: MakeJob, db: sessionmaker[Session]) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.claim(db, job.id, worker="b", lease=LEASE) is None
+
+
+def test_claiming_an_unknown_job_returns_none(db: sessionmaker[Session]) -> None:
+    assert runs.claim(db, uuid7(), worker="a", lease=LEASE) is None
+
+
+def test_a_cancelled_job_is_not_claimed(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    member: User,
+    notifier: RecordingNotifier,
+    load: Callable[..., Job],
+) -> None:
+    job = make_job()
+    jobs.cancel(db, notifier, job.id, member)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is None
+    assert load(job.id).attempts == 0
+
+
+def test_a_finished_job_is_not_claimed(make_job: MakeJob, db: sessionmaker[Session]) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.finish(db, job.id, 1, JobStatus.SUCCEEDED, result={"ok": True})
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is None
+
+
+def test_a_retrying_job_is_not_claimed_before_its_next_attempt(
+    make_job: MakeJob, db: sessionmaker[Session], load: Callable[..., Job]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    later = utcnow() + dt.timedelta(minutes=5)
+    assert runs.retry_later(db, job.id, 1, error=ERROR, next_attempt_at=later)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is None
+    assert load(job.id).status == JobStatus.RETRYING
+    assert load(job.id).attempts == 1
+
+
+def test_a_retrying_job_is_claimed_once_due(
+    make_job: MakeJob, db: sessionmaker[Session], set_job: Callable[..., None]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.retry_later(
+        db, job.id, 1, error=ERROR, next_attempt_at=utcnow() + dt.timedelta(minutes=5)
+    )
+    set_job(job.id, next_attempt_at=utcnow() - dt.timedelta(seconds=1))
+    again = runs.claim(db, job.id, worker="b", lease=LEASE)
+    assert again is not None
+    assert again.attempts == 2
+    assert again.next_attempt_at is None
+
+
+def test_a_retry_message_slightly_early_is_tolerated(
+    make_job: MakeJob, db: sessionmaker[Session]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    soon = utcnow() + runs.EARLY_TOLERANCE / 2
+    assert runs.retry_later(db, job.id, 1, error=ERROR, next_attempt_at=soon)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+
+
+def test_a_running_job_with_a_live_lease_is_not_claimed(
+    make_job: MakeJob, db: sessionmaker[Session], load: Callable[..., Job]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.claim(db, job.id, worker="b", lease=LEASE) is None
+    assert load(job.id).worker == "a"
+
+
+def test_a_running_job_is_not_claimed_even_once_its_lease_expired(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+    load: Callable[..., Job],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="dead", lease=LEASE) is not None
+    _expire(set_job, job)
+    assert runs.claim(db, job.id, worker="alive", lease=LEASE) is None  # the reconciler's job
+    assert load(job.id).worker == "dead"
+
+
+def test_a_job_whose_worker_died_is_claimed_again_with_its_attempts_up(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="dead", lease=LEASE) is not None
+    _lose_worker(db, set_job, job)
+    again = runs.claim(db, job.id, worker="alive", lease=LEASE)
+    assert again is not None
+    assert again.attempts == 2
+    assert again.worker_losses == 1
+    row = load(job.id)
+    assert row.worker == "alive"
+    assert row.lease_expires_at is not None and row.lease_expires_at > utcnow()
+    assert [h[1:] for h in history(job.id)[-3:]] == [
+        ("running", 1),
+        ("retrying", 1),
+        ("running", 2),
+    ]
+
+
+def test_a_job_past_its_retries_is_not_claimed(
+    make_job: MakeJob, db: sessionmaker[Session], load: Callable[..., Job]
+) -> None:
+    job = make_job(max_retries=1)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    _fail(db, job, 1)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None  # attempt 2 = 1 retry
+    _fail(db, job, 2)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is None
+    assert load(job.id).attempts == 2
+
+
+def test_a_job_without_retries_runs_once(make_job: MakeJob, db: sessionmaker[Session]) -> None:
+    job = make_job(max_retries=0)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    _fail(db, job, 1)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is None
+
+
+def test_a_job_whose_attempts_exceed_max_retries_is_not_claimed(
+    make_job: MakeJob, db: sessionmaker[Session], set_job: Callable[..., None]
+) -> None:
+    job = make_job(max_retries=2)
+    set_job(job.id, attempts=3, status=JobStatus.RETRYING.value)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is None
+
+
+def test_attempts_that_lost_their_worker_do_not_use_up_retries(
+    make_job: MakeJob, db: sessionmaker[Session], set_job: Callable[..., None]
+) -> None:
+    job = make_job(max_retries=0)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    _lose_worker(db, set_job, job)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    _lose_worker(db, set_job, job)
+    again = runs.claim(db, job.id, worker="a", lease=LEASE)
+    assert again is not None
+    assert (again.attempts, again.worker_losses) == (3, 2)
+    _fail(db, job, 3)  # its own first failure: no retries left
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is None
+
+
+# --- finish ----------------------------------------------------------------------------------
+
+
+def test_finishing_records_the_result_and_an_event(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.finish(db, job.id, 1, JobStatus.SUCCEEDED, result={"answer": 42})
+    row = load(job.id)
+    assert row.status == JobStatus.SUCCEEDED
+    assert row.result == {"answer": 42}
+    assert row.progress == 1.0
+    assert row.finished_at is not None
+    assert row.lease_expires_at is None
+    assert history(job.id)[-1] == ("status", "succeeded", 1)
+
+
+def test_finishing_as_failed_records_the_error(
+    make_job: MakeJob, db: sessionmaker[Session], load: Callable[..., Job]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.finish(db, job.id, 1, JobStatus.FAILED, error=ERROR)
+    row = load(job.id)
+    assert row.status == JobStatus.FAILED
+    assert row.error == ERROR
+    assert row.progress is None
+
+
+def test_a_stale_attempt_cannot_finish_the_job(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="slow", lease=LEASE) is not None
+    _lose_worker(db, set_job, job)  # the slow worker is taken for dead
+    assert runs.claim(db, job.id, worker="fast", lease=LEASE) is not None
+    events = history(job.id)
+    assert not runs.finish(db, job.id, 1, JobStatus.SUCCEEDED, result="late")
+    row = load(job.id)
+    assert row.status == JobStatus.RUNNING
+    assert row.attempts == 2
+    assert row.result is None
+    assert history(job.id) == events
+    assert runs.finish(db, job.id, 2, JobStatus.SUCCEEDED, result="on time")
+    assert load(job.id).result == "on time"
+
+
+def test_a_finished_job_cannot_be_finished_again(
+    make_job: MakeJob, db: sessionmaker[Session], load: Callable[..., Job]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.finish(db, job.id, 1, JobStatus.SUCCEEDED, result=1)
+    assert not runs.finish(db, job.id, 1, JobStatus.FAILED, error=ERROR)
+    assert load(job.id).status == JobStatus.SUCCEEDED
+
+
+def test_a_queued_job_cannot_be_finished(make_job: MakeJob, db: sessionmaker[Session]) -> None:
+    job = make_job()
+    assert not runs.finish(db, job.id, 0, JobStatus.SUCCEEDED)
+
+
+# --- retry_later -----------------------------------------------------------------------------
+
+
+def test_retry_later_sets_retrying_and_the_next_attempt_and_clears_published_at(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert load(job.id).published_at is not None
+    next_at = utcnow() + dt.timedelta(seconds=42)
+    assert runs.retry_later(db, job.id, 1, error=ERROR, next_attempt_at=next_at)
+    row = load(job.id)
+    assert row.status == JobStatus.RETRYING
+    assert row.next_attempt_at == next_at
+    assert row.published_at is None
+    assert row.lease_expires_at is None
+    assert row.error == ERROR
+    assert row.finished_at is None
+    assert row.attempts == 1
+    assert history(job.id)[-1] == ("status", "retrying", 1)
+
+
+def test_a_failed_attempt_of_a_cancel_requested_job_ends_it_cancelled(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    member: User,
+    notifier: RecordingNotifier,
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    jobs.cancel(db, notifier, job.id, member)  # running: asked to stop
+    # the attempt fails before the heartbeat delivers the cancellation
+    outcome = runs.retry_later(db, job.id, 1, error=ERROR, next_attempt_at=utcnow())
+    assert outcome == JobStatus.CANCELLED
+    row = load(job.id)
+    assert row.status == JobStatus.CANCELLED
+    assert row.finished_at is not None
+    assert history(job.id)[-1] == ("status", "cancelled", 1)
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is None
+
+
+def test_a_stale_attempt_cannot_schedule_a_retry(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+    load: Callable[..., Job],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="slow", lease=LEASE) is not None
+    _lose_worker(db, set_job, job)
+    assert runs.claim(db, job.id, worker="fast", lease=LEASE) is not None
+    assert runs.retry_later(db, job.id, 1, error=ERROR, next_attempt_at=utcnow()) is None
+    assert load(job.id).status == JobStatus.RUNNING
+
+
+# --- progress and leases ---------------------------------------------------------------------
+
+
+def test_progress_is_stored_with_an_event(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.report_progress(db, job.id, 1, 0.25, "a quarter") is False
+    assert load(job.id).progress == 0.25
+    assert history(job.id)[-1] == ("progress", "running", 1)
+
+
+def test_progress_reports_a_cancel_request(
+    make_job: MakeJob, db: sessionmaker[Session], member: User, notifier: RecordingNotifier
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    jobs.cancel(db, notifier, job.id, member)
+    assert runs.report_progress(db, job.id, 1, 0.5, None) is True
+
+
+def test_progress_of_a_stale_attempt_says_stop(
+    make_job: MakeJob, db: sessionmaker[Session], set_job: Callable[..., None]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    _lose_worker(db, set_job, job)
+    assert runs.report_progress(db, job.id, 1, 0.5, None) is True  # requeued: not running
+    assert runs.claim(db, job.id, worker="b", lease=LEASE) is not None
+    assert runs.report_progress(db, job.id, 1, 0.5, None) is True  # attempt 2 holds it
+
+
+def test_renew_leases_extends_the_leases_and_returns_the_cancel_requested_jobs(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    member: User,
+    notifier: RecordingNotifier,
+    set_job: Callable[..., None],
+    load: Callable[..., Job],
+) -> None:
+    keep, stop = make_job(), make_job()
+    for job in (keep, stop):
+        assert runs.claim(db, job.id, worker="a", lease=dt.timedelta(seconds=1)) is not None
+    jobs.cancel(db, notifier, stop.id, member)
+    before = utcnow()
+    asked = runs.renew_leases(db, {keep.id: 1, stop.id: 1}, dt.timedelta(minutes=10))
+    assert asked == {stop.id}
+    for job in (keep, stop):
+        lease = load(job.id).lease_expires_at
+        assert lease is not None and lease >= before + dt.timedelta(minutes=9)
+
+
+def test_renew_leases_returns_jobs_no_longer_held_by_the_attempt(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+) -> None:
+    finished, taken = make_job(), make_job()
+    for job in (finished, taken):
+        assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.finish(db, finished.id, 1, JobStatus.SUCCEEDED)
+    _lose_worker(db, set_job, taken)
+    assert runs.claim(db, taken.id, worker="b", lease=LEASE) is not None
+    assert runs.renew_leases(db, {finished.id: 1, taken.id: 1}, LEASE) == {
+        finished.id,
+        taken.id,
+    }
+
+
+def test_renew_leases_of_nothing_is_nothing(db: sessionmaker[Session]) -> None:
+    assert runs.renew_leases(db, {}, LEASE) == set()
+
+
+def test_renew_leases_leaves_finished_jobs_alone(
+    make_job: MakeJob, db: sessionmaker[Session], load: Callable[..., Job]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.finish(db, job.id, 1, JobStatus.SUCCEEDED)
+    runs.renew_leases(db, {job.id: 1}, LEASE)
+    assert load(job.id).lease_expires_at is None
+
+
+def test_renew_leases_does_not_extend_the_lease_of_another_attempt(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+    load: Callable[..., Job],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="hung", lease=LEASE) is not None
+    _lose_worker(db, set_job, job)  # attempt 1 hangs; it is taken for dead
+    assert runs.claim(db, job.id, worker="died", lease=LEASE) is not None
+    _expire(set_job, job)  # attempt 2's worker died
+    # the hung worker's heartbeat still renews what it believes is attempt 1
+    assert runs.renew_leases(db, {job.id: 1}, LEASE) == {job.id}
+    lease = load(job.id).lease_expires_at
+    assert lease is not None and lease < utcnow()

@@ -1,0 +1,118 @@
+"""The sweeper's pass: confirmed publishes, expired leases, the outbox; errors survive."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.models import Job, JobStatus
+from conveyor.models.base import utcnow
+from conveyor.services import runs
+from conveyor.services.sweeper import Sweeper
+from tests.stack import wait_until
+from tests.unit.support import MakeJob, RecordingEnqueuer, RecordingNotifier
+
+
+class ConfirmingEnqueuer(RecordingEnqueuer):
+    """Also reports `publish_soon` confirmations, as the broker enqueuer does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.confirmed: list[uuid.UUID] = []
+
+    def take_confirmed(self) -> list[uuid.UUID]:
+        confirmed, self.confirmed = self.confirmed, []
+        return confirmed
+
+
+def _sweeper(
+    db: sessionmaker[Session],
+    enqueuer: RecordingEnqueuer,
+    notifier: RecordingNotifier,
+    interval: float = 60.0,
+) -> Sweeper:
+    return Sweeper(
+        db,
+        enqueuer,
+        notifier,
+        interval=interval,
+        grace=dt.timedelta(0),
+        requeue_after=dt.timedelta(minutes=15),
+        max_worker_losses=2,
+    )
+
+
+def test_a_sweep_publishes_the_outbox_and_requeues_expired_jobs(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+    load: Callable[..., Job],
+    enqueuer: RecordingEnqueuer,
+    notifier: RecordingNotifier,
+) -> None:
+    waiting = make_job()
+    lost = make_job()
+    assert runs.claim(db, lost.id, worker="w", lease=dt.timedelta(seconds=30)) is not None
+    set_job(lost.id, lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+    _sweeper(db, enqueuer, notifier).sweep_once()
+    assert sorted(m.job_id for m in enqueuer.messages) == sorted([waiting.id, lost.id])
+    assert load(waiting.id).published_at is not None
+    assert load(lost.id).status == JobStatus.RETRYING
+    assert notifier.published == [(lost.id, "retrying")]
+
+
+def test_a_sweep_marks_confirmed_publishes(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    notifier: RecordingNotifier,
+) -> None:
+    job = make_job()
+    enqueuer = ConfirmingEnqueuer()
+    enqueuer.confirmed.append(job.id)
+    sweeper = _sweeper(db, enqueuer, notifier)
+    sweeper.flush_confirmed()
+    assert load(job.id).published_at is not None
+    sweeper.sweep_once()
+    assert enqueuer.messages == []  # already published: nothing for the outbox
+
+
+def test_a_sweep_survives_a_broker_outage(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    enqueuer: RecordingEnqueuer,
+    notifier: RecordingNotifier,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = make_job()
+    enqueuer.fail = True
+    sweeper = _sweeper(db, enqueuer, notifier)
+    sweeper.sweep_once()
+    assert "sweep failed" in caplog.text
+    assert load(job.id).published_at is None
+    enqueuer.fail = False
+    sweeper.sweep_once()
+    assert [m.job_id for m in enqueuer.messages] == [job.id]
+
+
+def test_the_sweeper_thread_sweeps_until_stopped(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    enqueuer: RecordingEnqueuer,
+    notifier: RecordingNotifier,
+) -> None:
+    job = make_job()
+    sweeper = _sweeper(db, enqueuer, notifier, interval=0.02)
+    sweeper.start()
+    try:
+        wait_until(lambda: load(job.id).published_at is not None, timeout=5)
+    finally:
+        sweeper.stop()
+    assert not sweeper.is_alive()
+    assert [m.job_id for m in enqueuer.messages] == [job.id]

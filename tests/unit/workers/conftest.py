@@ -1,0 +1,16 @@
+"""Fixtures of these tests: SQLite sessions, users, a job factory and boundary fakes."""
+
+from __future__ import annotations
+
+from tests.unit.support import (  # noqa: F401  (fixtures)
+    admin,
+    db,
+    enqueuer,
+    history,
+    load,
+    make_job,
+    member,
+    notifier,
+    other,
+    set_job,
+)
