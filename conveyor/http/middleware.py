@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from conveyor import logs
 from conveyor.errors import AuthenticationError, ConveyorError
@@ -102,6 +103,14 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         }.get(exc.status, exc.text or exc.reason)
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return problem(exc.status, exc.reason, detail, headers=headers)
+    except (OperationalError, InterfaceError) as exc:  # the database is down or restarting
+        logger.warning("database unavailable on %s %s: %r", request.method, request.path, exc)
+        return problem(
+            503,
+            "Service unavailable",
+            "the database is unavailable; retry shortly",
+            headers={"Retry-After": "5"},
+        )
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return problem(500, "Internal error", "an unexpected error occurred; it was logged")

@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import func, select, update
 
 import tests.jobs  # noqa: F401  (test-only job types)
-from conveyor.broker import message_of
+from conveyor.broker import build_broker, message_of
+from conveyor.events import MemoryEvents
+from conveyor.http.app import create_app
 from conveyor.models import JobEvent
 from conveyor.models.base import utcnow
 from conveyor.services import jobs
@@ -248,3 +250,17 @@ async def test_metrics_count_requests_and_jobs(stack: Stack) -> None:
         'conveyor_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"}' in text
     )
     assert 'conveyor_jobs{status="succeeded",type="system.echo"} 1.0' in text
+
+
+async def test_database_outage_answers_503_with_retry_after(stack: Stack, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    settings = stack.settings.model_copy(  # a database that refuses connections
+        update={"database_url": "postgresql+psycopg://postgres@127.0.0.1:1/conveyor"}
+    )
+    client = await aiohttp_client(
+        create_app(settings, broker=build_broker("stub://"), events=MemoryEvents(), sweeper=False)
+    )
+    response = await client.get("/v1/jobs", headers=stack.headers())
+    body = await response.json()
+    assert response.status == 503, body
+    assert response.headers["Retry-After"] == "5"
+    assert response.content_type == "application/problem+json"
