@@ -11,7 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for `url`; SQLite gets WAL mode and a busy timeout so threads can share it."""
+    """An engine for `url`; SQLite gets WAL mode and a busy timeout so threads can share it.
+
+    No pre-ping (it costs a round trip per checkout): a connection found dead is discarded
+    with the pool, and the caller's retry gets a fresh one.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=pool_size
@@ -22,7 +26,6 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
     )
 

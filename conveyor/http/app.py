@@ -31,7 +31,7 @@ from conveyor.http.metrics import Metrics
 from conveyor.http.middleware import authenticate, observe, problems
 from conveyor.http.openapi import build_openapi
 from conveyor.registry import JOBS, Registry
-from conveyor.services.auth import TokenConfig
+from conveyor.services.auth import TokenConfig, TokenVerifier
 from conveyor.services.batching import SubmitBatcher
 from conveyor.services.sweeper import Sweeper
 from conveyor.settings import Settings
@@ -64,7 +64,7 @@ def create_app(
     )
     app[SETTINGS] = settings
     app[REGISTRY] = registry
-    app[TOKENS] = token_config(settings)
+    app[TOKENS] = TokenVerifier(token_config(settings))
     app[METRICS] = Metrics()
     app[OPENAPI] = build_openapi(registry)
     app[USER_CACHE] = {}

@@ -12,7 +12,7 @@ from conveyor.events import Events
 from conveyor.http.metrics import Metrics
 from conveyor.models import User
 from conveyor.registry import Registry
-from conveyor.services.auth import TokenConfig
+from conveyor.services.auth import TokenVerifier
 from conveyor.services.batching import SubmitBatcher
 from conveyor.services.jobs import Enqueuer
 from conveyor.settings import Settings
@@ -24,7 +24,7 @@ REGISTRY = web.AppKey("registry", Registry)
 ENQUEUER = web.AppKey("enqueuer", Enqueuer)
 EVENTS = web.AppKey("events", Events)
 BROKER = web.AppKey("broker", dramatiq.Broker)
-TOKENS = web.AppKey("tokens", TokenConfig)
+TOKENS = web.AppKey("tokens", TokenVerifier)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
 USER_CACHE = web.AppKey("user_cache", dict)

@@ -17,7 +17,6 @@ from conveyor.errors import AuthenticationError, ConveyorError
 from conveyor.http.keys import METRICS, TOKENS, USER, USER_CACHE
 from conveyor.http.runtime import run_db
 from conveyor.services import users
-from conveyor.services.auth import verify_token
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("send 'Authorization: Bearer <token>'")
-    user_id = verify_token(request.app[TOKENS], token.strip())
+    user_id = request.app[TOKENS].verify(token.strip())
     cache = request.app[USER_CACHE]
     cached = cache.get(user_id)
     if cached is None or cached[0] < time.monotonic():

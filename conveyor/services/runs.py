@@ -3,15 +3,21 @@
 Each is one guarded UPDATE plus its event row in one transaction. A transition that finds
 the job no longer in the expected state (a duplicate message, a lease lost to another
 worker, a cancel) changes nothing and says so.
+
+Claim and finish run for every job, so on PostgreSQL each is a single statement (the UPDATE
+and the event INSERT in one CTE) committed on its own: one round trip, one commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, Engine, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
@@ -23,6 +29,54 @@ from conveyor.services.jobs import _event, events_t, jobs_t, rowcount
 #: A retry message may arrive this much before the job's next-attempt time.
 EARLY_TOLERANCE = dt.timedelta(seconds=1)
 
+_CLAIM_PG = text("""
+WITH claimed AS (
+    UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,
+        updated_at = :now, lease_expires_at = :lease_until, next_attempt_at = NULL,
+        published_at = COALESCE(published_at, :now), worker = :worker
+    WHERE id = :id AND NOT cancel_requested AND attempts - worker_losses <= max_retries
+        AND status IN ('queued', 'retrying')
+        AND (next_attempt_at IS NULL OR next_attempt_at <= :due)
+    RETURNING *
+), event AS (
+    INSERT INTO job_events (job_id, at, kind, status, attempt)
+    SELECT id, :now, 'status', 'running', attempts FROM claimed
+)
+SELECT * FROM claimed
+""")
+
+_FINISH_PG = text("""
+WITH done AS (
+    UPDATE jobs SET status = CAST(:status AS varchar), result = CAST(:result AS jsonb),
+        error = CAST(:error AS jsonb), finished_at = :now, updated_at = :now,
+        lease_expires_at = NULL,
+        progress = CASE WHEN CAST(:status AS varchar) = 'succeeded' THEN 1.0 ELSE progress END
+    WHERE id = :id AND status = 'running' AND attempts = :attempt
+    RETURNING id
+), event AS (
+    INSERT INTO job_events (job_id, at, kind, status, attempt, message)
+    SELECT id, :now, 'status', CAST(:status AS varchar), :attempt, CAST(:message AS varchar)
+    FROM done
+)
+SELECT count(*) FROM done
+""")
+
+
+def _postgres(db: sessionmaker[Session]) -> Engine | None:
+    engine = db.kw.get("bind")
+    return engine if isinstance(engine, Engine) and engine.dialect.name == "postgresql" else None
+
+
+@contextmanager
+def _autocommit(engine: Engine) -> Iterator[Connection]:
+    """A connection whose every statement commits on its own (no BEGIN/COMMIT round trips)."""
+    with engine.connect() as connection:
+        yield connection.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, allow_nan=False)
+
 
 def claim(
     db: sessionmaker[Session], job_id: uuid.UUID, *, worker: str, lease: dt.timedelta
@@ -33,6 +87,18 @@ def claim(
     attempts that ended because their worker died do not count: see `expire_leases`).
     """
     now = utcnow()
+    engine = _postgres(db)
+    if engine is not None:
+        params = {
+            "id": job_id,
+            "now": now,
+            "lease_until": now + lease,
+            "worker": worker,
+            "due": now + EARLY_TOLERANCE,
+        }
+        with _autocommit(engine) as connection:
+            found = connection.execute(_CLAIM_PG, params).mappings().first()
+        return None if found is None else Job(**found)
     stmt = (
         update(jobs_t)
         .where(
@@ -83,6 +149,19 @@ def finish(
     error: dict[str, Any] | None = None,
 ) -> bool:
     """Record the end of attempt `attempt`; False if that attempt no longer owns the job."""
+    engine = _postgres(db)
+    if engine is not None:
+        params = {
+            "id": job_id,
+            "attempt": attempt,
+            "status": status.value,
+            "result": _json(result),
+            "error": _json(error),
+            "message": error["message"][:1000] if error else None,
+            "now": utcnow(),
+        }
+        with _autocommit(engine) as connection:
+            return connection.execute(_FINISH_PG, params).scalar() == 1
     with transaction(db) as session:
         return _finish_in(session, job_id, attempt, status, result=result, error=error)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -270,7 +271,6 @@ class JobLifecycle(Middleware):
             validated = job_type.payload.model_validate(payload)
             with running.user_code():
                 result = job_type.run(validated, running)
-            value = to_jsonable_python(result)
         except JobCancelledError:
             if running.stop_reason is JobCancelledError:
                 self._finish(
@@ -286,14 +286,24 @@ class JobLifecycle(Middleware):
                 "message": f"time limit of {running.time_limit:g}s exceeded",
             }
             self._failed_attempt(job_type, running, error, retryable=True)
-        except (ValidationError, PermanentJobError, PydanticSerializationError) as exc:
-            # A payload the job type no longer accepts, a result that is not JSON, or an
-            # error the job itself calls permanent: retrying cannot help.
+        except (ValidationError, PermanentJobError) as exc:
+            # A payload the job type no longer accepts, or an error the job itself calls
+            # permanent: retrying cannot help.
             self._failed_attempt(job_type, running, _error(exc), retryable=False)
         except Exception as exc:
             self._failed_attempt(job_type, running, _error(exc), retryable=True)
         else:
-            self._finish(job_id, attempt, JobStatus.SUCCEEDED, result=value)
+            try:
+                value = to_jsonable_python(result)
+                json.dumps(value, allow_nan=False)
+            except (PydanticSerializationError, ValueError, TypeError) as exc:
+                error = {
+                    "type": "UnserializableResult",
+                    "message": f"the result is not JSON: {exc}",
+                }
+                self._failed_attempt(job_type, running, error, retryable=False)
+            else:
+                self._finish(job_id, attempt, JobStatus.SUCCEEDED, result=value)
 
     def _failed_attempt(
         self,

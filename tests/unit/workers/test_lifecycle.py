@@ -202,7 +202,7 @@ def test_a_result_that_is_not_json_fails_the_job(
     run(lifecycle, row)
     failed = load(row.id)
     assert failed.status == JobStatus.FAILED
-    assert failed.error is not None and failed.error["type"] == "PydanticSerializationError"
+    assert failed.error is not None and failed.error["type"] == "UnserializableResult"
 
 
 def test_progress_is_recorded_and_a_cancel_seen_there_stops_the_job(
