@@ -152,6 +152,29 @@ def test_a_failure_with_retries_left_schedules_a_delayed_retry(
     assert notifier.published[-1] == (row.id, "retrying")
 
 
+def test_a_retry_the_broker_refuses_is_left_to_the_outbox_sweep(
+    lifecycle: JobLifecycle,
+    make: Callable[..., Job],
+    load: Callable[..., Job],
+    enqueuer: RecordingEnqueuer,
+    db: sessionmaker[Session],
+) -> None:
+    # Dramatiq acknowledges a message whose retry could not be enqueued; here the row keeps
+    # the retry, unpublished, and the sweep publishes it once the broker answers again.
+    row = make("tests.broken", max_retries=2)
+    enqueuer.fail = True
+    run(lifecycle, row)
+    retrying = load(row.id)
+    assert (retrying.status, retrying.published_at) == (JobStatus.RETRYING, None)
+    enqueuer.fail = False
+    outbox.publish_pending(
+        db, enqueuer, grace=dt.timedelta(0), requeue_after=dt.timedelta(minutes=15)
+    )
+    [message] = enqueuer.messages
+    assert message.job_id == row.id and message.delay_ms > 0
+    assert load(row.id).published_at is not None
+
+
 def test_the_last_attempts_failure_fails_the_job(
     lifecycle: JobLifecycle,
     make: Callable[..., Job],
