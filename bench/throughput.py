@@ -89,6 +89,7 @@ class Options:
     threads: int
     broker: str
     warmup: int
+    idle: int
     timeout: float
     url: str | None
     token: str | None
@@ -771,6 +772,8 @@ class HttpFigures:
     bad: int
     warmup_seconds: float
     cpu: dict[str, float]  # CPU seconds per process kind during the measured run
+    idle_p50: float = math.nan
+    idle_p99: float = math.nan
 
 
 async def run_http(
@@ -823,6 +826,7 @@ async def run_http(
         accepted = result.accepted
         ids = [s.job_id for s in accepted if s.job_id is not None]
         rows = {row.job_id: row for row in await tracker.rows(ids)}
+        idle = await idle_latencies(session, deployment, opts.idle)
 
     for failed in result.failed[:5]:
         log(f"  submit #{failed.index} failed: {failed.status} {failed.error}")
@@ -874,7 +878,34 @@ async def run_http(
         bad=len(bad),
         warmup_seconds=warmup_seconds,
         cpu=cpu,
+        idle_p50=percentile(idle, 50) * 1000,
+        idle_p99=percentile(idle, 99) * 1000,
     )
+
+
+async def idle_latencies(
+    session: aiohttp.ClientSession, deployment: Deployment, n: int
+) -> list[float]:
+    """Round trips of `n` jobs sent one at a time with `Prefer: wait=10` on an idle system:
+    POST until the answer with the succeeded job (service time, no queueing)."""
+    if n <= 0:
+        return []
+    log(f"idle latency: {n} jobs one at a time, Prefer: wait=10")
+    headers = {"Authorization": f"Bearer {deployment.token}", "Prefer": "wait=10"}
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        async with session.post(
+            f"{deployment.url}/v1/jobs",
+            json={"type": JOB_TYPE, "payload": {"idle": i}},
+            headers=headers,
+        ) as response:
+            body = await response.json()
+        if response.status == 200 and body.get("status") == "succeeded":
+            times.append(time.perf_counter() - started)
+    if len(times) < n:
+        log(f"  {n - len(times)} idle jobs did not finish within their wait")
+    return times
 
 
 # --- the bare Dramatiq baseline --------------------------------------------------------------
@@ -1005,6 +1036,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--warmup", type=int, default=200, help="jobs run before measuring (default 200)"
     )
     p.add_argument(
+        "--idle",
+        type=int,
+        default=200,
+        help="jobs sent one at a time after the run, for idle latency (default 200)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=300.0, help="bound of each wait, seconds (default 300)"
     )
     p.add_argument("--url", help="a running deployment's base URL (start nothing)")
@@ -1032,6 +1069,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         threads=a.threads,
         broker=a.broker,
         warmup=max(a.warmup, 0),
+        idle=max(a.idle, 0),
         timeout=a.timeout,
         url=a.url.rstrip("/") if a.url else None,
         token=a.token,
@@ -1175,6 +1213,8 @@ def run(opts: Options, procs: Processes, stack: contextlib.ExitStack) -> bool:
     print(f"latency_p99: {fmt(figures.latency_p99)} ms")
     print(f"row_latency_p50: {fmt(figures.row_latency_p50)} ms")
     print(f"row_latency_p99: {fmt(figures.row_latency_p99)} ms")
+    print(f"idle_latency_p50: {fmt(figures.idle_p50)} ms")
+    print(f"idle_latency_p99: {fmt(figures.idle_p99)} ms")
     print(f"submit_errors: {figures.submit_errors} req")
     print(f"not_succeeded_once: {figures.bad} jobs")
     jobs = max(figures.accepted, 1)

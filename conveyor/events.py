@@ -127,6 +127,7 @@ class RedisEvents:
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
+        self._wake = asyncio.Event()
 
     def channel(self, job_id: uuid.UUID) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -158,7 +159,8 @@ class RedisEvents:
         while True:
             try:
                 if not self._pubsub.subscribed:
-                    await asyncio.sleep(0.05)
+                    self._wake.clear()
+                    await self._wake.wait()  # until someone subscribes
                     continue
                 message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
@@ -180,6 +182,7 @@ class RedisEvents:
             pubsub = await self._ensure_reader()
             if self._subscribers.add(job_id, queue):
                 await pubsub.subscribe(self.channel(job_id))
+                self._wake.set()
         except Exception as exc:
             self._subscribers.remove(job_id, queue)
             logger.warning("Redis unreachable (%r); waiters re-read jobs every second", exc)
