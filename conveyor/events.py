@@ -148,9 +148,17 @@ class RedisEvents:
             if self._pubsub is None:
                 import redis.asyncio as aioredis
 
-                client = aioredis.Redis.from_url(self.url, socket_connect_timeout=2)
-                self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await self._pubsub.connect()
+                # (typed Any: the redis stubs predate pubsub.connect and aclose)
+                client: Any = aioredis.Redis.from_url(self.url, socket_connect_timeout=2)
+                pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    await pubsub.connect()
+                except BaseException:
+                    await pubsub.aclose()
+                    await client.aclose()
+                    raise
+                self._pubsub = pubsub
+            if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read())
         return self._pubsub
 

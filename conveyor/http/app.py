@@ -22,6 +22,7 @@ from conveyor.http.keys import (
     EVENTS,
     METRICS,
     OPENAPI,
+    PROBE_EXECUTOR,
     REGISTRY,
     SETTINGS,
     TOKENS,
@@ -78,6 +79,7 @@ def create_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
         app[DB] = make_sessionmaker(engine)
+        app[PROBE_EXECUTOR] = ThreadPoolExecutor(3, thread_name_prefix="conveyor-probe")
         app[DB_EXECUTOR] = ThreadPoolExecutor(settings.db_threads, thread_name_prefix="conveyor-db")
         enqueuer = BrokerEnqueuer(app[BROKER], threads=settings.publish_threads)
         app[ENQUEUER] = enqueuer
@@ -101,6 +103,7 @@ def create_app(
         enqueuer.close()
         await app[EVENTS].close()
         app[DB_EXECUTOR].shutdown(wait=True)
+        app[PROBE_EXECUTOR].shutdown(wait=False, cancel_futures=True)
         engine.dispose()
 
     app.cleanup_ctx.append(resources)

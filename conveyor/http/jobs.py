@@ -8,10 +8,12 @@ import re
 import uuid
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
+from multidict import MultiDict
 from pydantic import ValidationError
 from pydantic_core import from_json
 
+from conveyor import logs
 from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
 from conveyor.http.keys import BATCHER, ENQUEUER, EVENTS, METRICS, REGISTRY, SETTINGS, USER
 from conveyor.http.middleware import validation_errors
@@ -26,6 +28,8 @@ routes = web.RouteTableDef()
 
 RETRY_AFTER_SECONDS = "1"
 SSE_KEEPALIVE_SECONDS = 15.0
+EVENTS_PAGE = 500
+MAX_EVENT_ID = 2**63 - 1
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
 
 
@@ -60,6 +64,14 @@ def _seconds(value: str | None, field: str, upper: float) -> float:
     return seconds
 
 
+def _bounded_int(value: str, low: int, high: int) -> int:
+    """`value` as an integer within [low, high]; anything else (too long, not ASCII digits,
+    out of range) gives `low`."""
+    if len(value) > 19 or not (value.isascii() and value.isdigit()):
+        return low
+    return min(max(int(value), low), high)
+
+
 def _finished(job: Job) -> bool:
     return job.status in FINISHED
 
@@ -84,7 +96,8 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
                 break
             try:
                 status = await asyncio.wait_for(statuses.get(), remaining)
-            except TimeoutError:
+            except TimeoutError:  # a notice may have been lost: answer with the row as it is
+                job = await run_db(request.app, jobs.get, job.id, viewer)
                 break
             if status and status not in FINISHED and (until_finished or status == initial):
                 continue  # not what the client waits for (UNKNOWN: read the row again)
@@ -100,8 +113,14 @@ async def submit_job(request: web.Request) -> web.Response:
     body = await request.read()
     try:  # strict JSON: no NaN or Infinity, which no database column could store
         document = from_json(body, allow_inf_nan=False)
+        canonical = json.dumps(document, allow_nan=False)  # 1e400 parses as infinity
     except ValueError as exc:
         raise BadRequestError(f"the body is not valid JSON: {exc}") from None
+    if "\\u0000" in canonical:
+        raise InvalidRequestError(
+            "the body contains a NUL character (\\u0000), which cannot be stored",
+            errors=[{"field": "payload", "message": "contains \\u0000"}],
+        )
     submission = SubmitJob.model_validate(document)
     job_type = request.app[REGISTRY].get(submission.type)
     try:
@@ -111,10 +130,10 @@ async def submit_job(request: web.Request) -> web.Response:
             f"invalid payload for {job_type.name}", errors=validation_errors(exc, "payload")
         ) from None
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
+    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
         raise BadRequestError(
-            "Idempotency-Key must have 1 to 255 characters",
-            errors=[{"field": "Idempotency-Key", "message": "1 to 255 characters"}],
+            "Idempotency-Key must have 1 to 255 printable ASCII characters",
+            errors=[{"field": "Idempotency-Key", "message": "1 to 255 printable ASCII"}],
         )
     new = NewJob(
         job_type=job_type.name,
@@ -161,6 +180,15 @@ async def get_job(request: web.Request) -> web.Response:
     return _json(JobOut.of(job), headers=headers)
 
 
+def _printable(values: list[str], field: str) -> list[str]:
+    if any(not v.isprintable() for v in values):
+        raise InvalidRequestError(
+            f"{field} has unprintable characters",
+            errors=[{"field": field, "message": "unprintable characters"}],
+        )
+    return values
+
+
 def _list_param(request: web.Request, name: str) -> list[str]:
     values: list[str] = []
     for raw in request.query.getall(name, []):
@@ -181,9 +209,8 @@ async def list_jobs(request: web.Request) -> web.Response:
             errors=[{"field": "status", "message": f"must be one of: {allowed}"}],
         )
     raw_limit = request.query.get("limit", str(settings.default_page_size))
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not (
-        1 <= int(raw_limit) <= settings.max_page_size
-    ):
+    limit = _bounded_int(raw_limit, 0, settings.max_page_size + 1)
+    if not 1 <= limit <= settings.max_page_size:
         raise InvalidRequestError(
             f"limit must be an integer from 1 to {settings.max_page_size}",
             errors=[{"field": "limit", "message": f"1 to {settings.max_page_size}"}],
@@ -193,13 +220,13 @@ async def list_jobs(request: web.Request) -> web.Response:
         jobs.list_jobs,
         request[USER],
         statuses=statuses,
-        types=_list_param(request, "type"),
+        types=_printable(_list_param(request, "type"), "type"),
         cursor=request.query.get("cursor") or None,
-        limit=int(raw_limit),
+        limit=limit,
     )
     headers = {}
     if page.next_cursor:
-        query = dict(request.query)
+        query = MultiDict(request.query)  # keeps repeated parameters (?type=a&type=b)
         query["cursor"] = page.next_cursor
         headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
     body = JobPage(items=[JobOut.of(j) for j in page.jobs], next_cursor=page.next_cursor)
@@ -218,42 +245,61 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.get("/v1/jobs/{job_id}/events")
 async def job_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the job's history (after `Last-Event-ID`), then live transitions
-    and progress until it finishes."""
+    and progress until it finishes. A finished job's stream ends once its history is sent,
+    also for a client that reconnects with the last id it saw."""
     viewer = request[USER]
     job = await run_db(request.app, jobs.get, _job_id(request), viewer)
-    last = request.headers.get("Last-Event-ID", "0")
-    after = int(last) if last.isascii() and last.isdigit() else 0
+    last = request.headers.get("Last-Event-ID", "")
+    after = _bounded_int(last, 0, MAX_EVENT_ID) if last else 0
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
+            "X-Request-Id": logs.request_id.get() or "",
         }
     )
     await response.prepare(request)
-    async with request.app[EVENTS].subscribe(job.id) as statuses:
-        while True:
-            for event in await run_db(request.app, jobs.events_after, job.id, after):
-                after = event.id
-                data = {
-                    "job_id": str(job.id),
-                    "kind": event.kind,
-                    "status": event.status,
-                    "attempt": event.attempt,
-                    "progress": event.progress,
-                    "message": event.message,
-                    "at": event.at.isoformat(),
-                }
-                await response.write(
-                    f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(data)}\n\n".encode()
-                )
-                if event.kind == "status" and event.status in FINISHED:
-                    await response.write_eof()
-                    return response
-            try:
-                await asyncio.wait_for(statuses.get(), SSE_KEEPALIVE_SECONDS)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
+    try:
+        cursor = [after]
+        async with request.app[EVENTS].subscribe(job.id) as statuses:
+            while not await _send_events(request, response, job.id, cursor):
+                if _finished(job):
+                    break  # it had finished before the stream began: its history is sent
+                try:
+                    await asyncio.wait_for(statuses.get(), SSE_KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+        await response.write_eof()
+    except (ConnectionResetError, ClientConnectionResetError):
+        pass  # the client went away
+    return response
+
+
+async def _send_events(
+    request: web.Request, response: web.StreamResponse, job_id: uuid.UUID, after: list[int]
+) -> bool:
+    """Send every event after `after[0]` (advancing it); True once a final status was sent."""
+    while True:
+        page = await run_db(request.app, jobs.events_after, job_id, after[0], EVENTS_PAGE)
+        for event in page:
+            after[0] = event.id
+            data = {
+                "job_id": str(job_id),
+                "kind": event.kind,
+                "status": event.status,
+                "attempt": event.attempt,
+                "progress": event.progress,
+                "message": event.message,
+                "at": event.at.isoformat(),
+            }
+            await response.write(
+                f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(data)}\n\n".encode()
+            )
+            if event.kind == "status" and event.status in FINISHED:
+                return True
+        if len(page) < EVENTS_PAGE:
+            return False
 
 
 @routes.get("/v1/job-types")

@@ -20,6 +20,8 @@ from conveyor.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", sessionmaker[Session])
 DB_EXECUTOR = web.AppKey("db_executor", ThreadPoolExecutor)
+#: Readiness probes run apart, so a hanging dependency cannot starve the database calls.
+PROBE_EXECUTOR = web.AppKey("probe_executor", ThreadPoolExecutor)
 REGISTRY = web.AppKey("registry", Registry)
 ENQUEUER = web.AppKey("enqueuer", Enqueuer)
 EVENTS = web.AppKey("events", Events)

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from conveyor import logs
 from conveyor.errors import AuthenticationError, ConveyorError
@@ -102,6 +102,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         }.get(exc.status, exc.text or exc.reason)
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return problem(exc.status, exc.reason, detail, headers=headers)
+    except DataError as exc:  # a value the database cannot store (the checks above missed it)
+        logger.warning("database rejected a value on %s %s: %r", request.method, request.path, exc)
+        return problem(422, "Unprocessable content", "a value cannot be stored as given")
     except (OperationalError, InterfaceError) as exc:  # the database is down or restarting
         logger.warning("database unavailable on %s %s: %r", request.method, request.path, exc)
         return problem(

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from conveyor.broker import check_broker
-from conveyor.http.keys import BROKER, DB, DB_EXECUTOR, METRICS, OPENAPI, SETTINGS
+from conveyor.http.keys import BROKER, DB, METRICS, OPENAPI, PROBE_EXECUTOR, SETTINGS
 from conveyor.http.runtime import run_db
 from conveyor.services import jobs
 
@@ -54,7 +54,7 @@ async def readyz(request: web.Request) -> web.Response:
         "broker": lambda: check_broker(app[BROKER], settings.broker_url),
         "redis": redis_ping,
     }
-    futures = {name: loop.run_in_executor(app[DB_EXECUTOR], fn) for name, fn in checks.items()}
+    futures = {name: loop.run_in_executor(app[PROBE_EXECUTOR], fn) for name, fn in checks.items()}
     results = {}
     for name, future in futures.items():
         try:

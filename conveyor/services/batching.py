@@ -7,10 +7,11 @@ load many jobs share a commit, and an idle system pays no added latency.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,19 +60,26 @@ class SubmitBatcher:
                     stopping = True
                     break
                 batch.append(item)
-            self._write(batch)  # type: ignore[arg-type]
+            try:
+                self._write(batch)  # type: ignore[arg-type]
+            except Exception:  # never let the thread die: every later submission would hang
+                logger.exception("submission batch failed")
 
     def _write(self, batch: list[tuple[NewJob, Future[Job]]]) -> None:
+        # A request that went away (its future cancelled) is written all the same: an extra
+        # job is safer than one the client may believe was accepted.
         try:
             created = submit_many(self.db, [new for new, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 logger.warning("could not write a submission: %r", exc)
-                batch[0][1].set_exception(exc)
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                    batch[0][1].set_exception(exc)
                 return
             # One bad submission must not fail the others: write them one by one.
             for item in batch:
                 self._write([item])
             return
         for (_, future), job in zip(batch, created, strict=True):
-            future.set_result(job)
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                future.set_result(job)

@@ -81,15 +81,18 @@ def publish_pending(
     return len(rows) == limit
 
 
-def mark_published(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
-    """Note that these jobs' messages were confirmed by the broker."""
+def mark_published(
+    session: Session, job_ids: Iterable[uuid.UUID], *, first_only: bool = False
+) -> None:
+    """Note that these jobs' messages were confirmed by the broker. With `first_only`, only
+    for jobs still waiting for their first run: a late confirmation of a job's first message
+    must not pass for the message of a retry that failed to publish."""
     ids = list(job_ids)
     if ids:
-        session.execute(
-            update(jobs_t)
-            .where(jobs_t.c.id.in_(ids), jobs_t.c.status.in_(PENDING))
-            .values(published_at=utcnow())
-        )
+        stmt = update(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.status.in_(PENDING))
+        if first_only:
+            stmt = stmt.where(jobs_t.c.attempts == 0, jobs_t.c.status == JobStatus.QUEUED)
+        session.execute(stmt.values(published_at=utcnow()))
 
 
 def expire_leases(

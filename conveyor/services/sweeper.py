@@ -52,7 +52,7 @@ class Sweeper(threading.Thread):
         confirmed = self.enqueuer.take_confirmed()
         if confirmed:
             with transaction(self.db) as session:
-                mark_published(session, confirmed)
+                mark_published(session, confirmed, first_only=True)
 
     def sweep_once(self) -> None:
         """One pass; failures are logged and retried on the next pass."""

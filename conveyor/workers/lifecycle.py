@@ -21,12 +21,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage, Middleware
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor import logs
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: When the database cannot be reached to claim a job, its message comes back after this.
 CLAIM_RETRY_MS = 5_000
+#: Pauses between attempts to record an outcome while the database is unreachable.
+RECORD_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 class JobTimeLimitError(Exception):
@@ -262,8 +265,9 @@ class JobLifecycle(Middleware):
         try:
             self._execute(job_type, running, job.payload)
         finally:
-            with self._running_lock:
-                self._running.pop(job_id, None)
+            with self._running_lock:  # a later attempt of the same job may have replaced it
+                if self._running.get(job_id) is running:
+                    del self._running[job_id]
 
     def _execute(self, job_type: JobType, running: RunningJob, payload: dict[str, Any]) -> None:
         job_id, attempt = running.job_id_, running.attempt
@@ -295,7 +299,8 @@ class JobLifecycle(Middleware):
         else:
             try:
                 value = to_jsonable_python(result)
-                json.dumps(value, allow_nan=False)
+                if "\\u0000" in json.dumps(value, allow_nan=False):
+                    raise ValueError("it contains a NUL character, which no database column stores")
             except (PydanticSerializationError, ValueError, TypeError) as exc:
                 error = {
                     "type": "UnserializableResult",
@@ -319,8 +324,8 @@ class JobLifecycle(Middleware):
         if retryable and failures <= running.max_retries:
             delay = job_type.retry.backoff(failures)
             next_at = utcnow() + delay
-            outcome = runs.retry_later(
-                res.db, job_id, attempt, error=error, next_attempt_at=next_at
+            outcome = _recorded(
+                runs.retry_later, res.db, job_id, attempt, error=error, next_attempt_at=next_at
             )
             if outcome is not JobStatus.RETRYING:
                 if outcome is not None:
@@ -355,7 +360,7 @@ class JobLifecycle(Middleware):
 
     def _finish(self, job_id: uuid.UUID, attempt: int, status: JobStatus, **kwargs: Any) -> bool:
         res = self.resources
-        if not runs.finish(res.db, job_id, attempt, status, **kwargs):
+        if not _recorded(runs.finish, res.db, job_id, attempt, status, **kwargs):
             logger.warning(
                 "job %s attempt %d no longer holds the job; %s not recorded",
                 job_id,
@@ -368,7 +373,25 @@ class JobLifecycle(Middleware):
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
-    return {"type": type(exc).__name__, "message": str(exc)[:2000] or type(exc).__name__}
+    message = str(exc).replace("\x00", "")[:2000]
+    return {"type": type(exc).__name__, "message": message or type(exc).__name__}
+
+
+T = TypeVar("T")
+
+
+def _recorded(record: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Record an outcome, trying again while the database connection fails (a pooled
+    connection found dead after a database restart, a short outage): the guarded UPDATE
+    makes a repeat harmless, and giving up would leave the job to the reconciler, which
+    runs it again."""
+    for delay in RECORD_RETRY_DELAYS:
+        try:
+            return record(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning("could not record an outcome (%r); again in %.1fs", exc, delay)
+            time.sleep(delay)
+    return record(*args, **kwargs)
 
 
 def bind_actors(

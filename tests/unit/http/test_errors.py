@@ -397,3 +397,71 @@ async def test_none_of_these_requests_was_answered_with_a_500(embedded_stack: St
         assert response.status < 500, (method, path, await response.text())
         if response.status >= 400:
             assert response.headers["Content-Type"].startswith("application/problem+json")
+
+
+# --- found in review -------------------------------------------------------------------------
+
+
+async def test_numbers_too_large_for_a_float_are_a_bad_request(embedded_stack: Stack) -> None:
+    await problem(
+        await post_jobs(embedded_stack, '{"type": "system.echo", "payload": {"a": 1e400}}'), 400
+    )
+
+
+async def test_a_nul_character_in_the_payload_is_unprocessable(embedded_stack: Stack) -> None:
+    body = await problem(
+        await submit(embedded_stack, {"type": "system.echo", "payload": {"a": "x\u0000"}}), 422
+    )
+    assert fields(body) == ["payload"]
+
+
+async def test_an_idempotency_key_that_is_not_printable_ascii_is_a_bad_request(
+    embedded_stack: Stack,
+) -> None:
+    for key in ["ключ", "a\tb"]:
+        response = await submit(
+            embedded_stack, {"type": "system.echo", "payload": {}}, **{"Idempotency-Key": key}
+        )
+        assert fields(await problem(response, 400)) == ["Idempotency-Key"]
+
+
+async def test_a_limit_of_thousands_of_digits_is_unprocessable(embedded_stack: Stack) -> None:
+    response = await embedded_stack.client.get(
+        "/v1/jobs", params={"limit": "9" * 5000}, headers=embedded_stack.headers()
+    )
+    assert fields(await problem(response, 422)) == ["limit"]
+
+
+async def test_an_unprintable_type_filter_is_unprocessable(embedded_stack: Stack) -> None:
+    response = await embedded_stack.client.get(
+        "/v1/jobs", params={"type": "a\u0000b"}, headers=embedded_stack.headers()
+    )
+    assert fields(await problem(response, 422)) == ["type"]
+
+
+async def test_the_next_link_keeps_repeated_filters(embedded_stack: Stack) -> None:
+    for type_ in ["system.echo", "system.echo", "system.fail"]:
+        await embedded_stack.submit(type_, {})
+    response = await embedded_stack.client.get(
+        "/v1/jobs?type=system.echo&type=system.fail&limit=1", headers=embedded_stack.headers()
+    )
+    assert response.status == 200
+    link = response.headers["Link"]
+    assert "type=system.echo" in link and "type=system.fail" in link
+
+
+async def test_events_of_a_finished_job_end_for_a_client_that_reconnects(
+    embedded_stack: Stack,
+) -> None:
+    job = await embedded_stack.submit("system.echo", {}, expect=200, Prefer="wait=10")
+    first = await embedded_stack.client.get(
+        f"/v1/jobs/{job['id']}/events", headers=embedded_stack.headers()
+    )
+    ids = [line[4:] for line in (await first.text()).splitlines() if line.startswith("id: ")]
+    for last in [ids[-1], "9" * 30, "99999999999999999999"]:
+        again = await embedded_stack.client.get(
+            f"/v1/jobs/{job['id']}/events",
+            headers=embedded_stack.headers(**{"Last-Event-ID": last}),
+        )
+        assert again.status == 200
+        assert "keep-alive" not in await again.text()  # it ended at once
