@@ -1,4 +1,4 @@
-"""Fixtures of these tests: SQLite sessions, users, a job factory and boundary fakes."""
+"""Fixtures of the unit tests: SQLite sessions, users, a job factory and boundary fakes."""
 
 from __future__ import annotations
 
