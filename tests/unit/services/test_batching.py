@@ -161,3 +161,23 @@ def test_close_writes_what_is_queued(db: sessionmaker[Session], member: User) ->
     assert all(f.done() for f in futures)
     assert sorted(f.result().payload["i"] for f in futures) == list(range(10))
     assert _jobs(db) == 10
+
+
+def test_a_cancelled_request_does_not_stop_the_batcher(
+    db: sessionmaker[Session],
+    member: User,
+    batcher: SubmitBatcher,
+    commits: Callable[..., Commits],
+) -> None:
+    # aiohttp cancels a handler whose client left (or at shutdown); its future is cancelled
+    # while the batch is being written.
+    counter = commits(hold_first=True)
+    first = batcher.submit(_new(member))
+    assert counter.holding.wait(timeout=5)
+    gone = batcher.submit(_new(member, 1))
+    assert gone.cancel()
+    counter.release.set()
+    assert first.result(timeout=5).payload == {"i": 0}
+    after = batcher.submit(_new(member, 2)).result(timeout=5)  # the thread still serves
+    assert after.payload == {"i": 2}
+    assert _jobs(db) == 3  # the cancelled request's job was written all the same
