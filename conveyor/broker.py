@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlsplit
 
 import dramatiq
@@ -93,6 +94,19 @@ class BrokerEnqueuer:
         finally:
             with self._lock:
                 self._pending -= 1
+
+    def waiting(self, queue: str) -> int | None:
+        broker: Any = self.broker
+        try:
+            if isinstance(broker, StubBroker):
+                return int(broker.queues[queue].qsize()) if queue in broker.queues else 0
+            if hasattr(broker, "get_queue_message_counts"):  # RabbitMQ
+                return int(broker.get_queue_message_counts(queue)[0])
+            if hasattr(broker, "namespace"):  # Redis: a list of message ids per queue
+                return int(broker.client.llen(f"{broker.namespace}:{queue}"))
+        except Exception:  # unknown: the caller treats it as empty
+            logger.warning("could not count the messages of queue %s", queue, exc_info=True)
+        return None
 
     def take_confirmed(self) -> list[uuid.UUID]:
         """Job ids confirmed since the last call (the sweeper marks them published)."""

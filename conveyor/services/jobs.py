@@ -54,6 +54,9 @@ class Enqueuer(Protocol):
         """Hand a message to the background publishers; never blocks, may drop (the sweeper
         publishes whatever was not confirmed)."""
 
+    def waiting(self, queue: str) -> int | None:
+        """Messages waiting in the broker's queue (None when the broker cannot tell)."""
+
     def take_confirmed(self) -> list[uuid.UUID]:
         """Ids of jobs whose `publish_soon` was confirmed since the last call."""
 

@@ -49,15 +49,25 @@ def publish_pending(
     requeue_after: dt.timedelta,
     limit: int = 500,
 ) -> bool:
-    """Publish waiting jobs that have no confirmed message; True if a whole batch went
+    """Publish waiting jobs that have no confirmed message; True if a whole batch was taken
     (there may be more).
 
-    Raises whatever the broker raises; the rows stay unpublished and the next sweep retries.
+    A job whose message was confirmed more than `requeue_after` ago and that never started
+    may have lost its message, or may simply wait in a long queue: it is published again
+    only if its broker queue holds no waiting message; otherwise it is looked at again after
+    another `requeue_after`. Raises whatever the broker raises; the rows stay as they were
+    and the next sweep retries.
     """
     now = utcnow()
     stale = now - requeue_after
     stmt = (
-        select(jobs_t.c.id, jobs_t.c.type, jobs_t.c.queue, jobs_t.c.next_attempt_at)
+        select(
+            jobs_t.c.id,
+            jobs_t.c.type,
+            jobs_t.c.queue,
+            jobs_t.c.next_attempt_at,
+            jobs_t.c.published_at,
+        )
         .where(
             jobs_t.c.status.in_(PENDING),
             or_(
@@ -75,9 +85,16 @@ def publish_pending(
         rows = session.execute(_locked(session, stmt)).all()  # type: ignore[call-overload]
         if not rows:
             return False
-        enqueuer.publish([message_for(r.id, r.type, r.queue, r.next_attempt_at, now) for r in rows])
-        mark_published(session, [r.id for r in rows])
-    logger.info("published %d job(s) from the outbox", len(rows))
+        depths: dict[str, int | None] = {}
+        for queue in {r.queue for r in rows if r.published_at is not None}:
+            depths[queue] = enqueuer.waiting(queue)
+        due = [r for r in rows if r.published_at is None or not depths[r.queue]]
+        if due:
+            enqueuer.publish(
+                [message_for(r.id, r.type, r.queue, r.next_attempt_at, now) for r in due]
+            )
+        mark_published(session, [r.id for r in rows])  # published, or to look at again later
+    logger.info("published %d job(s) from the outbox", len(due))
     return len(rows) == limit
 
 

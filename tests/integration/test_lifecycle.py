@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stack import Stack
+from conveyor.broker import BrokerEnqueuer
+from tests.stack import Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +48,14 @@ async def test_cancel_running_job_stops_it(stack: Stack) -> None:
     assert response.status == 202
     done = await stack.wait_for(job["id"], "cancelled", within=5)
     assert done["error"]["type"] == "Cancelled"
+
+
+async def test_the_broker_tells_how_many_messages_wait_in_a_queue(stack: Stack) -> None:
+    stack.stop_worker()
+    for i in range(3):
+        await stack.submit("system.echo", {"i": i})
+    enqueuer = BrokerEnqueuer(stack.broker, threads=1)
+    try:
+        assert wait_until(lambda: enqueuer.waiting("system") == 3, timeout=10)
+    finally:
+        enqueuer.close()

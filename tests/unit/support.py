@@ -38,6 +38,7 @@ class RecordingEnqueuer:
     def __init__(self) -> None:
         self.messages: list[JobMessage] = []
         self.fail = False
+        self.depth: dict[str, int] = {}  # messages waiting per queue, as the broker says
 
     def publish(self, messages: Sequence[JobMessage]) -> None:
         if self.fail:
@@ -46,6 +47,9 @@ class RecordingEnqueuer:
 
     def publish_soon(self, message: JobMessage) -> None:
         self.publish([message])
+
+    def waiting(self, queue: str) -> int | None:
+        return self.depth.get(queue)
 
     def take_confirmed(self) -> list[uuid.UUID]:
         return []

@@ -158,6 +158,29 @@ def test_a_job_published_longer_ago_than_requeue_after_is_published_again(
     assert published_at is not None and published_at > _ago(minutes=1)
 
 
+def test_a_long_waiting_job_in_a_busy_queue_is_not_published_again(
+    make_job: MakeJob,
+    set_job: Callable[..., None],
+    load: Callable[..., Job],
+    enqueuer: RecordingEnqueuer,
+    sweep: Callable[..., bool],
+) -> None:
+    # A backlog: the job's message most likely still waits in the queue, so no duplicate;
+    # it is looked at again after another requeue_after.
+    waiting = make_job()
+    set_job(waiting.id, updated_at=_ago(minutes=30), published_at=_ago(minutes=20))
+    enqueuer.depth["system"] = 1200
+    sweep()
+    assert enqueuer.messages == []
+    checked_at = load(waiting.id).published_at
+    assert checked_at is not None and checked_at > _ago(minutes=1)
+    # an empty queue, another requeue_after later: the message was lost; publish again
+    set_job(waiting.id, published_at=_ago(minutes=20))
+    enqueuer.depth["system"] = 0
+    sweep()
+    assert [m.job_id for m in enqueuer.messages] == [waiting.id]
+
+
 def test_a_retrying_job_is_published_again_only_requeue_after_past_its_due_time(
     make_job: MakeJob,
     db: sessionmaker[Session],
