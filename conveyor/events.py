@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from queue import Empty, SimpleQueue
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 #: A status of "" means "something may have changed: read the job again".
 UNKNOWN = ""
 PAUSE_AFTER_FAILURE = 2.0
+MAX_PENDING = 100_000
 POLL_SECONDS = 1.0
 
 
@@ -112,8 +114,10 @@ class MemoryEvents:
 class RedisEvents:
     """Events over Redis pub/sub, one channel per job (`<prefix>:job:<id>`).
 
-    Publishing uses a blocking client (workers are threads); the web process holds one
-    subscriber connection and subscribes to a job's channel only while someone waits on it.
+    `publish` never blocks: a background thread sends what accumulated in one pipeline, so
+    announcing costs a worker thread next to nothing and Redis one round trip per batch. The
+    web process holds one subscriber connection and subscribes to a job's channel only while
+    someone waits on it.
     """
 
     def __init__(self, url: str, prefix: str = "conveyor") -> None:
@@ -123,6 +127,9 @@ class RedisEvents:
         self.prefix = prefix
         self._client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         self._paused_until = 0.0  # after a failed publish, skip publishing for a moment
+        self._announcements: SimpleQueue[tuple[str, str] | None] = SimpleQueue()
+        self._announcer: threading.Thread | None = None
+        self._announcer_lock = threading.Lock()
         self._subscribers = _Subscribers()
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -133,13 +140,53 @@ class RedisEvents:
         return f"{self.prefix}:job:{job_id}"
 
     def publish(self, job_id: uuid.UUID, status: str) -> None:
+        if self._announcer is None:
+            with self._announcer_lock:
+                if self._announcer is None:
+                    self._announcer = threading.Thread(
+                        target=self._announce, name="conveyor-announce", daemon=True
+                    )
+                    self._announcer.start()
+        if self._announcements.qsize() < MAX_PENDING:  # else waiters re-read at their deadline
+            self._announcements.put_nowait((self.channel(job_id), json.dumps({"status": status})))
+
+    def _announce(self) -> None:
+        while True:
+            item = self._announcements.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < 1000:
+                try:
+                    item = self._announcements.get_nowait()
+                except Empty:
+                    break
+                if item is None:
+                    self._send(batch)
+                    return
+                batch.append(item)
+            self._send(batch)
+
+    def _send(self, batch: list[tuple[str, str]]) -> None:
         if time.monotonic() < self._paused_until:
-            return
+            return  # Redis failed a moment ago: drop (the row is the truth)
         try:
-            self._client.publish(self.channel(job_id), json.dumps({"status": status}))
+            pipe = self._client.pipeline(transaction=False)
+            for channel, data in batch:
+                pipe.publish(channel, data)
+            pipe.execute()
         except Exception as exc:  # waiters re-read the row; the row is the truth
             self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
-            logger.warning("could not announce job %s (Redis unreachable?): %r", job_id, exc)
+            logger.warning(
+                "could not announce %d change(s) (Redis unreachable?): %r", len(batch), exc
+            )
+
+    def close_publisher(self) -> None:
+        """Send what is queued, then stop the publishing thread."""
+        if self._announcer is not None:
+            self._announcements.put(None)
+            self._announcer.join(timeout=5)
+            self._announcer = None
 
     async def _ensure_reader(self) -> Any:
         if self._start_lock is None:
@@ -205,6 +252,7 @@ class RedisEvents:
                     await pubsub.unsubscribe(self.channel(job_id))
 
     async def close(self) -> None:
+        self.close_publisher()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,65 +13,72 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import Engine, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
-from conveyor.models import Job, JobStatus
+from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import PENDING
+from conveyor.services.direct import direct
 from conveyor.services.jobs import _event, events_t, jobs_t, rowcount
 
 #: A retry message may arrive this much before the job's next-attempt time.
 EARLY_TOLERANCE = dt.timedelta(seconds=1)
 
-_CLAIM_PG = text("""
+_CLAIM_PG = """
 WITH claimed AS (
-    UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,
-        updated_at = :now, lease_expires_at = :lease_until, next_attempt_at = NULL,
-        published_at = COALESCE(published_at, :now), worker = :worker
-    WHERE id = :id AND NOT cancel_requested AND attempts - worker_losses <= max_retries
+    UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = %(now)s::timestamptz,
+        updated_at = %(now)s, lease_expires_at = %(lease_until)s, next_attempt_at = NULL,
+        published_at = COALESCE(published_at, %(now)s::timestamptz), worker = %(worker)s
+    WHERE id = %(id)s::uuid AND NOT cancel_requested AND attempts - worker_losses <= max_retries
         AND status IN ('queued', 'retrying')
-        AND (next_attempt_at IS NULL OR next_attempt_at <= :due)
-    RETURNING *
+        AND (next_attempt_at IS NULL OR next_attempt_at <= %(due)s)
+    RETURNING id, status, attempts, max_retries, worker_losses, payload, next_attempt_at
 ), event AS (
     INSERT INTO job_events (job_id, at, kind, status, attempt)
-    SELECT id, :now, 'status', 'running', attempts FROM claimed
+    SELECT id, %(now)s::timestamptz, 'status', 'running', attempts FROM claimed
 )
 SELECT * FROM claimed
-""")
+"""
 
-_FINISH_PG = text("""
+_FINISH_PG = """
 WITH done AS (
-    UPDATE jobs SET status = CAST(:status AS varchar), result = CAST(:result AS jsonb),
-        error = CAST(:error AS jsonb), finished_at = :now, updated_at = :now,
-        lease_expires_at = NULL,
-        progress = CASE WHEN CAST(:status AS varchar) = 'succeeded' THEN 1.0 ELSE progress END
-    WHERE id = :id AND status = 'running' AND attempts = :attempt
+    UPDATE jobs SET status = %(status)s::varchar, result = %(result)s::jsonb,
+        error = %(error)s::jsonb, finished_at = %(now)s::timestamptz,
+        updated_at = %(now)s::timestamptz, lease_expires_at = NULL,
+        progress = CASE WHEN %(status)s::varchar = 'succeeded' THEN 1.0 ELSE progress END
+    WHERE id = %(id)s::uuid AND status = 'running' AND attempts = %(attempt)s::integer
     RETURNING id
 ), event AS (
     INSERT INTO job_events (job_id, at, kind, status, attempt, message)
-    SELECT id, :now, 'status', CAST(:status AS varchar), :attempt, CAST(:message AS varchar)
+    SELECT id, %(now)s::timestamptz, 'status', %(status)s::varchar, %(attempt)s::integer,
+        %(message)s::varchar
     FROM done
 )
-SELECT count(*) FROM done
-""")
+SELECT count(*) AS n FROM done
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs of the job it just claimed."""
+
+    id: uuid.UUID
+    status: str
+    attempts: int
+    max_retries: int
+    worker_losses: int
+    payload: dict[str, Any]
+    next_attempt_at: dt.datetime | None
 
 
 def _postgres(db: sessionmaker[Session]) -> Engine | None:
     engine = db.kw.get("bind")
     return engine if isinstance(engine, Engine) and engine.dialect.name == "postgresql" else None
-
-
-@contextmanager
-def _autocommit(engine: Engine) -> Iterator[Connection]:
-    """A connection whose every statement commits on its own (no BEGIN/COMMIT round trips)."""
-    with engine.connect() as connection:
-        yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _json(value: Any) -> str | None:
@@ -80,7 +87,7 @@ def _json(value: Any) -> str | None:
 
 def claim(
     db: sessionmaker[Session], job_id: uuid.UUID, *, worker: str, lease: dt.timedelta
-) -> Job | None:
+) -> Claim | None:
     """Move the job to `running` for one more attempt, or None if it is not ours to run.
 
     Claimable: queued or retrying, and due; never cancelled, never past its retries (the
@@ -96,9 +103,8 @@ def claim(
             "worker": worker,
             "due": now + EARLY_TOLERANCE,
         }
-        with _autocommit(engine) as connection:
-            found = connection.execute(_CLAIM_PG, params).mappings().first()
-        return None if found is None else Job(**found)
+        found = direct(engine).fetchone(_CLAIM_PG, params)
+        return None if found is None else Claim(**found)
     stmt = (
         update(jobs_t)
         .where(
@@ -128,7 +134,7 @@ def claim(
         if row is None:
             return None
         session.execute(insert(events_t), [_event(job_id, JobStatus.RUNNING, row["attempts"], now)])
-    return Job(**row)
+    return Claim(**{name: row[name] for name in Claim.__dataclass_fields__})
 
 
 def _guarded(job_id: uuid.UUID, attempt: int) -> Any:
@@ -160,8 +166,8 @@ def finish(
             "message": error["message"][:1000] if error else None,
             "now": utcnow(),
         }
-        with _autocommit(engine) as connection:
-            return connection.execute(_FINISH_PG, params).scalar() == 1
+        done = direct(engine).fetchone(_FINISH_PG, params)
+        return done is not None and done["n"] == 1
     with transaction(db) as session:
         return _finish_in(session, job_id, attempt, status, result=result, error=error)
 

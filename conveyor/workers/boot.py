@@ -11,6 +11,7 @@ from conveyor.broker import BrokerEnqueuer, build_broker
 from conveyor.db import make_engine, make_sessionmaker
 from conveyor.events import MemoryEvents, RedisEvents
 from conveyor.logs import configure_logging
+from conveyor.services import direct
 from conveyor.settings import Settings, get_settings
 from conveyor.workers.lifecycle import JobLifecycle, Resources, bind_actors
 
@@ -30,7 +31,10 @@ def worker_resources(settings: Settings, broker: dramatiq.Broker) -> Resources:
         notifier = MemoryEvents()
 
     def close() -> None:
+        if isinstance(notifier, RedisEvents):
+            notifier.close_publisher()
         enqueuer.close()
+        direct.close(engine)
         engine.dispose()
 
     return Resources(

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor import logs
 from conveyor.db import transaction
-from conveyor.errors import JobCancelledError, PermanentJobError
+from conveyor.errors import JobCancelledError, PermanentJobError, TransientError
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
 from conveyor.registry import JOBS, JobType, Registry
@@ -388,7 +388,7 @@ def _recorded(record: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     for delay in RECORD_RETRY_DELAYS:
         try:
             return record(*args, **kwargs)
-        except (OperationalError, InterfaceError) as exc:
+        except (OperationalError, InterfaceError, TransientError) as exc:
             logger.warning("could not record an outcome (%r); again in %.1fs", exc, delay)
             time.sleep(delay)
     return record(*args, **kwargs)
