@@ -16,7 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy import Engine
 
-from conveyor.errors import TransientError
+from conveyor.errors import InvalidRequestError, TransientError
 
 _by_engine: weakref.WeakKeyDictionary[Engine, DirectConnections] = weakref.WeakKeyDictionary()
 _by_engine_lock = threading.Lock()
@@ -48,6 +48,18 @@ class DirectConnections:
         except psycopg.OperationalError as exc:  # dropped, restarted, unreachable
             self.discard()
             raise TransientError(f"database unavailable: {exc}") from exc
+        except psycopg.DataError as exc:
+            raise InvalidRequestError(f"a value cannot be stored: {exc}") from exc
+
+    def execute(self, sql: str, params: dict[str, Any]) -> None:
+        """Run one statement, committed on its own."""
+        try:
+            self._connection().execute(sql, params)
+        except psycopg.OperationalError as exc:
+            self.discard()
+            raise TransientError(f"database unavailable: {exc}") from exc
+        except psycopg.DataError as exc:
+            raise InvalidRequestError(f"a value cannot be stored: {exc}") from exc
 
     def discard(self) -> None:
         connection = getattr(self._local, "c", None)
