@@ -19,6 +19,8 @@ from conveyor.services.jobs import JobMessage
 
 logger = logging.getLogger(__name__)
 
+BLOCKED_TIMEOUT_SECONDS = 30
+
 
 def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
     """RabbitMQ (publisher confirms on), Redis or the in-process stub, by the URL's scheme.
@@ -31,7 +33,15 @@ def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
     if scheme in ("amqp", "amqps"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-        return RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+        broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+        for params in (
+            broker.parameters if isinstance(broker.parameters, list) else [broker.parameters]
+        ):
+            if params.blocked_connection_timeout is None:  # unless the URL says otherwise
+                # A broker that blocks publishers (memory or disk alarm) fails the publish
+                # instead of holding the publisher, and the sweeper's row locks, for ever.
+                params.blocked_connection_timeout = BLOCKED_TIMEOUT_SECONDS
+        return broker
     if scheme in ("redis", "rediss", "unix"):
         from dramatiq.brokers.redis import RedisBroker
 

@@ -123,3 +123,12 @@ def test_settings_are_frozen() -> None:
 def test_zero_publish_grace_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_PUBLISH_GRACE_SECONDS", "0")
     assert load().publish_grace_seconds == 0
+
+
+def test_a_rabbitmq_broker_gives_up_on_a_blocked_connection() -> None:
+    from conveyor.broker import BLOCKED_TIMEOUT_SECONDS, build_broker
+
+    default = build_broker("amqp://guest:guest@127.0.0.1:5672/%2F")
+    assert default.parameters.blocked_connection_timeout == BLOCKED_TIMEOUT_SECONDS  # type: ignore[attr-defined]
+    chosen = build_broker("amqp://guest:guest@127.0.0.1:5672/%2F?blocked_connection_timeout=5")
+    assert chosen.parameters.blocked_connection_timeout == 5  # type: ignore[attr-defined]
