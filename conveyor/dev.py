@@ -26,7 +26,7 @@ from conveyor.services.auth import issue_token
 from conveyor.services.outbox import publish_pending, requeue_unfinished
 from conveyor.services.users import ensure_user
 from conveyor.settings import Settings
-from conveyor.workers.lifecycle import JobLifecycle, Resources, bind_actors
+from conveyor.workers.lifecycle import Resources, install_lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +69,11 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     dramatiq.set_broker(broker)
     events = MemoryEvents()
     enqueuer = BrokerEnqueuer(broker, threads=1)
-    lifecycle = JobLifecycle(
+    install_lifecycle(
+        broker,
         lambda: Resources(db=db, notifier=events, enqueuer=enqueuer),
-        lease=dt.timedelta(seconds=settings.lease_seconds),
+        lease_seconds=settings.lease_seconds,
     )
-    bind_actors(broker, lifecycle)
     worker = dramatiq.Worker(broker, worker_threads=settings.worker_threads, worker_timeout=100)
     worker.start()
     publish_pending(

@@ -5,9 +5,11 @@ HTTP validation, `GET /v1/job-types`, the OpenAPI document and the workers all r
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import inspect
 import random
+import re
 import threading
 import typing
 from collections.abc import Callable, Iterator
@@ -83,8 +85,6 @@ class JobType:
         args = (payload, ctx) if self.takes_context else (payload,)
         result = self.fn(*args)
         if inspect.iscoroutine(result):
-            import asyncio
-
             return asyncio.run(result)
         return result
 
@@ -154,8 +154,6 @@ def job(
         raise ValueError("time_limit must be positive")
 
     def declare(fn: Callable[..., Any]) -> Callable[..., Any]:
-        import re
-
         job_name = name or f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
         if not re.match(NAME_PATTERN, job_name):
             raise ValueError(f"job name {job_name!r} must look like 'domain.action'")

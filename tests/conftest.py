@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import make_engine, make_sessionmaker
 from conveyor.events import MemoryEvents, RedisEvents
+from conveyor.http.app import create_app
 from conveyor.models.migrate import upgrade
 from tests.services import unreachable
-from tests.stack import Stack, build_stack_parts, create_app, make_users, test_settings
+from tests.stack import Stack, build_stack_parts, make_users, test_settings
 
 os.environ.setdefault("CONVEYOR_LOG_LEVEL", "INFO")
 

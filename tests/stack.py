@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -16,12 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.broker import BrokerEnqueuer, build_broker
 from conveyor.events import Events
-from conveyor.http.app import create_app, token_config
+from conveyor.http.app import token_config
 from conveyor.models import Job, Role
 from conveyor.services.auth import issue_token
 from conveyor.services.users import create_user
 from conveyor.settings import Settings
-from conveyor.workers.lifecycle import JobLifecycle, Resources, bind_actors
+from conveyor.workers.lifecycle import JobLifecycle, Resources, install_lifecycle
 
 FAST = {
     "secret_key": "test-secret-key-that-is-long-enough-for-hs256",
@@ -60,7 +59,6 @@ class Stack:
     other_token: str
     worker: dramatiq.Worker | None = None
     lifecycle: JobLifecycle | None = None
-    stop_callbacks: list[Callable[[], None]] = field(default_factory=list)
 
     def headers(self, token: str | None = None, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.member_token}", **extra}
@@ -127,11 +125,11 @@ def build_stack_parts(
 
     broker = build_broker(settings.broker_url, namespace=settings.broker_namespace)
     enqueuer = BrokerEnqueuer(broker, threads=1)
-    lifecycle = JobLifecycle(
+    lifecycle = install_lifecycle(
+        broker,
         lambda: Resources(db=db, notifier=events, enqueuer=enqueuer),
-        lease=dt.timedelta(seconds=settings.lease_seconds),
+        lease_seconds=settings.lease_seconds,
     )
-    bind_actors(broker, lifecycle)
     return broker, lifecycle, enqueuer
 
 
@@ -141,6 +139,3 @@ def make_users(settings: Settings, db: sessionmaker[Session]) -> tuple[str, str,
     member = create_user(db, "member@example.com", Role.MEMBER)
     other = create_user(db, "other@example.com", Role.MEMBER)
     return tuple(issue_token(tokens, u.id) for u in (admin, member, other))  # type: ignore[return-value]
-
-
-__all__ = ["Stack", "build_stack_parts", "create_app", "make_users", "test_settings", "wait_until"]

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.errors import InvalidRequestError, TransientError
 
@@ -73,6 +74,12 @@ class DirectConnections:
             self._all.clear()
         for connection in connections:
             connection.close()
+
+
+def postgres_engine(db: sessionmaker[Session]) -> Engine | None:
+    """The engine behind `db` if it is PostgreSQL (the only database with a direct path)."""
+    engine = db.kw.get("bind")
+    return engine if isinstance(engine, Engine) and engine.dialect.name == "postgresql" else None
 
 
 def direct(engine: Engine) -> DirectConnections:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, Engine, Table, func, insert, select
+from sqlalchemy import CursorResult, Table, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
@@ -28,7 +28,7 @@ from conveyor.ids import uuid7
 from conveyor.models import Job, JobEvent, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import FINISHED, PENDING
-from conveyor.services.direct import direct
+from conveyor.services.direct import direct, postgres_engine
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ def submit_many(db: sessionmaker[Session], batch: Sequence[NewJob]) -> list[Job]
     """
     if any(new.idempotency_key is not None for new in batch):
         raise ValueError("jobs with an idempotency key go through submit()")
-    engine = db.kw.get("bind")
-    if isinstance(engine, Engine) and engine.dialect.name == "postgresql":
+    engine = postgres_engine(db)
+    if engine is not None:
         rows = _rows(batch)
         direct(engine).execute(
             _INSERT_PG,

@@ -16,14 +16,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, or_, select, tuple_, update
+from sqlalchemy import func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import PENDING
-from conveyor.services.direct import direct
+from conveyor.services.direct import direct, postgres_engine
 from conveyor.services.jobs import _event, events_t, jobs_t, rowcount
 
 #: A retry message may arrive this much before the job's next-attempt time.
@@ -76,11 +76,6 @@ class Claim:
     next_attempt_at: dt.datetime | None
 
 
-def _postgres(db: sessionmaker[Session]) -> Engine | None:
-    engine = db.kw.get("bind")
-    return engine if isinstance(engine, Engine) and engine.dialect.name == "postgresql" else None
-
-
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, allow_nan=False)
 
@@ -94,7 +89,7 @@ def claim(
     attempts that ended because their worker died do not count: see `expire_leases`).
     """
     now = utcnow()
-    engine = _postgres(db)
+    engine = postgres_engine(db)
     if engine is not None:
         params = {
             "id": job_id,
@@ -155,7 +150,7 @@ def finish(
     error: dict[str, Any] | None = None,
 ) -> bool:
     """Record the end of attempt `attempt`; False if that attempt no longer owns the job."""
-    engine = _postgres(db)
+    engine = postgres_engine(db)
     if engine is not None:
         params = {
             "id": job_id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 import dramatiq
@@ -13,7 +12,7 @@ from conveyor.events import MemoryEvents, RedisEvents
 from conveyor.logs import configure_logging
 from conveyor.services import direct
 from conveyor.settings import Settings, get_settings
-from conveyor.workers.lifecycle import JobLifecycle, Resources, bind_actors
+from conveyor.workers.lifecycle import Resources, install_lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +49,10 @@ def boot_pool(queues: set[str], settings: Settings | None = None) -> dramatiq.Br
     configure_logging(settings.log_level, settings.log_format)
     broker = build_broker(settings.broker_url, namespace=settings.broker_namespace)
     dramatiq.set_broker(broker)
-    lifecycle = JobLifecycle(
+    install_lifecycle(
+        broker,
         lambda: worker_resources(settings, broker),
-        lease=dt.timedelta(seconds=settings.lease_seconds),
+        lease_seconds=settings.lease_seconds,
+        queues=queues,
     )
-    bind_actors(broker, lifecycle, queues=queues)
     return broker

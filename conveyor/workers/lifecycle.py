@@ -394,6 +394,19 @@ def _recorded(record: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return record(*args, **kwargs)
 
 
+def install_lifecycle(
+    broker: dramatiq.Broker,
+    resources: Callable[[], Resources],
+    *,
+    lease_seconds: float,
+    queues: set[str] | None = None,
+) -> JobLifecycle:
+    """Give `broker` the lifecycle middleware and an actor per job type (of `queues`)."""
+    lifecycle = JobLifecycle(resources, lease=dt.timedelta(seconds=lease_seconds))
+    bind_actors(broker, lifecycle, queues=queues)
+    return lifecycle
+
+
 def bind_actors(
     broker: dramatiq.Broker,
     lifecycle: JobLifecycle,
