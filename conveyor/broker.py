@@ -20,6 +20,8 @@ from conveyor.services.jobs import JobMessage
 logger = logging.getLogger(__name__)
 
 BLOCKED_TIMEOUT_SECONDS = 30
+#: Confirmed ids kept for `take_confirmed`; past that, the sweeper publishes them again.
+MAX_CONFIRMED = 100_000
 
 
 def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
@@ -53,7 +55,8 @@ def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
     raise ValueError(f"unsupported broker URL scheme {scheme!r}; use amqp://, redis:// or stub://")
 
 
-def message_of(job: JobMessage) -> dramatiq.Message[None]:
+def to_dramatiq(job: JobMessage) -> dramatiq.Message[None]:
+    """The Dramatiq message of a job: its actor is the job type, its one argument the id."""
     return dramatiq.Message(
         queue_name=job.queue,
         actor_name=job.type,
@@ -82,7 +85,7 @@ class BrokerEnqueuer:
 
     def publish(self, messages: Sequence[JobMessage]) -> None:
         for job in messages:
-            self.broker.enqueue(message_of(job), delay=job.delay_ms or None)
+            self.broker.enqueue(to_dramatiq(job), delay=job.delay_ms or None)
 
     def publish_soon(self, message: JobMessage) -> None:
         with self._lock:
@@ -100,7 +103,8 @@ class BrokerEnqueuer:
             logger.warning("publish of job %s failed, left to the sweeper: %r", message.job_id, exc)
         else:
             with self._lock:
-                self._confirmed.append(message.job_id)
+                if len(self._confirmed) < MAX_CONFIRMED:  # else: swept, a harmless duplicate
+                    self._confirmed.append(message.job_id)
         finally:
             with self._lock:
                 self._pending -= 1
@@ -119,7 +123,8 @@ class BrokerEnqueuer:
         return None
 
     def take_confirmed(self) -> list[uuid.UUID]:
-        """Job ids confirmed since the last call (the sweeper marks them published)."""
+        """Job ids confirmed since the last call (`outbox.flush_confirmed` marks them
+        published)."""
         with self._lock:
             confirmed, self._confirmed = self._confirmed, []
         return confirmed

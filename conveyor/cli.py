@@ -7,15 +7,14 @@ import datetime as dt
 import sys
 from collections.abc import Sequence
 
+from conveyor import bootstrap
 from conveyor.errors import ConveyorError
 from conveyor.models import Role
 from conveyor.settings import Settings, get_settings
 
 
-def _db(settings: Settings):  # type: ignore[no-untyped-def]
-    from conveyor.db import make_engine, make_sessionmaker
-
-    return make_sessionmaker(make_engine(settings.database_url, pool_size=1))
+def _container(settings: Settings) -> bootstrap.Container:
+    return bootstrap.Container(settings, bootstrap.Role.CLI)
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
@@ -27,15 +26,27 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
+    import conveyor.actors.all  # noqa: F401  (every job type, to validate submissions)
     from conveyor.http.app import create_app
     from conveyor.logs import configure_logging
+    from conveyor.services.auth import TokenConfig
 
     configure_logging(settings.log_level, settings.log_format)
+    TokenConfig.of(settings)  # refuse to start without a secret key
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
-    web.run_app(
-        create_app(settings), host=host, port=port, print=None, access_log=None, shutdown_timeout=10
-    )
+    container = bootstrap.Container(settings, bootstrap.Role.WEB)
+    try:
+        web.run_app(
+            create_app(container),
+            host=host,
+            port=port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=10,
+        )
+    finally:
+        container.close()
     return 0
 
 
@@ -50,20 +61,22 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.services.users import create_user
 
-    user = create_user(_db(settings), args.email, Role(args.role))
+    with _container(settings) as container:
+        user = create_user(container.db, args.email, Role(args.role))
     print(f"user: {user.email}\nid: {user.id}\nrole: {user.role}")
     print(f"next: conveyor tokens issue {user.email}")
     return 0
 
 
 def cmd_tokens_issue(args: argparse.Namespace, settings: Settings) -> int:
-    from conveyor.http.app import token_config
-    from conveyor.services.auth import issue_token
+    from conveyor.services.auth import TokenConfig, issue_token
     from conveyor.services.users import get_by_email
 
-    user = get_by_email(_db(settings), args.email)
+    config = TokenConfig.of(settings)
+    with _container(settings) as container:
+        user = get_by_email(container.db, args.email)
     ttl = dt.timedelta(days=args.days) if args.days else None
-    token = issue_token(token_config(settings), user.id, ttl=ttl)
+    token = issue_token(config, user.id, ttl=ttl)
     print(token)
     if sys.stdout.isatty():
         print(f"\nuse it as: curl -H 'Authorization: Bearer {token}' …", file=sys.stderr)

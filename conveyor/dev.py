@@ -16,17 +16,15 @@ import dramatiq
 from aiohttp import web
 from pydantic import SecretStr
 
-from conveyor.broker import BrokerEnqueuer, build_broker
-from conveyor.db import make_engine, make_sessionmaker
-from conveyor.events import MemoryEvents
+from conveyor import bootstrap
 from conveyor.logs import configure_logging
 from conveyor.models import Role
 from conveyor.models.migrate import upgrade
-from conveyor.services.auth import issue_token
+from conveyor.services.auth import TokenConfig, issue_token
 from conveyor.services.outbox import publish_pending, requeue_unfinished
 from conveyor.services.users import ensure_user
 from conveyor.settings import Settings
-from conveyor.workers.lifecycle import Resources, install_lifecycle
+from conveyor.workers.lifecycle import install_lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -55,58 +53,49 @@ def embedded_settings(settings: Settings) -> Settings:
 
 def run_dev(settings: Settings, *, host: str, port: int) -> int:
     """Serve until interrupted; a restart keeps the jobs, and queued ones run."""
-    import conveyor.actors.all  # noqa: F401
-    from conveyor.http.app import create_app, token_config
+    import conveyor.actors.all  # noqa: F401  (every job type: this process runs them all)
+    from conveyor.http.app import create_app
 
     settings = embedded_settings(settings)
     configure_logging(settings.log_level, settings.log_format)
     upgrade(settings.database_url)
-    engine = make_engine(settings.database_url, pool_size=settings.worker_threads + 4)
-    db = make_sessionmaker(engine)
-    requeue_unfinished(db)
-
-    broker = build_broker("stub://")
-    dramatiq.set_broker(broker)
-    events = MemoryEvents()
-    enqueuer = BrokerEnqueuer(broker, threads=1)
-    install_lifecycle(
-        broker,
-        lambda: Resources(db=db, notifier=events, enqueuer=enqueuer),
-        lease_seconds=settings.lease_seconds,
-    )
-    worker = dramatiq.Worker(broker, worker_threads=settings.worker_threads, worker_timeout=100)
-    worker.start()
-    publish_pending(
-        db,
-        enqueuer,
-        grace=dt.timedelta(0),
-        requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
-    )
-
-    admin = ensure_user(db, ADMIN_EMAIL, Role.ADMIN)
-    token = issue_token(token_config(settings), admin.id)
-    app = create_app(settings, broker=broker, events=events)
-
-    async def serve() -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1] if runner.addresses else port
-        print(f"url: http://{host}:{bound}", flush=True)
-        print(f"token: {token}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        print("stopping…", flush=True)
-        await runner.cleanup()
-
+    container = bootstrap.Container(settings, bootstrap.Role.DEV)
     try:
-        asyncio.run(serve())
+        requeue_unfinished(container.db)
+        broker = container.broker
+        dramatiq.set_broker(broker)
+        install_lifecycle(broker, container)
+        worker = dramatiq.Worker(broker, worker_threads=settings.worker_threads, worker_timeout=100)
+        worker.start()
+        try:
+            publish_pending(
+                container.db,
+                container.enqueuer,
+                grace=dt.timedelta(0),
+                requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
+            )
+            admin = ensure_user(container.db, ADMIN_EMAIL, Role.ADMIN)
+            token = issue_token(TokenConfig.of(settings), admin.id)
+            asyncio.run(_serve(create_app(container), host, port, token))
+        finally:
+            worker.stop(timeout=SHUTDOWN_GRACE_MS)  # unfinished jobs resume at the next start
     finally:
-        worker.stop(timeout=SHUTDOWN_GRACE_MS)  # unfinished jobs resume at the next start
-        enqueuer.close()
-        engine.dispose()
+        container.close()
     return 0
+
+
+async def _serve(app: web.Application, host: str, port: int, token: str) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    print(f"url: http://{host}:{bound}", flush=True)
+    print(f"token: {token}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("stopping…", flush=True)
+    await runner.cleanup()

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from typing import Any
+
+from pydantic import ValidationError
+
+#: The longest `RetryLater` delay that is represented as asked (about 30 years).
+MAX_RETRY_DELAY_SECONDS = 1e9
 
 
 class ConveyorError(Exception):
@@ -73,8 +80,28 @@ class JobCancelledError(ConveyorError):
     """Raised inside a running job when its cancellation was requested."""
 
 
+class JobTimeLimitError(ConveyorError):
+    """Raised inside a running job that ran past its time limit."""
+
+
 class PermanentJobError(ConveyorError):
     """A job function raises this to fail at once, without retries."""
+
+
+class RetryLater(ConveyorError):
+    """A job function raises this to run again after `delay` (a provider's Retry-After).
+
+    It still counts as a failed attempt, so a job told to wait for ever ends once its retries
+    are spent; the delay is capped by the job type's `max_backoff`.
+    """
+
+    def __init__(self, delay: float | dt.timedelta, detail: str | None = None) -> None:
+        seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
+        if math.isnan(seconds) or seconds < 0:
+            seconds = 0.0
+        #: How long to wait; the job type's `max_backoff` caps it (so does this, for `inf`).
+        self.delay = dt.timedelta(seconds=min(seconds, MAX_RETRY_DELAY_SECONDS))
+        super().__init__(detail or f"retry requested in {self.delay.total_seconds():g}s")
 
 
 class TransientError(ConveyorError):
@@ -82,3 +109,21 @@ class TransientError(ConveyorError):
 
     status = 503
     title = "Service unavailable"
+
+
+class OutboundHttpError(TransientError):
+    """An outbound HTTP request got no answer (refused, reset, timed out, too large)."""
+
+
+class UnknownResourceError(ConveyorError):
+    """A job asked for a resource its pool did not register."""
+
+
+def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+    """Pydantic's errors as `{field, message}` items, with dotted paths under `prefix`."""
+    out = []
+    for error in exc.errors(include_url=False, include_input=False):
+        path = ".".join(str(part) for part in error["loc"])
+        field = f"{prefix}.{path}" if prefix and path else (prefix or path or "body")
+        out.append({"field": field, "message": error["msg"]})
+    return out

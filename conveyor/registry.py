@@ -5,22 +5,27 @@ HTTP validation, `GET /v1/job-types`, the OpenAPI document and the workers all r
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import inspect
 import random
 import re
 import threading
 import typing
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.errors import InvalidRequestError
+from conveyor.outbound import HttpClient
+from conveyor.settings import Settings
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+#: The attribute `@job` sets on the function it declares (so it can be submitted by itself).
+JOB_TYPE_ATTRIBUTE = "__conveyor_job_type__"
 
 
 class Payload(BaseModel):
@@ -30,10 +35,14 @@ class Payload(BaseModel):
 
 
 class JobContext(Protocol):
-    """What a running job may ask of its worker (a second parameter named `ctx`)."""
+    """What a running job may ask of its worker (a second parameter named `ctx`).
+
+    The worker passes its own implementation; a unit test may pass any object with these
+    members (`conveyor.testing.FakeContext` is one).
+    """
 
     @property
-    def job_id(self) -> str:
+    def job_id(self) -> uuid.UUID:
         """The job's id."""
 
     @property
@@ -41,14 +50,57 @@ class JobContext(Protocol):
         """1 for the first run, 2 for the first retry, and so on."""
 
     @property
+    def owner_id(self) -> uuid.UUID:
+        """The user who owns the job (child jobs get the same owner)."""
+
+    @property
+    def parent_id(self) -> uuid.UUID | None:
+        """The job that submitted this one with `ctx.submit`, if any."""
+
+    @property
     def cancelled(self) -> bool:
         """True once someone asked to cancel this job."""
+
+    @property
+    def settings(self) -> Settings:
+        """The process's settings."""
+
+    @property
+    def db(self) -> sessionmaker[Session]:
+        """Database sessions: `with ctx.db.begin() as session: ...` commits on success."""
+
+    @property
+    def http(self) -> HttpClient:
+        """The process's shared outbound HTTP client (timeouts and size limits set)."""
+
+    def resource(self, name: str) -> Any:
+        """A resource the job's pool registered at boot (a mail sender, an object store)."""
+
+    def submit(
+        self,
+        job_type: str | Callable[..., Any],
+        payload: Payload | Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        run_at: dt.datetime | None = None,
+        delay: dt.timedelta | float | None = None,
+    ) -> uuid.UUID:
+        """Submit a child job (same owner, this job as its parent); returns its id.
+
+        With an `idempotency_key`, a retried attempt that submits again gets the same child.
+        """
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Record progress (0.0 to 1.0) with an optional note; raises when cancelled."""
 
     def sleep(self, seconds: float) -> None:
         """Sleep, waking early (and raising) when the job is cancelled."""
+
+    async def aprogress(self, fraction: float, message: str | None = None) -> None:
+        """`progress` for `async def` jobs: the write runs off the event loop."""
+
+    async def asleep(self, seconds: float) -> None:
+        """`sleep` for `async def` jobs (a cancel also cancels the job's task)."""
 
 
 @dataclass(frozen=True)
@@ -79,14 +131,16 @@ class JobType:
     time_limit: dt.timedelta | None
     description: str
     takes_context: bool
+    #: Exceptions that fail a job of this type at once, never retried.
+    permanent: tuple[type[BaseException], ...] = ()
 
-    def run(self, payload: Payload, ctx: JobContext) -> Any:
-        """Call the function (awaiting it in a fresh event loop when it is `async`)."""
-        args = (payload, ctx) if self.takes_context else (payload,)
-        result = self.fn(*args)
-        if inspect.iscoroutine(result):
-            return asyncio.run(result)
-        return result
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    def call(self, payload: Payload, ctx: JobContext) -> Any:
+        """Call the function: its result, or (for an `async def`) the coroutine to await."""
+        return self.fn(payload, ctx) if self.takes_context else self.fn(payload)
 
 
 class Registry:
@@ -103,8 +157,14 @@ class Registry:
             self._types[job_type.name] = job_type
         return job_type
 
-    def get(self, name: str) -> JobType:
-        """The job type called `name`, or a 422 that lists the known ones."""
+    def get(self, name: str | Callable[..., Any]) -> JobType:
+        """The job type called `name` (or declared by that function), or a 422 that lists the
+        known ones."""
+        if not isinstance(name, str):
+            declared: JobType | None = getattr(name, JOB_TYPE_ATTRIBUTE, None)
+            if declared is None:
+                raise TypeError(f"{name!r} is not a function declared with @job")
+            name = declared.name
         try:
             return self._types[name]
         except KeyError:
@@ -123,9 +183,6 @@ class Registry:
     def __len__(self) -> int:
         return len(self._types)
 
-    def queues(self) -> set[str]:
-        return {t.queue for t in self._types.values()}
-
 
 #: Every job type of this process (complete once `conveyor.actors.all` is imported).
 JOBS = Registry()
@@ -139,13 +196,17 @@ def job(
     min_backoff: dt.timedelta = dt.timedelta(seconds=1),
     max_backoff: dt.timedelta = dt.timedelta(hours=1),
     time_limit: dt.timedelta | None = dt.timedelta(minutes=10),
+    permanent: tuple[type[BaseException], ...] = (),
     registry: Registry = JOBS,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job type. Its name defaults to `<module>.<function>` (`system.echo`).
 
     The function takes the payload (a `Payload` subclass, from its annotation) and optionally
-    a second parameter `ctx: JobContext`; it returns a JSON-serialisable result.
+    a second parameter `ctx: JobContext`; it returns a JSON-serialisable result. `permanent`
+    lists the exception classes that fail the job at once instead of being retried.
     """
+    if not all(inspect.isclass(exc) and issubclass(exc, BaseException) for exc in permanent):
+        raise TypeError("permanent must be a tuple of exception classes")
     if max_retries < 0:
         raise ValueError("max_retries must be zero or more")
     if min_backoff <= dt.timedelta(0) or max_backoff < min_backoff:
@@ -164,7 +225,7 @@ def job(
         payload = hints.get(params[0].name)
         if not (inspect.isclass(payload) and issubclass(payload, Payload)):
             raise TypeError(f"{job_name}: annotate the first parameter with a Payload subclass")
-        registry.add(
+        job_type = registry.add(
             JobType(
                 name=job_name,
                 payload=payload,
@@ -174,8 +235,10 @@ def job(
                 time_limit=time_limit,
                 description=inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0],
                 takes_context=len(params) == 2,
+                permanent=tuple(permanent),
             )
         )
+        setattr(fn, JOB_TYPE_ATTRIBUTE, job_type)
         return fn
 
     return declare

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     max_wait_seconds: float = Field(
         60.0, gt=0, description="Upper bound of `?wait=` and `Prefer: wait=`."
     )
+    max_delay_seconds: float = Field(
+        366 * 24 * 3600.0,
+        gt=0,
+        description="Furthest ahead a job may be scheduled (`run_at`, `delay_seconds`).",
+    )
     default_page_size: int = Field(50, gt=0, description="Jobs per page of `GET /v1/jobs`.")
     max_page_size: int = Field(500, gt=0, description="Largest `limit` of `GET /v1/jobs`.")
     db_pool_size: int = Field(10, gt=0, description="Database connections per process.")
@@ -76,6 +81,17 @@ class Settings(BaseSettings):
         gt=0,
         description="A queued or retrying job whose message was published this long ago "
         "and never started is published again (a lost message).",
+    )
+    http_timeout_seconds: float = Field(
+        30.0, gt=0, description="Total time limit of an outbound request made with `ctx.http`."
+    )
+    http_connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="Time limit to connect, for an outbound request (`ctx.http`)."
+    )
+    http_max_response_bytes: int = Field(
+        10 * 1024 * 1024,
+        gt=0,
+        description="Largest response body `ctx.http` reads; a larger one is an error.",
     )
     worker_threads: int = Field(8, gt=0, description="Worker threads of `conveyor dev`.")
     data_dir: Path = Field(

@@ -15,12 +15,12 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.announcements import MemoryAnnouncements, RedisAnnouncements
 from conveyor.db import make_engine, make_sessionmaker
-from conveyor.events import MemoryEvents, RedisEvents
 from conveyor.http.app import create_app
 from conveyor.models.migrate import upgrade
 from tests.services import unreachable
-from tests.stack import Stack, build_stack_parts, make_users, test_settings
+from tests.stack import Stack, build_container, make_users, test_settings
 
 os.environ.setdefault("CONVEYOR_LOG_LEVEL", "INFO")
 
@@ -114,8 +114,12 @@ async def stack(
         redis_url=REDIS_URL,
         redis_prefix=redis_prefix,
     )
-    async for s in _stack(settings, pg_db, RedisEvents(REDIS_URL, redis_prefix), aiohttp_client):
-        yield s
+    announcements = RedisAnnouncements(REDIS_URL, redis_prefix)
+    try:
+        async for s in _stack(settings, pg_db, announcements, aiohttp_client):
+            yield s
+    finally:
+        announcements.close()
 
 
 @pytest.fixture
@@ -123,21 +127,25 @@ async def embedded_stack(aiohttp_client, sqlite_url: str) -> AsyncIterator[Stack
     """The embedded configuration: SQLite, stub broker, in-process events."""
     settings = test_settings(database_url=sqlite_url, broker_url="stub://", redis_url=None)
     engine = make_engine(sqlite_url, pool_size=10)
-    async for s in _stack(settings, make_sessionmaker(engine), MemoryEvents(), aiohttp_client):
+    db = make_sessionmaker(engine)
+    async for s in _stack(settings, db, MemoryAnnouncements(), aiohttp_client):
         yield s
     engine.dispose()
 
 
-async def _stack(settings, db, events, aiohttp_client) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
-    broker, lifecycle, enqueuer = build_stack_parts(settings, db, events)
+async def _stack(settings, db, announcements, aiohttp_client) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
+    container, lifecycle = build_container(settings, db, announcements)
     admin, member, other = make_users(settings, db)
-    client = await aiohttp_client(create_app(settings, broker=broker, events=events))
-    s = Stack(settings, db, broker, client, admin, member, other, lifecycle=lifecycle)
-    s.start_worker()
     try:
-        yield s
+        client = await aiohttp_client(create_app(container))
+        s = Stack(
+            settings, db, container.broker, client, admin, member, other, container, lifecycle
+        )
+        s.start_worker()
+        try:
+            yield s
+        finally:
+            s.stop_worker()
+            container.broker.flush_all()
     finally:
-        s.stop_worker()
-        enqueuer.close()
-        broker.flush_all()
-        broker.close()
+        container.close()

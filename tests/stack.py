@@ -13,14 +13,13 @@ import dramatiq
 from aiohttp.test_utils import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.broker import BrokerEnqueuer, build_broker
-from conveyor.events import Events
-from conveyor.http.app import token_config
+from conveyor import bootstrap
+from conveyor.announcements import Announcements
 from conveyor.models import Job, Role
-from conveyor.services.auth import issue_token
+from conveyor.services.auth import TokenConfig, issue_token
 from conveyor.services.users import create_user
 from conveyor.settings import Settings
-from conveyor.workers.lifecycle import JobLifecycle, Resources, install_lifecycle
+from conveyor.workers.lifecycle import JobLifecycle, install_lifecycle
 
 FAST = {
     "secret_key": "test-secret-key-that-is-long-enough-for-hs256",
@@ -57,8 +56,9 @@ class Stack:
     admin_token: str
     member_token: str
     other_token: str
+    container: bootstrap.Container
+    lifecycle: JobLifecycle
     worker: dramatiq.Worker | None = None
-    lifecycle: JobLifecycle | None = None
 
     def headers(self, token: str | None = None, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.member_token}", **extra}
@@ -118,23 +118,21 @@ class Stack:
             self.worker = None
 
 
-def build_stack_parts(
-    settings: Settings, db: sessionmaker[Session], events: Events
-) -> tuple[dramatiq.Broker, JobLifecycle, BrokerEnqueuer]:
+def build_container(
+    settings: Settings, db: sessionmaker[Session], announcements: Announcements
+) -> tuple[bootstrap.Container, JobLifecycle]:
+    """Web and worker in one process (as `conveyor dev`), on the given database and
+    announcements, with the broker the settings name; every job type is served."""
     import conveyor.actors.all  # noqa: F401
 
-    broker = build_broker(settings.broker_url, namespace=settings.broker_namespace)
-    enqueuer = BrokerEnqueuer(broker, threads=1)
-    lifecycle = install_lifecycle(
-        broker,
-        lambda: Resources(db=db, notifier=events, enqueuer=enqueuer),
-        lease_seconds=settings.lease_seconds,
+    container = bootstrap.Container(
+        settings, bootstrap.Role.DEV, db=db, announcements=announcements
     )
-    return broker, lifecycle, enqueuer
+    return container, install_lifecycle(container.broker, container)
 
 
 def make_users(settings: Settings, db: sessionmaker[Session]) -> tuple[str, str, str]:
-    tokens = token_config(settings)
+    tokens = TokenConfig.of(settings)
     admin = create_user(db, "admin@example.com", Role.ADMIN)
     member = create_user(db, "member@example.com", Role.MEMBER)
     other = create_user(db, "other@example.com", Role.MEMBER)

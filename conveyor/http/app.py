@@ -2,109 +2,41 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-import dramatiq
 from aiohttp import web
 
-from conveyor.broker import BrokerEnqueuer, build_broker
-from conveyor.db import make_engine, make_sessionmaker
-from conveyor.events import Events, MemoryEvents, RedisEvents
+from conveyor.bootstrap import Container
 from conveyor.http import jobs, system
-from conveyor.http.keys import (
-    BATCHER,
-    BROKER,
-    DB,
-    DB_EXECUTOR,
-    ENQUEUER,
-    EVENTS,
-    METRICS,
-    OPENAPI,
-    PROBE_EXECUTOR,
-    REGISTRY,
-    SETTINGS,
-    TOKENS,
-    USER_CACHE,
-)
+from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR, TOKENS, USER_CACHE
 from conveyor.http.metrics import Metrics
 from conveyor.http.middleware import authenticate, observe, problems
 from conveyor.http.openapi import build_openapi
-from conveyor.registry import JOBS, Registry
 from conveyor.services.auth import TokenConfig, TokenVerifier
-from conveyor.services.batching import SubmitBatcher
-from conveyor.services.sweeper import Sweeper
-from conveyor.settings import Settings
 
 
-def token_config(settings: Settings) -> TokenConfig:
-    if settings.secret_key is None:
-        raise SystemExit("CONVEYOR_SECRET_KEY is not set: it signs the API tokens")
-    return TokenConfig(
-        secret=settings.secret_key.get_secret_value(),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        ttl=dt.timedelta(seconds=settings.token_ttl_seconds),
-    )
-
-
-def create_app(
-    settings: Settings,
-    *,
-    broker: dramatiq.Broker | None = None,
-    events: Events | None = None,
-    registry: Registry = JOBS,
-    sweeper: bool = True,
-) -> web.Application:
-    """The web app; `broker` and `events` default to those the settings describe."""
-    import conveyor.actors.all  # noqa: F401  (every job type, so the registry is complete)
-
+def create_app(container: Container, *, sweeper: bool = True) -> web.Application:
+    """The web app on `container`'s resources (which its caller owns and closes); with
+    `sweeper`, the container's sweeper runs while the app does."""
+    settings = container.settings
     app = web.Application(
         middlewares=[observe, problems, authenticate], client_max_size=settings.max_body_bytes
     )
-    app[SETTINGS] = settings
-    app[REGISTRY] = registry
-    app[TOKENS] = TokenVerifier(token_config(settings))
+    app[CONTAINER] = container
+    app[TOKENS] = TokenVerifier(TokenConfig.of(settings))
     app[METRICS] = Metrics()
-    app[OPENAPI] = build_openapi(registry)
+    app[OPENAPI] = build_openapi(container.registry)
     app[USER_CACHE] = {}
-    app[BROKER] = broker or build_broker(settings.broker_url, namespace=settings.broker_namespace)
-    app[EVENTS] = events or (
-        RedisEvents(settings.redis_url, settings.redis_prefix)
-        if settings.redis_url
-        else MemoryEvents()
-    )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
-        app[DB] = make_sessionmaker(engine)
         app[PROBE_EXECUTOR] = ThreadPoolExecutor(3, thread_name_prefix="conveyor-probe")
-        app[DB_EXECUTOR] = ThreadPoolExecutor(settings.db_threads, thread_name_prefix="conveyor-db")
-        enqueuer = BrokerEnqueuer(app[BROKER], threads=settings.publish_threads)
-        app[ENQUEUER] = enqueuer
-        app[BATCHER] = SubmitBatcher(app[DB])
-        loop_sweeper = None
+        container.submissions  # noqa: B018  (built before the first request)
         if sweeper:
-            loop_sweeper = Sweeper(
-                app[DB],
-                enqueuer,
-                app[EVENTS],
-                interval=settings.sweep_interval_seconds,
-                grace=dt.timedelta(seconds=settings.publish_grace_seconds),
-                requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
-                max_worker_losses=settings.max_worker_losses,
-            )
-            loop_sweeper.start()
+            container.start_sweeper()
         yield
-        if loop_sweeper is not None:
-            loop_sweeper.stop()
-        app[BATCHER].close()
-        enqueuer.close()
-        await app[EVENTS].close()
-        app[DB_EXECUTOR].shutdown(wait=True)
+        await container.announcements.stop_listening()
         app[PROBE_EXECUTOR].shutdown(wait=False, cancel_futures=True)
-        engine.dispose()
 
     app.cleanup_ctx.append(resources)
     app.add_routes(jobs.routes)

@@ -10,19 +10,16 @@ from typing import Any
 
 from aiohttp import ClientConnectionResetError, web
 from multidict import MultiDict
-from pydantic import ValidationError
 from pydantic_core import from_json
 
 from conveyor import logs
 from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
-from conveyor.http.keys import BATCHER, ENQUEUER, EVENTS, METRICS, REGISTRY, SETTINGS, USER
-from conveyor.http.middleware import validation_errors
+from conveyor.http.keys import CONTAINER, METRICS, USER
 from conveyor.http.runtime import run_db
 from conveyor.http.schemas import JobOut, JobPage, JobTypeList, JobTypeOut, SubmitJob
 from conveyor.models import Job, JobStatus
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
-from conveyor.services.jobs import JobMessage, NewJob
 
 routes = web.RouteTableDef()
 
@@ -88,7 +85,7 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
     initial = job.status
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    async with request.app[EVENTS].subscribe(job.id) as statuses:
+    async with request.app[CONTAINER].announcements.listen(job.id) as statuses:
         job = await run_db(request.app, jobs.get, job.id, viewer)
         while not (_finished(job) or (not until_finished and job.status != initial)):
             remaining = deadline - loop.time()
@@ -109,53 +106,33 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
 async def submit_job(request: web.Request) -> web.Response:
     """Validate and queue a job: 202 with its URL, or 200 with the finished job when a
     `Prefer: wait=N` was given and it ended in time."""
-    settings = request.app[SETTINGS]
+    container = request.app[CONTAINER]
     body = await request.read()
     try:  # strict JSON: no NaN or Infinity, which no database column could store
         document = from_json(body, allow_inf_nan=False)
-        canonical = json.dumps(document, allow_nan=False)  # 1e400 parses as infinity
+        json.dumps(document, allow_nan=False)  # 1e400 parses as infinity
     except ValueError as exc:
         raise BadRequestError(f"the body is not valid JSON: {exc}") from None
-    if "\\u0000" in canonical:
-        raise InvalidRequestError(
-            "the body contains a NUL character (\\u0000), which cannot be stored",
-            errors=[{"field": "payload", "message": "contains \\u0000"}],
-        )
     submission = SubmitJob.model_validate(document)
-    job_type = request.app[REGISTRY].get(submission.type)
-    try:
-        payload = job_type.payload.model_validate(submission.payload)
-    except ValidationError as exc:
-        raise InvalidRequestError(
-            f"invalid payload for {job_type.name}", errors=validation_errors(exc, "payload")
-        ) from None
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
-        raise BadRequestError(
-            "Idempotency-Key must have 1 to 255 printable ASCII characters",
-            errors=[{"field": "Idempotency-Key", "message": "1 to 255 printable ASCII"}],
-        )
-    new = NewJob(
-        job_type=job_type.name,
-        queue=job_type.queue,
-        payload=payload.model_dump(mode="json"),
-        max_retries=job_type.retry.max_retries,
+    submissions = container.submissions
+    new = submissions.build(
+        submission.type,
+        submission.payload,
         owner_id=request[USER].id,
-        idempotency_key=key,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        run_at=submission.run_at,
+        delay=submission.delay_seconds,
     )
-    if key is None:  # the common case: group-committed with concurrent submissions
-        job, created = await asyncio.wrap_future(request.app[BATCHER].submit(new)), True
-    else:
-        job, created = await run_db(request.app, jobs.submit, new)
+    submitted = await asyncio.wrap_future(submissions.submit(new))
+    job = submitted.job
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": RETRY_AFTER_SECONDS}
-    if created:
-        request.app[ENQUEUER].publish_soon(JobMessage(job.id, job.type, job.queue))
+    if submitted.created:
         request.app[METRICS].submitted.labels(job.type).inc()
     else:
         headers["Idempotent-Replayed"] = "true"
     match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
     if match:
-        wait = min(float(match.group(1)), settings.max_wait_seconds)
+        wait = min(float(match.group(1)), container.settings.max_wait_seconds)
         job = await _wait(request, job, wait, until_finished=True)
         headers["Preference-Applied"] = f"wait={wait:g}"
         if _finished(job):
@@ -167,7 +144,8 @@ async def submit_job(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     """The job; `?wait=N` holds the answer until its status changes (or with
     `until=finished`, until it finishes) or N seconds pass."""
-    wait = _seconds(request.query.get("wait"), "wait", request.app[SETTINGS].max_wait_seconds)
+    settings = request.app[CONTAINER].settings
+    wait = _seconds(request.query.get("wait"), "wait", settings.max_wait_seconds)
     until = request.query.get("until", "change")
     if until not in ("change", "finished"):
         raise InvalidRequestError(
@@ -199,7 +177,7 @@ def _list_param(request: web.Request, name: str) -> list[str]:
 @routes.get("/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     """Jobs newest first, filtered by `status` and `type`, by `cursor` pages of `limit`."""
-    settings = request.app[SETTINGS]
+    settings = request.app[CONTAINER].settings
     statuses = _list_param(request, "status")
     unknown = [s for s in statuses if s not in {s.value for s in JobStatus}]
     if unknown:
@@ -237,7 +215,11 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel: a waiting job at once (200); a running one is asked to stop (202)."""
     job = await run_db(
-        request.app, jobs.cancel, request.app[EVENTS], _job_id(request), request[USER]
+        request.app,
+        jobs.cancel,
+        request.app[CONTAINER].announcements,
+        _job_id(request),
+        request[USER],
     )
     return _json(JobOut.of(job), 200 if _finished(job) else 202)
 
@@ -262,7 +244,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     try:
         cursor = [after]
-        async with request.app[EVENTS].subscribe(job.id) as statuses:
+        async with request.app[CONTAINER].announcements.listen(job.id) as statuses:
             while not await _send_events(request, response, job.id, cursor):
                 if _finished(job):
                     break  # it had finished before the stream began: its history is sent
@@ -305,4 +287,5 @@ async def _send_events(
 @routes.get("/v1/job-types")
 async def job_types(request: web.Request) -> web.Response:
     """Every job type with its queue, limits and payload JSON Schema."""
-    return _json(JobTypeList(items=[JobTypeOut.of(t) for t in request.app[REGISTRY]]))
+    registry = request.app[CONTAINER].registry
+    return _json(JobTypeList(items=[JobTypeOut.of(t) for t in registry]))

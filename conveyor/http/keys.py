@@ -4,32 +4,20 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import dramatiq
 from aiohttp import web
-from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.events import Events
+from conveyor.bootstrap import Container
 from conveyor.http.metrics import Metrics
 from conveyor.models import User
-from conveyor.registry import Registry
 from conveyor.services.auth import TokenVerifier
-from conveyor.services.batching import SubmitBatcher
-from conveyor.services.jobs import Enqueuer
-from conveyor.settings import Settings
 
-SETTINGS = web.AppKey("settings", Settings)
-DB = web.AppKey("db", sessionmaker[Session])
-DB_EXECUTOR = web.AppKey("db_executor", ThreadPoolExecutor)
+#: The process's resources (database, broker, announcements, submissions...).
+CONTAINER = web.AppKey("container", Container)
 #: Readiness probes run apart, so a hanging dependency cannot starve the database calls.
 PROBE_EXECUTOR = web.AppKey("probe_executor", ThreadPoolExecutor)
-REGISTRY = web.AppKey("registry", Registry)
-ENQUEUER = web.AppKey("enqueuer", Enqueuer)
-EVENTS = web.AppKey("events", Events)
-BROKER = web.AppKey("broker", dramatiq.Broker)
 TOKENS = web.AppKey("tokens", TokenVerifier)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
 USER_CACHE = web.AppKey("user_cache", dict)
-BATCHER = web.AppKey("batcher", SubmitBatcher)
 
 USER = web.RequestKey("user", User)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from conveyor import logs
-from conveyor.errors import AuthenticationError, ConveyorError
+from conveyor.errors import AuthenticationError, ConveyorError, field_errors
 from conveyor.http.keys import METRICS, TOKENS, USER, USER_CACHE
 from conveyor.http.runtime import run_db
 from conveyor.services import users
@@ -44,16 +44,6 @@ def problem(
     if headers:
         response.headers.update(headers)
     return response
-
-
-def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
-    """Pydantic errors as `{field, message}`, with dotted field paths."""
-    out = []
-    for error in exc.errors(include_url=False, include_input=False):
-        path = ".".join(str(part) for part in error["loc"])
-        field = f"{prefix}.{path}" if prefix and path else (prefix or path or "body")
-        out.append({"field": field, "message": error["msg"]})
-    return out
 
 
 @web.middleware
@@ -90,7 +80,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return problem(exc.status, exc.title, exc.detail, exc.errors, headers)
     except ValidationError as exc:
         return problem(
-            422, "Unprocessable content", "the request has invalid fields", validation_errors(exc)
+            422, "Unprocessable content", "the request has invalid fields", field_errors(exc)
         )
     except web.HTTPException as exc:
         if exc.status < 400:

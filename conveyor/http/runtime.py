@@ -9,13 +9,13 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from conveyor.http.keys import DB, DB_EXECUTOR
+from conveyor.http.keys import CONTAINER
 
 T = TypeVar("T")
 
 
 async def run_db(app: web.Application, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call `fn(app[DB], *args, **kwargs)` on the database thread pool."""
-    loop = asyncio.get_running_loop()
-    call = functools.partial(fn, app[DB], *args, **kwargs)
-    return await loop.run_in_executor(app[DB_EXECUTOR], call)
+    """Call `fn(db, *args, **kwargs)` on the database thread pool."""
+    container = app[CONTAINER]
+    call = functools.partial(fn, container.db, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(container.db_executor, call)

@@ -6,9 +6,9 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from conveyor.models import Job
+from conveyor.models import Job, JobStatus
 from conveyor.registry import JobType
 
 
@@ -19,6 +19,19 @@ class SubmitJob(BaseModel):
 
     type: str = Field(min_length=1, max_length=200, examples=["system.echo"])
     payload: dict[str, Any] = Field(default_factory=dict, examples=[{"hello": "world"}])
+    run_at: AwareDatetime | None = Field(
+        None,
+        description="Run no earlier than this time (RFC 3339 with an offset); "
+        "the job is `scheduled` until then.",
+        examples=["2030-01-01T09:00:00Z"],
+    )
+    delay_seconds: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Run no earlier than this many seconds from now (instead of run_at).",
+        examples=[30],
+    )
 
 
 class JobError(BaseModel):
@@ -32,7 +45,7 @@ class JobOut(BaseModel):
     id: uuid.UUID
     type: str
     queue: str
-    status: str = Field(description="queued | running | retrying | succeeded | failed | cancelled")
+    status: JobStatus = Field(description="Where the job is in its lifecycle")
     payload: dict[str, Any]
     result: Any = None
     error: JobError | None = None
@@ -41,13 +54,17 @@ class JobOut(BaseModel):
     worker_losses: int = Field(description="Attempts that ended because their worker died")
     progress: float | None = None
     owner_id: uuid.UUID
+    parent_id: uuid.UUID | None = Field(None, description="The job that submitted this one")
     idempotency_key: str | None = None
     cancel_requested: bool
     created_at: dt.datetime
     updated_at: dt.datetime
+    run_at: dt.datetime | None = Field(None, description="When the submitter asked it to run")
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
-    next_attempt_at: dt.datetime | None = None
+    next_attempt_at: dt.datetime | None = Field(
+        None, description="When a scheduled or retrying job is due"
+    )
     url: str
 
     @classmethod
@@ -56,7 +73,7 @@ class JobOut(BaseModel):
             id=job.id,
             type=job.type,
             queue=job.queue,
-            status=job.status,
+            status=JobStatus(job.status),
             payload=job.payload,
             result=job.result,
             error=JobError(**job.error) if job.error else None,
@@ -65,10 +82,12 @@ class JobOut(BaseModel):
             max_retries=job.max_retries,
             progress=job.progress,
             owner_id=job.owner_id,
+            parent_id=job.parent_id,
             idempotency_key=job.idempotency_key,
             cancel_requested=job.cancel_requested,
             created_at=job.created_at,
             updated_at=job.updated_at,
+            run_at=job.run_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
             next_attempt_at=job.next_attempt_at,

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from conveyor.broker import check_broker
-from conveyor.http.keys import BROKER, DB, METRICS, OPENAPI, PROBE_EXECUTOR, SETTINGS
+from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR
 from conveyor.http.runtime import run_db
 from conveyor.services import jobs
 
@@ -30,11 +30,12 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database, the broker and Redis answer; 503 naming what does not."""
     app = request.app
-    settings = app[SETTINGS]
+    container = app[CONTAINER]
+    settings = container.settings
     loop = asyncio.get_running_loop()
 
     def database() -> None:
-        with app[DB]() as session:
+        with container.db() as session:
             session.execute(text("SELECT 1"))
 
     def redis_ping() -> None:
@@ -51,7 +52,7 @@ async def readyz(request: web.Request) -> web.Response:
 
     checks = {
         "database": database,
-        "broker": lambda: check_broker(app[BROKER], settings.broker_url),
+        "broker": lambda: check_broker(container.broker, settings.broker_url),
         "redis": redis_ping,
     }
     futures = {name: loop.run_in_executor(app[PROBE_EXECUTOR], fn) for name, fn in checks.items()}

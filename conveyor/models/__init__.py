@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conveyor.models.base import Base
-from conveyor.models.job import Job, JobEvent, JobStatus
+from conveyor.models.job import Job, JobEvent, JobEventKind, JobStatus
 from conveyor.models.user import Role, User
 
-__all__ = ["Base", "Job", "JobEvent", "JobStatus", "Role", "User"]
+__all__ = ["Base", "Job", "JobEvent", "JobEventKind", "JobStatus", "Role", "User"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Uuid,
     text,
 )
@@ -25,8 +26,9 @@ from conveyor.models.base import Base, BigIntKey, JSONType, UTCDateTime, utcnow
 
 
 class JobStatus(enum.StrEnum):
-    """Where a job is in its lifecycle."""
+    """Where a job is in its lifecycle. The only place status names are written."""
 
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"
@@ -35,12 +37,17 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+#: Final states: nothing moves a job out of them.
 FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-#: States that still need a message on the broker (the outbox).
-PENDING = (JobStatus.QUEUED.value, JobStatus.RETRYING.value)
+#: Not started (again) yet: a cancel ends these at once.
+WAITING = (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RETRYING)
+#: States that need a message on the broker (the outbox); a scheduled job joins when due.
+OUTBOX = (JobStatus.QUEUED, JobStatus.RETRYING)
 
-_statuses = ", ".join(f"'{s.value}'" for s in JobStatus)
-_pending = ", ".join(f"'{s}'" for s in PENDING)
+
+def _in(statuses: tuple[JobStatus, ...]) -> str:
+    """`status IN (...)` for the partial indexes and the CHECK constraint."""
+    return "status IN (" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
 
 
 class Job(Base):
@@ -48,10 +55,11 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(f"status IN ({_statuses})", name="status"),
+        CheckConstraint(_in(tuple(JobStatus)), name="status"),
         Index("ix_jobs_owner_id_id", "owner_id", "id"),
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_type_id", "type", "id"),
+        Index("ix_jobs_parent_id", "parent_id"),
         Index(
             "uq_jobs_owner_id_idempotency_key",
             "owner_id",
@@ -64,15 +72,22 @@ class Job(Base):
         Index(
             "ix_jobs_pending_published_at",
             "published_at",
-            postgresql_where=text(f"status IN ({_pending})"),
-            sqlite_where=text(f"status IN ({_pending})"),
+            postgresql_where=text(_in(OUTBOX)),
+            sqlite_where=text(_in(OUTBOX)),
         ),
         # The reconciler: running jobs whose lease ran out.
         Index(
             "ix_jobs_running_lease_expires_at",
             "lease_expires_at",
-            postgresql_where=text("status = 'running'"),
-            sqlite_where=text("status = 'running'"),
+            postgresql_where=text(_in((JobStatus.RUNNING,))),
+            sqlite_where=text(_in((JobStatus.RUNNING,))),
+        ),
+        # The sweeper's promotion of delayed jobs that became due.
+        Index(
+            "ix_jobs_scheduled_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text(_in((JobStatus.SCHEDULED,))),
+            sqlite_where=text(_in((JobStatus.SCHEDULED,))),
         ),
     )
 
@@ -88,17 +103,31 @@ class Job(Base):
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))
+    #: The job whose function submitted this one (`ctx.submit`), if any.
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+    )
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: When the submitter asked the job to run (`run_at` / `delay_seconds`), if it did.
+    run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When a scheduled or retrying job is due.
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class JobEventKind(enum.StrEnum):
+    """What a row of a job's history records."""
+
+    STATUS = "status"
+    PROGRESS = "progress"
 
 
 class JobEvent(Base):
@@ -110,8 +139,13 @@ class JobEvent(Base):
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    kind: Mapped[str] = mapped_column(String(20))  # "status" | "progress"
+    kind: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     message: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+
+
+#: The Core tables, for the services' guarded UPDATEs and bulk INSERTs.
+jobs_t = cast(Table, Job.__table__)
+events_t = cast(Table, JobEvent.__table__)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import jwt
 
 from conveyor.errors import AuthenticationError
+from conveyor.settings import Settings
 
 ALGORITHM = "HS256"
 
@@ -20,6 +21,18 @@ class TokenConfig:
     issuer: str
     audience: str
     ttl: dt.timedelta
+
+    @classmethod
+    def of(cls, settings: Settings) -> TokenConfig:
+        """The token settings; a missing secret key stops the process with a clear message."""
+        if settings.secret_key is None:
+            raise SystemExit("CONVEYOR_SECRET_KEY is not set: it signs the API tokens")
+        return cls(
+            secret=settings.secret_key.get_secret_value(),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            ttl=dt.timedelta(seconds=settings.token_ttl_seconds),
+        )
 
 
 def issue_token(config: TokenConfig, user_id: uuid.UUID, *, ttl: dt.timedelta | None = None) -> str:
@@ -37,14 +50,9 @@ def issue_token(config: TokenConfig, user_id: uuid.UUID, *, ttl: dt.timedelta | 
     return jwt.encode(claims, config.secret, algorithm=ALGORITHM)
 
 
-def verify_token(config: TokenConfig, token: str) -> uuid.UUID:
-    """The user id a valid token speaks for; AuthenticationError otherwise."""
-    return _decode(config, token)[0]
-
-
 class TokenVerifier:
-    """`verify_token` with memory: a token already verified is trusted, without checking its
-    signature again, until its expiry or for `ttl` seconds, whichever comes first."""
+    """Verifies tokens, with memory: a token already verified is trusted, without checking
+    its signature again, until its expiry or for `ttl` seconds, whichever comes first."""
 
     def __init__(self, config: TokenConfig, *, ttl: float = 60.0, max_entries: int = 10_000):
         self.config = config
@@ -53,6 +61,7 @@ class TokenVerifier:
         self._verified: dict[str, tuple[uuid.UUID, float]] = {}
 
     def verify(self, token: str) -> uuid.UUID:
+        """The user id a valid token speaks for; AuthenticationError otherwise."""
         now = time.time()
         hit = self._verified.get(token)
         if hit is not None and hit[1] > now:

@@ -1,8 +1,10 @@
-"""The outbox sweep and the reconciler: no committed job is left without a message.
+"""The outbox sweep, delayed jobs and the reconciler: no committed job is left without a
+message.
 
 `publish_pending` publishes jobs whose message was never confirmed (a crash between commit
-and publish, a broker outage, a lost retry message); `expire_leases` returns the jobs of dead
-workers to the queue, or fails them once their attempts are spent.
+and publish, a broker outage, a lost retry message); `promote_due` queues and publishes the
+scheduled jobs whose time has come; `expire_leases` returns the jobs of dead workers to the
+queue, or fails them once they lost too many.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.announcements import Announcer
 from conveyor.db import transaction
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
-from conveyor.models.job import PENDING
-from conveyor.services.jobs import Enqueuer, JobMessage, Notifier, _event, events_t, jobs_t
+from conveyor.models.job import OUTBOX, events_t, jobs_t
+from conveyor.services import outcomes
+from conveyor.services.jobs import Enqueuer, JobMessage, new_event
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +34,6 @@ def _locked(session: Session, stmt: object) -> object:
     if session.get_bind().dialect.name == "postgresql":
         return stmt.with_for_update(skip_locked=True)  # type: ignore[attr-defined]
     return stmt
-
-
-def message_for(
-    job_id: uuid.UUID, type_: str, queue: str, next_attempt_at: dt.datetime | None, now: dt.datetime
-) -> JobMessage:
-    delay = 0
-    if next_attempt_at is not None and next_attempt_at > now:
-        delay = int((next_attempt_at - now).total_seconds() * 1000)
-    return JobMessage(job_id, type_, queue, delay)
 
 
 def publish_pending(
@@ -69,7 +64,7 @@ def publish_pending(
             jobs_t.c.published_at,
         )
         .where(
-            jobs_t.c.status.in_(PENDING),
+            jobs_t.c.status.in_(OUTBOX),
             or_(
                 and_(jobs_t.c.published_at.is_(None), jobs_t.c.updated_at <= now - grace),
                 and_(
@@ -91,7 +86,7 @@ def publish_pending(
         due = [r for r in rows if r.published_at is None or not depths[r.queue]]
         if due:
             enqueuer.publish(
-                [message_for(r.id, r.type, r.queue, r.next_attempt_at, now) for r in due]
+                [JobMessage.due_at(r.id, r.type, r.queue, r.next_attempt_at, now) for r in due]
             )
         mark_published(session, [r.id for r in rows])  # published, or to look at again later
     logger.info("published %d job(s) from the outbox", len(due))
@@ -106,27 +101,82 @@ def mark_published(
     must not pass for the message of a retry that failed to publish."""
     ids = list(job_ids)
     if ids:
-        stmt = update(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.status.in_(PENDING))
+        stmt = update(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.status.in_(OUTBOX))
         if first_only:
             stmt = stmt.where(jobs_t.c.attempts == 0, jobs_t.c.status == JobStatus.QUEUED)
         session.execute(stmt.values(published_at=utcnow()))
 
 
+def promote_due(
+    db: sessionmaker[Session], enqueuer: Enqueuer, announcer: Announcer, *, limit: int = 500
+) -> bool:
+    """Queue the scheduled jobs that are due, and publish them; True if a whole batch was
+    taken (there may be more).
+
+    The promotion commits first; the messages go out after, and one that fails leaves its job
+    queued and unpublished, for `publish_pending`.
+    """
+    now = utcnow()
+    stmt = (
+        select(jobs_t.c.id, jobs_t.c.type, jobs_t.c.queue)
+        .where(jobs_t.c.status == JobStatus.SCHEDULED, jobs_t.c.next_attempt_at <= now)
+        .order_by(jobs_t.c.next_attempt_at)
+        .limit(limit)
+    )
+    with transaction(db) as session:
+        rows = session.execute(_locked(session, stmt)).all()  # type: ignore[call-overload]
+        if not rows:
+            return False
+        session.execute(
+            update(jobs_t)
+            .where(jobs_t.c.id.in_([r.id for r in rows]), jobs_t.c.status == JobStatus.SCHEDULED)
+            .values(status=JobStatus.QUEUED.value, next_attempt_at=None, updated_at=now)
+        )
+        session.execute(
+            insert(events_t),
+            [new_event(r.id, JobStatus.QUEUED, 0, now, message="due") for r in rows],
+        )
+    for row in rows:
+        announcer.announce(row.id, JobStatus.QUEUED)
+    messages = [JobMessage(r.id, r.type, r.queue) for r in rows]
+    try:
+        enqueuer.publish(messages)
+    except Exception:  # publish_pending sends them once the broker is back
+        logger.warning("could not publish %d due job(s) yet", len(rows), exc_info=True)
+    else:
+        with transaction(db) as session:
+            mark_published(session, [m.job_id for m in messages])
+    logger.info("queued %d scheduled job(s) that came due", len(rows))
+    return len(rows) == limit
+
+
+def next_due(db: sessionmaker[Session]) -> dt.datetime | None:
+    """When the earliest scheduled job is due (None when there is none)."""
+    with db() as session:
+        first: dt.datetime | None = session.scalar(
+            select(func.min(jobs_t.c.next_attempt_at)).where(jobs_t.c.status == JobStatus.SCHEDULED)
+        )
+    return first
+
+
+def flush_confirmed(db: sessionmaker[Session], enqueuer: Enqueuer) -> None:
+    """Stamp `published_at` on the jobs whose `publish_soon` the broker confirmed."""
+    confirmed = enqueuer.take_confirmed()
+    if confirmed:
+        with transaction(db) as session:
+            mark_published(session, confirmed, first_only=True)
+
+
 def expire_leases(
     db: sessionmaker[Session],
     enqueuer: Enqueuer,
-    notifier: Notifier,
+    announcer: Announcer,
     *,
     max_worker_losses: int,
     limit: int = 200,
 ) -> int:
-    """Handle running jobs whose lease ran out (their worker died or hung).
-
-    A lost worker is counted apart from the job's own failures, so a crash or a deploy does
-    not use up its retries: the job goes back to `retrying` and is published now. After
-    `max_worker_losses` losses it ends `failed`, so a job that kills its worker again and
-    again stops instead of looping.
-    """
+    """Handle running jobs whose lease ran out (their worker died or hung), as the policy's
+    `outcomes.lost_worker` decides: run again now, cancelled, or failed."""
     now = utcnow()
     stmt = (
         select(
@@ -144,19 +194,18 @@ def expire_leases(
     retry: list[JobMessage] = []
     with transaction(db) as session:
         for row in session.execute(_locked(session, stmt)).all():  # type: ignore[call-overload]
-            error = {
-                "type": "WorkerLost",
-                "message": f"the worker of attempt {row.attempts} stopped without finishing it",
-            }
+            outcome = outcomes.lost_worker(
+                row.attempts,
+                row.worker_losses,
+                cancel_requested=row.cancel_requested,
+                max_worker_losses=max_worker_losses,
+            )
             values: dict[str, Any]
-            if row.cancel_requested:
-                status, values = JobStatus.CANCELLED, {"finished_at": now}
-            elif row.worker_losses >= max_worker_losses:
-                status, values = JobStatus.FAILED, {"finished_at": now}
-                error["message"] += f" ({row.worker_losses + 1} workers lost running this job)"
-            else:
-                status, values = JobStatus.RETRYING, {"next_attempt_at": now, "published_at": None}
+            if outcome.status == JobStatus.RETRYING:
+                values = {"next_attempt_at": now, "published_at": None}
                 retry.append(JobMessage(row.id, row.type, row.queue))
+            else:
+                values = {"finished_at": now}
             session.execute(
                 update(jobs_t)
                 .where(
@@ -165,22 +214,23 @@ def expire_leases(
                     jobs_t.c.attempts == row.attempts,
                 )
                 .values(
-                    status=status.value,
-                    error=error,
+                    status=outcome.status.value,
+                    error=outcome.error,
                     updated_at=now,
                     lease_expires_at=None,
                     worker_losses=row.worker_losses + 1,
                     **values,
                 )
             )
+            message = outcome.error["message"] if outcome.error else None
             session.execute(
                 insert(events_t),
-                [_event(row.id, status, row.attempts, now, message=error["message"])],
+                [new_event(row.id, outcome.status, row.attempts, now, message=message)],
             )
-            changed.append((row.id, status))
+            changed.append((row.id, outcome.status))
     for job_id, status in changed:
         logger.warning("job %s lost its worker; now %s", job_id, status)
-        notifier.publish(job_id, status)
+        announcer.announce(job_id, status)
     if retry:
         try:
             enqueuer.publish(retry)
@@ -197,9 +247,7 @@ def requeue_unfinished(db: sessionmaker[Session]) -> None:
     mark every waiting job unpublished and let running ones be reclaimed at once."""
     now = utcnow()
     with transaction(db) as session:
-        session.execute(
-            update(jobs_t).where(jobs_t.c.status.in_(PENDING)).values(published_at=None)
-        )
+        session.execute(update(jobs_t).where(jobs_t.c.status.in_(OUTBOX)).values(published_at=None))
         session.execute(
             update(jobs_t)
             .where(jobs_t.c.status == JobStatus.RUNNING)

@@ -1,4 +1,4 @@
-"""Worker-side transitions of a job: claim, progress, finish, retry, lease renewal.
+"""Worker-side transitions of a job: claim, progress, lease renewal, and recording outcomes.
 
 Each is one guarded UPDATE plus its event row in one transaction. A transition that finds
 the job no longer in the expected state (a duplicate message, a lease lost to another
@@ -12,35 +12,46 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, insert, or_, select, tuple_, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.db import transaction
-from conveyor.models import JobStatus
+from conveyor.announcements import Announcer
+from conveyor.db import direct, transaction
+from conveyor.errors import TransientError
+from conveyor.models import JobEventKind, JobStatus
 from conveyor.models.base import utcnow
-from conveyor.models.job import PENDING
-from conveyor.services.direct import direct, postgres_engine
-from conveyor.services.jobs import _event, events_t, jobs_t, rowcount
+from conveyor.models.job import OUTBOX, events_t, jobs_t
+from conveyor.services.jobs import Enqueuer, JobMessage, new_event, rowcount
+from conveyor.services.outbox import mark_published
+from conveyor.services.outcomes import Outcome
+
+logger = logging.getLogger(__name__)
 
 #: A retry message may arrive this much before the job's next-attempt time.
 EARLY_TOLERANCE = dt.timedelta(seconds=1)
+#: Pauses between attempts to record an outcome while the database is unreachable.
+RECORD_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 _CLAIM_PG = """
 WITH claimed AS (
-    UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = %(now)s::timestamptz,
-        updated_at = %(now)s, lease_expires_at = %(lease_until)s, next_attempt_at = NULL,
-        published_at = COALESCE(published_at, %(now)s::timestamptz), worker = %(worker)s
-    WHERE id = %(id)s::uuid AND NOT cancel_requested AND attempts - worker_losses <= max_retries
-        AND status IN ('queued', 'retrying')
+    UPDATE jobs SET status = %(running)s, attempts = attempts + 1,
+        started_at = %(now)s::timestamptz, updated_at = %(now)s, lease_expires_at = %(lease_until)s,
+        next_attempt_at = NULL, published_at = COALESCE(published_at, %(now)s::timestamptz),
+        worker = %(worker)s
+    WHERE id = %(id)s::uuid AND NOT cancel_requested AND status = ANY(%(claimable)s)
         AND (next_attempt_at IS NULL OR next_attempt_at <= %(due)s)
-    RETURNING id, status, attempts, max_retries, worker_losses, payload, next_attempt_at
+    RETURNING id, attempts, max_retries, worker_losses, payload, owner_id, parent_id
 ), event AS (
     INSERT INTO job_events (job_id, at, kind, status, attempt)
-    SELECT id, %(now)s::timestamptz, 'status', 'running', attempts FROM claimed
+    SELECT id, %(now)s::timestamptz, %(kind)s, %(running)s, attempts FROM claimed
 )
 SELECT * FROM claimed
 """
@@ -50,12 +61,12 @@ WITH done AS (
     UPDATE jobs SET status = %(status)s::varchar, result = %(result)s::jsonb,
         error = %(error)s::jsonb, finished_at = %(now)s::timestamptz,
         updated_at = %(now)s::timestamptz, lease_expires_at = NULL,
-        progress = CASE WHEN %(status)s::varchar = 'succeeded' THEN 1.0 ELSE progress END
-    WHERE id = %(id)s::uuid AND status = 'running' AND attempts = %(attempt)s::integer
+        progress = CASE WHEN %(succeeded)s THEN 1.0 ELSE progress END
+    WHERE id = %(id)s::uuid AND status = %(running)s AND attempts = %(attempt)s::integer
     RETURNING id
 ), event AS (
     INSERT INTO job_events (job_id, at, kind, status, attempt, message)
-    SELECT id, %(now)s::timestamptz, 'status', %(status)s::varchar, %(attempt)s::integer,
+    SELECT id, %(now)s::timestamptz, %(kind)s, %(status)s::varchar, %(attempt)s::integer,
         %(message)s::varchar
     FROM done
 )
@@ -68,15 +79,16 @@ class Claim:
     """What a worker needs of the job it just claimed."""
 
     id: uuid.UUID
-    status: str
     attempts: int
     max_retries: int
     worker_losses: int
     payload: dict[str, Any]
-    next_attempt_at: dt.datetime | None
+    owner_id: uuid.UUID
+    parent_id: uuid.UUID | None
 
 
-def _json(value: Any) -> str | None:
+def _dumps(value: Any) -> str | None:
+    """A value as a JSON parameter of the raw statements (None stays SQL NULL)."""
     return None if value is None else json.dumps(value, allow_nan=False)
 
 
@@ -85,28 +97,30 @@ def claim(
 ) -> Claim | None:
     """Move the job to `running` for one more attempt, or None if it is not ours to run.
 
-    Claimable: queued or retrying, and due; never cancelled, never past its retries (the
-    attempts that ended because their worker died do not count: see `expire_leases`).
+    Claimable: queued, or retrying and due; never cancelled. (Whether a failed job may run
+    again was decided when it became `retrying`: see `services.outcomes`.)
     """
     now = utcnow()
-    engine = postgres_engine(db)
-    if engine is not None:
+    connections = direct(db)
+    if connections is not None:
         params = {
             "id": job_id,
             "now": now,
             "lease_until": now + lease,
             "worker": worker,
             "due": now + EARLY_TOLERANCE,
+            "running": JobStatus.RUNNING.value,
+            "claimable": [s.value for s in OUTBOX],
+            "kind": JobEventKind.STATUS.value,
         }
-        found = direct(engine).fetchone(_CLAIM_PG, params)
+        found = connections.fetchone(_CLAIM_PG, params)
         return None if found is None else Claim(**found)
     stmt = (
         update(jobs_t)
         .where(
             jobs_t.c.id == job_id,
             jobs_t.c.cancel_requested.is_(False),
-            jobs_t.c.attempts - jobs_t.c.worker_losses <= jobs_t.c.max_retries,
-            jobs_t.c.status.in_(PENDING),
+            jobs_t.c.status.in_(OUTBOX),
             or_(
                 jobs_t.c.next_attempt_at.is_(None),
                 jobs_t.c.next_attempt_at <= now + EARLY_TOLERANCE,
@@ -128,7 +142,9 @@ def claim(
         row = session.execute(stmt).mappings().first()
         if row is None:
             return None
-        session.execute(insert(events_t), [_event(job_id, JobStatus.RUNNING, row["attempts"], now)])
+        session.execute(
+            insert(events_t), [new_event(job_id, JobStatus.RUNNING, row["attempts"], now)]
+        )
     return Claim(**{name: row[name] for name in Claim.__dataclass_fields__})
 
 
@@ -150,18 +166,21 @@ def finish(
     error: dict[str, Any] | None = None,
 ) -> bool:
     """Record the end of attempt `attempt`; False if that attempt no longer owns the job."""
-    engine = postgres_engine(db)
-    if engine is not None:
+    connections = direct(db)
+    if connections is not None:
         params = {
             "id": job_id,
             "attempt": attempt,
             "status": status.value,
-            "result": _json(result),
-            "error": _json(error),
+            "succeeded": status == JobStatus.SUCCEEDED,
+            "result": _dumps(result),
+            "error": _dumps(error),
             "message": error["message"][:1000] if error else None,
             "now": utcnow(),
+            "running": JobStatus.RUNNING.value,
+            "kind": JobEventKind.STATUS.value,
         }
-        done = direct(engine).fetchone(_FINISH_PG, params)
+        done = connections.fetchone(_FINISH_PG, params)
         return done is not None and done["n"] == 1
     with transaction(db) as session:
         return _finish_in(session, job_id, attempt, status, result=result, error=error)
@@ -190,7 +209,7 @@ def _finish_in(
     message = error["message"] if error else None
     if rowcount(session.execute(_guarded(job_id, attempt).values(**values))) != 1:
         return False
-    session.execute(insert(events_t), [_event(job_id, status, attempt, now, message=message)])
+    session.execute(insert(events_t), [new_event(job_id, status, attempt, now, message=message)])
     return True
 
 
@@ -223,9 +242,74 @@ def retry_later(
             return JobStatus.CANCELLED if cancelled else None
         session.execute(
             insert(events_t),
-            [_event(job_id, JobStatus.RETRYING, attempt, now, message=error["message"])],
+            [new_event(job_id, JobStatus.RETRYING, attempt, now, message=error["message"])],
         )
     return JobStatus.RETRYING
+
+
+def record(
+    db: sessionmaker[Session],
+    enqueuer: Enqueuer,
+    announcer: Announcer,
+    message: JobMessage,
+    attempt: int,
+    outcome: Outcome,
+) -> JobStatus | None:
+    """Apply the policy's `outcome` to attempt `attempt` of the job `message` names.
+
+    A retry is written unpublished and its delayed message sent at once (the outbox sweep
+    sends it if that fails). Returns the status recorded (a retry may end `cancelled` when a
+    cancel arrived meanwhile), or None when this attempt no longer holds the job. A database
+    that cannot be reached is tried again for a few seconds: the guarded UPDATE makes a repeat
+    harmless, and giving up would leave the job to the reconciler, which runs it again.
+    """
+    job_id = message.job_id
+    if outcome.status == JobStatus.RETRYING:
+        delay = outcome.retry_in or dt.timedelta(0)
+        status = _persistently(
+            retry_later, db, job_id, attempt, error=outcome.error, next_attempt_at=utcnow() + delay
+        )
+        if status is not None:
+            announcer.announce(job_id, status)
+        if status == JobStatus.RETRYING:
+            retry = JobMessage(job_id, message.type, message.queue, int(delay / _MS))
+            try:
+                enqueuer.publish([retry])
+            except Exception:  # the sweeper publishes it: the row says retrying, unpublished
+                logger.warning("could not publish the retry of job %s", job_id, exc_info=True)
+            else:
+                with transaction(db) as session:
+                    mark_published(session, [job_id])
+        return status
+    recorded = _persistently(
+        finish, db, job_id, attempt, outcome.status, result=outcome.result, error=outcome.error
+    )
+    if not recorded:
+        logger.warning(
+            "job %s attempt %d no longer holds the job; %s not recorded",
+            job_id,
+            attempt,
+            outcome.status,
+        )
+        return None
+    announcer.announce(job_id, outcome.status)
+    return outcome.status
+
+
+_MS = dt.timedelta(milliseconds=1)
+T = TypeVar("T")
+
+
+def _persistently(write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`write(...)`, tried again while the database connection fails (a pooled connection
+    found dead after a database restart, a short outage)."""
+    for delay in RECORD_RETRY_DELAYS:
+        try:
+            return write(*args, **kwargs)
+        except (OperationalError, InterfaceError, TransientError) as exc:
+            logger.warning("could not record an outcome (%r); again in %.1fs", exc, delay)
+            time.sleep(delay)
+    return write(*args, **kwargs)
 
 
 def report_progress(
@@ -249,12 +333,12 @@ def report_progress(
         session.execute(
             insert(events_t),
             [
-                _event(
+                new_event(
                     job_id,
                     JobStatus.RUNNING,
                     attempt,
                     now,
-                    kind="progress",
+                    kind=JobEventKind.PROGRESS,
                     progress=fraction,
                     message=message,
                 )

@@ -1,58 +1,39 @@
-"""Builds a worker process: broker from settings, the lifecycle middleware, a pool's actors."""
+"""Builds a worker process: its container, the broker, the lifecycle middleware, a pool's
+actors. The pool's entry module imports its own job modules and calls `boot_pool`."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import dramatiq
 
-from conveyor.broker import BrokerEnqueuer, build_broker
-from conveyor.db import make_engine, make_sessionmaker
-from conveyor.events import MemoryEvents, RedisEvents
+from conveyor.bootstrap import Container, ResourceFactory, Role
 from conveyor.logs import configure_logging
-from conveyor.services import direct
+from conveyor.registry import JOBS
 from conveyor.settings import Settings, get_settings
-from conveyor.workers.lifecycle import Resources, install_lifecycle
+from conveyor.workers.lifecycle import install_lifecycle
 
 logger = logging.getLogger(__name__)
 
 
-def worker_resources(settings: Settings, broker: dramatiq.Broker) -> Resources:
-    """Database, events and publisher of one worker process (made after the process boots)."""
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
-    enqueuer = BrokerEnqueuer(broker, threads=1)
-    if settings.redis_url:
-        notifier: RedisEvents | MemoryEvents = RedisEvents(
-            settings.redis_url, settings.redis_prefix
-        )
-    else:
-        logger.warning("no redis_url: clients waiting on jobs are not woken by this worker")
-        notifier = MemoryEvents()
-
-    def close() -> None:
-        if isinstance(notifier, RedisEvents):
-            notifier.close_publisher()
-        enqueuer.close()
-        direct.close(engine)
-        engine.dispose()
-
-    return Resources(
-        db=make_sessionmaker(engine), notifier=notifier, enqueuer=enqueuer, close=close
-    )
-
-
-def boot_pool(queues: set[str], settings: Settings | None = None) -> dramatiq.Broker:
-    """Set up this process to serve `queues` and return the broker the dramatiq CLI uses."""
-    import conveyor.actors.all  # noqa: F401  (fills the registry)
-
+def boot_pool(
+    queues: set[str],
+    *,
+    resources: Mapping[str, ResourceFactory] | None = None,
+    settings: Settings | None = None,
+) -> dramatiq.Broker:
+    """Set up this process to serve `queues` (with the job types imported so far) and return
+    the broker the `dramatiq` CLI uses. `resources` are the named resources the pool's jobs
+    reach as `ctx.resource(name)`; like everything else they are built on first use."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    broker = build_broker(settings.broker_url, namespace=settings.broker_namespace)
+    served = {t.name for t in JOBS if t.queue in queues}
+    if not served:
+        raise RuntimeError(f"no job type serves {sorted(queues)}: import the pool's job modules")
+    container = Container(settings, Role.WORKER, resources=resources)
+    broker = container.broker
     dramatiq.set_broker(broker)
-    install_lifecycle(
-        broker,
-        lambda: worker_resources(settings, broker),
-        lease_seconds=settings.lease_seconds,
-        queues=queues,
-    )
+    install_lifecycle(broker, container, queues=queues, close_container=True)
+    logger.debug("pool %s serves %s", sorted(queues), sorted(served))
     return broker

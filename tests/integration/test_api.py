@@ -13,13 +13,16 @@ import pytest
 from sqlalchemy import func, select, update
 
 import tests.jobs  # noqa: F401  (test-only job types)
-from conveyor.broker import build_broker, message_of
-from conveyor.events import MemoryEvents
+from conveyor import bootstrap
+from conveyor.announcements import MemoryAnnouncements
+from conveyor.broker import to_dramatiq
 from conveyor.http.app import create_app
 from conveyor.models import JobEvent
 from conveyor.models.base import utcnow
-from conveyor.services import jobs
-from conveyor.services.jobs import JobMessage, NewJob, jobs_t
+from conveyor.models.job import jobs_t
+from conveyor.services import submissions
+from conveyor.services.jobs import JobMessage
+from conveyor.services.submissions import NewJob
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("broker_kind", ["rabbitmq"])]
@@ -177,7 +180,7 @@ async def test_time_limit_stops_a_job_with_a_clear_error(stack: Stack) -> None:
 
 async def test_duplicate_message_for_a_finished_job_is_skipped(stack: Stack) -> None:
     job = await stack.submit("system.echo", {"d": 1}, expect=200, Prefer="wait=10")
-    stack.broker.enqueue(message_of(JobMessage(uuid.UUID(job["id"]), "system.echo", "system")))
+    stack.broker.enqueue(to_dramatiq(JobMessage(uuid.UUID(job["id"]), "system.echo", "system")))
     stack.broker.join("system", timeout=10_000)
     assert stack.worker is not None
     stack.worker.join()
@@ -188,7 +191,7 @@ async def test_duplicate_message_for_a_finished_job_is_skipped(stack: Stack) -> 
 async def test_committed_but_unpublished_job_is_swept_and_runs(stack: Stack) -> None:
     owner = uuid.UUID((await stack.submit("system.echo", {}))["owner_id"])
     new = NewJob("system.echo", "system", {"swept": True}, max_retries=0, owner_id=owner)
-    job, _ = jobs.submit(stack.db, new)  # committed, never published: the web process died
+    job, _ = submissions.write(stack.db, new)  # committed, never published: the web process died
     done = await stack.wait_for(str(job.id), "succeeded")
     assert done["result"] == {"swept": True}
 
@@ -254,13 +257,19 @@ async def test_metrics_count_requests_and_jobs(stack: Stack) -> None:
 
 async def test_database_outage_answers_503_with_retry_after(stack: Stack, aiohttp_client) -> None:  # type: ignore[no-untyped-def]
     settings = stack.settings.model_copy(  # a database that refuses connections
-        update={"database_url": "postgresql+psycopg://postgres@127.0.0.1:1/conveyor"}
+        update={
+            "database_url": "postgresql+psycopg://postgres@127.0.0.1:1/conveyor",
+            "broker_url": "stub://",
+        }
     )
-    client = await aiohttp_client(
-        create_app(settings, broker=build_broker("stub://"), events=MemoryEvents(), sweeper=False)
+    container = bootstrap.Container(
+        settings, bootstrap.Role.WEB, announcements=MemoryAnnouncements()
     )
+    client = await aiohttp_client(create_app(container, sweeper=False))
     response = await client.get("/v1/jobs", headers=stack.headers())
     body = await response.json()
     assert response.status == 503, body
     assert response.headers["Retry-After"] == "5"
     assert response.content_type == "application/problem+json"
+    await client.close()
+    container.close()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from tests.unit.support import (  # noqa: F401  (fixtures)
     admin,
+    announcer,
     db,
     enqueuer,
     history,
     load,
     make_job,
     member,
-    notifier,
     other,
     set_job,
 )

@@ -1,5 +1,5 @@
 """Shared by the service and worker tests: a migrated SQLite file, users, a job factory,
-row helpers, and fakes at the broker and notifier boundaries.
+row helpers, and fakes at the broker and announcer boundaries.
 
 The conftest.py of each test package imports the fixtures it uses from here.
 """
@@ -16,19 +16,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import make_engine, make_sessionmaker, transaction
 from conveyor.models import Job, JobEvent, Role, User
-from conveyor.services import jobs
-from conveyor.services.jobs import JobMessage, NewJob, jobs_t
+from conveyor.models.job import jobs_t
+from conveyor.services import submissions
+from conveyor.services.jobs import JobMessage
+from conveyor.services.submissions import NewJob
 from conveyor.services.users import create_user
 
 
-class RecordingNotifier:
+class RecordingAnnouncer:
     """Records every (job_id, status) announced."""
 
     def __init__(self) -> None:
-        self.published: list[tuple[uuid.UUID, str]] = []
+        self.announced: list[tuple[uuid.UUID, str]] = []
 
-    def publish(self, job_id: uuid.UUID, status: str) -> None:
-        self.published.append((job_id, str(status)))
+    def announce(self, job_id: uuid.UUID, status: str) -> None:
+        self.announced.append((job_id, str(status)))
 
 
 class RecordingEnqueuer:
@@ -88,8 +90,8 @@ def admin(db: sessionmaker[Session]) -> User:
 
 
 @pytest.fixture
-def notifier() -> RecordingNotifier:
-    return RecordingNotifier()
+def announcer() -> RecordingAnnouncer:
+    return RecordingAnnouncer()
 
 
 @pytest.fixture
@@ -121,7 +123,7 @@ def make_job(db: sessionmaker[Session], member: User) -> MakeJob:
             owner_id=(owner or member).id,
             idempotency_key=key,
         )
-        job, created = jobs.submit(db, new)
+        job, created = submissions.write(db, new)
         assert created
         return job
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conveyor.broker import message_of
+from conveyor.broker import to_dramatiq
 from conveyor.services.jobs import JobMessage
 from tests.stack import Stack, wait_until
 
@@ -158,7 +158,7 @@ async def test_a_duplicate_message_for_a_finished_job_is_skipped(embedded_stack:
     await stack.wait_for(job["id"], "succeeded")
     await _drain(stack)
     duplicate = JobMessage(uuid.UUID(job["id"]), "system.echo", "system")
-    stack.broker.enqueue(message_of(duplicate))
+    stack.broker.enqueue(to_dramatiq(duplicate))
     await _drain(stack)
     row = stack.row(job["id"])
     assert row.status == "succeeded"
@@ -168,7 +168,7 @@ async def test_a_duplicate_message_for_a_finished_job_is_skipped(embedded_stack:
 
 async def test_a_message_without_a_job_id_is_dropped(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    message = message_of(JobMessage(uuid.uuid4(), "system.echo", "system"))
+    message = to_dramatiq(JobMessage(uuid.uuid4(), "system.echo", "system"))
     stack.broker.enqueue(message.copy(args=("not-a-uuid",)))
     stack.broker.enqueue(message)  # a well-formed id of no job
     await _drain(stack)

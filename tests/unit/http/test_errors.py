@@ -12,9 +12,8 @@ from aiohttp import ClientResponse
 from sqlalchemy import update
 
 from conveyor.db import transaction
-from conveyor.http.app import token_config
 from conveyor.models import Role, User
-from conveyor.services.auth import TokenConfig, issue_token, verify_token
+from conveyor.services.auth import TokenConfig, TokenVerifier, issue_token
 from conveyor.services.users import create_user
 from tests.stack import Stack
 
@@ -291,7 +290,7 @@ async def test_a_wrong_method_is_not_allowed(embedded_stack: Stack) -> None:
 
 
 def _tokens(stack: Stack) -> TokenConfig:
-    return token_config(stack.settings)
+    return TokenConfig.of(stack.settings)
 
 
 async def _unauthorized(response: ClientResponse) -> dict[str, Any]:
@@ -320,7 +319,7 @@ async def test_a_missing_or_malformed_token_is_unauthorized(embedded_stack: Stac
 
 async def test_an_expired_token_is_unauthorized(embedded_stack: Stack) -> None:
     config = _tokens(embedded_stack)
-    user_id = verify_token(config, embedded_stack.member_token)
+    user_id = TokenVerifier(config).verify(embedded_stack.member_token)
     expired = issue_token(config, user_id, ttl=-dt.timedelta(minutes=5))
     response = await embedded_stack.client.get(
         "/v1/jobs", headers={"Authorization": f"Bearer {expired}"}
@@ -333,7 +332,7 @@ async def test_a_token_not_issued_by_this_deployment_is_unauthorized(
     embedded_stack: Stack,
 ) -> None:
     config = _tokens(embedded_stack)
-    user_id = verify_token(config, embedded_stack.member_token)
+    user_id = TokenVerifier(config).verify(embedded_stack.member_token)
     for change in [
         {"secret": "another-secret-key-that-is-long-enough-for-hs256"},
         {"issuer": "someone-else"},

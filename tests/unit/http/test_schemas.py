@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from conveyor.http.middleware import problem, validation_errors
+from conveyor.errors import field_errors
+from conveyor.http.middleware import problem
 from conveyor.http.openapi import build_openapi
 from conveyor.http.schemas import JobOut, JobTypeOut, Problem, SubmitJob
 from conveyor.models import Job
@@ -170,17 +171,17 @@ def test_a_problem_without_errors_leaves_the_member_out() -> None:
 def test_validation_errors_have_dotted_paths_under_a_prefix() -> None:
     with pytest.raises(ValidationError) as caught:
         Outer.model_validate({"items": [{"size": 1}, {"size": "big"}]})
-    assert validation_errors(caught.value, "payload") == [
+    assert field_errors(caught.value, "payload") == [
         {"field": "payload.items.1.size", "message": caught.value.errors()[0]["msg"]}
     ]
-    assert validation_errors(caught.value)[0]["field"] == "items.1.size"
+    assert field_errors(caught.value)[0]["field"] == "items.1.size"
 
 
 def test_a_validation_error_of_the_whole_body_is_named_body_or_the_prefix() -> None:
     with pytest.raises(ValidationError) as caught:
         Outer.model_validate_json("[]")
-    assert validation_errors(caught.value)[0]["field"] == "body"
-    assert validation_errors(caught.value, "payload")[0]["field"] == "payload"
+    assert field_errors(caught.value)[0]["field"] == "body"
+    assert field_errors(caught.value, "payload")[0]["field"] == "payload"
 
 
 # --- the OpenAPI builder ---------------------------------------------------------------------

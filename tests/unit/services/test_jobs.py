@@ -16,9 +16,10 @@ from conveyor.errors import BadRequestError, ConflictError, InvalidRequestError,
 from conveyor.ids import uuid7
 from conveyor.models import Job, JobEvent, JobStatus, User
 from conveyor.models.base import utcnow
-from conveyor.services import jobs, runs
-from conveyor.services.jobs import NewJob, decode_cursor, encode_cursor, request_hash
-from tests.unit.support import MakeJob, RecordingNotifier
+from conveyor.services import jobs, runs, submissions
+from conveyor.services.jobs import decode_cursor, encode_cursor
+from conveyor.services.submissions import NewJob, request_hash
+from tests.unit.support import MakeJob, RecordingAnnouncer
 
 LEASE = dt.timedelta(seconds=30)
 
@@ -34,7 +35,7 @@ def _count(db: sessionmaker[Session], model: type[Any]) -> int:
 def test_submit_writes_a_queued_row_and_a_queued_event(
     db: sessionmaker[Session], member: User, load: Callable[..., Job], history: Callable[..., Any]
 ) -> None:
-    job, created = jobs.submit(
+    job, created = submissions.write(
         db,
         NewJob(
             job_type="system.echo",
@@ -71,7 +72,7 @@ def test_the_same_key_and_payload_returns_the_same_job(
     db: sessionmaker[Session], member: User
 ) -> None:
     def submit() -> tuple[Job, bool]:
-        return jobs.submit(
+        return submissions.write(
             db,
             NewJob(
                 job_type="system.echo",
@@ -105,7 +106,7 @@ def test_the_same_key_with_a_different_payload_is_invalid(
 ) -> None:
     make_job(payload={"a": 1}, key="order-42")
     with pytest.raises(InvalidRequestError) as caught:
-        jobs.submit(
+        submissions.write(
             db,
             NewJob(
                 job_type="system.echo",
@@ -125,7 +126,7 @@ def test_the_same_key_with_a_different_type_is_invalid(
 ) -> None:
     make_job(payload={"a": 1}, key="order-42")
     with pytest.raises(InvalidRequestError):
-        jobs.submit(
+        submissions.write(
             db,
             NewJob(
                 job_type="system.fail",
@@ -142,7 +143,7 @@ def test_idempotency_keys_are_per_owner(
     make_job: MakeJob, db: sessionmaker[Session], other: User
 ) -> None:
     mine = make_job(payload={"a": 1}, key="order-42")
-    theirs, created = jobs.submit(
+    theirs, created = submissions.write(
         db,
         NewJob(
             job_type="system.echo",
@@ -183,7 +184,7 @@ def test_a_concurrent_submission_with_the_same_key_gets_the_job_or_a_conflict(
     def submit(name: str) -> None:
         threads[name] = threading.get_ident()
         try:
-            outcomes[name] = jobs.submit(
+            outcomes[name] = submissions.write(
                 db,
                 NewJob(
                     job_type="system.echo",
@@ -231,7 +232,7 @@ def test_submit_many_writes_every_job_in_one_go(
         NewJob("system.echo", "system", {"i": i}, 0, owner.id)
         for i, owner in enumerate([member, other, member])
     ]
-    written = jobs.submit_many(db, batch)
+    written = submissions.write_many(db, batch)
     assert [j.payload for j in written] == [{"i": 0}, {"i": 1}, {"i": 2}]
     assert [j.owner_id for j in written] == [member.id, other.id, member.id]
     assert [j.id for j in written] == sorted(j.id for j in written)
@@ -243,7 +244,7 @@ def test_submit_many_writes_every_job_in_one_go(
 def test_submit_many_refuses_idempotency_keys(db: sessionmaker[Session], member: User) -> None:
     batch = [NewJob("system.echo", "system", {}, 0, member.id, idempotency_key="k")]
     with pytest.raises(ValueError, match="idempotency key"):
-        jobs.submit_many(db, batch)
+        submissions.write_many(db, batch)
     assert _count(db, Job) == 0
 
 
@@ -253,7 +254,7 @@ def test_a_failing_submit_many_writes_nothing(db: sessionmaker[Session], member:
         NewJob("system.echo", "system", {}, 0, uuid7()),  # no such user
     ]
     with pytest.raises(Exception, match="FOREIGN KEY"):
-        jobs.submit_many(db, batch)
+        submissions.write_many(db, batch)
     assert _count(db, Job) == 0
 
 
@@ -297,11 +298,11 @@ def test_a_member_lists_their_own_jobs_and_an_admin_all(
 
 
 def test_listing_filters_by_status_and_type(
-    make_job: MakeJob, db: sessionmaker[Session], member: User, notifier: RecordingNotifier
+    make_job: MakeJob, db: sessionmaker[Session], member: User, announcer: RecordingAnnouncer
 ) -> None:
     echo = make_job()
     fail = make_job(job_type="system.fail", payload={"failures": 1})
-    jobs.cancel(db, notifier, echo.id, member)
+    jobs.cancel(db, announcer, echo.id, member)
     assert [j.id for j in jobs.list_jobs(db, member, statuses=["cancelled"]).jobs] == [echo.id]
     assert [j.id for j in jobs.list_jobs(db, member, statuses=["queued"]).jobs] == [fail.id]
     assert [j.id for j in jobs.list_jobs(db, member, types=["system.fail"]).jobs] == [fail.id]
@@ -374,53 +375,53 @@ def test_cancelling_a_queued_job_cancels_it_at_once(
     make_job: MakeJob,
     db: sessionmaker[Session],
     member: User,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     load: Callable[..., Job],
     history: Callable[..., Any],
 ) -> None:
     job = make_job()
-    cancelled = jobs.cancel(db, notifier, job.id, member)
+    cancelled = jobs.cancel(db, announcer, job.id, member)
     assert cancelled.status == JobStatus.CANCELLED
     row = load(job.id)
     assert row.status == JobStatus.CANCELLED
     assert row.cancel_requested is True
     assert row.finished_at is not None
     assert history(job.id) == [("status", "queued", 0), ("status", "cancelled", 0)]
-    assert notifier.published == [(job.id, "cancelled")]
+    assert announcer.announced == [(job.id, "cancelled")]
 
 
 def test_cancelling_a_retrying_job_cancels_it_at_once(
     make_job: MakeJob,
     db: sessionmaker[Session],
     member: User,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     job = make_job()
     claimed = runs.claim(db, job.id, worker="w", lease=LEASE)
     assert claimed is not None
     error = {"type": "RuntimeError", "message": "boom"}
     assert runs.retry_later(db, job.id, 1, error=error, next_attempt_at=utcnow() + LEASE)
-    assert jobs.cancel(db, notifier, job.id, member).status == JobStatus.CANCELLED
+    assert jobs.cancel(db, announcer, job.id, member).status == JobStatus.CANCELLED
 
 
 def test_cancelling_a_running_job_asks_it_to_stop(
     make_job: MakeJob,
     db: sessionmaker[Session],
     member: User,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     load: Callable[..., Job],
     history: Callable[..., Any],
 ) -> None:
     job = make_job()
     assert runs.claim(db, job.id, worker="w", lease=LEASE) is not None
-    answer = jobs.cancel(db, notifier, job.id, member)
+    answer = jobs.cancel(db, announcer, job.id, member)
     assert answer.status == JobStatus.RUNNING
     row = load(job.id)
     assert row.status == JobStatus.RUNNING
     assert row.cancel_requested is True
     assert row.finished_at is None
     assert history(job.id)[-1] == ("status", "running", 1)
-    assert notifier.published == [(job.id, "running")]
+    assert announcer.announced == [(job.id, "running")]
 
 
 @pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.FAILED])
@@ -428,7 +429,7 @@ def test_cancelling_a_finished_job_is_a_conflict(
     make_job: MakeJob,
     db: sessionmaker[Session],
     member: User,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     load: Callable[..., Job],
     status: JobStatus,
 ) -> None:
@@ -436,59 +437,59 @@ def test_cancelling_a_finished_job_is_a_conflict(
     assert runs.claim(db, job.id, worker="w", lease=LEASE) is not None
     assert runs.finish(db, job.id, 1, status, error={"type": "X", "message": "x"})
     with pytest.raises(ConflictError, match=status.value):
-        jobs.cancel(db, notifier, job.id, member)
+        jobs.cancel(db, announcer, job.id, member)
     assert load(job.id).status == status
     assert load(job.id).cancel_requested is False
-    assert notifier.published == []
+    assert announcer.announced == []
 
 
 def test_cancelling_a_cancelled_job_changes_nothing(
     make_job: MakeJob,
     db: sessionmaker[Session],
     member: User,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     load: Callable[..., Job],
     history: Callable[..., Any],
 ) -> None:
     job = make_job()
-    jobs.cancel(db, notifier, job.id, member)
+    jobs.cancel(db, announcer, job.id, member)
     finished_at = load(job.id).finished_at
     events = history(job.id)
-    again = jobs.cancel(db, notifier, job.id, member)
+    again = jobs.cancel(db, announcer, job.id, member)
     assert again.status == JobStatus.CANCELLED
     assert load(job.id).finished_at == finished_at
     assert history(job.id) == events
-    assert notifier.published == [(job.id, "cancelled")]
+    assert announcer.announced == [(job.id, "cancelled")]
 
 
 def test_a_member_cannot_cancel_another_members_job(
     make_job: MakeJob,
     db: sessionmaker[Session],
     other: User,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     load: Callable[..., Job],
 ) -> None:
     job = make_job()
     with pytest.raises(NotFoundError):
-        jobs.cancel(db, notifier, job.id, other)
+        jobs.cancel(db, announcer, job.id, other)
     assert load(job.id).status == JobStatus.QUEUED
 
 
 def test_an_admin_can_cancel_any_job(
-    make_job: MakeJob, db: sessionmaker[Session], admin: User, notifier: RecordingNotifier
+    make_job: MakeJob, db: sessionmaker[Session], admin: User, announcer: RecordingAnnouncer
 ) -> None:
     job = make_job()
-    assert jobs.cancel(db, notifier, job.id, admin).status == JobStatus.CANCELLED
+    assert jobs.cancel(db, announcer, job.id, admin).status == JobStatus.CANCELLED
 
 
 # --- events and counts -----------------------------------------------------------------------
 
 
 def test_events_after_returns_the_newer_events_oldest_first(
-    make_job: MakeJob, db: sessionmaker[Session], member: User, notifier: RecordingNotifier
+    make_job: MakeJob, db: sessionmaker[Session], member: User, announcer: RecordingAnnouncer
 ) -> None:
     job = make_job()
-    jobs.cancel(db, notifier, job.id, member)
+    jobs.cancel(db, announcer, job.id, member)
     events = jobs.events_after(db, job.id, 0)
     assert [e.status for e in events] == ["queued", "cancelled"]
     assert [e.status for e in jobs.events_after(db, job.id, events[0].id)] == ["cancelled"]
@@ -496,12 +497,12 @@ def test_events_after_returns_the_newer_events_oldest_first(
 
 
 def test_counts_are_by_type_and_status_with_the_unpublished_total(
-    make_job: MakeJob, db: sessionmaker[Session], member: User, notifier: RecordingNotifier
+    make_job: MakeJob, db: sessionmaker[Session], member: User, announcer: RecordingAnnouncer
 ) -> None:
     make_job()
     make_job()
     cancelled = make_job(job_type="system.fail", payload={})
-    jobs.cancel(db, notifier, cancelled.id, member)
+    jobs.cancel(db, announcer, cancelled.id, member)
     by_type, unpublished = jobs.counts(db)
     assert sorted(by_type) == [("system.echo", "queued", 2), ("system.fail", "cancelled", 1)]
     assert unpublished == 2

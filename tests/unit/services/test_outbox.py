@@ -14,7 +14,7 @@ from conveyor.models import Job, JobStatus, User
 from conveyor.models.base import utcnow
 from conveyor.services import jobs, outbox, runs
 from conveyor.services.jobs import JobMessage
-from tests.unit.support import MakeJob, RecordingEnqueuer, RecordingNotifier
+from tests.unit.support import MakeJob, RecordingAnnouncer, RecordingEnqueuer
 
 GRACE = dt.timedelta(seconds=3)
 REQUEUE_AFTER = dt.timedelta(minutes=15)
@@ -34,10 +34,10 @@ def sweep(db: sessionmaker[Session], enqueuer: RecordingEnqueuer) -> Callable[..
 def expire(
     db: sessionmaker[Session],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     max_worker_losses: int = 2,
 ) -> int:
-    return outbox.expire_leases(db, enqueuer, notifier, max_worker_losses=max_worker_losses)
+    return outbox.expire_leases(db, enqueuer, announcer, max_worker_losses=max_worker_losses)
 
 
 def _ago(**kwargs: float) -> dt.datetime:
@@ -252,11 +252,11 @@ def test_mark_published_only_touches_waiting_jobs(
     make_job: MakeJob,
     db: sessionmaker[Session],
     member: User,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     load: Callable[..., Job],
 ) -> None:
     waiting, cancelled = make_job(), make_job()
-    jobs.cancel(db, notifier, cancelled.id, member)
+    jobs.cancel(db, announcer, cancelled.id, member)
     with outbox.transaction(db) as session:
         outbox.mark_published(session, [waiting.id, cancelled.id])
         outbox.mark_published(session, [])
@@ -264,13 +264,13 @@ def test_mark_published_only_touches_waiting_jobs(
     assert load(cancelled.id).published_at is None
 
 
-def test_message_for_computes_the_delay_from_the_next_attempt() -> None:
+def test_a_due_message_carries_the_delay_left_until_the_next_attempt() -> None:
     now = utcnow()
     job_id = uuid7()
     later = now + dt.timedelta(seconds=2.5)
-    assert outbox.message_for(job_id, "a.b", "q", later, now).delay_ms == 2500
-    assert outbox.message_for(job_id, "a.b", "q", now - dt.timedelta(1), now).delay_ms == 0
-    assert outbox.message_for(job_id, "a.b", "q", None, now) == JobMessage(job_id, "a.b", "q")
+    assert JobMessage.due_at(job_id, "a.b", "q", later, now).delay_ms == 2500
+    assert JobMessage.due_at(job_id, "a.b", "q", now - dt.timedelta(1), now).delay_ms == 0
+    assert JobMessage.due_at(job_id, "a.b", "q", None, now) == JobMessage(job_id, "a.b", "q")
 
 
 # --- expire_leases ---------------------------------------------------------------------------
@@ -298,10 +298,10 @@ def test_an_expired_job_with_worker_losses_left_is_requeued(
     load: Callable[..., Job],
     history: Callable[..., Any],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     job = _running(make_job, db, set_job, max_retries=0)
-    assert expire(db, enqueuer, notifier) == 1
+    assert expire(db, enqueuer, announcer) == 1
     row = load(job.id)
     assert row.status == JobStatus.RETRYING
     assert row.error is not None and row.error["type"] == "WorkerLost"
@@ -310,7 +310,7 @@ def test_an_expired_job_with_worker_losses_left_is_requeued(
     assert row.published_at is not None
     assert (row.attempts, row.worker_losses) == (1, 1)
     assert enqueuer.messages == [JobMessage(job.id, "system.echo", "system", 0)]
-    assert notifier.published == [(job.id, "retrying")]
+    assert announcer.announced == [(job.id, "retrying")]
     assert history(job.id)[-1] == ("status", "retrying", 1)
     # a lost worker does not use up the job's retries (it has none)
     again = runs.claim(db, job.id, worker="w2", lease=LEASE)
@@ -324,16 +324,16 @@ def test_an_expired_job_out_of_worker_losses_fails_with_worker_lost(
     load: Callable[..., Job],
     history: Callable[..., Any],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     job = _running(make_job, db, set_job, max_retries=5)
     for _ in range(2):  # two losses are tolerated...
-        assert expire(db, enqueuer, notifier, max_worker_losses=2) == 1
+        assert expire(db, enqueuer, announcer, max_worker_losses=2) == 1
         assert runs.claim(db, job.id, worker="w", lease=LEASE) is not None
         set_job(job.id, lease_expires_at=_ago(seconds=1))
     enqueuer.messages.clear()
-    notifier.published.clear()
-    assert expire(db, enqueuer, notifier, max_worker_losses=2) == 1  # ...the third is not
+    announcer.announced.clear()
+    assert expire(db, enqueuer, announcer, max_worker_losses=2) == 1  # ...the third is not
     row = load(job.id)
     assert row.status == JobStatus.FAILED
     assert row.error is not None
@@ -344,7 +344,7 @@ def test_an_expired_job_out_of_worker_losses_fails_with_worker_lost(
     assert row.finished_at is not None
     assert row.lease_expires_at is None
     assert enqueuer.messages == []
-    assert notifier.published == [(job.id, "failed")]
+    assert announcer.announced == [(job.id, "failed")]
     assert history(job.id)[-1] == ("status", "failed", 3)
 
 
@@ -354,10 +354,10 @@ def test_with_no_worker_losses_allowed_the_first_loss_fails_the_job(
     set_job: Callable[..., None],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     job = _running(make_job, db, set_job, max_retries=3)
-    assert expire(db, enqueuer, notifier, max_worker_losses=0) == 1
+    assert expire(db, enqueuer, announcer, max_worker_losses=0) == 1
     assert load(job.id).status == JobStatus.FAILED
     assert enqueuer.messages == []
 
@@ -369,17 +369,17 @@ def test_an_expired_job_whose_cancel_was_requested_is_cancelled(
     set_job: Callable[..., None],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     job = _running(make_job, db, set_job, expired=False)
-    jobs.cancel(db, RecordingNotifier(), job.id, member)
+    jobs.cancel(db, RecordingAnnouncer(), job.id, member)
     set_job(job.id, lease_expires_at=_ago(seconds=1))
-    assert expire(db, enqueuer, notifier) == 1
+    assert expire(db, enqueuer, announcer) == 1
     row = load(job.id)
     assert row.status == JobStatus.CANCELLED
     assert row.finished_at is not None
     assert enqueuer.messages == []
-    assert notifier.published == [(job.id, "cancelled")]
+    assert announcer.announced == [(job.id, "cancelled")]
 
 
 def test_a_job_with_a_live_lease_is_left_running(
@@ -388,12 +388,12 @@ def test_a_job_with_a_live_lease_is_left_running(
     set_job: Callable[..., None],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     job = _running(make_job, db, set_job, expired=False)
-    assert expire(db, enqueuer, notifier) == 0
+    assert expire(db, enqueuer, announcer) == 0
     assert load(job.id).status == JobStatus.RUNNING
-    assert enqueuer.messages == [] and notifier.published == []
+    assert enqueuer.messages == [] and announcer.announced == []
 
 
 def test_expire_leases_handles_several_jobs_at_once(
@@ -402,17 +402,17 @@ def test_expire_leases_handles_several_jobs_at_once(
     set_job: Callable[..., None],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     retried = _running(make_job, db, set_job)
     failed = _running(make_job, db, set_job)
     set_job(failed.id, worker_losses=2)
     alive = _running(make_job, db, set_job, expired=False)
-    assert expire(db, enqueuer, notifier, max_worker_losses=2) == 2
+    assert expire(db, enqueuer, announcer, max_worker_losses=2) == 2
     assert load(retried.id).status == JobStatus.RETRYING
     assert load(failed.id).status == JobStatus.FAILED
     assert load(alive.id).status == JobStatus.RUNNING
-    assert sorted(notifier.published) == sorted([(retried.id, "retrying"), (failed.id, "failed")])
+    assert sorted(announcer.announced) == sorted([(retried.id, "retrying"), (failed.id, "failed")])
 
 
 def test_a_requeue_the_broker_refuses_is_left_to_the_outbox_sweep(
@@ -421,12 +421,12 @@ def test_a_requeue_the_broker_refuses_is_left_to_the_outbox_sweep(
     set_job: Callable[..., None],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     sweep: Callable[..., bool],
 ) -> None:
     job = _running(make_job, db, set_job)
     enqueuer.fail = True
-    assert expire(db, enqueuer, notifier) == 1
+    assert expire(db, enqueuer, announcer) == 1
     row = load(job.id)
     assert row.status == JobStatus.RETRYING
     assert row.published_at is None
@@ -441,10 +441,10 @@ def test_a_stale_attempt_cannot_finish_a_job_the_reconciler_requeued(
     set_job: Callable[..., None],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     job = _running(make_job, db, set_job)
-    expire(db, enqueuer, notifier)
+    expire(db, enqueuer, announcer)
     assert not runs.finish(db, job.id, 1, JobStatus.SUCCEEDED, result="late")
     assert load(job.id).status == JobStatus.RETRYING
 
@@ -458,7 +458,7 @@ def test_requeue_unfinished_unpublishes_waiting_jobs_and_frees_running_ones(
     set_job: Callable[..., None],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     waiting = make_job()
     set_job(waiting.id, published_at=utcnow())
@@ -467,5 +467,5 @@ def test_requeue_unfinished_unpublishes_waiting_jobs_and_frees_running_ones(
     assert load(waiting.id).published_at is None
     lease = load(running.id).lease_expires_at
     assert lease is not None and lease < utcnow()
-    assert expire(db, enqueuer, notifier) == 1
+    assert expire(db, enqueuer, announcer) == 1
     assert load(running.id).status == JobStatus.RETRYING

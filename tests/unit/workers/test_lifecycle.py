@@ -11,6 +11,7 @@ import pytest
 from pydantic import Field
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor import bootstrap
 from conveyor.db import make_engine, make_sessionmaker
 from conveyor.errors import PermanentJobError
 from conveyor.models import Job, JobStatus, User
@@ -18,8 +19,9 @@ from conveyor.models.base import utcnow
 from conveyor.registry import JobContext, Payload, Registry, job
 from conveyor.services import jobs, outbox, runs
 from conveyor.services.jobs import JobMessage
-from conveyor.workers.lifecycle import CLAIM_RETRY_MS, JobLifecycle, Resources
-from tests.unit.support import MakeJob, RecordingEnqueuer, RecordingNotifier
+from conveyor.workers.lifecycle import CLAIM_RETRY_MS, JobLifecycle
+from tests import stack
+from tests.unit.support import MakeJob, RecordingAnnouncer, RecordingEnqueuer
 
 REGISTRY = Registry()
 LEASE = dt.timedelta(seconds=30)
@@ -79,17 +81,28 @@ def busy(payload: Numbers) -> None:
 
 @pytest.fixture
 def lifecycle(
-    db: sessionmaker[Session], notifier: RecordingNotifier, enqueuer: RecordingEnqueuer
+    db: sessionmaker[Session], announcer: RecordingAnnouncer, enqueuer: RecordingEnqueuer
 ) -> Iterator[JobLifecycle]:
     HOOK.clear()
-    lifecycle = JobLifecycle(
-        lambda: Resources(db=db, notifier=notifier, enqueuer=enqueuer),
-        lease=LEASE,
-        registry=REGISTRY,
-    )
+    container = _container(db, announcer, enqueuer)
+    lifecycle = JobLifecycle(container, lease=LEASE)
     yield lifecycle
     lifecycle.after_worker_shutdown(None, None)  # type: ignore[arg-type]
+    container.close()
     HOOK.clear()
+
+
+def _container(
+    db: sessionmaker[Session], announcer: RecordingAnnouncer, enqueuer: RecordingEnqueuer
+) -> bootstrap.Container:
+    return bootstrap.Container(
+        stack.test_settings(database_url="sqlite://", broker_url="stub://", redis_url=None),
+        bootstrap.Role.WORKER,
+        registry=REGISTRY,
+        db=db,
+        enqueuer=enqueuer,
+        announcements=announcer,  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture
@@ -108,7 +121,7 @@ def test_a_successful_job_records_its_result(
     lifecycle: JobLifecycle,
     make: Callable[..., Job],
     load: Callable[..., Job],
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     enqueuer: RecordingEnqueuer,
 ) -> None:
     row = make("tests.double", n=21)
@@ -117,7 +130,7 @@ def test_a_successful_job_records_its_result(
     assert done.status == JobStatus.SUCCEEDED
     assert done.result == {"n": 42}
     assert done.attempts == 1
-    assert notifier.published == [(row.id, "running"), (row.id, "succeeded")]
+    assert announcer.announced == [(row.id, "running"), (row.id, "succeeded")]
     assert enqueuer.messages == []
 
 
@@ -133,7 +146,7 @@ def test_a_failure_with_retries_left_schedules_a_delayed_retry(
     lifecycle: JobLifecycle,
     make: Callable[..., Job],
     load: Callable[..., Job],
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     enqueuer: RecordingEnqueuer,
 ) -> None:
     row = make("tests.broken", max_retries=2, n=7)
@@ -149,7 +162,7 @@ def test_a_failure_with_retries_left_schedules_a_delayed_retry(
     [message] = enqueuer.messages
     assert (message.job_id, message.type, message.queue) == (row.id, "tests.broken", "tests")
     assert 500 <= message.delay_ms <= 1000  # min_backoff 1 s, halved at most by the jitter
-    assert notifier.published[-1] == (row.id, "retrying")
+    assert announcer.announced[-1] == (row.id, "retrying")
 
 
 def test_a_retry_the_broker_refuses_is_left_to_the_outbox_sweep(
@@ -240,9 +253,9 @@ def test_progress_is_recorded_and_a_cancel_seen_there_stops_the_job(
     reached: list[str] = []
 
     def first_half(ctx: JobContext) -> None:
-        assert ctx.attempt == 1 and ctx.job_id == str(row.id) and not ctx.cancelled
+        assert ctx.attempt == 1 and ctx.job_id == row.id and not ctx.cancelled
         ctx.progress(0.5, "half way")
-        jobs.cancel(db, RecordingNotifier(), row.id, member)
+        jobs.cancel(db, RecordingAnnouncer(), row.id, member)
         ctx.progress(0.75)  # sees the cancel and raises
         reached.append("after cancel")
 
@@ -266,7 +279,7 @@ def test_the_heartbeat_delivers_a_cancel_to_a_sleeping_job(
     row = make("tests.hook")
 
     def cancel_then_sleep(ctx: JobContext) -> None:
-        jobs.cancel(db, RecordingNotifier(), row.id, member)
+        jobs.cancel(db, RecordingAnnouncer(), row.id, member)
         ctx.sleep(10)  # woken by the heartbeat's lease renewal
 
     HOOK.append(cancel_then_sleep)
@@ -294,14 +307,14 @@ def test_a_message_for_a_finished_job_changes_nothing(
     lifecycle: JobLifecycle,
     make: Callable[..., Job],
     load: Callable[..., Job],
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     row = make("tests.double", n=1)
     run(lifecycle, row)
-    notifier.published.clear()
+    announcer.announced.clear()
     run(lifecycle, row)
     assert load(row.id).attempts == 1
-    assert notifier.published == []
+    assert announcer.announced == []
 
 
 def test_a_message_without_a_job_id_is_dropped(
@@ -319,14 +332,9 @@ def test_a_claim_the_database_refuses_is_delivered_again_later(
 ) -> None:
     row = make("tests.double")
     engine = make_engine(f"sqlite:///{tmp_path / 'missing' / 'nowhere.db'}", pool_size=1)
-    unreachable = JobLifecycle(
-        lambda: Resources(
-            db=make_sessionmaker(engine), notifier=RecordingNotifier(), enqueuer=enqueuer
-        ),
-        lease=LEASE,
-        registry=REGISTRY,
-    )
-    run(unreachable, row)
+    container = _container(make_sessionmaker(engine), RecordingAnnouncer(), enqueuer)
+    run(JobLifecycle(container, lease=LEASE), row)
+    container.close()
     engine.dispose()
     assert enqueuer.messages == [JobMessage(row.id, "tests.double", "tests", CLAIM_RETRY_MS)]
     assert load(row.id).status == JobStatus.QUEUED
@@ -342,7 +350,7 @@ def test_a_lost_worker_does_not_use_up_the_retries_of_a_failing_job(
     row = make("tests.broken", max_retries=1)
     assert runs.claim(db, row.id, worker="dies", lease=LEASE) is not None
     set_job(row.id, lease_expires_at=utcnow() - dt.timedelta(seconds=1))
-    outbox.expire_leases(db, RecordingEnqueuer(), RecordingNotifier(), max_worker_losses=2)
+    outbox.expire_leases(db, RecordingEnqueuer(), RecordingAnnouncer(), max_worker_losses=2)
     run(lifecycle, row)  # attempt 2: the job's own first failure; one retry left
     after = load(row.id)
     assert (after.attempts, after.worker_losses) == (2, 1)
@@ -353,7 +361,7 @@ def test_a_job_cancelled_while_its_attempt_fails_ends_cancelled(
     lifecycle: JobLifecycle,
     make: Callable[..., Job],
     load: Callable[..., Job],
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     enqueuer: RecordingEnqueuer,
     db: sessionmaker[Session],
     member: User,
@@ -361,11 +369,11 @@ def test_a_job_cancelled_while_its_attempt_fails_ends_cancelled(
     row = make("tests.hook", max_retries=3)
 
     def cancel_then_fail(ctx: JobContext) -> None:
-        jobs.cancel(db, RecordingNotifier(), row.id, member)
+        jobs.cancel(db, RecordingAnnouncer(), row.id, member)
         raise RuntimeError("failed before the cancel was seen")
 
     HOOK.append(cancel_then_fail)
     run(lifecycle, row)
     assert load(row.id).status == JobStatus.CANCELLED
-    assert notifier.published[-1] == (row.id, "cancelled")
+    assert announcer.announced[-1] == (row.id, "cancelled")
     assert enqueuer.messages == []

@@ -5,16 +5,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.background.batcher import SubmitBatcher
 from conveyor.ids import uuid7
 from conveyor.models import Job, User
-from conveyor.services.batching import SubmitBatcher
-from conveyor.services.jobs import NewJob
+from conveyor.services.submissions import NewJob, write_many
 
 
 class Commits:
@@ -45,7 +46,7 @@ class Commits:
 
 @pytest.fixture
 def batcher(db: sessionmaker[Session]) -> Iterator[SubmitBatcher]:
-    batcher = SubmitBatcher(db)
+    batcher = SubmitBatcher(partial(write_many, db))
     yield batcher
     batcher.close()
 
@@ -76,7 +77,7 @@ def _jobs(db: sessionmaker[Session]) -> int:
 def test_a_submission_comes_back_as_the_committed_job(
     db: sessionmaker[Session], member: User, batcher: SubmitBatcher, load: Callable[..., Job]
 ) -> None:
-    job = batcher.submit(_new(member, 7)).result(timeout=5)
+    job = batcher.write(_new(member, 7)).result(timeout=5)
     assert job.payload == {"i": 7}
     assert job.owner_id == member.id
     assert load(job.id).status == "queued"
@@ -89,9 +90,9 @@ def test_submissions_arriving_during_a_commit_share_the_next_one(
     commits: Callable[..., Commits],
 ) -> None:
     counter = commits(hold_first=True)
-    first = batcher.submit(_new(member))
+    first = batcher.write(_new(member))
     assert counter.holding.wait(timeout=5)
-    rest = [batcher.submit(_new(member, i)) for i in range(1, 21)]
+    rest = [batcher.write(_new(member, i)) for i in range(1, 21)]
     counter.release.set()
     results = [f.result(timeout=5) for f in [first, *rest]]
     assert [j.payload["i"] for j in results] == list(range(21))
@@ -103,12 +104,12 @@ def test_submissions_arriving_during_a_commit_share_the_next_one(
 def test_batches_are_at_most_max_batch_jobs(
     db: sessionmaker[Session], member: User, commits: Callable[..., Commits]
 ) -> None:
-    batcher = SubmitBatcher(db, max_batch=3)
+    batcher = SubmitBatcher(partial(write_many, db), max_batch=3)
     try:
         counter = commits(hold_first=True)
-        first = batcher.submit(_new(member))
+        first = batcher.write(_new(member))
         assert counter.holding.wait(timeout=5)
-        rest = [batcher.submit(_new(member, i)) for i in range(1, 8)]
+        rest = [batcher.write(_new(member, i)) for i in range(1, 8)]
         counter.release.set()
         for future in [first, *rest]:
             future.result(timeout=5)
@@ -121,7 +122,7 @@ def test_a_failed_write_fails_the_submission(
     db: sessionmaker[Session], batcher: SubmitBatcher
 ) -> None:
     stranger = NewJob("system.echo", "system", {}, 0, uuid7())  # no such user
-    future = batcher.submit(stranger)
+    future = batcher.write(stranger)
     with pytest.raises(Exception, match="FOREIGN KEY"):
         future.result(timeout=5)
     assert _jobs(db) == 0
@@ -131,8 +132,8 @@ def test_the_batcher_keeps_working_after_a_failed_write(
     db: sessionmaker[Session], member: User, batcher: SubmitBatcher
 ) -> None:
     with pytest.raises(Exception, match="FOREIGN KEY"):
-        batcher.submit(NewJob("system.echo", "system", {}, 0, uuid7())).result(timeout=5)
-    assert batcher.submit(_new(member)).result(timeout=5).owner_id == member.id
+        batcher.write(NewJob("system.echo", "system", {}, 0, uuid7())).result(timeout=5)
+    assert batcher.write(_new(member)).result(timeout=5).owner_id == member.id
 
 
 def test_a_bad_submission_does_not_fail_the_others_in_its_batch(
@@ -142,11 +143,11 @@ def test_a_bad_submission_does_not_fail_the_others_in_its_batch(
     commits: Callable[..., Commits],
 ) -> None:
     counter = commits(hold_first=True)
-    first = batcher.submit(_new(member))
+    first = batcher.write(_new(member))
     assert counter.holding.wait(timeout=5)
-    good: list[Future[Job]] = [batcher.submit(_new(member, 1))]
-    bad = batcher.submit(NewJob("system.echo", "system", {}, 0, uuid7()))
-    good.append(batcher.submit(_new(member, 2)))
+    good: list[Future[Job]] = [batcher.write(_new(member, 1))]
+    bad = batcher.write(NewJob("system.echo", "system", {}, 0, uuid7()))
+    good.append(batcher.write(_new(member, 2)))
     counter.release.set()
     first.result(timeout=5)
     with pytest.raises(Exception, match="FOREIGN KEY"):
@@ -155,8 +156,8 @@ def test_a_bad_submission_does_not_fail_the_others_in_its_batch(
 
 
 def test_close_writes_what_is_queued(db: sessionmaker[Session], member: User) -> None:
-    batcher = SubmitBatcher(db)
-    futures = [batcher.submit(_new(member, i)) for i in range(10)]
+    batcher = SubmitBatcher(partial(write_many, db))
+    futures = [batcher.write(_new(member, i)) for i in range(10)]
     batcher.close()
     assert all(f.done() for f in futures)
     assert sorted(f.result().payload["i"] for f in futures) == list(range(10))
@@ -172,12 +173,12 @@ def test_a_cancelled_request_does_not_stop_the_batcher(
     # aiohttp cancels a handler whose client left (or at shutdown); its future is cancelled
     # while the batch is being written.
     counter = commits(hold_first=True)
-    first = batcher.submit(_new(member))
+    first = batcher.write(_new(member))
     assert counter.holding.wait(timeout=5)
-    gone = batcher.submit(_new(member, 1))
+    gone = batcher.write(_new(member, 1))
     assert gone.cancel()
     counter.release.set()
     assert first.result(timeout=5).payload == {"i": 0}
-    after = batcher.submit(_new(member, 2)).result(timeout=5)  # the thread still serves
+    after = batcher.write(_new(member, 2)).result(timeout=5)  # the thread still serves
     assert after.payload == {"i": 2}
     assert _jobs(db) == 3  # the cancelled request's job was written all the same

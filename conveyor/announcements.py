@@ -1,7 +1,9 @@
-"""Job-status fan-out to waiting clients: Redis pub/sub across processes, or in-process.
+"""Announcements: wake-ups for clients waiting on a job, over Redis pub/sub or in-process.
 
-Workers call `publish` after each committed transition; the web process `subscribe`s
-per job while a request waits (`?wait=`, `Prefer: wait`, server-sent events).
+Whoever commits a transition `announce`s it; the web process `listen`s per job while a request
+waits (`?wait=`, `Prefer: wait`, server-sent events). An announcement carries no state the
+answer relies on: the listener reads the row again. (A job's history is the `job_events`
+table; these are only wake-ups.)
 """
 
 from __future__ import annotations
@@ -43,17 +45,27 @@ async def _ticking(queue: asyncio.Queue[str]) -> AsyncIterator[None]:
         task.cancel()
 
 
-class Events(Protocol):
-    def publish(self, job_id: uuid.UUID, status: str) -> None:
-        """Announce that the job changed (from any thread)."""
+class Announcer(Protocol):
+    """What the services need: a way to say that a job changed."""
 
-    def subscribe(
+    def announce(self, job_id: uuid.UUID, status: str) -> None:
+        """Announce that the job changed (from any thread; never blocks)."""
+
+
+class Announcements(Announcer, Protocol):
+    """Announcing and listening (the web process)."""
+
+    def listen(
         self, job_id: uuid.UUID
     ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[str]]:
         """Statuses of the job, as they are announced, while the context is open
         (`UNKNOWN` when the status must be read again)."""
 
-    async def close(self) -> None: ...
+    def close(self) -> None:
+        """Send what is still queued and release the connections (any thread)."""
+
+    async def stop_listening(self) -> None:
+        """End the listening side, on the loop that listened (the web app's shutdown)."""
 
 
 class _Subscribers:
@@ -89,17 +101,17 @@ class _Subscribers:
                 loop.call_soon_threadsafe(queue.put_nowait, status)
 
 
-class MemoryEvents:
-    """Events within one process (the embedded mode, and tests)."""
+class MemoryAnnouncements:
+    """Announcements within one process (the embedded mode, and tests)."""
 
     def __init__(self) -> None:
         self._subscribers = _Subscribers()
 
-    def publish(self, job_id: uuid.UUID, status: str) -> None:
+    def announce(self, job_id: uuid.UUID, status: str) -> None:
         self._subscribers.deliver(job_id, status)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[str]]:
+    async def listen(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[str]]:
         queue: asyncio.Queue[str] = asyncio.Queue()
         self._subscribers.add(job_id, queue)
         try:
@@ -107,14 +119,17 @@ class MemoryEvents:
         finally:
             self._subscribers.remove(job_id, queue)
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        return None
+
+    async def stop_listening(self) -> None:
         return None
 
 
-class RedisEvents:
-    """Events over Redis pub/sub, one channel per job (`<prefix>:job:<id>`).
+class RedisAnnouncements:
+    """Announcements over Redis pub/sub, one channel per job (`<prefix>:job:<id>`).
 
-    `publish` never blocks: a background thread sends what accumulated in one pipeline, so
+    `announce` never blocks: a background thread sends what accumulated in one pipeline, so
     announcing costs a worker thread next to nothing and Redis one round trip per batch. The
     web process holds one subscriber connection and subscribes to a job's channel only while
     someone waits on it.
@@ -126,12 +141,13 @@ class RedisEvents:
         self.url = url
         self.prefix = prefix
         self._client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        self._paused_until = 0.0  # after a failed publish, skip publishing for a moment
+        self._paused_until = 0.0  # after a failed send, skip announcing for a moment
         self._announcements: SimpleQueue[tuple[str, str] | None] = SimpleQueue()
         self._announcer: threading.Thread | None = None
         self._announcer_lock = threading.Lock()
         self._subscribers = _Subscribers()
         self._pubsub: Any = None
+        self._aclient: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._start_lock: asyncio.Lock | None = None
         self._wake = asyncio.Event()
@@ -139,7 +155,7 @@ class RedisEvents:
     def channel(self, job_id: uuid.UUID) -> str:
         return f"{self.prefix}:job:{job_id}"
 
-    def publish(self, job_id: uuid.UUID, status: str) -> None:
+    def announce(self, job_id: uuid.UUID, status: str) -> None:
         if self._announcer is None:
             with self._announcer_lock:
                 if self._announcer is None:
@@ -181,8 +197,8 @@ class RedisEvents:
                 "could not announce %d change(s) (Redis unreachable?): %r", len(batch), exc
             )
 
-    def close_publisher(self) -> None:
-        """Send what is queued, then stop the publishing thread."""
+    def close_announcer(self) -> None:
+        """Send what is queued, then stop the announcing thread."""
         if self._announcer is not None:
             self._announcements.put(None)
             self._announcer.join(timeout=5)
@@ -204,7 +220,7 @@ class RedisEvents:
                     await pubsub.aclose()
                     await client.aclose()
                     raise
-                self._pubsub = pubsub
+                self._pubsub, self._aclient = pubsub, client
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read())
         return self._pubsub
@@ -231,7 +247,7 @@ class RedisEvents:
                     self._subscribers.deliver(job_id, json.loads(message["data"])["status"])
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[str]]:
+    async def listen(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[str]]:
         queue: asyncio.Queue[str] = asyncio.Queue()
         try:
             pubsub = await self._ensure_reader()
@@ -251,12 +267,17 @@ class RedisEvents:
                 with contextlib.suppress(Exception):
                     await pubsub.unsubscribe(self.channel(job_id))
 
-    async def close(self) -> None:
-        self.close_publisher()
+    def close(self) -> None:
+        self.close_announcer()
+        self._client.close()
+
+    async def stop_listening(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+            self._reader = None
         if self._pubsub is not None:
-            await self._pubsub.aclose()
-        self._client.close()
+            pubsub, self._pubsub = self._pubsub, None
+            await pubsub.aclose()
+            await self._aclient.aclose()

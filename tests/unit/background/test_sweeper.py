@@ -9,12 +9,12 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.background.sweeper import Sweeper
 from conveyor.models import Job, JobStatus
 from conveyor.models.base import utcnow
-from conveyor.services import runs
-from conveyor.services.sweeper import Sweeper
+from conveyor.services import outbox, runs
 from tests.stack import wait_until
-from tests.unit.support import MakeJob, RecordingEnqueuer, RecordingNotifier
+from tests.unit.support import MakeJob, RecordingAnnouncer, RecordingEnqueuer
 
 
 class ConfirmingEnqueuer(RecordingEnqueuer):
@@ -32,13 +32,13 @@ class ConfirmingEnqueuer(RecordingEnqueuer):
 def _sweeper(
     db: sessionmaker[Session],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     interval: float = 60.0,
 ) -> Sweeper:
     return Sweeper(
         db,
         enqueuer,
-        notifier,
+        announcer,
         interval=interval,
         grace=dt.timedelta(0),
         requeue_after=dt.timedelta(minutes=15),
@@ -52,30 +52,30 @@ def test_a_sweep_publishes_the_outbox_and_requeues_expired_jobs(
     set_job: Callable[..., None],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     waiting = make_job()
     lost = make_job()
     assert runs.claim(db, lost.id, worker="w", lease=dt.timedelta(seconds=30)) is not None
     set_job(lost.id, lease_expires_at=utcnow() - dt.timedelta(seconds=1))
-    _sweeper(db, enqueuer, notifier).sweep_once()
+    _sweeper(db, enqueuer, announcer).sweep_once()
     assert sorted(m.job_id for m in enqueuer.messages) == sorted([waiting.id, lost.id])
     assert load(waiting.id).published_at is not None
     assert load(lost.id).status == JobStatus.RETRYING
-    assert notifier.published == [(lost.id, "retrying")]
+    assert announcer.announced == [(lost.id, "retrying")]
 
 
 def test_a_sweep_marks_confirmed_publishes(
     make_job: MakeJob,
     db: sessionmaker[Session],
     load: Callable[..., Job],
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     job = make_job()
     enqueuer = ConfirmingEnqueuer()
     enqueuer.confirmed.append(job.id)
-    sweeper = _sweeper(db, enqueuer, notifier)
-    sweeper.flush_confirmed()
+    sweeper = _sweeper(db, enqueuer, announcer)
+    outbox.flush_confirmed(db, enqueuer)
     assert load(job.id).published_at is not None
     sweeper.sweep_once()
     assert enqueuer.messages == []  # already published: nothing for the outbox
@@ -86,12 +86,12 @@ def test_a_sweep_survives_a_broker_outage(
     db: sessionmaker[Session],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     job = make_job()
     enqueuer.fail = True
-    sweeper = _sweeper(db, enqueuer, notifier)
+    sweeper = _sweeper(db, enqueuer, announcer)
     sweeper.sweep_once()
     assert "sweep failed" in caplog.text
     assert load(job.id).published_at is None
@@ -105,10 +105,10 @@ def test_the_sweeper_thread_sweeps_until_stopped(
     db: sessionmaker[Session],
     load: Callable[..., Job],
     enqueuer: RecordingEnqueuer,
-    notifier: RecordingNotifier,
+    announcer: RecordingAnnouncer,
 ) -> None:
     job = make_job()
-    sweeper = _sweeper(db, enqueuer, notifier, interval=0.02)
+    sweeper = _sweeper(db, enqueuer, announcer, interval=0.02)
     sweeper.start()
     try:
         wait_until(lambda: load(job.id).published_at is not None, timeout=5)

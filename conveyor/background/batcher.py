@@ -11,12 +11,11 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from conveyor.models import Job
-from conveyor.services.jobs import NewJob, submit_many
+from conveyor.services.submissions import NewJob
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +23,19 @@ _STOP = object()
 
 
 class SubmitBatcher:
-    """Writes submissions in batches of up to `max_batch` on its own thread."""
+    """Writes submissions in batches of up to `max_batch` on its own thread, with
+    `write_many` (one transaction per batch); the `Writer` of `services.submissions`."""
 
-    def __init__(self, db: sessionmaker[Session], *, max_batch: int = 256) -> None:
-        self.db = db
+    def __init__(
+        self, write_many: Callable[[Sequence[NewJob]], list[Job]], *, max_batch: int = 256
+    ) -> None:
+        self.write_many = write_many
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[NewJob, Future[Job]] | object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="conveyor-submit", daemon=True)
         self._thread.start()
 
-    def submit(self, new: NewJob) -> Future[Job]:
+    def write(self, new: NewJob) -> Future[Job]:
         """The job, once committed (or the error that prevented it)."""
         future: Future[Job] = Future()
         self._queue.put((new, future))
@@ -69,7 +71,7 @@ class SubmitBatcher:
         # A request that went away (its future cancelled) is written all the same: an extra
         # job is safer than one the client may believe was accepted.
         try:
-            created = submit_many(self.db, [new for new, _ in batch])
+            created = self.write_many([new for new, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 logger.warning("could not write a submission: %r", exc)

@@ -1,0 +1,1 @@
+"""Background threads of the web process: the outbox sweeper and the submission batcher."""

@@ -1,0 +1,102 @@
+"""The background loop that keeps the outbox drained, delayed jobs on time and leases honest.
+
+It runs in every `conveyor web` process and in `conveyor dev`; several may run at once, as
+they take rows with FOR UPDATE SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.announcements import Announcer
+from conveyor.models.base import utcnow
+from conveyor.services import outbox
+from conveyor.services.jobs import Enqueuer
+
+logger = logging.getLogger(__name__)
+
+
+class Sweeper(threading.Thread):
+    """Every `interval`, or sooner when a scheduled job comes due: mark confirmed publishes,
+    expire leases, queue due scheduled jobs, publish the outbox."""
+
+    def __init__(
+        self,
+        db: sessionmaker[Session],
+        enqueuer: Enqueuer,
+        announcer: Announcer,
+        *,
+        interval: float,
+        grace: dt.timedelta,
+        requeue_after: dt.timedelta,
+        max_worker_losses: int,
+    ) -> None:
+        super().__init__(name="conveyor-sweeper", daemon=True)
+        self.db = db
+        self.enqueuer = enqueuer
+        self.announcer = announcer
+        self.interval = interval
+        self.grace = grace
+        self.requeue_after = requeue_after
+        self.max_worker_losses = max_worker_losses
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._next_pass = utcnow()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.sweep_once()
+            self._sleep()
+        outbox.flush_confirmed(self.db, self.enqueuer)
+
+    def _sleep(self) -> None:
+        """Until the next pass: `interval` from now, or when the next scheduled job is due."""
+        now = utcnow()
+        due = now + dt.timedelta(seconds=self.interval)
+        try:
+            first = outbox.next_due(self.db)
+        except Exception as exc:
+            logger.warning("could not read when the next scheduled job is due: %r", exc)
+            first = None
+        with self._lock:
+            self._next_pass = min(due, first) if first is not None else due
+            self._wake.clear()
+        while not self.stopping.is_set():
+            with self._lock:
+                remaining = (self._next_pass - utcnow()).total_seconds()
+            if remaining <= 0 or self._wake.wait(remaining):
+                return
+
+    def wake_at(self, when: dt.datetime) -> None:
+        """Make the next pass no later than `when` (a job was scheduled for then)."""
+        with self._lock:
+            if when < self._next_pass:
+                self._next_pass = when
+                self._wake.set()
+
+    def sweep_once(self) -> None:
+        """One pass; failures are logged and retried on the next pass."""
+        try:
+            outbox.flush_confirmed(self.db, self.enqueuer)
+            outbox.expire_leases(
+                self.db, self.enqueuer, self.announcer, max_worker_losses=self.max_worker_losses
+            )
+            while outbox.promote_due(self.db, self.enqueuer, self.announcer):
+                pass  # a full batch: there may be more
+            while outbox.publish_pending(
+                self.db, self.enqueuer, grace=self.grace, requeue_after=self.requeue_after
+            ):
+                pass
+        except Exception as exc:
+            logger.warning("sweep failed (will retry): %r", exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wake.set()
+        if self.is_alive():
+            self.join(timeout=10)

@@ -1,0 +1,309 @@
+"""The composition root: builds each process's resources once, and closes them in order.
+
+`conveyor web`, every worker pool, `conveyor dev`, the scheduler and the test stack get their
+database, broker, publishers, announcements, job loop, HTTP client and the resources that pools
+register from a `Container`; nothing else constructs them. Each resource is built on first
+use (a worker builds its own after Dramatiq started its process) and closed in the reverse
+order of building, so nothing is closed while something built on it still runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import dramatiq
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.aio import LoopThread
+from conveyor.announcements import Announcements, MemoryAnnouncements, RedisAnnouncements
+from conveyor.background.batcher import SubmitBatcher
+from conveyor.background.sweeper import Sweeper
+from conveyor.broker import BrokerEnqueuer, build_broker
+from conveyor.db import close_direct, make_engine, make_sessionmaker
+from conveyor.errors import UnknownResourceError
+from conveyor.httpclient import SharedHttpClient
+from conveyor.outbound import HttpClient
+from conveyor.registry import JOBS, Registry
+from conveyor.services.jobs import Enqueuer
+from conveyor.services.submissions import Submissions, write_many
+from conveyor.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Builds a named resource from the container (its settings, job loop, HTTP client...).
+#: The object's `close()`, if it has one, is called when the container closes.
+ResourceFactory = Callable[["Container"], Any]
+
+
+class Role(enum.StrEnum):
+    """Which process the container serves; it decides what is shared and how big."""
+
+    WEB = "web"
+    WORKER = "worker"
+    SCHEDULER = "scheduler"
+    DEV = "dev"
+    CLI = "cli"
+
+
+#: Roles that answer HTTP requests: group-committed submissions, the sweeper.
+SERVES_HTTP = frozenset({Role.WEB, Role.DEV})
+
+
+class Container:
+    """The resources of one process, each built once on first use (from any thread).
+
+    `db`, `broker`, `enqueuer`, `announcements` and `http` may be given instead (tests, the
+    embedded mode); the container then uses them and leaves closing them to whoever made them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        role: Role,
+        *,
+        registry: Registry = JOBS,
+        db: sessionmaker[Session] | None = None,
+        broker: dramatiq.Broker | None = None,
+        enqueuer: Enqueuer | None = None,
+        announcements: Announcements | None = None,
+        http: HttpClient | None = None,
+        resources: Mapping[str, ResourceFactory] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.role = Role(role)
+        self.registry = registry
+        self._given: dict[str, Any] = {
+            "db": db,
+            "broker": broker,
+            "enqueuer": enqueuer,
+            "announcements": announcements,
+            "http": http,
+        }
+        self._factories: dict[str, ResourceFactory] = dict(resources or {})
+        self._built: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._closing = contextlib.ExitStack()
+        self.closed = False
+
+    # --- building ---------------------------------------------------------------------------
+
+    def _get(self, name: str, build: Callable[[], T], close: Callable[[T], Any] | None) -> T:
+        given = self._given.get(name)
+        if given is not None:
+            return given  # type: ignore[no-any-return]
+        try:
+            return self._built[name]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        with self._lock:
+            if name not in self._built:
+                if self.closed:
+                    raise RuntimeError(f"the container is closed; cannot build {name}")
+                value = build()
+                self._built[name] = value
+                if close is not None:
+                    self._closing.callback(_closer(name, close, value))
+            return self._built[name]  # type: ignore[no-any-return]
+
+    @property
+    def engine(self) -> Engine:
+        def build() -> Engine:
+            pool = self.settings.db_pool_size
+            if self.role is Role.DEV:  # worker threads and the web process share it
+                pool = max(pool, self.settings.worker_threads + 4)
+            elif self.role is Role.CLI:
+                pool = 1
+            return make_engine(self.settings.database_url, pool_size=pool)
+
+        def close(engine: Engine) -> None:
+            close_direct(engine)
+            engine.dispose()
+
+        return self._get("engine", build, close)
+
+    @property
+    def db(self) -> sessionmaker[Session]:
+        """Database sessions (`with db.begin() as session:` commits)."""
+        return self._get("db", lambda: make_sessionmaker(self.engine), None)
+
+    @property
+    def broker(self) -> dramatiq.Broker:
+        """The Dramatiq broker the settings name (not connected until first used)."""
+        settings = self.settings
+        return self._get(
+            "broker",
+            lambda: build_broker(settings.broker_url, namespace=settings.broker_namespace),
+            lambda broker: broker.close(),
+        )
+
+    @property
+    def enqueuer(self) -> Enqueuer:
+        """Publishes job messages; a few threads in the web process, one elsewhere."""
+        threads = self.settings.publish_threads if self.role in SERVES_HTTP else 1
+        return self._get(
+            "enqueuer",
+            lambda: BrokerEnqueuer(self.broker, threads=threads),
+            lambda enqueuer: enqueuer.close(),
+        )
+
+    @property
+    def announcements(self) -> Announcements:
+        """Job-status wake-ups: Redis when `redis_url` is set, else within this process."""
+
+        def build() -> Announcements:
+            url = self.settings.redis_url
+            if url:
+                return RedisAnnouncements(url, self.settings.redis_prefix)
+            if self.role not in (Role.DEV,):
+                logger.warning(
+                    "no redis_url: clients waiting on jobs are woken only by this process"
+                )
+            return MemoryAnnouncements()
+
+        return self._get("announcements", build, lambda announcements: announcements.close())
+
+    @property
+    def db_executor(self) -> ThreadPoolExecutor:
+        """Threads that run database calls for the web process (off its event loop)."""
+        return self._get(
+            "db_executor",
+            lambda: ThreadPoolExecutor(self.settings.db_threads, thread_name_prefix="conveyor-db"),
+            lambda pool: pool.shutdown(wait=True),
+        )
+
+    @property
+    def batcher(self) -> SubmitBatcher:
+        """Group commit of keyless submissions (the web process)."""
+        db = self.db
+        return self._get(
+            "batcher",
+            lambda: SubmitBatcher(lambda batch: write_many(db, batch)),
+            lambda batcher: batcher.close(),
+        )
+
+    @property
+    def sweeper(self) -> Sweeper:
+        """The outbox sweeper and lease reconciler thread (started by `start_sweeper`)."""
+        settings = self.settings
+
+        def build() -> Sweeper:
+            return Sweeper(
+                self.db,
+                self.enqueuer,
+                self.announcements,
+                interval=settings.sweep_interval_seconds,
+                grace=dt.timedelta(seconds=settings.publish_grace_seconds),
+                requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
+                max_worker_losses=settings.max_worker_losses,
+            )
+
+        return self._get("sweeper", build, lambda sweeper: sweeper.stop())
+
+    def start_sweeper(self) -> Sweeper:
+        sweeper = self.sweeper
+        if not sweeper.is_alive():
+            sweeper.start()
+        return sweeper
+
+    @property
+    def submissions(self) -> Submissions:
+        """The one submission path, wired for this process."""
+
+        def build() -> Submissions:
+            serves_http = self.role in SERVES_HTTP
+            return Submissions(
+                self.db,
+                self.registry,
+                self.enqueuer,
+                max_delay=dt.timedelta(seconds=self.settings.max_delay_seconds),
+                writer=self.batcher if serves_http else None,
+                executor=self.db_executor if serves_http else None,
+                on_scheduled=self.sweeper.wake_at if serves_http else None,
+            )
+
+        return self._get("submissions", build, None)
+
+    @property
+    def loop(self) -> LoopThread:
+        """The job event loop: `async def` jobs and their shared clients run on it."""
+        return self._get("loop", LoopThread, lambda loop: loop.close())
+
+    @property
+    def http(self) -> HttpClient:
+        """The shared outbound HTTP client (`ctx.http`)."""
+        settings = self.settings
+
+        def build() -> SharedHttpClient:
+            return SharedHttpClient(
+                self.loop,
+                timeout_seconds=settings.http_timeout_seconds,
+                connect_timeout_seconds=settings.http_connect_timeout_seconds,
+                max_response_bytes=settings.http_max_response_bytes,
+            )
+
+        return self._get("http", build, lambda client: client.close())
+
+    def is_built(self, name: str) -> bool:
+        """Whether the resource `name` exists already (given, or built)."""
+        return self._given.get(name) is not None or name in self._built
+
+    # --- named resources of the pools -------------------------------------------------------
+
+    def register(self, name: str, factory: ResourceFactory) -> None:
+        """Declare a named resource (built on first `resource(name)`)."""
+        with self._lock:
+            if name in self._factories:
+                raise ValueError(f"resource {name!r} is already registered")
+            self._factories[name] = factory
+
+    def resource(self, name: str) -> Any:
+        """The named resource, built on first use; UnknownResourceError if none is registered."""
+        factory = self._factories.get(name)
+        if factory is None:
+            known = ", ".join(sorted(self._factories)) or "none"
+            raise UnknownResourceError(
+                f"no resource {name!r} is registered in this process (registered: {known})"
+            )
+
+        def close(value: Any) -> None:
+            if callable(getattr(value, "close", None)):
+                value.close()
+
+        return self._get(f"resource:{name}", lambda: factory(self), close)
+
+    # --- closing ----------------------------------------------------------------------------
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close what was built, newest first; a failure is logged and the rest still close."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            closing, self._closing = self._closing, contextlib.ExitStack()
+        closing.close()
+        self._built.clear()
+
+
+def _closer(name: str, close: Callable[[T], Any], value: T) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            close(value)
+        except Exception:
+            logger.warning("could not close %s cleanly", name, exc_info=True)
+
+    return run

@@ -1,0 +1,139 @@
+"""The shared outbound HTTP client of a process (`ctx.http`): one aiohttp session on the
+process's job loop, one connection pool, timeouts and a response size limit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from conveyor import __version__
+from conveyor.aio import LoopThread
+from conveyor.errors import OutboundHttpError
+from conveyor.outbound import HttpResponse
+
+USER_AGENT = f"conveyor/{__version__}"
+READ_CHUNK = 64 * 1024
+
+
+class SharedHttpClient:
+    """An `HttpClient`: one aiohttp session on the process's job loop, made on first use.
+
+    Every request has a total and a connect timeout, and a response body larger than
+    `max_response_bytes` is an error rather than a memory spike. Network failures raise
+    `OutboundHttpError` (a `TransientError`: the job is retried).
+    """
+
+    def __init__(
+        self,
+        loop: LoopThread,
+        *,
+        timeout_seconds: float = 30.0,
+        connect_timeout_seconds: float = 10.0,
+        max_response_bytes: int = 10 * 1024 * 1024,
+        max_connections: int = 100,
+    ) -> None:
+        self._loop = loop
+        self.timeout = aiohttp.ClientTimeout(
+            total=timeout_seconds, sock_connect=connect_timeout_seconds
+        )
+        self.max_response_bytes = max_response_bytes
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: bytes | str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> HttpResponse:
+        """Send a request and wait for the whole response (from a worker thread)."""
+        if self._loop.in_loop:
+            raise RuntimeError("in an async job, use `await ctx.http.arequest(...)`")
+        return self._loop.run(self._send(method, url, params, headers, json, data, timeout_seconds))
+
+    async def arequest(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: bytes | str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> HttpResponse:
+        """Send a request and read the whole response (from any event loop)."""
+        return await self._loop.run_here(
+            self._send(method, url, params, headers, json, data, timeout_seconds)
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        json: Any,
+        data: bytes | str | None,
+        timeout_seconds: float | None,
+    ) -> HttpResponse:
+        session = self._ensure_session()
+        limits = self.timeout
+        if timeout_seconds is not None:
+            connect = min(timeout_seconds, self.timeout.sock_connect or timeout_seconds)
+            limits = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=connect)
+        try:
+            async with session.request(
+                method, url, params=params, headers=headers, json=json, data=data, timeout=limits
+            ) as response:
+                body = await self._read(response)
+                return HttpResponse(
+                    response.status,
+                    str(response.url),
+                    CIMultiDictProxy(CIMultiDict(response.headers)),
+                    body,
+                )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise OutboundHttpError(f"{method} {url} failed: {reason}") from exc
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        declared = response.content_length
+        if declared is not None and declared > self.max_response_bytes:
+            raise OutboundHttpError(
+                f"the response of {response.url} is {declared} bytes; "
+                f"the limit is {self.max_response_bytes}"
+            )
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(READ_CHUNK):
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise OutboundHttpError(
+                    f"the response of {response.url} exceeds {self.max_response_bytes} bytes"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout,
+                headers={"User-Agent": USER_AGENT},
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                raise_for_status=False,
+            )
+        return self._session
+
+    def close(self) -> None:
+        """Close the session and its connections (from any thread but the loop's)."""
+        if self._session is not None and not self._loop.loop.is_closed():
+            session, self._session = self._session, None
+            self._loop.run(session.close())
