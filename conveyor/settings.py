@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         "ends failed; counted apart from its retries.",
     )
     sweep_interval_seconds: float = Field(
-        1.0, gt=0, description="How often the sweeper looks for unpublished and stalled jobs."
+        1.0, gt=0, description="How often the sweeper looks for unpublished, due and stalled jobs."
     )
     publish_grace_seconds: float = Field(
         3.0, ge=0, description="Age after which a committed but unpublished job is swept."
