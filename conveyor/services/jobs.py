@@ -132,10 +132,12 @@ def list_jobs(
     *,
     statuses: Sequence[str] = (),
     types: Sequence[str] = (),
+    parent_id: uuid.UUID | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> Page:
-    """Newest first, by keyset pagination on the time-ordered id."""
+    """Newest first, by keyset pagination on the time-ordered id; `parent_id` keeps the
+    children of that job."""
     query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
     if viewer.role != Role.ADMIN:
         query = query.where(Job.owner_id == viewer.id)
@@ -143,6 +145,8 @@ def list_jobs(
         query = query.where(Job.status.in_(statuses))
     if types:
         query = query.where(Job.type.in_(types))
+    if parent_id is not None:
+        query = query.where(Job.parent_id == parent_id)
     if cursor:
         query = query.where(Job.id < decode_cursor(cursor))
     with db() as session:
