@@ -31,6 +31,7 @@ from conveyor.http.keys import (
 from conveyor.http.metrics import Metrics
 from conveyor.http.middleware import authenticate, observe, problems
 from conveyor.http.openapi import build_openapi
+from conveyor.http.user_cache import UserCache
 from conveyor.registry import JOBS, Registry
 from conveyor.services.auth import TokenConfig, TokenVerifier
 from conveyor.services.batching import SubmitBatcher
@@ -68,7 +69,7 @@ def create_app(
     app[TOKENS] = TokenVerifier(token_config(settings))
     app[METRICS] = Metrics()
     app[OPENAPI] = build_openapi(registry)
-    app[USER_CACHE] = {}
+    app[USER_CACHE] = UserCache()
     app[BROKER] = broker or build_broker(settings.broker_url, namespace=settings.broker_namespace)
     app[EVENTS] = events or (
         RedisEvents(settings.redis_url, settings.redis_prefix)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.events import Events
 from conveyor.http.metrics import Metrics
+from conveyor.http.user_cache import UserCache
 from conveyor.models import User
 from conveyor.registry import Registry
 from conveyor.services.auth import TokenVerifier
@@ -29,7 +30,7 @@ BROKER = web.AppKey("broker", dramatiq.Broker)
 TOKENS = web.AppKey("tokens", TokenVerifier)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
-USER_CACHE = web.AppKey("user_cache", dict)
+USER_CACHE = web.AppKey("user_cache", UserCache)
 BATCHER = web.AppKey("batcher", SubmitBatcher)
 
 USER = web.RequestKey("user", User)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBLEM_TYPE = "application/problem+json"
-USER_CACHE_SECONDS = 10.0
 
 
 def problem(
@@ -127,12 +127,9 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("send 'Authorization: Bearer <token>'")
     user_id = request.app[TOKENS].verify(token.strip())
-    cache = request.app[USER_CACHE]
-    cached = cache.get(user_id)
-    if cached is None or cached[0] < time.monotonic():
-        user = await run_db(request.app, users.get_by_id, user_id)
-        cache[user_id] = cached = (time.monotonic() + USER_CACHE_SECONDS, user)
-    user = cached[1]
+    user = await request.app[USER_CACHE].get(
+        user_id, functools.partial(run_db, request.app, users.get_by_id)
+    )
     if user is None or not user.active:
         raise AuthenticationError("the token's user does not exist or is deactivated")
     request[USER] = user
