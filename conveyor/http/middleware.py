@@ -1,4 +1,4 @@
-"""Request middlewares: request id and metrics, problem+json errors, bearer-token auth."""
+"""Request middlewares: request id and metrics, errors rendered as problem+json, bearer auth."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
@@ -23,6 +25,21 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBLEM_TYPE = "application/problem+json"
+BEARER_CHALLENGE = 'Bearer realm="conveyor"'
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An error answer before it is rendered: as a problem document, or as a page."""
+
+    status: int
+    title: str
+    detail: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Renderer = Callable[[Failure], web.Response]
 
 
 def problem(
@@ -44,6 +61,10 @@ def problem(
     if headers:
         response.headers.update(headers)
     return response
+
+
+def problem_of(failure: Failure) -> web.Response:
+    return problem(failure.status, failure.title, failure.detail, failure.errors, failure.headers)
 
 
 def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
@@ -74,48 +95,63 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        metrics = request.app[METRICS]
+        metrics = request.config_dict[METRICS]
         metrics.requests.labels(route, request.method, str(status)).inc()
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
         logs.request_id.reset(token)
 
 
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into an RFC 9457 application/problem+json answer."""
-    try:
-        return await handler(request)
-    except ConveyorError as exc:
-        headers = {"WWW-Authenticate": 'Bearer realm="conveyor"'} if exc.status == 401 else None
-        return problem(exc.status, exc.title, exc.detail, exc.errors, headers)
-    except ValidationError as exc:
-        return problem(
+def failure_of(request: web.Request, exc: Exception) -> Failure:
+    """What to answer for an error a handler raised (an unexpected one is logged, once)."""
+    if isinstance(exc, ConveyorError):
+        headers = {"WWW-Authenticate": BEARER_CHALLENGE} if exc.status == 401 else {}
+        return Failure(exc.status, exc.title, exc.detail, exc.errors, headers)
+    if isinstance(exc, ValidationError):
+        return Failure(
             422, "Unprocessable content", "the request has invalid fields", validation_errors(exc)
         )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException):
         detail = {
             404: f"no route matches {request.path}",
             405: f"{request.method} is not allowed on {request.path}",
             413: "the request body is larger than the server accepts",
         }.get(exc.status, exc.text or exc.reason)
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return problem(exc.status, exc.reason, detail, headers=headers)
-    except DataError as exc:  # a value the database cannot store (the checks above missed it)
+        return Failure(exc.status, exc.reason, detail, headers=headers)
+    if isinstance(exc, DataError):  # a value the database cannot store (the checks missed it)
         logger.warning("database rejected a value on %s %s: %r", request.method, request.path, exc)
-        return problem(422, "Unprocessable content", "a value cannot be stored as given")
-    except (OperationalError, InterfaceError) as exc:  # the database is down or restarting
+        return Failure(422, "Unprocessable content", "a value cannot be stored as given")
+    if isinstance(exc, OperationalError | InterfaceError):  # the database is down or restarting
         logger.warning("database unavailable on %s %s: %r", request.method, request.path, exc)
-        return problem(
+        return Failure(
             503,
             "Service unavailable",
             "the database is unavailable; retry shortly",
             headers={"Retry-After": "5"},
         )
-    except Exception:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        return problem(500, "Internal error", "an unexpected error occurred; it was logged")
+    logger.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return Failure(500, "Internal error", "an unexpected error occurred; it was logged")
+
+
+def rendering_errors(render: Renderer) -> Middleware:
+    """A middleware that answers every error (but redirects) with `render(failure)`."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return render(failure_of(request, exc))
+        except Exception as exc:
+            return render(failure_of(request, exc))
+
+    return errors
+
+
+#: Every error as an RFC 9457 application/problem+json answer.
+problems = rendering_errors(problem_of)
 
 
 @web.middleware
