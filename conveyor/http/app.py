@@ -12,7 +12,7 @@ from aiohttp import web
 from conveyor.broker import BrokerEnqueuer, build_broker
 from conveyor.db import make_engine, make_sessionmaker
 from conveyor.events import Events, MemoryEvents, RedisEvents
-from conveyor.http import jobs, system
+from conveyor.http import admin, api, system
 from conveyor.http.keys import (
     BATCHER,
     BROKER,
@@ -24,13 +24,15 @@ from conveyor.http.keys import (
     OPENAPI,
     PROBE_EXECUTOR,
     REGISTRY,
+    ROUTE_TABLES,
     SETTINGS,
     TOKENS,
     USER_CACHE,
 )
 from conveyor.http.metrics import Metrics
-from conveyor.http.middleware import authenticate, observe, problems
+from conveyor.http.middleware import observe, problems
 from conveyor.http.openapi import build_openapi
+from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import UserCache
 from conveyor.registry import JOBS, Registry
 from conveyor.services.auth import TokenConfig, TokenVerifier
@@ -50,6 +52,11 @@ def token_config(settings: Settings) -> TokenConfig:
     )
 
 
+def route_tables() -> dict[str, RouteTable]:
+    """The route table of each app by its mount prefix ("" for the root app)."""
+    return {"": system.routes, api.PREFIX: api.routes, admin.PREFIX: admin.routes}
+
+
 def create_app(
     settings: Settings,
     *,
@@ -61,14 +68,16 @@ def create_app(
     """The web app; `broker` and `events` default to those the settings describe."""
     import conveyor.actors.all  # noqa: F401  (every job type, so the registry is complete)
 
-    app = web.Application(
-        middlewares=[observe, problems, authenticate], client_max_size=settings.max_body_bytes
-    )
+    # The root app holds the state (sub-app handlers read it through request.config_dict),
+    # the public operational routes, and the sub-apps, each with its own errors and auth.
+    app = web.Application(middlewares=[observe, problems], client_max_size=settings.max_body_bytes)
+    tables = route_tables()
     app[SETTINGS] = settings
     app[REGISTRY] = registry
     app[TOKENS] = TokenVerifier(token_config(settings))
     app[METRICS] = Metrics()
-    app[OPENAPI] = build_openapi(registry)
+    app[ROUTE_TABLES] = tables
+    app[OPENAPI] = build_openapi(settings, registry, tables)
     app[USER_CACHE] = UserCache()
     app[BROKER] = broker or build_broker(settings.broker_url, namespace=settings.broker_namespace)
     app[EVENTS] = events or (
@@ -108,6 +117,7 @@ def create_app(
         engine.dispose()
 
     app.cleanup_ctx.append(resources)
-    app.add_routes(jobs.routes)
-    app.add_routes(system.routes)
+    system.routes.install(app, authenticate=None)
+    app.add_subapp(api.PREFIX, api.build_api())
+    app.add_subapp(admin.PREFIX, admin.build_admin())
     return app

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.events import Events
 from conveyor.http.metrics import Metrics
+from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import UserCache
 from conveyor.models import User
 from conveyor.registry import Registry
@@ -32,5 +33,7 @@ METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
 USER_CACHE = web.AppKey("user_cache", UserCache)
 BATCHER = web.AppKey("batcher", SubmitBatcher)
+#: The route table of each app by its mount prefix ("" for the root app).
+ROUTE_TABLES: web.AppKey[dict[str, RouteTable]] = web.AppKey("route_tables")
 
 USER = web.RequestKey("user", User)

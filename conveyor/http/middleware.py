@@ -1,8 +1,7 @@
-"""Request middlewares: request id and metrics, errors rendered as problem+json, bearer auth."""
+"""Request middlewares: request id and metrics; errors rendered as problem+json (or pages)."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
@@ -16,10 +15,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from conveyor import logs
-from conveyor.errors import AuthenticationError, ConveyorError
-from conveyor.http.keys import METRICS, TOKENS, USER, USER_CACHE
-from conveyor.http.runtime import run_db
-from conveyor.services import users
+from conveyor.errors import ConveyorError
+from conveyor.http.keys import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -152,21 +149,3 @@ def rendering_errors(render: Renderer) -> Middleware:
 
 #: Every error as an RFC 9457 application/problem+json answer.
 problems = rendering_errors(problem_of)
-
-
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /v1 route needs `Authorization: Bearer <token>` of an active user."""
-    if not request.path.startswith("/v1/") and request.path != "/v1":
-        return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("send 'Authorization: Bearer <token>'")
-    user_id = request.app[TOKENS].verify(token.strip())
-    user = await request.app[USER_CACHE].get(
-        user_id, functools.partial(run_db, request.app, users.get_by_id)
-    )
-    if user is None or not user.active:
-        raise AuthenticationError("the token's user does not exist or is deactivated")
-    request[USER] = user
-    return await handler(request)

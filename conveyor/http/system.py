@@ -11,30 +11,40 @@ from sqlalchemy import text
 
 from conveyor.broker import check_broker
 from conveyor.http.keys import BROKER, DB, METRICS, OPENAPI, PROBE_EXECUTOR, SETTINGS
+from conveyor.http.routes import JSON, Answer, RouteTable
 from conveyor.http.runtime import run_db
+from conveyor.http.schemas import Health, Readiness
 from conveyor.services import jobs
 
-routes = web.RouteTableDef()
+#: The root app's routes; it authenticates nobody, so each of them must be public.
+routes = RouteTable(tag="operations")
 
 READY_TIMEOUT_SECONDS = 3.0
 JOB_COUNTS_TTL_SECONDS = 10.0
 
 
-@routes.get("/healthz")
+@routes.get("/healthz", public=True, answers={200: Answer("Alive", Health)})
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive (no dependency is checked)."""
-    return web.json_response({"status": "ok"})
+    return web.json_response(Health().model_dump())
 
 
-@routes.get("/readyz")
+@routes.get(
+    "/readyz",
+    public=True,
+    answers={
+        200: Answer("Ready: every check passed", Readiness),
+        503: Answer("Not ready: the failing checks name their error", Readiness),
+    },
+)
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database, the broker and Redis answer; 503 naming what does not."""
-    app = request.app
-    settings = app[SETTINGS]
+    state = request.config_dict
+    settings = state[SETTINGS]
     loop = asyncio.get_running_loop()
 
     def database() -> None:
-        with app[DB]() as session:
+        with state[DB]() as session:
             session.execute(text("SELECT 1"))
 
     def redis_ping() -> None:
@@ -51,10 +61,10 @@ async def readyz(request: web.Request) -> web.Response:
 
     checks = {
         "database": database,
-        "broker": lambda: check_broker(app[BROKER], settings.broker_url),
+        "broker": lambda: check_broker(state[BROKER], settings.broker_url),
         "redis": redis_ping,
     }
-    futures = {name: loop.run_in_executor(app[PROBE_EXECUTOR], fn) for name, fn in checks.items()}
+    futures = {name: loop.run_in_executor(state[PROBE_EXECUTOR], fn) for name, fn in checks.items()}
     results = {}
     for name, future in futures.items():
         try:
@@ -64,18 +74,28 @@ async def readyz(request: web.Request) -> web.Response:
             results[name] = f"error: {exc!r}"[:300]
     ready = all(v == "ok" for v in results.values())
     return web.json_response(
-        {"status": "ok" if ready else "unavailable", "checks": results},
+        Readiness(status="ok" if ready else "unavailable", checks=results).model_dump(),
         status=200 if ready else 503,
     )
 
 
-@routes.get("/metrics")
+@routes.get(
+    "/metrics",
+    public=True,
+    answers={
+        200: Answer(
+            "Prometheus text exposition",
+            content_type=CONTENT_TYPE_LATEST,
+            schema={"type": "string"},
+        )
+    },
+)
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition; job counts come from the database, refreshed every 10 s."""
-    app = request.app
-    registry = app[METRICS]
+    state = request.config_dict
+    registry = state[METRICS]
     if registry.counts_expire_at < time.monotonic():
-        by_type, unpublished = await run_db(app, jobs.counts)
+        by_type, unpublished = await run_db(state, jobs.counts)
         registry.jobs.clear()
         for job_type, status, n in by_type:
             registry.jobs.labels(job_type, status).set(n)
@@ -86,6 +106,11 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/openapi.json")
+@routes.get(
+    "/openapi.json",
+    public=True,
+    answers={200: Answer("This document", content_type=JSON, schema={"type": "object"})},
+)
 async def openapi(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+    """The OpenAPI 3.1 document of every route."""
+    return web.Response(body=request.config_dict[OPENAPI], content_type="application/json")
