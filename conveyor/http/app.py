@@ -1,4 +1,4 @@
-"""The aiohttp application factory: the composition root of the web process."""
+"""The aiohttp application factory: the web process's app on its container's resources."""
 
 from __future__ import annotations
 
@@ -8,30 +8,47 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from conveyor.bootstrap import Container
-from conveyor.http import jobs, system
-from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR, TOKENS, USER_CACHE
+from conveyor.http import admin, api, system
+from conveyor.http.keys import (
+    CONTAINER,
+    METRICS,
+    OPENAPI,
+    PROBE_EXECUTOR,
+    ROUTE_TABLES,
+    TOKENS,
+    USER_CACHE,
+)
 from conveyor.http.metrics import Metrics
-from conveyor.http.middleware import authenticate, observe, problems
+from conveyor.http.middleware import observe, problems
 from conveyor.http.openapi import build_openapi
+from conveyor.http.routes import RouteTable
+from conveyor.http.user_cache import UserCache
 from conveyor.services.auth import TokenConfig, TokenVerifier
 
 
+def route_tables() -> dict[str, RouteTable]:
+    """The route table of each app by its mount prefix ("" for the root app)."""
+    return {"": system.routes, api.PREFIX: api.routes, admin.PREFIX: admin.routes}
+
+
 def create_app(container: Container, *, sweeper: bool = True) -> web.Application:
-    """The web app on `container`'s resources (which its caller owns and closes); with
-    `sweeper`, the container's sweeper runs while the app does."""
+    """The web app on `container`'s resources (its caller owns the container and closes
+    it); with `sweeper`, the container's sweeper runs while the app does."""
     settings = container.settings
-    app = web.Application(
-        middlewares=[observe, problems, authenticate], client_max_size=settings.max_body_bytes
-    )
+    # The root app holds the state (sub-app handlers read it through request.config_dict),
+    # the public operational routes, and the sub-apps, each with its own errors and auth.
+    app = web.Application(middlewares=[observe, problems], client_max_size=settings.max_body_bytes)
+    tables = route_tables()
     app[CONTAINER] = container
     app[TOKENS] = TokenVerifier(TokenConfig.of(settings))
     app[METRICS] = Metrics()
-    app[OPENAPI] = build_openapi(container.registry)
-    app[USER_CACHE] = {}
+    app[ROUTE_TABLES] = tables
+    app[OPENAPI] = build_openapi(settings, container.registry, tables)
+    app[USER_CACHE] = UserCache()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[PROBE_EXECUTOR] = ThreadPoolExecutor(3, thread_name_prefix="conveyor-probe")
-        container.submissions  # noqa: B018  (built before the first request)
+        container.submissions  # noqa: B018  (built before the first request needs it)
         if sweeper:
             container.start_sweeper()
         yield
@@ -39,6 +56,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
         app[PROBE_EXECUTOR].shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(resources)
-    app.add_routes(jobs.routes)
-    app.add_routes(system.routes)
+    system.routes.install(app, authenticate=None)
+    app.add_subapp(api.PREFIX, api.build_api())
+    app.add_subapp(admin.PREFIX, admin.build_admin())
     return app

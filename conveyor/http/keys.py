@@ -8,6 +8,8 @@ from aiohttp import web
 
 from conveyor.bootstrap import Container
 from conveyor.http.metrics import Metrics
+from conveyor.http.routes import RouteTable
+from conveyor.http.user_cache import UserCache
 from conveyor.models import User
 from conveyor.services.auth import TokenVerifier
 
@@ -18,6 +20,8 @@ PROBE_EXECUTOR = web.AppKey("probe_executor", ThreadPoolExecutor)
 TOKENS = web.AppKey("tokens", TokenVerifier)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
-USER_CACHE = web.AppKey("user_cache", dict)
+USER_CACHE = web.AppKey("user_cache", UserCache)
+#: The route table of each app by its mount prefix ("" for the root app).
+ROUTE_TABLES: web.AppKey[dict[str, RouteTable]] = web.AppKey("route_tables")
 
 USER = web.RequestKey("user", User)

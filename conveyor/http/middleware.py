@@ -1,4 +1,4 @@
-"""Request middlewares: request id and metrics, problem+json errors, bearer-token auth."""
+"""Request middlewares: request id and metrics; errors rendered as problem+json (or pages)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,37 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from conveyor import logs
-from conveyor.errors import AuthenticationError, ConveyorError, field_errors
-from conveyor.http.keys import METRICS, TOKENS, USER, USER_CACHE
-from conveyor.http.runtime import run_db
-from conveyor.services import users
+from conveyor.errors import ConveyorError, field_errors
+from conveyor.http.keys import METRICS
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBLEM_TYPE = "application/problem+json"
-USER_CACHE_SECONDS = 10.0
+BEARER_CHALLENGE = 'Bearer realm="conveyor"'
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An error answer before it is rendered: as a problem document, or as a page."""
+
+    status: int
+    title: str
+    detail: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Renderer = Callable[[Failure], web.Response]
 
 
 def problem(
@@ -46,6 +60,10 @@ def problem(
     return response
 
 
+def problem_of(failure: Failure) -> web.Response:
+    return problem(failure.status, failure.title, failure.detail, failure.errors, failure.headers)
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id for logs and count the request by route template and status."""
@@ -64,66 +82,60 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        metrics = request.app[METRICS]
+        metrics = request.config_dict[METRICS]
         metrics.requests.labels(route, request.method, str(status)).inc()
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
         logs.request_id.reset(token)
 
 
-@web.middleware
-async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into an RFC 9457 application/problem+json answer."""
-    try:
-        return await handler(request)
-    except ConveyorError as exc:
-        headers = {"WWW-Authenticate": 'Bearer realm="conveyor"'} if exc.status == 401 else None
-        return problem(exc.status, exc.title, exc.detail, exc.errors, headers)
-    except ValidationError as exc:
-        return problem(
+def failure_of(request: web.Request, exc: Exception) -> Failure:
+    """What to answer for an error a handler raised (an unexpected one is logged, once)."""
+    if isinstance(exc, ConveyorError):
+        headers = {"WWW-Authenticate": BEARER_CHALLENGE} if exc.status == 401 else {}
+        return Failure(exc.status, exc.title, exc.detail, exc.errors, headers)
+    if isinstance(exc, ValidationError):
+        return Failure(
             422, "Unprocessable content", "the request has invalid fields", field_errors(exc)
         )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException):
         detail = {
             404: f"no route matches {request.path}",
             405: f"{request.method} is not allowed on {request.path}",
             413: "the request body is larger than the server accepts",
         }.get(exc.status, exc.text or exc.reason)
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        return problem(exc.status, exc.reason, detail, headers=headers)
-    except DataError as exc:  # a value the database cannot store (the checks above missed it)
+        return Failure(exc.status, exc.reason, detail, headers=headers)
+    if isinstance(exc, DataError):  # a value the database cannot store (the checks missed it)
         logger.warning("database rejected a value on %s %s: %r", request.method, request.path, exc)
-        return problem(422, "Unprocessable content", "a value cannot be stored as given")
-    except (OperationalError, InterfaceError) as exc:  # the database is down or restarting
+        return Failure(422, "Unprocessable content", "a value cannot be stored as given")
+    if isinstance(exc, OperationalError | InterfaceError):  # the database is down or restarting
         logger.warning("database unavailable on %s %s: %r", request.method, request.path, exc)
-        return problem(
+        return Failure(
             503,
             "Service unavailable",
             "the database is unavailable; retry shortly",
             headers={"Retry-After": "5"},
         )
-    except Exception:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        return problem(500, "Internal error", "an unexpected error occurred; it was logged")
+    logger.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return Failure(500, "Internal error", "an unexpected error occurred; it was logged")
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /v1 route needs `Authorization: Bearer <token>` of an active user."""
-    if not request.path.startswith("/v1/") and request.path != "/v1":
-        return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("send 'Authorization: Bearer <token>'")
-    user_id = request.app[TOKENS].verify(token.strip())
-    cache = request.app[USER_CACHE]
-    cached = cache.get(user_id)
-    if cached is None or cached[0] < time.monotonic():
-        user = await run_db(request.app, users.get_by_id, user_id)
-        cache[user_id] = cached = (time.monotonic() + USER_CACHE_SECONDS, user)
-    user = cached[1]
-    if user is None or not user.active:
-        raise AuthenticationError("the token's user does not exist or is deactivated")
-    request[USER] = user
-    return await handler(request)
+def rendering_errors(render: Renderer) -> Middleware:
+    """A middleware that answers every error (but redirects) with `render(failure)`."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return render(failure_of(request, exc))
+        except Exception as exc:
+            return render(failure_of(request, exc))
+
+    return errors
+
+
+#: Every error as an RFC 9457 application/problem+json answer.
+problems = rendering_errors(problem_of)

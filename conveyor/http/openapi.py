@@ -1,95 +1,80 @@
-"""The OpenAPI 3.1 document, built from the same pydantic models and job-type registry."""
+"""The OpenAPI 3.1 document, generated from the route tables, models, job types and settings."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
 from conveyor import __version__
-from conveyor.http.schemas import JobOut, JobPage, JobTypeList, Problem, SubmitJob
+from conveyor.http.routes import (
+    PROBLEM_JSON,
+    Answer,
+    Parameter,
+    Route,
+    RouteTable,
+    openapi_path,
+)
+from conveyor.http.schemas import Problem
 from conveyor.registry import Registry
+from conveyor.settings import Settings
 
 REF = "#/components/schemas/{model}"
 
+#: Every operation can answer these, whatever it does: the error middleware of each app
+#: turns an unexpected error into 500 and an unreachable database into 503.
+SERVER_ERRORS = {
+    500: "An unexpected error; it was logged",
+    503: "Service unavailable (the database cannot be reached); retry after Retry-After seconds",
+}
+ERROR_HEADERS = {
+    401: {"WWW-Authenticate": 'The scheme to use: Bearer realm="conveyor"'},
+    503: {"Retry-After": "Seconds to wait before retrying"},
+}
 
-def _schema(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
-    schema = model.model_json_schema(ref_template=REF)
-    schemas.update(schema.pop("$defs", {}))
-    schemas[model.__name__] = schema
-    return {"$ref": REF.format(model=model.__name__)}
+
+class Components:
+    """The named schemas of one document; each model goes in once, its `$defs` beside it."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {}
+
+    def model(self, model: type[BaseModel], name: str | None = None) -> dict[str, str]:
+        """A `$ref` to the model's schema, added under `name` (the model's by default)."""
+        name = name or model.__name__
+        if name not in self.schemas:
+            schema = model.model_json_schema(ref_template=REF)
+            self.schemas.update(schema.pop("$defs", {}))
+            self.schemas[name] = schema
+        return {"$ref": REF.format(model=name)}
 
 
-def _json(ref: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": ref}}}
+@dataclass(frozen=True)
+class Context:
+    """What a schema hook may draw on while the document is built."""
+
+    settings: Settings
+    registry: Registry
+    components: Components
 
 
-def build_openapi(registry: Registry) -> bytes:
-    schemas: dict[str, Any] = {}
-    job = _schema(JobOut, schemas)
-    page = _schema(JobPage, schemas)
-    types = _schema(JobTypeList, schemas)
-    problem = _schema(Problem, schemas)
-    _schema(SubmitJob, schemas)
-    variants = []
-    for job_type in registry:
-        payload_name = f"Payload_{job_type.name.replace('.', '_')}"
-        payload = job_type.payload.model_json_schema(ref_template=REF)
-        schemas.update(payload.pop("$defs", {}))
-        schemas[payload_name] = payload
-        variants.append(
-            {
-                "type": "object",
-                "title": job_type.name,
-                "description": job_type.description,
-                "required": ["type"],
-                "additionalProperties": False,
-                "properties": {
-                    "type": {"const": job_type.name},
-                    "payload": {"$ref": REF.format(model=payload_name)},
-                },
-            }
-        )
-    submit = {"oneOf": variants} if variants else {"$ref": REF.format(model="SubmitJob")}
-    errors = {
-        str(code): {
-            "description": text,
-            "content": {"application/problem+json": {"schema": problem}},
-        }
-        for code, text in [
-            (400, "Malformed request"),
-            (401, "Missing or invalid token"),
-            (404, "Not found"),
-            (409, "Conflict"),
-            (413, "Body too large"),
-            (422, "Invalid fields"),
-        ]
-    }
-    job_id = {
-        "name": "job_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "format": "uuid"},
-    }
-
-    def op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        return {
-            "summary": summary,
-            "security": [{"bearer": []}],
-            "responses": {**responses, **errors},
-            **extra,
-        }
-
-    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "in": "query",
-            "required": False,
-            "schema": schema,
-            "description": description,
-        }
-
+def build_openapi(
+    settings: Settings, registry: Registry, tables: Mapping[str, RouteTable]
+) -> bytes:
+    """The document of every route in `tables` (mount prefix -> the route table there)."""
+    context = Context(settings, registry, Components())
+    paths: dict[str, dict[str, Any]] = {}
+    names: set[str] = set()
+    for prefix, table in tables.items():
+        for route in table:
+            if route.name in names:
+                raise ValueError(f"two routes are named {route.name!r}: operation ids must differ")
+            names.add(route.name)
+            operations = paths.setdefault(openapi_path(prefix + route.path), {})
+            operations[route.method.lower()] = _operation(route, table, context)
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -97,94 +82,84 @@ def build_openapi(registry: Registry) -> bytes:
             "version": __version__,
             "description": "Submit jobs, follow their status, fetch results.",
         },
-        "paths": {
-            "/v1/jobs": {
-                "post": op(
-                    "Submit a job",
-                    {
-                        "202": _json(job, "Queued; poll the Location"),
-                        "200": _json(job, "Finished within Prefer: wait"),
-                    },
-                    requestBody={
-                        "required": True,
-                        "content": {"application/json": {"schema": submit}},
-                    },
-                    parameters=[
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "maxLength": 255},
-                        },
-                        {
-                            "name": "Prefer",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "examples": ["wait=10"]},
-                        },
-                    ],
-                ),
-                "get": op(
-                    "List jobs, newest first",
-                    {"200": _json(page, "A page of jobs")},
-                    parameters=[
-                        query("status", {"type": "string"}, "Comma-separated statuses"),
-                        query("type", {"type": "string"}, "Comma-separated job types"),
-                        query("limit", {"type": "integer", "minimum": 1}, "Page size"),
-                        query("cursor", {"type": "string"}, "next_cursor of the last page"),
-                    ],
-                ),
-            },
-            "/v1/jobs/{job_id}": {
-                "get": op(
-                    "Read a job (optionally waiting for a change)",
-                    {"200": _json(job, "The job")},
-                    parameters=[
-                        job_id,
-                        query("wait", {"type": "number", "minimum": 0}, "Seconds to wait"),
-                        query("until", {"enum": ["change", "finished"]}, "What to wait for"),
-                    ],
-                ),
-            },
-            "/v1/jobs/{job_id}/cancel": {
-                "post": op(
-                    "Cancel a job",
-                    {"200": _json(job, "Cancelled"), "202": _json(job, "Running; asked to stop")},
-                    parameters=[job_id],
-                ),
-            },
-            "/v1/jobs/{job_id}/events": {
-                "get": op(
-                    "Stream the job's events (server-sent events)",
-                    {"200": {"description": "text/event-stream of status and progress"}},
-                    parameters=[job_id],
-                ),
-            },
-            "/v1/job-types": {"get": op("List job types", {"200": _json(types, "Job types")})},
-            "/healthz": {
-                "get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "Readiness (database, broker, Redis)",
-                    "responses": {
-                        "200": {"description": "ready"},
-                        "503": {"description": "not ready"},
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition"}},
-                }
-            },
-        },
+        "tags": [{"name": table.tag} for table in tables.values()],
+        "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": context.components.schemas,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
         },
     }
     return json.dumps(document).encode()
+
+
+def _operation(route: Route, table: RouteTable, context: Context) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": route.name,
+        "summary": route.summary,
+        "tags": [table.tag],
+        "security": [] if route.public else [{"bearer": []}],
+    }
+    if route.description and route.description != route.summary:
+        operation["description"] = route.description
+    if route.parameters:
+        operation["parameters"] = [_parameter(p, context.settings) for p in route.parameters]
+    if route.body is not None:
+        if isinstance(route.body, type):
+            schema: Mapping[str, Any] = context.components.model(route.body)
+        else:
+            schema = route.body(context)
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    responses = {str(status): _answer(a, context) for status, a in sorted(route.answers.items())}
+    errors = {**({} if route.public else table.auth_errors), **route.errors, **SERVER_ERRORS}
+    for status, description in sorted(errors.items()):
+        responses.setdefault(str(status), _error(status, description, table.error_type, context))
+    operation["responses"] = responses
+    return operation
+
+
+def _parameter(parameter: Parameter, settings: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": parameter.name,
+        "in": parameter.where,
+        "required": parameter.required or parameter.where == "path",
+        "schema": parameter.schema_for(settings),
+    }
+    description = parameter.description_for(settings)
+    if description:
+        out["description"] = description
+    if parameter.comma_separated:
+        out["style"], out["explode"] = "form", False
+    return out
+
+
+def _answer(answer: Answer, context: Context) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": answer.description}
+    if answer.content_type is not None:
+        if answer.model is not None:
+            schema: Mapping[str, Any] = context.components.model(answer.model)
+        else:
+            schema = answer.schema if answer.schema is not None else {}
+        out["content"] = {answer.content_type: {"schema": schema}}
+    if answer.headers:
+        out["headers"] = _headers(answer.headers)
+    return out
+
+
+def _error(status: int, description: str, media_type: str, context: Context) -> dict[str, Any]:
+    schema = context.components.model(Problem) if media_type == PROBLEM_JSON else {"type": "string"}
+    out: dict[str, Any] = {"description": description, "content": {media_type: {"schema": schema}}}
+    if status in ERROR_HEADERS:
+        out["headers"] = _headers(ERROR_HEADERS[status])
+    return out
+
+
+def _headers(headers: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        name: {"description": description, "schema": {"type": "string"}}
+        for name, description in headers.items()
+    }

@@ -11,26 +11,36 @@ from sqlalchemy import text
 
 from conveyor.broker import check_broker
 from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR
+from conveyor.http.routes import JSON, Answer, RouteTable
 from conveyor.http.runtime import run_db
+from conveyor.http.schemas import Health, Readiness
 from conveyor.services import jobs
 
-routes = web.RouteTableDef()
+#: The root app's routes; it authenticates nobody, so each of them must be public.
+routes = RouteTable(tag="operations")
 
 READY_TIMEOUT_SECONDS = 3.0
 JOB_COUNTS_TTL_SECONDS = 10.0
 
 
-@routes.get("/healthz")
+@routes.get("/healthz", public=True, answers={200: Answer("Alive", Health)})
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive (no dependency is checked)."""
-    return web.json_response({"status": "ok"})
+    return web.json_response(Health().model_dump())
 
 
-@routes.get("/readyz")
+@routes.get(
+    "/readyz",
+    public=True,
+    answers={
+        200: Answer("Ready: every check passed", Readiness),
+        503: Answer("Not ready: the failing checks name their error", Readiness),
+    },
+)
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database, the broker and Redis answer; 503 naming what does not."""
-    app = request.app
-    container = app[CONTAINER]
+    state = request.config_dict
+    container = state[CONTAINER]
     settings = container.settings
     loop = asyncio.get_running_loop()
 
@@ -55,7 +65,7 @@ async def readyz(request: web.Request) -> web.Response:
         "broker": lambda: check_broker(container.broker, settings.broker_url),
         "redis": redis_ping,
     }
-    futures = {name: loop.run_in_executor(app[PROBE_EXECUTOR], fn) for name, fn in checks.items()}
+    futures = {name: loop.run_in_executor(state[PROBE_EXECUTOR], fn) for name, fn in checks.items()}
     results = {}
     for name, future in futures.items():
         try:
@@ -65,18 +75,28 @@ async def readyz(request: web.Request) -> web.Response:
             results[name] = f"error: {exc!r}"[:300]
     ready = all(v == "ok" for v in results.values())
     return web.json_response(
-        {"status": "ok" if ready else "unavailable", "checks": results},
+        Readiness(status="ok" if ready else "unavailable", checks=results).model_dump(),
         status=200 if ready else 503,
     )
 
 
-@routes.get("/metrics")
+@routes.get(
+    "/metrics",
+    public=True,
+    answers={
+        200: Answer(
+            "Prometheus text exposition",
+            content_type=CONTENT_TYPE_LATEST,
+            schema={"type": "string"},
+        )
+    },
+)
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition; job counts come from the database, refreshed every 10 s."""
-    app = request.app
-    registry = app[METRICS]
+    state = request.config_dict
+    registry = state[METRICS]
     if registry.counts_expire_at < time.monotonic():
-        by_type, unpublished = await run_db(app, jobs.counts)
+        by_type, unpublished = await run_db(state, jobs.counts)
         registry.jobs.clear()
         for job_type, status, n in by_type:
             registry.jobs.labels(job_type, status).set(n)
@@ -87,6 +107,11 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/openapi.json")
+@routes.get(
+    "/openapi.json",
+    public=True,
+    answers={200: Answer("This document", content_type=JSON, schema={"type": "object"})},
+)
 async def openapi(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+    """The OpenAPI 3.1 document of every route."""
+    return web.Response(body=request.config_dict[OPENAPI], content_type="application/json")

@@ -11,12 +11,14 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 
 from conveyor.errors import field_errors
+from conveyor.http.app import route_tables
 from conveyor.http.middleware import problem
 from conveyor.http.openapi import build_openapi
 from conveyor.http.schemas import JobOut, JobTypeOut, Problem, SubmitJob
 from conveyor.models import Job
 from conveyor.models.base import utcnow
 from conveyor.registry import JOBS, Payload, Registry, job
+from tests import stack
 
 
 class Thumbnail(Payload):
@@ -187,6 +189,10 @@ def test_a_validation_error_of_the_whole_body_is_named_body_or_the_prefix() -> N
 # --- the OpenAPI builder ---------------------------------------------------------------------
 
 
+def openapi_of(registry: Registry) -> dict[str, Any]:
+    return json.loads(build_openapi(stack.test_settings(), registry, route_tables()))  # type: ignore[no-any-return]
+
+
 def test_the_openapi_document_has_a_variant_per_job_type() -> None:
     registry = Registry()
 
@@ -194,7 +200,7 @@ def test_the_openapi_document_has_a_variant_per_job_type() -> None:
     def thumbnail(payload: Thumbnail) -> None:
         """Shrink an image."""
 
-    document = json.loads(build_openapi(registry))
+    document = openapi_of(registry)
     body = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
     [variant] = body["schema"]["oneOf"]
     assert variant["title"] == "media.thumbnail"
@@ -207,14 +213,14 @@ def test_the_openapi_document_has_a_variant_per_job_type() -> None:
 
 
 def test_the_openapi_document_of_an_empty_registry_refers_to_submit_job() -> None:
-    document = json.loads(build_openapi(Registry()))
+    document = openapi_of(Registry())
     body = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/SubmitJob"}
     assert "SubmitJob" in document["components"]["schemas"]
 
 
 def test_every_operation_documents_the_problem_answers() -> None:
-    document = json.loads(build_openapi(Registry()))
+    document = openapi_of(Registry())
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             if path.startswith("/v1/"):

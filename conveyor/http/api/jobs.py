@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientConnectionResetError, web
 from multidict import MultiDict
@@ -15,19 +15,57 @@ from pydantic_core import from_json
 from conveyor import logs
 from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
 from conveyor.http.keys import CONTAINER, METRICS, USER
+from conveyor.http.routes import EVENT_STREAM, Answer, Parameter, RouteTable
 from conveyor.http.runtime import run_db
 from conveyor.http.schemas import JobOut, JobPage, JobTypeList, JobTypeOut, SubmitJob
 from conveyor.models import Job, JobStatus
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
 
-routes = web.RouteTableDef()
+if TYPE_CHECKING:
+    from conveyor.http.openapi import Context
+
+routes = RouteTable(tag="jobs")
 
 RETRY_AFTER_SECONDS = "1"
 SSE_KEEPALIVE_SECONDS = 15.0
 EVENTS_PAGE = 500
 MAX_EVENT_ID = 2**63 - 1
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+JOB_ID = Parameter(
+    "job_id", "path", {"type": "string", "format": "uuid"}, "The job's id", required=True
+)
+UNFINISHED_HEADERS = {"Retry-After": "Seconds to wait before polling again (unfinished jobs)"}
+
+
+def submission_schema(context: Context) -> dict[str, Any]:
+    """The body of POST /v1/jobs: one variant per registered job type, with its payload, and
+    the delay fields of `SubmitJob` (with the real limit of `delay_seconds`)."""
+    timing = {
+        name: dict(schema)
+        for name, schema in SubmitJob.model_json_schema()["properties"].items()
+        if name in ("run_at", "delay_seconds")
+    }
+    timing["delay_seconds"]["maximum"] = context.settings.max_delay_seconds
+    variants = []
+    for job_type in context.registry:
+        name = f"Payload_{job_type.name.replace('.', '_')}"
+        variants.append(
+            {
+                "type": "object",
+                "title": job_type.name,
+                "description": job_type.description,
+                "required": ["type"],
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"const": job_type.name},
+                    "payload": context.components.model(job_type.payload, name),
+                    **timing,
+                },
+            }
+        )
+    return {"oneOf": variants} if variants else context.components.model(SubmitJob)
 
 
 def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -85,8 +123,8 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
     initial = job.status
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    async with request.app[CONTAINER].announcements.listen(job.id) as statuses:
-        job = await run_db(request.app, jobs.get, job.id, viewer)
+    async with request.config_dict[CONTAINER].announcements.listen(job.id) as statuses:
+        job = await run_db(request.config_dict, jobs.get, job.id, viewer)
         while not (_finished(job) or (not until_finished and job.status != initial)):
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -94,19 +132,66 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
             try:
                 status = await asyncio.wait_for(statuses.get(), remaining)
             except TimeoutError:  # a notice may have been lost: answer with the row as it is
-                job = await run_db(request.app, jobs.get, job.id, viewer)
+                job = await run_db(request.config_dict, jobs.get, job.id, viewer)
                 break
             if status and status not in FINISHED and (until_finished or status == initial):
                 continue  # not what the client waits for (UNKNOWN: read the row again)
-            job = await run_db(request.app, jobs.get, job.id, viewer)
+            job = await run_db(request.config_dict, jobs.get, job.id, viewer)
     return job
 
 
-@routes.post("/v1/jobs")
+@routes.post(
+    "/jobs",
+    summary="Submit a job",
+    body=submission_schema,
+    parameters=[
+        Parameter(
+            "Idempotency-Key",
+            "header",
+            {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"},
+            "Makes a retried submission safe: the same key and request return the same job "
+            "(1 to 255 printable ASCII characters; each user has their own keys)",
+        ),
+        Parameter(
+            "Prefer",
+            "header",
+            {"type": "string", "examples": ["wait=10"]},
+            lambda settings: (
+                "`wait=N`: hold the answer up to N seconds (at most "
+                f"{settings.max_wait_seconds:g}) until the job finishes, then answer 200 with it"
+            ),
+        ),
+    ],
+    answers={
+        202: Answer(
+            "Queued (or, with Idempotent-Replayed, the job of an earlier identical request); "
+            "poll the Location",
+            JobOut,
+            headers={
+                "Location": "The job's URL",
+                **UNFINISHED_HEADERS,
+                "Idempotent-Replayed": "`true` when an earlier job was returned",
+                "Preference-Applied": "`wait=N`: how long the answer was held at most",
+            },
+        ),
+        200: Answer(
+            "Finished within Prefer: wait",
+            JobOut,
+            headers={"Location": "The job's URL", "Preference-Applied": "`wait=N`"},
+        ),
+    },
+    errors={
+        400: "Malformed JSON, or a bad Idempotency-Key",
+        409: "The same Idempotency-Key is in flight; retry shortly",
+        413: "The body is larger than the server accepts",
+        422: "Unknown type, invalid payload, a bad run_at or delay_seconds, or an "
+        "Idempotency-Key reused with another request",
+    },
+)
 async def submit_job(request: web.Request) -> web.Response:
     """Validate and queue a job: 202 with its URL, or 200 with the finished job when a
     `Prefer: wait=N` was given and it ended in time."""
-    container = request.app[CONTAINER]
+    container = request.config_dict[CONTAINER]
     body = await request.read()
     try:  # strict JSON: no NaN or Infinity, which no database column could store
         document = from_json(body, allow_inf_nan=False)
@@ -124,10 +209,10 @@ async def submit_job(request: web.Request) -> web.Response:
         delay=submission.delay_seconds,
     )
     submitted = await asyncio.wrap_future(submissions.submit(new))
-    job = submitted.job
+    job, created = submitted.job, submitted.created
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": RETRY_AFTER_SECONDS}
-    if submitted.created:
-        request.app[METRICS].submitted.labels(job.type).inc()
+    if created:
+        request.config_dict[METRICS].submitted.labels(job.type).inc()
     else:
         headers["Idempotent-Replayed"] = "true"
     match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))
@@ -140,19 +225,45 @@ async def submit_job(request: web.Request) -> web.Response:
     return _json(JobOut.of(job), 202, headers)
 
 
-@routes.get("/v1/jobs/{job_id}")
+@routes.get(
+    "/jobs/{job_id}",
+    summary="Read a job (optionally waiting for a change)",
+    parameters=[
+        JOB_ID,
+        Parameter(
+            "wait",
+            "query",
+            lambda settings: {
+                "type": "number",
+                "minimum": 0,
+                "maximum": settings.max_wait_seconds,
+                "default": 0,
+            },
+            "Seconds to hold the answer until the status changes (or the job finishes)",
+        ),
+        Parameter(
+            "until",
+            "query",
+            {"enum": ["change", "finished"], "default": "change"},
+            "What `wait` waits for",
+        ),
+    ],
+    answers={200: Answer("The job", JobOut, headers=UNFINISHED_HEADERS)},
+    errors={404: "No such job (or another member's)", 422: "A bad `wait` or `until`"},
+)
 async def get_job(request: web.Request) -> web.Response:
     """The job; `?wait=N` holds the answer until its status changes (or with
     `until=finished`, until it finishes) or N seconds pass."""
-    settings = request.app[CONTAINER].settings
-    wait = _seconds(request.query.get("wait"), "wait", settings.max_wait_seconds)
+    wait = _seconds(
+        request.query.get("wait"), "wait", request.config_dict[CONTAINER].settings.max_wait_seconds
+    )
     until = request.query.get("until", "change")
     if until not in ("change", "finished"):
         raise InvalidRequestError(
             "until must be 'change' or 'finished'",
             errors=[{"field": "until", "message": "one of: change, finished"}],
         )
-    job = await run_db(request.app, jobs.get, _job_id(request), request[USER])
+    job = await run_db(request.config_dict, jobs.get, _job_id(request), request[USER])
     job = await _wait(request, job, wait, until_finished=until == "finished")
     headers = {} if _finished(job) else {"Retry-After": RETRY_AFTER_SECONDS}
     return _json(JobOut.of(job), headers=headers)
@@ -167,6 +278,17 @@ def _printable(values: list[str], field: str) -> list[str]:
     return values
 
 
+def _parent(value: str | None) -> uuid.UUID | None:
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidRequestError(
+            "parent must be a job id", errors=[{"field": "parent", "message": "not a job id"}]
+        ) from None
+
+
 def _list_param(request: web.Request, name: str) -> list[str]:
     values: list[str] = []
     for raw in request.query.getall(name, []):
@@ -174,10 +296,57 @@ def _list_param(request: web.Request, name: str) -> list[str]:
     return values
 
 
-@routes.get("/v1/jobs")
+@routes.get(
+    "/jobs",
+    summary="List jobs, newest first",
+    parameters=[
+        Parameter(
+            "status",
+            "query",
+            {"type": "array", "items": {"type": "string", "enum": [s.value for s in JobStatus]}},
+            "Only jobs in these statuses: comma-separated, or the parameter repeated",
+            comma_separated=True,
+        ),
+        Parameter(
+            "type",
+            "query",
+            {"type": "array", "items": {"type": "string"}},
+            "Only jobs of these types: comma-separated, or the parameter repeated",
+            comma_separated=True,
+        ),
+        Parameter(
+            "limit",
+            "query",
+            lambda settings: {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": settings.max_page_size,
+                "default": settings.default_page_size,
+            },
+            "Jobs per page",
+        ),
+        Parameter(
+            "parent",
+            "query",
+            {"type": "string", "format": "uuid"},
+            "Only the jobs this job submitted (its children)",
+        ),
+        Parameter("cursor", "query", {"type": "string"}, "The `next_cursor` of the last page"),
+    ],
+    answers={
+        200: Answer(
+            "A page of jobs", JobPage, headers={"Link": '`<url>; rel="next"` of the next page'}
+        )
+    },
+    errors={
+        400: "A cursor this server did not issue",
+        422: "A bad `status`, `type`, `parent` or `limit`",
+    },
+)
 async def list_jobs(request: web.Request) -> web.Response:
-    """Jobs newest first, filtered by `status` and `type`, by `cursor` pages of `limit`."""
-    settings = request.app[CONTAINER].settings
+    """Jobs newest first, filtered by `status`, `type` and `parent`, by `cursor` pages of
+    `limit`."""
+    settings = request.config_dict[CONTAINER].settings
     statuses = _list_param(request, "status")
     unknown = [s for s in statuses if s not in {s.value for s in JobStatus}]
     if unknown:
@@ -194,11 +363,12 @@ async def list_jobs(request: web.Request) -> web.Response:
             errors=[{"field": "limit", "message": f"1 to {settings.max_page_size}"}],
         )
     page = await run_db(
-        request.app,
+        request.config_dict,
         jobs.list_jobs,
         request[USER],
         statuses=statuses,
         types=_printable(_list_param(request, "type"), "type"),
+        parent_id=_parent(request.query.get("parent")),
         cursor=request.query.get("cursor") or None,
         limit=limit,
     )
@@ -211,26 +381,55 @@ async def list_jobs(request: web.Request) -> web.Response:
     return _json(body, headers=headers)
 
 
-@routes.post("/v1/jobs/{job_id}/cancel")
+@routes.post(
+    "/jobs/{job_id}/cancel",
+    summary="Cancel a job",
+    parameters=[JOB_ID],
+    answers={
+        200: Answer("Cancelled (now, or already)", JobOut),
+        202: Answer("Running, and asked to stop", JobOut),
+    },
+    errors={404: "No such job (or another member's)", 409: "It already succeeded or failed"},
+)
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel: a waiting job at once (200); a running one is asked to stop (202)."""
     job = await run_db(
-        request.app,
+        request.config_dict,
         jobs.cancel,
-        request.app[CONTAINER].announcements,
+        request.config_dict[CONTAINER].announcements,
         _job_id(request),
         request[USER],
     )
     return _json(JobOut.of(job), 200 if _finished(job) else 202)
 
 
-@routes.get("/v1/jobs/{job_id}/events")
+@routes.get(
+    "/jobs/{job_id}/events",
+    summary="Stream the job's events (server-sent events)",
+    parameters=[
+        JOB_ID,
+        Parameter(
+            "Last-Event-ID",
+            "header",
+            {"type": "string", "pattern": "^[0-9]+$"},
+            "Resume after this event id (EventSource sends it when it reconnects)",
+        ),
+    ],
+    answers={
+        200: Answer(
+            "The history, then live `status` and `progress` events until the job finishes",
+            content_type=EVENT_STREAM,
+            schema={"type": "string"},
+        )
+    },
+    errors={404: "No such job (or another member's)"},
+)
 async def job_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the job's history (after `Last-Event-ID`), then live transitions
     and progress until it finishes. A finished job's stream ends once its history is sent,
     also for a client that reconnects with the last id it saw."""
     viewer = request[USER]
-    job = await run_db(request.app, jobs.get, _job_id(request), viewer)
+    job = await run_db(request.config_dict, jobs.get, _job_id(request), viewer)
     last = request.headers.get("Last-Event-ID", "")
     after = _bounded_int(last, 0, MAX_EVENT_ID) if last else 0
     response = web.StreamResponse(
@@ -244,7 +443,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     try:
         cursor = [after]
-        async with request.app[CONTAINER].announcements.listen(job.id) as statuses:
+        async with request.config_dict[CONTAINER].announcements.listen(job.id) as statuses:
             while not await _send_events(request, response, job.id, cursor):
                 if _finished(job):
                     break  # it had finished before the stream began: its history is sent
@@ -263,7 +462,7 @@ async def _send_events(
 ) -> bool:
     """Send every event after `after[0]` (advancing it); True once a final status was sent."""
     while True:
-        page = await run_db(request.app, jobs.events_after, job_id, after[0], EVENTS_PAGE)
+        page = await run_db(request.config_dict, jobs.events_after, job_id, after[0], EVENTS_PAGE)
         for event in page:
             after[0] = event.id
             data = {
@@ -284,8 +483,12 @@ async def _send_events(
             return False
 
 
-@routes.get("/v1/job-types")
+@routes.get(
+    "/job-types",
+    summary="List job types",
+    answers={200: Answer("Every job type, with its queue, limits and payload schema", JobTypeList)},
+)
 async def job_types(request: web.Request) -> web.Response:
     """Every job type with its queue, limits and payload JSON Schema."""
-    registry = request.app[CONTAINER].registry
+    registry = request.config_dict[CONTAINER].registry
     return _json(JobTypeList(items=[JobTypeOut.of(t) for t in registry]))

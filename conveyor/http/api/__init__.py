@@ -1,0 +1,20 @@
+"""The /v1 application: the job API, with problem+json errors and bearer authentication."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from conveyor.http.api.jobs import routes
+from conveyor.http.auth import authenticate
+from conveyor.http.middleware import problems
+
+__all__ = ["PREFIX", "build_api", "routes"]
+
+PREFIX = "/v1"
+
+
+def build_api() -> web.Application:
+    """The sub-app to mount at /v1; every route but those marked public needs a token."""
+    app = web.Application(middlewares=[problems])
+    routes.install(app, authenticate)
+    return app
