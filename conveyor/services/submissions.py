@@ -149,8 +149,8 @@ class Submissions:
             seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
             if not (math.isfinite(seconds) and 0 <= seconds <= limit):
                 raise InvalidRequestError(
-                    f"delay_seconds must be from 0 to {limit:g}",
-                    errors=[{"field": "delay_seconds", "message": f"0 to {limit:g} seconds"}],
+                    f"delay_seconds must be from 0 to {limit:.0f}",
+                    errors=[{"field": "delay_seconds", "message": f"0 to {limit:.0f} seconds"}],
                 )
             return now + dt.timedelta(seconds=seconds)
         if run_at is None:
@@ -162,10 +162,15 @@ class Submissions:
             )
         if run_at - now > self.max_delay:
             raise InvalidRequestError(
-                f"run_at is more than {limit:g} seconds ahead",
-                errors=[{"field": "run_at", "message": f"at most {limit:g} seconds ahead"}],
+                f"run_at is more than {limit:.0f} seconds ahead",
+                errors=[{"field": "run_at", "message": f"at most {limit:.0f} seconds ahead"}],
             )
-        return run_at.astimezone(dt.UTC)
+        try:
+            return run_at.astimezone(dt.UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+05:00 has no UTC time
+            raise InvalidRequestError(
+                "run_at is out of range", errors=[{"field": "run_at", "message": "out of range"}]
+            ) from None
 
     def submit(self, new: NewJob) -> Future[Submitted]:
         """Write the job and publish it; the future settles once the row is committed."""

@@ -18,7 +18,7 @@ from conveyor.http.keys import CONTAINER, METRICS, USER
 from conveyor.http.routes import EVENT_STREAM, Answer, Parameter, RouteTable
 from conveyor.http.runtime import run_db
 from conveyor.http.schemas import JobOut, JobPage, JobTypeList, JobTypeOut, SubmitJob
-from conveyor.models import Job, JobStatus
+from conveyor.models import Job, JobEventKind, JobStatus
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
 
@@ -68,7 +68,7 @@ def submission_schema(context: Context) -> dict[str, Any]:
     return {"oneOf": variants} if variants else context.components.model(SubmitJob)
 
 
-def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def _respond(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=model.model_dump_json(),
         status=status,
@@ -221,8 +221,8 @@ async def submit_job(request: web.Request) -> web.Response:
         job = await _wait(request, job, wait, until_finished=True)
         headers["Preference-Applied"] = f"wait={wait:g}"
         if _finished(job):
-            return _json(JobOut.of(job), 200, headers)
-    return _json(JobOut.of(job), 202, headers)
+            return _respond(JobOut.of(job), 200, headers)
+    return _respond(JobOut.of(job), 202, headers)
 
 
 @routes.get(
@@ -266,7 +266,7 @@ async def get_job(request: web.Request) -> web.Response:
     job = await run_db(request.config_dict, jobs.get, _job_id(request), request[USER])
     job = await _wait(request, job, wait, until_finished=until == "finished")
     headers = {} if _finished(job) else {"Retry-After": RETRY_AFTER_SECONDS}
-    return _json(JobOut.of(job), headers=headers)
+    return _respond(JobOut.of(job), headers=headers)
 
 
 def _printable(values: list[str], field: str) -> list[str]:
@@ -378,7 +378,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         query["cursor"] = page.next_cursor
         headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
     body = JobPage(items=[JobOut.of(j) for j in page.jobs], next_cursor=page.next_cursor)
-    return _json(body, headers=headers)
+    return _respond(body, headers=headers)
 
 
 @routes.post(
@@ -400,7 +400,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         _job_id(request),
         request[USER],
     )
-    return _json(JobOut.of(job), 200 if _finished(job) else 202)
+    return _respond(JobOut.of(job), 200 if _finished(job) else 202)
 
 
 @routes.get(
@@ -477,7 +477,7 @@ async def _send_events(
             await response.write(
                 f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(data)}\n\n".encode()
             )
-            if event.kind == "status" and event.status in FINISHED:
+            if event.kind == JobEventKind.STATUS and event.status in FINISHED:
                 return True
         if len(page) < EVENTS_PAGE:
             return False
@@ -491,4 +491,4 @@ async def _send_events(
 async def job_types(request: web.Request) -> web.Response:
     """Every job type with its queue, limits and payload JSON Schema."""
     registry = request.config_dict[CONTAINER].registry
-    return _json(JobTypeList(items=[JobTypeOut.of(t) for t in registry]))
+    return _respond(JobTypeList(items=[JobTypeOut.of(t) for t in registry]))
