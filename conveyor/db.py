@@ -9,6 +9,7 @@ autocommit mode, with psycopg's prepared statements.
 
 from __future__ import annotations
 
+import json
 import threading
 import weakref
 from collections.abc import Iterator
@@ -49,6 +50,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def storable_json(value: Any) -> str:
+    """`value` as JSON text that every database column stores; ValueError for NaN,
+    infinities and NUL characters (which PostgreSQL's JSONB and text refuse)."""
+    text = json.dumps(value, allow_nan=False)
+    if "\\u0000" in text and _has_nul(value):  # the escape may also be literal text
+        raise ValueError("it contains a NUL character (\\u0000), which no column stores")
+    return text
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

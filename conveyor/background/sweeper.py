@@ -47,6 +47,7 @@ class Sweeper(threading.Thread):
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._next_pass = utcnow()
+        self._requested: dt.datetime | None = None
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -56,15 +57,17 @@ class Sweeper(threading.Thread):
 
     def _sleep(self) -> None:
         """Until the next pass: `interval` from now, or when the next scheduled job is due."""
-        now = utcnow()
-        due = now + dt.timedelta(seconds=self.interval)
+        due = utcnow() + dt.timedelta(seconds=self.interval)
         try:
             first = outbox.next_due(self.db)
         except Exception as exc:
             logger.warning("could not read when the next scheduled job is due: %r", exc)
             first = None
         with self._lock:
-            self._next_pass = min(due, first) if first is not None else due
+            # A wake-up asked for while the query ran may be for a job it did not see yet.
+            candidates = [due, first, self._requested]
+            self._next_pass = min(when for when in candidates if when is not None)
+            self._requested = None
             self._wake.clear()
         while not self.stopping.is_set():
             with self._lock:
@@ -75,6 +78,8 @@ class Sweeper(threading.Thread):
     def wake_at(self, when: dt.datetime) -> None:
         """Make the next pass no later than `when` (a job was scheduled for then)."""
         with self._lock:
+            if self._requested is None or when < self._requested:
+                self._requested = when
             if when < self._next_pass:
                 self._next_pass = when
                 self._wake.set()

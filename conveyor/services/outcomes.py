@@ -8,7 +8,6 @@ or ends cancelled. The retry rule is here and nowhere else.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from conveyor.db import storable_json
 from conveyor.errors import (
     JobCancelledError,
     JobTimeLimitError,
@@ -71,8 +71,7 @@ def returned(value: Any) -> Outcome:
     """The function returned `value`: succeeded, unless the value cannot be stored as JSON."""
     try:
         result = to_jsonable_python(value)
-        if "\\u0000" in json.dumps(result, allow_nan=False):
-            raise ValueError("it contains a NUL character, which no database column stores")
+        storable_json(result)
     except (PydanticSerializationError, ValueError, TypeError) as exc:
         error = {"type": "UnserializableResult", "message": f"the result is not JSON: {exc}"}
         return Outcome(JobStatus.FAILED, error=error, permanent=True)

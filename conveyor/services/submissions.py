@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.db import direct, transaction
+from conveyor.db import direct, storable_json, transaction
 from conveyor.errors import BadRequestError, ConflictError, InvalidRequestError, field_errors
 from conveyor.ids import uuid7
 from conveyor.models import Job, JobStatus
@@ -246,21 +246,16 @@ def _validated(spec: JobType, payload: Payload | Mapping[str, Any] | None) -> di
             payload if isinstance(payload, Payload) else spec.payload.model_validate(payload or {})
         )
         dumped = model.model_dump(mode="json")
-        stored = json.dumps(dumped, allow_nan=False)  # NaN and infinities: not JSON
+        storable_json(dumped)
     except ValidationError as exc:
         raise InvalidRequestError(
             f"invalid payload for {spec.name}", errors=field_errors(exc, "payload")
         ) from None
-    except ValueError as exc:
+    except ValueError as exc:  # NaN, infinities, NUL characters
         raise InvalidRequestError(
             f"the payload of {spec.name} cannot be stored: {exc}",
-            errors=[{"field": "payload", "message": "NaN or infinity is not JSON"}],
+            errors=[{"field": "payload", "message": f"cannot be stored: {exc}"}],
         ) from None
-    if "\\u0000" in stored:
-        raise InvalidRequestError(
-            "the payload contains a NUL character (\\u0000), which cannot be stored",
-            errors=[{"field": "payload", "message": "contains \\u0000"}],
-        )
     return dumped
 
 
