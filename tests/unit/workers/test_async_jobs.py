@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor import bootstrap
 from conveyor.httpclient import SharedHttpClient
-from conveyor.models import Job, JobStatus
+from conveyor.models import Job, JobStatus, User
 from conveyor.registry import JobContext, Payload, Registry, job
+from conveyor.services import jobs
 from conveyor.workers.lifecycle import JobLifecycle
 from tests import stack
+from tests.stack import wait_until
 from tests.unit.local_http import LocalHttpServer, local_http_server
 from tests.unit.support import MakeJob, RecordingAnnouncer, RecordingEnqueuer
 
@@ -68,6 +72,32 @@ async def fetch(payload: Fetch, ctx: JobContext) -> dict[str, int]:
     return {"n": payload.n, "status": response.status}
 
 
+class Nap(Payload):
+    seconds: float = 10.0
+
+
+#: Set by `tests.nap` when its task is cancelled.
+NAP_CANCELLED = threading.Event()
+
+
+@job(queue="tests", name="tests.nap", time_limit=dt.timedelta(milliseconds=300), registry=REGISTRY)
+async def nap(payload: Nap, ctx: JobContext) -> str:
+    try:
+        await ctx.asleep(payload.seconds)
+    except asyncio.CancelledError:
+        NAP_CANCELLED.set()
+        raise
+    return "rested"
+
+
+@job(queue="tests", name="tests.report", registry=REGISTRY)
+async def report(payload: Nap, ctx: JobContext) -> str:
+    await ctx.aprogress(0.5, "half way")
+    await ctx.asleep(payload.seconds)  # a cancel arrives meanwhile
+    await ctx.aprogress(1.0)
+    return "finished"
+
+
 @job(queue="tests", name="tests.fetch_sync", registry=REGISTRY)
 def fetch_sync(payload: Fetch, ctx: JobContext) -> int:
     return ctx.http.request("GET", payload.url).status
@@ -101,6 +131,7 @@ def container(
 
 @pytest.fixture
 def lifecycle(container: bootstrap.Container) -> Iterator[JobLifecycle]:
+    NAP_CANCELLED.clear()
     lifecycle = JobLifecycle(container, lease=LEASE)
     yield lifecycle
     lifecycle.after_worker_shutdown(None, None)  # type: ignore[arg-type]
@@ -173,3 +204,42 @@ def test_plain_and_async_jobs_share_the_same_client(
     assert load(asynchronous.id).result == {"n": 9, "status": 200}
     assert SEEN[0].http is container.http
     assert len(set(server.peers)) == 1
+
+
+def test_an_async_job_past_its_time_limit_has_its_task_cancelled(
+    lifecycle: JobLifecycle, make_job: MakeJob, load: Callable[..., Job]
+) -> None:
+    row = make_job(job_type="tests.nap", queue="tests", payload={"seconds": 10}, max_retries=0)
+    lifecycle.before_worker_boot(None, None)  # type: ignore[arg-type]  # the heartbeat
+    started = time.monotonic()
+    run(lifecycle, row)
+    assert time.monotonic() - started < 3
+    failed = load(row.id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.error == {"type": "TimeLimitExceeded", "message": "time limit of 0.3s exceeded"}
+    assert NAP_CANCELLED.is_set()
+
+
+def test_an_async_job_cancelled_while_it_sleeps_stops_promptly(
+    lifecycle: JobLifecycle,
+    make_job: MakeJob,
+    load: Callable[..., Job],
+    db: sessionmaker[Session],
+    member: User,
+) -> None:
+    row = make_job(job_type="tests.report", queue="tests", payload={"seconds": 10})
+    lifecycle.before_worker_boot(None, None)  # type: ignore[arg-type]
+
+    def cancel_once_running() -> None:
+        wait_until(lambda: load(row.id).progress == 0.5, timeout=5)
+        jobs.cancel(db, RecordingAnnouncer(), row.id, member)
+
+    canceller = threading.Thread(target=cancel_once_running)
+    canceller.start()
+    started = time.monotonic()
+    run(lifecycle, row)
+    canceller.join(5)
+    assert time.monotonic() - started < 5
+    cancelled = load(row.id)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.progress == 0.5
