@@ -106,6 +106,13 @@ def test_a_result_that_cannot_be_stored_fails_for_good(value: object) -> None:
     assert outcome.retry_in is None
 
 
+def test_a_result_with_a_backslash_followed_by_u0000_text_succeeds() -> None:
+    text = "C:\\u0000\\dir"  # six characters \u0000, no NUL character
+    assert "\x00" not in text
+    outcome = outcomes.returned({"path": text})
+    assert (outcome.status, outcome.result) == (JobStatus.SUCCEEDED, {"path": text})
+
+
 # --- raised: retries and backoff ------------------------------------------------------------
 
 

@@ -379,3 +379,12 @@ def test_a_failed_write_is_raised_by_the_future_and_publishes_nothing(
     with pytest.raises(Exception):  # noqa: B017  (whatever the database raises)
         future.result(timeout=5)
     assert enqueuer.messages == []
+
+
+def test_a_payload_with_a_backslash_followed_by_u0000_text_is_accepted(
+    subs: Submissions, member: User
+) -> None:
+    # A Windows path or a regex: the text \u0000 (six characters) contains no NUL character.
+    label = "C:\\u0000\\dir"
+    assert "\x00" not in label
+    assert build(subs, member, payload={"width": 1, "label": label}).payload["label"] == label
