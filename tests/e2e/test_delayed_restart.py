@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.models import Job, JobEvent
 from conveyor.models.base import utcnow
-from tests.e2e.processes import Api, Processes
+from tests.e2e.processes import Api, Processes, environment
 from tests.stack import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -121,3 +122,24 @@ def test_a_delayed_job_runs_on_time_when_only_the_web_process_restarts_before_it
     done = row(pg_db, job["id"])
     assert done.started_at is not None and done.run_at is not None
     assert (done.started_at - done.run_at).total_seconds() < 1.0  # on time, not a sweep late
+
+
+def test_conveyor_dev_keeps_a_delayed_job_across_ctrl_c_and_restart(
+    procs: Processes, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    env = environment({"CONVEYOR_SWEEP_INTERVAL_SECONDS": "0.2"})
+    dev, api = procs.dev(env, project)
+    job = submit_delayed(api, 11, 3.0)
+    dev.interrupt()
+    assert dev.wait_exit(timeout=10) == 0, dev.output()
+    assert utcnow() < dt.datetime.fromisoformat(job["run_at"]), "it ran before the restart"
+
+    restarted, api = procs.dev(env, project)
+    done = api.wait_finished(job["id"], within=20)
+    assert (done["status"], done["attempts"], done["result"]) == ("succeeded", 1, {"n": 11})
+    started = dt.datetime.fromisoformat(done["started_at"])
+    assert started >= dt.datetime.fromisoformat(done["run_at"])
+    restarted.interrupt()
+    assert restarted.wait_exit(timeout=10) == 0, restarted.output()
