@@ -1,15 +1,42 @@
-"""Job types that exist only in tests (time limits, a job that ignores cancellation)."""
+"""Job types that exist only in tests (time limits, a job that ignores cancellation, child
+jobs, planned retries, permanent errors, outbound HTTP from an async job)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
-from conveyor.registry import JOBS, Payload, job
+from conveyor.errors import RetryLater
+from conveyor.registry import JOBS, JobContext, Payload, job
 
 
 class Busy(Payload):
     seconds: float = 30.0
+
+
+class Spawn(Payload):
+    """Submit a `system.echo` child of payload `{"n": n}`; fail the first attempt if asked."""
+
+    n: int = 1
+    key: str | None = None
+    fail_first: bool = False
+
+
+class Wait(Payload):
+    seconds: float = 30.0
+
+
+class Decline(Payload):
+    card: str = "4000-0000-0000-0002"
+
+
+class Fetch(Payload):
+    url: str
+
+
+class CardDeclinedError(Exception):
+    """Retrying cannot help; `testing.decline` lists it as permanent."""
 
 
 if "testing.busy" not in JOBS:
@@ -25,3 +52,45 @@ if "testing.busy" not in JOBS:
         deadline = time.monotonic() + payload.seconds
         while time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+if "testing.spawn" not in JOBS:
+
+    @job(
+        queue="system",
+        name="testing.spawn",
+        max_retries=2,
+        min_backoff=dt.timedelta(milliseconds=200),
+        max_backoff=dt.timedelta(seconds=1),
+    )
+    def spawn(payload: Spawn, ctx: JobContext) -> dict[str, Any]:
+        """Submit one child with `ctx.submit`, then fail the first attempt if asked."""
+        child = ctx.submit("system.echo", {"n": payload.n}, idempotency_key=payload.key)
+        if payload.fail_first and ctx.attempt == 1:
+            raise RuntimeError("failed after submitting the child")
+        return {"child": str(child), "attempt": ctx.attempt}
+
+
+if "testing.wait_and_retry" not in JOBS:
+
+    @job(queue="system", name="testing.wait_and_retry", max_retries=1)
+    def wait_and_retry(payload: Wait) -> None:
+        """Ask to run again after `seconds` (as a provider's Retry-After would)."""
+        raise RetryLater(payload.seconds)
+
+
+if "testing.decline" not in JOBS:
+
+    @job(queue="system", name="testing.decline", max_retries=5, permanent=(CardDeclinedError,))
+    def decline(payload: Decline) -> None:
+        """Fail with an exception the type declares permanent."""
+        raise CardDeclinedError(f"card {payload.card} declined")
+
+
+if "testing.fetch" not in JOBS:
+
+    @job(queue="system", name="testing.fetch", max_retries=0)
+    async def fetch(payload: Fetch, ctx: JobContext) -> dict[str, Any]:
+        """GET `url` with the shared client from an async job."""
+        response = await ctx.http.arequest("GET", payload.url)
+        return {"status": response.status, "bytes": len(response.body)}
