@@ -42,7 +42,7 @@ class HttpResponse:
         if not value:
             return None
         if value.isascii() and value.isdigit():
-            return float(value[:9])
+            return float(value)  # as sent; RetryLater and max_backoff cap what is used
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):

@@ -90,6 +90,17 @@ class JobContext(Protocol):
         With an `idempotency_key`, a retried attempt that submits again gets the same child.
         """
 
+    async def asubmit(
+        self,
+        job_type: str | Callable[..., Any],
+        payload: Payload | Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        run_at: dt.datetime | None = None,
+        delay: dt.timedelta | float | None = None,
+    ) -> uuid.UUID:
+        """`submit` for `async def` jobs: the write runs off the event loop."""
+
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Record progress (0.0 to 1.0) with an optional note; raises when cancelled."""
 

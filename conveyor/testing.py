@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.errors import JobCancelledError, UnknownResourceError
+from conveyor.errors import InvalidRequestError, JobCancelledError, UnknownResourceError
 from conveyor.outbound import HttpClient
-from conveyor.registry import JOB_TYPE_ATTRIBUTE, JobType, Payload
+from conveyor.registry import JOB_TYPE_ATTRIBUTE, JOBS, JobType, Payload, Registry
+from conveyor.services.submissions import check_idempotency_key, validated_payload
 from conveyor.settings import Settings
 
 T = TypeVar("T")
@@ -30,7 +31,7 @@ class SubmittedChild:
 
     id: uuid.UUID
     job_type: str
-    payload: Any
+    payload: dict[str, Any]  #: as validated and dumped
     idempotency_key: str | None
     run_at: dt.datetime | None
     delay: dt.timedelta | float | None
@@ -50,6 +51,8 @@ class FakeContext:
     given_db: sessionmaker[Session] | None = None
     given_http: HttpClient | None = None
     resources: Mapping[str, Any] = field(default_factory=dict)
+    #: The job types `submit` accepts (every imported one, by default).
+    registry: Registry = field(default=JOBS, repr=False)
     progress_reports: list[tuple[float, str | None]] = field(default_factory=list)
     slept: list[float] = field(default_factory=list)
     submitted: list[SubmittedChild] = field(default_factory=list)
@@ -81,14 +84,32 @@ class FakeContext:
         run_at: dt.datetime | None = None,
         delay: dt.timedelta | float | None = None,
     ) -> uuid.UUID:
-        declared: JobType | None = getattr(job_type, JOB_TYPE_ATTRIBUTE, None)
-        name = job_type if isinstance(job_type, str) else declared.name if declared else "?"
-        for child in self.submitted:  # the same key gives the same child, as the real one
-            if idempotency_key is not None and child.idempotency_key == idempotency_key:
+        """Record a child job, validated as the real `ctx.submit` validates it (its type must
+        be in `registry`); the same key gives the same child, another request with it a 422."""
+        spec = self.registry.get(job_type)
+        dumped = validated_payload(spec, payload)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            for child in self.submitted:
+                if child.idempotency_key != idempotency_key:
+                    continue
+                if (child.job_type, child.payload) != (spec.name, dumped):
+                    raise InvalidRequestError(
+                        "this Idempotency-Key was already used with a different request",
+                        errors=[{"field": "Idempotency-Key", "message": "reused key"}],
+                    )
                 return child.id
-        child = SubmittedChild(uuid.uuid4(), name, payload, idempotency_key, run_at, delay)
+        child = SubmittedChild(uuid.uuid4(), spec.name, dumped, idempotency_key, run_at, delay)
         self.submitted.append(child)
         return child.id
+
+    async def asubmit(
+        self,
+        job_type: str | Callable[..., Any],
+        payload: Payload | Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> uuid.UUID:
+        return self.submit(job_type, payload, **options)
 
     def cancel(self) -> None:
         """What a cancel request does: the next `progress` or `sleep` raises."""

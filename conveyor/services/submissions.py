@@ -126,7 +126,7 @@ class Submissions:
         return NewJob(
             job_type=spec.name,
             queue=spec.queue,
-            payload=_validated(spec, payload),
+            payload=validated_payload(spec, payload),
             max_retries=spec.retry.max_retries,
             owner_id=owner_id,
             idempotency_key=idempotency_key,
@@ -233,7 +233,7 @@ def check_idempotency_key(key: str) -> None:
         )
 
 
-def _validated(spec: JobType, payload: Payload | Mapping[str, Any] | None) -> dict[str, Any]:
+def validated_payload(spec: JobType, payload: Payload | Mapping[str, Any] | None) -> dict[str, Any]:
     """The payload as the job type's model validates and dumps it; 422 naming bad fields."""
     if isinstance(payload, Payload) and not isinstance(payload, spec.payload):
         raise InvalidRequestError(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import datetime as dt
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -88,6 +89,25 @@ class RunningJob:
             parent_id=self.job_id,
         )
         return submissions.submit(new).result().job.id
+
+    async def asubmit(
+        self,
+        job_type: str | Callable[..., Any],
+        payload: Payload | Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        run_at: dt.datetime | None = None,
+        delay: dt.timedelta | float | None = None,
+    ) -> uuid.UUID:
+        submit = functools.partial(
+            self.submit,
+            job_type,
+            payload,
+            idempotency_key=idempotency_key,
+            run_at=run_at,
+            delay=delay,
+        )
+        return await asyncio.get_running_loop().run_in_executor(None, submit)
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)

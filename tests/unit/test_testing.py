@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.errors import JobCancelledError, UnknownResourceError
+from conveyor.errors import InvalidRequestError, JobCancelledError, UnknownResourceError
 from conveyor.registry import JobContext, Payload, Registry, job
 from conveyor.testing import FakeContext, SubmittedChild
 from tests import stack
@@ -115,20 +115,20 @@ def test_an_async_job_sees_a_cancel_too() -> None:
 
 
 def test_submitted_children_are_recorded_by_name_with_their_options() -> None:
-    ctx = FakeContext()
+    ctx = FakeContext(registry=REGISTRY)
     ids = ctx.run(fan_out, Count())
     assert [child.job_type for child in ctx.submitted] == ["tests.notify"] * 3
     assert [str(child.id) for child in ctx.submitted] == ids
     assert len(set(ids)) == 3
     assert ctx.submitted[0] == SubmittedChild(
-        uuid.UUID(ids[0]), "tests.notify", Notify(user_id=0), "n-0", None, None
+        uuid.UUID(ids[0]), "tests.notify", {"user_id": 0}, "n-0", None, None
     )
     assert ctx.submitted[2].payload == {"user_id": 9}
     assert ctx.submitted[2].delay == 30
 
 
 def test_the_same_key_gives_the_same_child_as_on_a_retry() -> None:
-    ctx = FakeContext()
+    ctx = FakeContext(registry=REGISTRY)
     first = ctx.run(fan_out, Count())
     retried = ctx.run(fan_out, Count())  # a second attempt submitting again
     assert retried[:2] == first[:2]  # keyed: the same children
@@ -137,7 +137,7 @@ def test_the_same_key_gives_the_same_child_as_on_a_retry() -> None:
 
 
 def test_a_child_with_run_at_keeps_it() -> None:
-    ctx = FakeContext()
+    ctx = FakeContext(registry=REGISTRY)
     when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     child_id = ctx.submit("tests.notify", {"user_id": 1}, run_at=when)
     assert ctx.submitted == [
@@ -173,3 +173,17 @@ def test_ids_and_attempt_are_those_given() -> None:
     assert ctx.attempt == 3 and ctx.parent_id == parent
     assert isinstance(ctx.job_id, uuid.UUID) and isinstance(ctx.owner_id, uuid.UUID)
     assert FakeContext().job_id != ctx.job_id
+
+
+def test_a_child_is_validated_as_the_real_submit_validates_it() -> None:
+    ctx = FakeContext(registry=REGISTRY)
+    with pytest.raises(InvalidRequestError) as unknown:
+        ctx.submit("tests.nowhere", {})
+    assert unknown.value.errors[0]["field"] == "type"
+    with pytest.raises(InvalidRequestError) as invalid:
+        ctx.submit(notify, {"user_id": "not a number"})
+    assert invalid.value.errors[0]["field"] == "payload.user_id"
+    ctx.submit(notify, {"user_id": 1}, idempotency_key="k")
+    with pytest.raises(InvalidRequestError):  # the key belongs to the first request
+        ctx.submit(notify, {"user_id": 2}, idempotency_key="k")
+    assert len(ctx.submitted) == 1
