@@ -6,6 +6,7 @@ HTTP submissions, `ctx.submit` (child jobs), the scheduler and admin replays all
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -85,7 +86,8 @@ class Submissions:
     commit); keyed ones, and all of them in processes without a writer, are written by the
     `executor` or, without one, in the calling thread. After the commit a queued job's
     message is handed to the enqueuer (the outbox sweep covers a failed publish); a scheduled
-    job is left to the sweeper, which `on_scheduled` may wake early.
+    job is left to the sweeper, which `on_scheduled` may wake early. `submit` waits in the
+    calling thread; `asubmit` awaits on an event loop.
     """
 
     def __init__(
@@ -172,21 +174,10 @@ class Submissions:
                 "run_at is out of range", errors=[{"field": "run_at", "message": "out of range"}]
             ) from None
 
-    def submit(self, new: NewJob) -> Future[Submitted]:
-        """Write the job and publish it; the future settles once the row is committed."""
-        if new.idempotency_key is None and self.writer is not None:
-            outcome: Future[Submitted] = Future()
-            written = self.writer.write(new)
-            written.add_done_callback(lambda done: self._settle(outcome, done))
-            return outcome
-        if self.executor is not None:
-            return self.executor.submit(self._write_and_publish, new)
-        outcome = Future()
-        try:
-            outcome.set_result(self._write_and_publish(new))
-        except Exception as exc:
-            outcome.set_exception(exc)
-        return outcome
+    def submit(self, new: NewJob) -> Submitted:
+        """Write the job, wait for the commit, then publish it (from a thread that may block:
+        a worker's `ctx.submit`, the scheduler)."""
+        return self._published(self._write(new).result())
 
     def submit_now(
         self,
@@ -196,32 +187,73 @@ class Submissions:
         owner_id: uuid.UUID,
         **options: Any,
     ) -> Submitted:
-        """`build` and `submit`, waiting for the commit (for threads that may block)."""
-        return self.submit(self.build(job_type, payload, owner_id=owner_id, **options)).result()
+        """`build` and `submit` in one call (the scheduler, admin replays, scripts)."""
+        return self.submit(self.build(job_type, payload, owner_id=owner_id, **options))
 
-    def _write_and_publish(self, new: NewJob) -> Submitted:
-        job, created = write(self.db, new)
-        submitted = Submitted(job, created)
-        if created:
-            self._after_commit(job)
+    async def asubmit(self, new: NewJob) -> Submitted:
+        """`submit` from an event loop (the web process). The write runs on the batcher or the
+        database threads; the publish runs here, on the loop, once the row is committed, which
+        spreads the publishes out as the requests resume (cheaper than a burst per batch)."""
+        written = self._write(new)
+        try:
+            # Shielded: a caller that goes away must not cancel a write that may still commit.
+            submitted = await asyncio.shield(asyncio.wrap_future(written))
+        except asyncio.CancelledError:
+            written.add_done_callback(self._publish_when_written)
+            raise
+        return self._published(submitted)
+
+    def _write(self, new: NewJob) -> Future[Submitted]:
+        """The write, as a future: group-committed (keyless, with a writer), on the executor,
+        or done at once in this thread."""
+        if new.idempotency_key is None and self.writer is not None:
+            submitted: Future[Submitted] = Future()
+            self.writer.write(new).add_done_callback(lambda done: _created(submitted, done))
+            return submitted
+        if self.executor is not None:
+            return self.executor.submit(self._write_now, new)
+        submitted = Future()
+        try:
+            submitted.set_result(self._write_now(new))
+        except Exception as exc:
+            submitted.set_exception(exc)
         return submitted
 
-    def _settle(self, outcome: Future[Submitted], written: Future[Job]) -> None:
-        # Publish even when the caller went away (its future cancelled): the row exists.
+    def _write_now(self, new: NewJob) -> Submitted:
+        job, created = write(self.db, new)
+        return Submitted(job, created)
+
+    def _publish_when_written(self, written: Future[Submitted]) -> None:
+        if not written.cancelled() and written.exception() is None:
+            self._published(written.result())
+
+    def _published(self, submitted: Submitted) -> Submitted:
+        """After the commit: hand a new queued job's message to the enqueuer, or tell the
+        sweeper when a new scheduled one is due. Never fails the submission: the row is
+        committed, and the outbox sweep publishes whatever this could not."""
+        if not submitted.created:
+            return submitted
+        job = submitted.job
+        try:
+            if job.status == JobStatus.QUEUED:
+                self.enqueuer.publish_soon(JobMessage(job.id, job.type, job.queue))
+            elif job.status == JobStatus.SCHEDULED and self.on_scheduled and job.next_attempt_at:
+                self.on_scheduled(job.next_attempt_at)
+        except Exception:
+            logger.warning(
+                "job %s committed; its publish is left to the sweep", job.id, exc_info=True
+            )
+        return submitted
+
+
+def _created(submitted: Future[Submitted], written: Future[Job]) -> None:
+    """Settle `submitted` from the writer's future of a newly created job."""
+    with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
         error = written.exception()
         if error is None:
-            self._after_commit(written.result())
-        with contextlib.suppress(InvalidStateError):
-            if error is None:
-                outcome.set_result(Submitted(written.result(), True))
-            else:
-                outcome.set_exception(error)
-
-    def _after_commit(self, job: Job) -> None:
-        if job.status == JobStatus.QUEUED:
-            self.enqueuer.publish_soon(JobMessage(job.id, job.type, job.queue))
-        elif job.status == JobStatus.SCHEDULED and self.on_scheduled and job.next_attempt_at:
-            self.on_scheduled(job.next_attempt_at)
+            submitted.set_result(Submitted(written.result(), True))
+        else:
+            submitted.set_exception(error)
 
 
 def check_idempotency_key(key: str) -> None:

@@ -88,7 +88,7 @@ class RunningJob:
             delay=delay,
             parent_id=self.job_id,
         )
-        return submissions.submit(new).result().job.id
+        return submissions.submit(new).job.id
 
     async def asubmit(
         self,

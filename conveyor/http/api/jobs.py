@@ -208,7 +208,7 @@ async def submit_job(request: web.Request) -> web.Response:
         run_at=submission.run_at,
         delay=submission.delay_seconds,
     )
-    submitted = await asyncio.wrap_future(submissions.submit(new))
+    submitted = await submissions.asubmit(new)
     job, created = submitted.job, submitted.created
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": RETRY_AFTER_SECONDS}
     if created:

@@ -271,7 +271,7 @@ def test_a_queued_job_is_written_and_its_message_published(
     load: Callable[..., Job],
     scheduled_at: list[dt.datetime],
 ) -> None:
-    submitted = subs.submit(build(subs, member)).result(timeout=5)
+    submitted = subs.submit(build(subs, member))
     row = load(submitted.job.id)
     assert row.status == JobStatus.QUEUED
     assert (row.run_at, row.next_attempt_at, row.parent_id) == (None, None, None)
@@ -287,7 +287,7 @@ def test_a_scheduled_job_is_written_unpublished_and_the_sweeper_told_when_it_is_
     scheduled_at: list[dt.datetime],
 ) -> None:
     when = utcnow() + dt.timedelta(minutes=10)
-    submitted = subs.submit(build(subs, member, run_at=when)).result(timeout=5)
+    submitted = subs.submit(build(subs, member, run_at=when))
     row = load(submitted.job.id)
     assert row.status == JobStatus.SCHEDULED
     assert close_to(row.run_at, when, 0.001)
@@ -370,15 +370,31 @@ def test_keyless_submissions_go_through_the_writer_and_keyed_ones_do_not(
     assert [m.job_id for m in enqueuer.messages] == [keyless.job.id, keyed.job.id]
 
 
-def test_a_failed_write_is_raised_by_the_future_and_publishes_nothing(
+def test_a_failed_write_is_raised_and_publishes_nothing(
     subs: Submissions, member: User, enqueuer: RecordingEnqueuer
 ) -> None:
     new = build(subs, member)
     broken = NewJob(**{**new.__dict__, "owner_id": uuid.uuid4()})  # no such user: FK fails
-    future = subs.submit(broken)
     with pytest.raises(Exception):  # noqa: B017  (whatever the database raises)
-        future.result(timeout=5)
+        subs.submit(broken)
     assert enqueuer.messages == []
+
+
+def test_a_publish_that_fails_after_the_commit_leaves_the_job_to_the_sweep(
+    subs: Submissions, member: User, enqueuer: RecordingEnqueuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    enqueuer.fail = True
+    submitted = subs.submit(build(subs, member))
+    assert submitted.created and submitted.job.status == "queued"
+    assert "left to the sweep" in caplog.text
+
+
+async def test_an_awaited_submission_publishes_on_the_loop_once_committed(
+    subs: Submissions, member: User, enqueuer: RecordingEnqueuer
+) -> None:
+    submitted = await subs.asubmit(build(subs, member))
+    assert submitted.created
+    assert [m.job_id for m in enqueuer.messages] == [submitted.job.id]
 
 
 def test_a_payload_with_a_backslash_followed_by_u0000_text_is_accepted(
