@@ -10,13 +10,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: How often a waiting worker thread wakes (so an exception raised in it, such as a
-#: cancellation or a time limit, is noticed) .
+#: How often a waiting worker thread wakes to ask whether the job must stop.
 POLL_SECONDS = 0.1
 #: How long an interrupted coroutine gets to unwind after its task is cancelled.
 CANCEL_GRACE_SECONDS = 5.0
@@ -39,12 +38,18 @@ class LoopThread:
         """True when called from the loop's own thread (where blocking on it would hang)."""
         return threading.current_thread() is self._thread
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(
+        self,
+        coro: Coroutine[Any, Any, T],
+        *,
+        interrupt: Callable[[], type[BaseException] | None] | None = None,
+    ) -> T:
         """Run `coro` on the loop and wait for it from this (other) thread.
 
-        If the waiting thread is interrupted (an exception is raised in it: a cancellation or a
-        time limit), the task is cancelled and given a moment to unwind before the exception
-        goes on.
+        `interrupt` is asked between waits: once it names an exception (a cancellation, a time
+        limit), the task is cancelled and given a moment to unwind, and that exception is
+        raised here. (An exception raised *into* a waiting thread could land inside the
+        future's own locking and wedge the loop, so jobs are stopped this way instead.)
         """
         if self.in_loop:
             coro.close()
@@ -53,11 +58,19 @@ class LoopThread:
         try:
             while not future.done():
                 concurrent.futures.wait([future], timeout=POLL_SECONDS)
+                reason = interrupt() if interrupt is not None else None
+                if reason is not None and not future.done():
+                    self._cancel(future)
+                    raise reason()
         except BaseException:
-            self.loop.call_soon_threadsafe(future.cancel)
-            concurrent.futures.wait([future], timeout=CANCEL_GRACE_SECONDS)
+            self._cancel(future)
             raise
         return future.result()
+
+    def _cancel(self, future: concurrent.futures.Future[Any]) -> None:
+        """Cancel the task and give it a moment to unwind."""
+        self.loop.call_soon_threadsafe(future.cancel)
+        concurrent.futures.wait([future], timeout=CANCEL_GRACE_SECONDS)
 
     async def run_here(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await `coro` on this loop from any running loop (a hop when it is another one)."""

@@ -61,6 +61,9 @@ class Announcements(Announcer, Protocol):
         """Statuses of the job, as they are announced, while the context is open
         (`UNKNOWN` when the status must be read again)."""
 
+    def ping(self) -> None:
+        """Raise unless the channel answers (the readiness probe)."""
+
     def close(self) -> None:
         """Send what is still queued and release the connections (any thread)."""
 
@@ -118,6 +121,9 @@ class MemoryAnnouncements:
             yield queue
         finally:
             self._subscribers.remove(job_id, queue)
+
+    def ping(self) -> None:
+        return None
 
     def close(self) -> None:
         return None
@@ -237,7 +243,7 @@ class RedisAnnouncements:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("event subscription failed, reconnecting: %r", exc)
+                logger.warning("announcement subscription failed, reconnecting: %r", exc)
                 await asyncio.sleep(1.0)
                 continue
             if message and message["type"] == "message":
@@ -266,6 +272,9 @@ class RedisAnnouncements:
             if self._subscribers.remove(job_id, queue):
                 with contextlib.suppress(Exception):
                     await pubsub.unsubscribe(self.channel(job_id))
+
+    def ping(self) -> None:
+        self._client.ping()
 
     def close(self) -> None:
         self.close_announcer()

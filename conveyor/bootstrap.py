@@ -9,7 +9,6 @@ order of building, so nothing is closed while something built on it still runs.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import enum
 import logging
@@ -26,8 +25,9 @@ from conveyor.aio import LoopThread
 from conveyor.announcements import Announcements, MemoryAnnouncements, RedisAnnouncements
 from conveyor.background.batcher import SubmitBatcher
 from conveyor.background.sweeper import Sweeper
-from conveyor.broker import BrokerEnqueuer, build_broker
+from conveyor.broker import BrokerEnqueuer, build_broker, check_broker
 from conveyor.db import close_direct, make_engine, make_sessionmaker
+from conveyor.db import ping as db_ping
 from conveyor.errors import UnknownResourceError
 from conveyor.httpclient import SharedHttpClient
 from conveyor.outbound import HttpClient
@@ -44,7 +44,16 @@ T = TypeVar("T")
 ResourceFactory = Callable[["Container"], Any]
 
 
-class Role(enum.StrEnum):
+class Stage(enum.IntEnum):
+    """When a resource closes: what uses others first, what everything uses last."""
+
+    USERS = 0  #: threads and pools' resources that use the rest (sweeper, batcher, executors)
+    CLIENTS = 1  #: the enqueuer, announcements, the outbound HTTP client
+    LOOP = 2  #: the job loop (its clients close before it)
+    FOUNDATIONS = 3  #: the broker and the database engine
+
+
+class ProcessRole(enum.StrEnum):
     """Which process the container serves; it decides what is shared and how big."""
 
     WEB = "web"
@@ -55,7 +64,7 @@ class Role(enum.StrEnum):
 
 
 #: Roles that answer HTTP requests: group-committed submissions, the sweeper.
-SERVES_HTTP = frozenset({Role.WEB, Role.DEV})
+SERVES_HTTP = frozenset({ProcessRole.WEB, ProcessRole.DEV})
 
 
 class Container:
@@ -68,7 +77,7 @@ class Container:
     def __init__(
         self,
         settings: Settings,
-        role: Role,
+        role: ProcessRole,
         *,
         registry: Registry = JOBS,
         db: sessionmaker[Session] | None = None,
@@ -79,7 +88,7 @@ class Container:
         resources: Mapping[str, ResourceFactory] | None = None,
     ) -> None:
         self.settings = settings
-        self.role = Role(role)
+        self.role = ProcessRole(role)
         self.registry = registry
         self._given: dict[str, Any] = {
             "db": db,
@@ -90,13 +99,20 @@ class Container:
         }
         self._factories: dict[str, ResourceFactory] = dict(resources or {})
         self._built: dict[str, Any] = {}
-        self._lock = threading.RLock()
-        self._closing = contextlib.ExitStack()
+        self._lock = threading.Lock()  # guards the dicts; each build holds its own name's lock
+        self._building: dict[str, threading.RLock] = {}
+        self._closers: list[tuple[Stage, int, str, Callable[[], None]]] = []
         self.closed = False
 
     # --- building ---------------------------------------------------------------------------
 
-    def _get(self, name: str, build: Callable[[], T], close: Callable[[T], Any] | None) -> T:
+    def _get(
+        self,
+        name: str,
+        build: Callable[[], T],
+        close: Callable[[T], Any] | None,
+        stage: Stage = Stage.USERS,
+    ) -> T:
         given = self._given.get(name)
         if given is not None:
             return given  # type: ignore[no-any-return]
@@ -105,22 +121,26 @@ class Container:
         except KeyError:
             pass
         with self._lock:
+            if self.closed:
+                raise RuntimeError(f"the container is closed; cannot build {name}")
+            lock = self._building.setdefault(name, threading.RLock())
+        with lock:  # one build per name; others may build meanwhile (a factory may need them)
             if name not in self._built:
-                if self.closed:
-                    raise RuntimeError(f"the container is closed; cannot build {name}")
                 value = build()
-                self._built[name] = value
-                if close is not None:
-                    self._closing.callback(_closer(name, close, value))
+                with self._lock:
+                    self._built[name] = value
+                    if close is not None:
+                        closer = _closer(name, close, value)
+                        self._closers.append((stage, len(self._closers), name, closer))
             return self._built[name]  # type: ignore[no-any-return]
 
     @property
     def engine(self) -> Engine:
         def build() -> Engine:
             pool = self.settings.db_pool_size
-            if self.role is Role.DEV:  # worker threads and the web process share it
+            if self.role is ProcessRole.DEV:  # worker threads and the web process share it
                 pool = max(pool, self.settings.worker_threads + 4)
-            elif self.role is Role.CLI:
+            elif self.role is ProcessRole.CLI:
                 pool = 1
             return make_engine(self.settings.database_url, pool_size=pool)
 
@@ -128,7 +148,7 @@ class Container:
             close_direct(engine)
             engine.dispose()
 
-        return self._get("engine", build, close)
+        return self._get("engine", build, close, Stage.FOUNDATIONS)
 
     @property
     def db(self) -> sessionmaker[Session]:
@@ -143,6 +163,7 @@ class Container:
             "broker",
             lambda: build_broker(settings.broker_url, namespace=settings.broker_namespace),
             lambda broker: broker.close(),
+            Stage.FOUNDATIONS,
         )
 
     @property
@@ -153,6 +174,7 @@ class Container:
             "enqueuer",
             lambda: BrokerEnqueuer(self.broker, threads=threads),
             lambda enqueuer: enqueuer.close(),
+            Stage.CLIENTS,
         )
 
     @property
@@ -163,13 +185,15 @@ class Container:
             url = self.settings.redis_url
             if url:
                 return RedisAnnouncements(url, self.settings.redis_prefix)
-            if self.role not in (Role.DEV,):
+            if self.role not in (ProcessRole.DEV,):
                 logger.warning(
                     "no redis_url: clients waiting on jobs are woken only by this process"
                 )
             return MemoryAnnouncements()
 
-        return self._get("announcements", build, lambda announcements: announcements.close())
+        return self._get(
+            "announcements", build, lambda announcements: announcements.close(), Stage.CLIENTS
+        )
 
     @property
     def db_executor(self) -> ThreadPoolExecutor:
@@ -235,7 +259,7 @@ class Container:
     @property
     def loop(self) -> LoopThread:
         """The job event loop: `async def` jobs and their shared clients run on it."""
-        return self._get("loop", LoopThread, lambda loop: loop.close())
+        return self._get("loop", LoopThread, lambda loop: loop.close(), Stage.LOOP)
 
     @property
     def http(self) -> HttpClient:
@@ -250,7 +274,15 @@ class Container:
                 max_response_bytes=settings.http_max_response_bytes,
             )
 
-        return self._get("http", build, lambda client: client.close())
+        return self._get("http", build, lambda client: client.close(), Stage.CLIENTS)
+
+    def readiness_checks(self) -> dict[str, Callable[[], None]]:
+        """What `/readyz` asks: each check raises unless its dependency answers."""
+        return {
+            "database": lambda: db_ping(self.db),
+            "broker": lambda: check_broker(self.broker, self.settings.broker_url),
+            "redis": lambda: self.announcements.ping(),
+        }
 
     def is_built(self, name: str) -> bool:
         """Whether the resource `name` exists already (given, or built)."""
@@ -289,14 +321,18 @@ class Container:
         self.close()
 
     def close(self) -> None:
-        """Close what was built, newest first; a failure is logged and the rest still close."""
+        """Close what was built: first what uses the others (threads, pools' resources), then
+        the clients, the job loop, and the broker and database last; within a stage, newest
+        first. A failure is logged and the rest still close."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
-            closing, self._closing = self._closing, contextlib.ExitStack()
-        closing.close()
-        self._built.clear()
+            closers = sorted(self._closers, key=lambda c: (c[0], -c[1]))
+            self._closers = []
+            self._built.clear()  # what still runs gets an error, not a half-closed resource
+        for _stage, _order, _name, closer in closers:
+            closer()
 
 
 def _closer(name: str, close: Callable[[T], Any], value: T) -> Callable[[], None]:

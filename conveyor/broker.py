@@ -82,6 +82,7 @@ class BrokerEnqueuer:
         self._max_pending = max_pending
         self._paused_until = 0.0
         self._confirmed: list[uuid.UUID] = []
+        self._closed = False
 
     def publish(self, messages: Sequence[JobMessage]) -> None:
         for job in messages:
@@ -89,7 +90,9 @@ class BrokerEnqueuer:
 
     def publish_soon(self, message: JobMessage) -> None:
         with self._lock:
-            if self._pending >= self._max_pending or time.monotonic() < self._paused_until:
+            if self._closed or self._pending >= self._max_pending:
+                return  # the outbox sweep publishes it
+            if time.monotonic() < self._paused_until:
                 return
             self._pending += 1
         self._pool.submit(self._publish_one, message)
@@ -130,6 +133,8 @@ class BrokerEnqueuer:
         return confirmed
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=True)
 
 

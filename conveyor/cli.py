@@ -14,7 +14,7 @@ from conveyor.settings import Settings, get_settings
 
 
 def _container(settings: Settings) -> bootstrap.Container:
-    return bootstrap.Container(settings, bootstrap.Role.CLI)
+    return bootstrap.Container(settings, bootstrap.ProcessRole.CLI)
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
@@ -35,7 +35,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     TokenConfig.of(settings)  # refuse to start without a secret key
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
-    container = bootstrap.Container(settings, bootstrap.Role.WEB)
+    container = bootstrap.Container(settings, bootstrap.ProcessRole.WEB)
     try:
         web.run_app(
             create_app(container),

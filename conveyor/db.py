@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.errors import InvalidRequestError, TransientError
@@ -74,6 +74,12 @@ def _has_nul(value: Any) -> bool:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def ping(db: sessionmaker[Session]) -> None:
+    """Raise unless the database answers (the readiness probe)."""
+    with db() as session:
+        session.execute(text("SELECT 1"))
 
 
 @contextmanager

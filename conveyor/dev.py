@@ -1,7 +1,7 @@
 """`conveyor dev`: the whole platform in one process, with nothing to install.
 
 SQLite under the data directory, Dramatiq's stub broker with in-process worker threads,
-in-process events, and the sweeper. On start it prints `url:` and `token:` lines.
+in-process announcements, and the sweeper. On start it prints `url:` and `token:` lines.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SHUTDOWN_GRACE_MS = 5_000
 
 
 def embedded_settings(settings: Settings) -> Settings:
-    """The settings with the embedded defaults: SQLite, stub broker, in-process events."""
+    """The settings with the embedded defaults: SQLite, stub broker, in-process announcements."""
     data = settings.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
     key_file = data / "secret_key"
@@ -59,7 +59,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     settings = embedded_settings(settings)
     configure_logging(settings.log_level, settings.log_format)
     upgrade(settings.database_url)
-    container = bootstrap.Container(settings, bootstrap.Role.DEV)
+    container = bootstrap.Container(settings, bootstrap.ProcessRole.DEV)
     try:
         requeue_unfinished(container.db)
         broker = container.broker

@@ -69,11 +69,8 @@ class PermissionDeniedError(ConveyorError):
     title = "Forbidden"
 
 
-class PayloadTooLargeError(ConveyorError):
-    """The request body is larger than the configured limit."""
-
-    status = 413
-    title = "Content too large"
+class ConfigurationError(ConveyorError):
+    """A setting is missing or wrong; the process cannot start."""
 
 
 class JobCancelledError(ConveyorError):

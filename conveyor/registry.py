@@ -29,9 +29,16 @@ JOB_TYPE_ATTRIBUTE = "__conveyor_job_type__"
 
 
 class Payload(BaseModel):
-    """Base of every job payload: immutable, and unknown fields are an error."""
+    """Base of every job payload: immutable, and unknown fields are an error.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    NaN and infinities are refused (no database column stores them): a float field rejects
+    them when validated, and a dump keeps them as they are, so that an extra field's
+    infinity is caught rather than silently written as `null`.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", allow_inf_nan=False, ser_json_inf_nan="constants"
+    )
 
 
 class JobContext(Protocol):
@@ -144,10 +151,8 @@ class JobType:
     takes_context: bool
     #: Exceptions that fail a job of this type at once, never retried.
     permanent: tuple[type[BaseException], ...] = ()
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.fn)
+    #: An `async def` function (run on the process's job loop).
+    is_async: bool = False
 
     def call(self, payload: Payload, ctx: JobContext) -> Any:
         """Call the function: its result, or (for an `async def`) the coroutine to await."""
@@ -247,6 +252,7 @@ def job(
                 description=inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0],
                 takes_context=len(params) == 2,
                 permanent=tuple(permanent),
+                is_async=inspect.iscoroutinefunction(fn),
             )
         )
         setattr(fn, JOB_TYPE_ATTRIBUTE, job_type)

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         "redis://127.0.0.1:6379/0",
-        description="Redis for job-status events; empty means in-process events (one process).",
+        description="Redis for job-status announcements; empty: in-process ones (one process).",
     )
     redis_prefix: str = Field("conveyor", description="Prefix of every Redis channel and key.")
     secret_key: SecretStr | None = Field(
@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     max_delay_seconds: float = Field(
         366 * 24 * 3600.0,
         gt=0,
+        le=10 * 366 * 24 * 3600.0,
         description="Furthest ahead a job may be scheduled (`run_at`, `delay_seconds`).",
     )
     default_page_size: int = Field(50, gt=0, description="Jobs per page of `GET /v1/jobs`.")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.errors import InvalidRequestError, JobCancelledError, UnknownResourceError
 from conveyor.outbound import HttpClient
 from conveyor.registry import JOB_TYPE_ATTRIBUTE, JOBS, JobType, Payload, Registry
-from conveyor.services.submissions import check_idempotency_key, validated_payload
+from conveyor.services.submissions import build
 from conveyor.settings import Settings
 
 T = TypeVar("T")
@@ -51,8 +51,9 @@ class FakeContext:
     given_db: sessionmaker[Session] | None = None
     given_http: HttpClient | None = None
     resources: Mapping[str, Any] = field(default_factory=dict)
-    #: The job types `submit` accepts (every imported one, by default).
+    #: The job types `submit` accepts (every imported one, by default), and how far ahead.
     registry: Registry = field(default=JOBS, repr=False)
+    max_delay: dt.timedelta = dt.timedelta(days=366)
     progress_reports: list[tuple[float, str | None]] = field(default_factory=list)
     slept: list[float] = field(default_factory=list)
     submitted: list[SubmittedChild] = field(default_factory=list)
@@ -86,20 +87,29 @@ class FakeContext:
     ) -> uuid.UUID:
         """Record a child job, validated as the real `ctx.submit` validates it (its type must
         be in `registry`); the same key gives the same child, another request with it a 422."""
-        spec = self.registry.get(job_type)
-        dumped = validated_payload(spec, payload)
-        if idempotency_key is not None:
-            check_idempotency_key(idempotency_key)
-            for child in self.submitted:
-                if child.idempotency_key != idempotency_key:
-                    continue
-                if (child.job_type, child.payload) != (spec.name, dumped):
-                    raise InvalidRequestError(
-                        "this Idempotency-Key was already used with a different request",
-                        errors=[{"field": "Idempotency-Key", "message": "reused key"}],
-                    )
-                return child.id
-        child = SubmittedChild(uuid.uuid4(), spec.name, dumped, idempotency_key, run_at, delay)
+        new = build(
+            self.registry,
+            self.max_delay,
+            job_type,
+            payload,
+            owner_id=self.owner_id,
+            idempotency_key=idempotency_key,
+            run_at=run_at,
+            delay=delay,
+            parent_id=self.job_id,
+        )
+        for child in self.submitted:
+            if idempotency_key is None or child.idempotency_key != idempotency_key:
+                continue
+            if (child.job_type, child.payload) != (new.job_type, new.payload):
+                raise InvalidRequestError(
+                    "this Idempotency-Key was already used with a different request",
+                    errors=[{"field": "Idempotency-Key", "message": "reused key"}],
+                )
+            return child.id
+        child = SubmittedChild(
+            uuid.uuid4(), new.job_type, new.payload, idempotency_key, run_at, delay
+        )
         self.submitted.append(child)
         return child.id
 

@@ -126,7 +126,7 @@ def build_container(
     import conveyor.actors.all  # noqa: F401
 
     container = bootstrap.Container(
-        settings, bootstrap.Role.DEV, db=db, announcements=announcements
+        settings, bootstrap.ProcessRole.DEV, db=db, announcements=announcements
     )
     return container, install_lifecycle(container.broker, container)
 

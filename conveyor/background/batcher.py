@@ -32,17 +32,22 @@ class SubmitBatcher:
         self.write_many = write_many
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[NewJob, Future[Job]] | object] = queue.SimpleQueue()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="conveyor-submit", daemon=True)
         self._thread.start()
 
     def write(self, new: NewJob) -> Future[Job]:
         """The job, once committed (or the error that prevented it)."""
         future: Future[Job] = Future()
-        self._queue.put((new, future))
+        if self._closed:  # nobody would ever settle it
+            future.set_exception(RuntimeError("the submission batcher is closed"))
+        else:
+            self._queue.put((new, future))
         return future
 
     def close(self) -> None:
         """Write what is queued, then stop."""
+        self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
 

@@ -19,6 +19,9 @@ from conveyor.services.jobs import Enqueuer
 
 logger = logging.getLogger(__name__)
 
+#: The shortest pause between passes, however soon the next scheduled job is due.
+MIN_PAUSE = dt.timedelta(milliseconds=50)
+
 
 class Sweeper(threading.Thread):
     """Every `interval`, or sooner when a scheduled job comes due: mark confirmed publishes,
@@ -63,6 +66,8 @@ class Sweeper(threading.Thread):
         except Exception as exc:
             logger.warning("could not read when the next scheduled job is due: %r", exc)
             first = None
+        if first is not None:  # a due row still there is locked by another sweeper: not a spin
+            first = max(first, utcnow() + MIN_PAUSE)
         with self._lock:
             # A wake-up asked for while the query ran may be for a job it did not see yet.
             candidates = [due, first, self._requested]

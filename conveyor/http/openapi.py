@@ -112,10 +112,13 @@ def _operation(route: Route, table: RouteTable, context: Context) -> dict[str, A
             schema = route.body(context)
         operation["requestBody"] = {
             "required": True,
+            "description": f"At most {context.settings.max_body_bytes} bytes (larger: 413).",
             "content": {"application/json": {"schema": schema}},
         }
     responses = {str(status): _answer(a, context) for status, a in sorted(route.answers.items())}
     errors = {**({} if route.public else table.auth_errors), **route.errors, **SERVER_ERRORS}
+    if 413 in errors:  # the real limit, which the settings decide
+        errors[413] = f"{errors[413]} ({context.settings.max_body_bytes} bytes)"
     for status, description in sorted(errors.items()):
         responses.setdefault(str(status), _error(status, description, table.error_type, context))
     operation["responses"] = responses

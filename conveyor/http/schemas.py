@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.models import Job, JobStatus
 from conveyor.registry import JobType
+
+#: How an RFC 3339 date-time begins (pydantic checks the rest, offset included).
+RFC3339_START = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
 
 class SubmitJob(BaseModel):
@@ -32,6 +36,24 @@ class SubmitJob(BaseModel):
         description="Run no earlier than this many seconds from now (instead of run_at).",
         examples=[30],
     )
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        """Only RFC 3339 text: not a Unix time, which pydantic would also take."""
+        if value is not None and not (isinstance(value, str) and RFC3339_START.match(value)):
+            raise ValueError(
+                "must be an RFC 3339 time with its offset, such as 2030-01-01T09:00:00Z"
+            )
+        return value
+
+    @field_validator("delay_seconds", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        """A JSON number: not `true` or `"12"`, which pydantic would also take."""
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError("must be a number of seconds")
+        return value
 
 
 class JobError(BaseModel):

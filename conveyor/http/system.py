@@ -7,9 +7,7 @@ import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
-from conveyor.broker import check_broker
 from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR
 from conveyor.http.routes import JSON, Answer, RouteTable
 from conveyor.http.runtime import run_db
@@ -40,31 +38,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the database, the broker and Redis answer; 503 naming what does not."""
     state = request.config_dict
-    container = state[CONTAINER]
-    settings = container.settings
+    checks = state[CONTAINER].readiness_checks()
     loop = asyncio.get_running_loop()
-
-    def database() -> None:
-        with container.db() as session:
-            session.execute(text("SELECT 1"))
-
-    def redis_ping() -> None:
-        if settings.redis_url:
-            import redis
-
-            client = redis.Redis.from_url(
-                settings.redis_url, socket_timeout=2, socket_connect_timeout=2
-            )
-            try:
-                client.ping()
-            finally:
-                client.close()
-
-    checks = {
-        "database": database,
-        "broker": lambda: check_broker(container.broker, settings.broker_url),
-        "redis": redis_ping,
-    }
     futures = {name: loop.run_in_executor(state[PROBE_EXECUTOR], fn) for name, fn in checks.items()}
     results = {}
     for name, future in futures.items():

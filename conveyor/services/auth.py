@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from conveyor.errors import AuthenticationError
+from conveyor.errors import AuthenticationError, ConfigurationError
 from conveyor.settings import Settings
 
 ALGORITHM = "HS256"
@@ -24,9 +24,9 @@ class TokenConfig:
 
     @classmethod
     def of(cls, settings: Settings) -> TokenConfig:
-        """The token settings; a missing secret key stops the process with a clear message."""
+        """The token settings; ConfigurationError without a secret key."""
         if settings.secret_key is None:
-            raise SystemExit("CONVEYOR_SECRET_KEY is not set: it signs the API tokens")
+            raise ConfigurationError("CONVEYOR_SECRET_KEY is not set: it signs the API tokens")
         return cls(
             secret=settings.secret_key.get_secret_value(),
             issuer=settings.jwt_issuer,

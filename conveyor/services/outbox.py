@@ -124,18 +124,28 @@ def promote_due(
         .limit(limit)
     )
     with transaction(db) as session:
-        rows = session.execute(_locked(session, stmt)).all()  # type: ignore[call-overload]
-        if not rows:
+        taken = session.execute(_locked(session, stmt)).all()  # type: ignore[call-overload]
+        if not taken:
             return False
-        session.execute(
-            update(jobs_t)
-            .where(jobs_t.c.id.in_([r.id for r in rows]), jobs_t.c.status == JobStatus.SCHEDULED)
-            .values(status=JobStatus.QUEUED.value, next_attempt_at=None, updated_at=now)
+        moved = set(
+            session.scalars(
+                update(jobs_t)
+                .where(
+                    jobs_t.c.id.in_([r.id for r in taken]),
+                    jobs_t.c.status == JobStatus.SCHEDULED,  # not cancelled meanwhile
+                )
+                .values(status=JobStatus.QUEUED.value, next_attempt_at=None, updated_at=now)
+                .returning(jobs_t.c.id)
+            )
         )
-        session.execute(
-            insert(events_t),
-            [new_event(r.id, JobStatus.QUEUED, 0, now, message="due") for r in rows],
-        )
+        rows = [r for r in taken if r.id in moved]
+        if rows:
+            session.execute(
+                insert(events_t),
+                [new_event(r.id, JobStatus.QUEUED, 0, now, message="due") for r in rows],
+            )
+    if not rows:
+        return len(taken) == limit
     for row in rows:
         announcer.announce(row.id, JobStatus.QUEUED)
     messages = [JobMessage(r.id, r.type, r.queue) for r in rows]
@@ -147,7 +157,7 @@ def promote_due(
         with transaction(db) as session:
             mark_published(session, [m.job_id for m in messages])
     logger.info("queued %d scheduled job(s) that came due", len(rows))
-    return len(rows) == limit
+    return len(taken) == limit
 
 
 def next_due(db: sessionmaker[Session]) -> dt.datetime | None:

@@ -54,6 +54,8 @@ class Outcome:
 
     status: JobStatus
     result: Any = None
+    #: `result` as the JSON text that was checked storable (so it is not encoded twice).
+    result_json: str | None = None
     error: dict[str, Any] | None = None
     retry_in: dt.timedelta | None = None
     #: Failed because retrying could not help (not because the retries ran out).
@@ -71,11 +73,11 @@ def returned(value: Any) -> Outcome:
     """The function returned `value`: succeeded, unless the value cannot be stored as JSON."""
     try:
         result = to_jsonable_python(value)
-        storable_json(result)
+        text = storable_json(result)
     except (PydanticSerializationError, ValueError, TypeError) as exc:
         error = {"type": "UnserializableResult", "message": f"the result is not JSON: {exc}"}
         return Outcome(JobStatus.FAILED, error=error, permanent=True)
-    return Outcome(JobStatus.SUCCEEDED, result=result)
+    return Outcome(JobStatus.SUCCEEDED, result=result, result_json=text)
 
 
 def raised(

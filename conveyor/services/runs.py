@@ -163,9 +163,11 @@ def finish(
     status: JobStatus,
     *,
     result: Any = None,
+    result_json: str | None = None,
     error: dict[str, Any] | None = None,
 ) -> bool:
-    """Record the end of attempt `attempt`; False if that attempt no longer owns the job."""
+    """Record the end of attempt `attempt`; False if that attempt no longer owns the job.
+    `result_json` is `result` already encoded, if the caller has it."""
     connections = direct(db)
     if connections is not None:
         params = {
@@ -173,7 +175,7 @@ def finish(
             "attempt": attempt,
             "status": status.value,
             "succeeded": status == JobStatus.SUCCEEDED,
-            "result": _dumps(result),
+            "result": result_json if result_json is not None else _dumps(result),
             "error": _dumps(error),
             "message": error["message"][:1000] if error else None,
             "now": utcnow(),
@@ -282,7 +284,14 @@ def record(
                     mark_published(session, [job_id])
         return status
     recorded = _persistently(
-        finish, db, job_id, attempt, outcome.status, result=outcome.result, error=outcome.error
+        finish,
+        db,
+        job_id,
+        attempt,
+        outcome.status,
+        result=outcome.result,
+        result_json=outcome.result_json,
+        error=outcome.error,
     )
     if not recorded:
         logger.warning(

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.db import direct, storable_json, transaction
 from conveyor.errors import BadRequestError, ConflictError, InvalidRequestError, field_errors
 from conveyor.ids import uuid7
-from conveyor.models import Job, JobStatus
+from conveyor.models import Job, JobEventKind, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import events_t, jobs_t
 from conveyor.registry import JobType, Payload, Registry
@@ -121,58 +121,17 @@ class Submissions:
         parent_id: uuid.UUID | None = None,
     ) -> NewJob:
         """Validate a submission (422 naming the field, 400 for a bad key) into a `NewJob`."""
-        spec = job_type if isinstance(job_type, JobType) else self.registry.get(job_type)
-        if idempotency_key is not None:
-            check_idempotency_key(idempotency_key)
-        when = self._when(run_at, delay)
-        return NewJob(
-            job_type=spec.name,
-            queue=spec.queue,
-            payload=validated_payload(spec, payload),
-            max_retries=spec.retry.max_retries,
+        return build(
+            self.registry,
+            self.max_delay,
+            job_type,
+            payload,
             owner_id=owner_id,
             idempotency_key=idempotency_key,
-            run_at=when,
+            run_at=run_at,
+            delay=delay,
             parent_id=parent_id,
-            status=JobStatus.SCHEDULED if when and when > utcnow() else JobStatus.QUEUED,
         )
-
-    def _when(
-        self, run_at: dt.datetime | None, delay: dt.timedelta | float | None
-    ) -> dt.datetime | None:
-        if run_at is not None and delay is not None:
-            raise InvalidRequestError(
-                "give run_at or delay_seconds, not both",
-                errors=[{"field": "delay_seconds", "message": "not together with run_at"}],
-            )
-        now = utcnow()
-        limit = self.max_delay.total_seconds()
-        if delay is not None:
-            seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
-            if not (math.isfinite(seconds) and 0 <= seconds <= limit):
-                raise InvalidRequestError(
-                    f"delay_seconds must be from 0 to {limit:.0f}",
-                    errors=[{"field": "delay_seconds", "message": f"0 to {limit:.0f} seconds"}],
-                )
-            return now + dt.timedelta(seconds=seconds)
-        if run_at is None:
-            return None
-        if run_at.tzinfo is None:
-            raise InvalidRequestError(
-                "run_at needs a UTC offset (RFC 3339, such as 2030-01-01T09:00:00Z)",
-                errors=[{"field": "run_at", "message": "a time with a UTC offset"}],
-            )
-        if run_at - now > self.max_delay:
-            raise InvalidRequestError(
-                f"run_at is more than {limit:.0f} seconds ahead",
-                errors=[{"field": "run_at", "message": f"at most {limit:.0f} seconds ahead"}],
-            )
-        try:
-            return run_at.astimezone(dt.UTC)
-        except OverflowError:  # 0001-01-01T00:00:00+05:00 has no UTC time
-            raise InvalidRequestError(
-                "run_at is out of range", errors=[{"field": "run_at", "message": "out of range"}]
-            ) from None
 
     def submit(self, new: NewJob) -> Submitted:
         """Write the job, wait for the commit, then publish it (from a thread that may block:
@@ -254,6 +213,76 @@ def _created(submitted: Future[Submitted], written: Future[Job]) -> None:
             submitted.set_result(Submitted(written.result(), True))
         else:
             submitted.set_exception(error)
+
+
+def build(
+    registry: Registry,
+    max_delay: dt.timedelta,
+    job_type: str | Callable[..., Any] | JobType,
+    payload: Payload | Mapping[str, Any] | None,
+    *,
+    owner_id: uuid.UUID,
+    idempotency_key: str | None = None,
+    run_at: dt.datetime | None = None,
+    delay: dt.timedelta | float | None = None,
+    parent_id: uuid.UUID | None = None,
+) -> NewJob:
+    """A validated `NewJob` of a type in `registry`, due no more than `max_delay` ahead (422
+    naming the field, 400 for a bad key); no I/O."""
+    spec = job_type if isinstance(job_type, JobType) else registry.get(job_type)
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
+    when = _when(run_at, delay, max_delay)
+    return NewJob(
+        job_type=spec.name,
+        queue=spec.queue,
+        payload=validated_payload(spec, payload),
+        max_retries=spec.retry.max_retries,
+        owner_id=owner_id,
+        idempotency_key=idempotency_key,
+        run_at=when,
+        parent_id=parent_id,
+        status=JobStatus.SCHEDULED if when and when > utcnow() else JobStatus.QUEUED,
+    )
+
+
+def _when(
+    run_at: dt.datetime | None, delay: dt.timedelta | float | None, max_delay: dt.timedelta
+) -> dt.datetime | None:
+    """The due time a submission asks for (UTC), or None for now."""
+    if run_at is not None and delay is not None:
+        raise InvalidRequestError(
+            "give run_at or delay_seconds, not both",
+            errors=[{"field": "delay_seconds", "message": "not together with run_at"}],
+        )
+    now = utcnow()
+    limit = max_delay.total_seconds()
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
+        if not (math.isfinite(seconds) and 0 <= seconds <= limit):
+            raise InvalidRequestError(
+                f"delay_seconds must be from 0 to {limit:.0f}",
+                errors=[{"field": "delay_seconds", "message": f"0 to {limit:.0f} seconds"}],
+            )
+        return now + dt.timedelta(seconds=seconds)
+    if run_at is None:
+        return None
+    if run_at.tzinfo is None:
+        raise InvalidRequestError(
+            "run_at needs a UTC offset (RFC 3339, such as 2030-01-01T09:00:00Z)",
+            errors=[{"field": "run_at", "message": "a time with a UTC offset"}],
+        )
+    if run_at - now > max_delay:
+        raise InvalidRequestError(
+            f"run_at is more than {limit:.0f} seconds ahead",
+            errors=[{"field": "run_at", "message": f"at most {limit:.0f} seconds ahead"}],
+        )
+    try:
+        return run_at.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:00 has no UTC time
+        raise InvalidRequestError(
+            "run_at is out of range", errors=[{"field": "run_at", "message": "out of range"}]
+        ) from None
 
 
 def check_idempotency_key(key: str) -> None:
@@ -345,7 +374,7 @@ def write_many(db: sessionmaker[Session], batch: Sequence[NewJob]) -> list[Job]:
             "run_ats": [r["run_at"] for r in rows],
             "due": [r["next_attempt_at"] for r in rows],
             "now": rows[0]["created_at"],
-            "kind": "status",
+            "kind": JobEventKind.STATUS.value,
         },
     )
     return [Job(**row) for row in rows]

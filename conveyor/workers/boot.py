@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import dramatiq
 
-from conveyor.bootstrap import Container, ResourceFactory, Role
+from conveyor.bootstrap import Container, ProcessRole, ResourceFactory
 from conveyor.logs import configure_logging
 from conveyor.registry import JOBS
 from conveyor.settings import Settings, get_settings
@@ -31,7 +31,7 @@ def boot_pool(
     served = {t.name for t in JOBS if t.queue in queues}
     if not served:
         raise RuntimeError(f"no job type serves {sorted(queues)}: import the pool's job modules")
-    container = Container(settings, Role.WORKER, resources=resources)
+    container = Container(settings, ProcessRole.WORKER, resources=resources)
     broker = container.broker
     dramatiq.set_broker(broker)
     install_lifecycle(broker, container, queues=queues, close_container=True)

@@ -16,7 +16,12 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.bootstrap import Container
-from conveyor.errors import JobCancelledError
+from conveyor.errors import (
+    BadRequestError,
+    InvalidRequestError,
+    JobCancelledError,
+    PermanentJobError,
+)
 from conveyor.models import JobStatus
 from conveyor.outbound import HttpClient
 from conveyor.registry import Payload
@@ -52,6 +57,7 @@ class RunningJob:
 
     @property
     def cancelled(self) -> bool:
+        """Asked to stop: a cancel, or the time limit."""
         return self.stop.is_set()
 
     @property
@@ -78,17 +84,22 @@ class RunningJob:
         run_at: dt.datetime | None = None,
         delay: dt.timedelta | float | None = None,
     ) -> uuid.UUID:
+        self._refuse_on_the_loop("submit")
         submissions = self.container.submissions
-        new = submissions.build(
-            job_type,
-            payload,
-            owner_id=self.owner_id,
-            idempotency_key=idempotency_key,
-            run_at=run_at,
-            delay=delay,
-            parent_id=self.job_id,
-        )
-        return submissions.submit(new).job.id
+        try:
+            new = submissions.build(
+                job_type,
+                payload,
+                owner_id=self.owner_id,
+                idempotency_key=idempotency_key,
+                run_at=run_at,
+                delay=delay,
+                parent_id=self.job_id,
+            )
+            return submissions.submit(new).job.id
+        except (InvalidRequestError, BadRequestError) as exc:
+            # The same call would be refused on every retry: a bug to fix, not a blip.
+            raise PermanentJobError(f"the child job was refused: {exc.detail}") from exc
 
     async def asubmit(
         self,
@@ -109,7 +120,16 @@ class RunningJob:
         )
         return await asyncio.get_running_loop().run_in_executor(None, submit)
 
+    def _refuse_on_the_loop(self, call: str) -> None:
+        """A blocking call on the job loop would stall every async job of the process."""
+        if self.container.is_built("loop") and self.container.loop.in_loop:
+            raise RuntimeError(f"in an async def job, use `await ctx.a{call}(...)`")
+
     def progress(self, fraction: float, message: str | None = None) -> None:
+        self._refuse_on_the_loop("progress")
+        self._progress(fraction, message)
+
+    def _progress(self, fraction: float, message: str | None) -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
         if runs.report_progress(self.db, self.job_id, self.attempt, fraction, message):
             self.interrupt(JobCancelledError)
@@ -117,11 +137,12 @@ class RunningJob:
         self.raise_if_stopped()
 
     def sleep(self, seconds: float) -> None:
+        self._refuse_on_the_loop("sleep")
         self.stop.wait(seconds)
         self.raise_if_stopped()
 
     async def aprogress(self, fraction: float, message: str | None = None) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.progress, fraction, message)
+        await asyncio.get_running_loop().run_in_executor(None, self._progress, fraction, message)
 
     async def asleep(self, seconds: float) -> None:
         self.raise_if_stopped()
@@ -129,6 +150,10 @@ class RunningJob:
         self.raise_if_stopped()
 
     # --- stopping ---------------------------------------------------------------------------
+
+    def stopping(self) -> type[BaseException] | None:
+        """Why the job must stop (a cancel, the time limit), or None while it may go on."""
+        return self.stop_reason if self.stop.is_set() else None
 
     def raise_if_stopped(self) -> None:
         if self.stop.is_set() and self.stop_reason is not None:

@@ -11,6 +11,7 @@ message dead-lettered. Attempts are counted in the row.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import logging
 import os
@@ -170,28 +171,38 @@ class JobLifecycle(Middleware):
             self._running[job_id] = running
         try:
             outcome = self._execute(job_type, running, job.payload)
-            self._record(job_type, running, outcome)
+            if outcome is not None:
+                self._record(job_type, running, outcome)
         finally:
             with self._running_lock:  # a later attempt of the same job may have replaced it
                 if self._running.get(job_id) is running:
                     del self._running[job_id]
 
-    def _execute(self, job_type: JobType, running: RunningJob, payload: dict[str, Any]) -> Outcome:
-        """Run the function; what happened, as the outcome policy judges it."""
+    def _execute(
+        self, job_type: JobType, running: RunningJob, payload: dict[str, Any]
+    ) -> Outcome | None:
+        """Run the function; what happened, as the outcome policy judges it (None: nothing
+        to record, the attempt was cut short by the process stopping)."""
         try:
             validated = job_type.payload.model_validate(payload)
-            with running.user_code():
-                value = job_type.call(validated, running)
-                if job_type.is_async:
-                    value = self.container.loop.run(value)
-        except (Exception, asyncio.CancelledError) as caught:
-            exc: BaseException = caught
-            if isinstance(caught, asyncio.CancelledError):  # the task, not the job, was stopped
-                reason = running.stop_reason
-                exc = reason() if reason else RuntimeError("the job's task was cancelled")
-            attempt = Attempt(running.attempt, running.worker_losses, running.max_retries)
-            return outcomes.raised(job_type, attempt, exc, time_limit=running.time_limit)
+            if job_type.is_async:  # stopped by cancelling its task (see LoopThread.run)
+                coro = job_type.call(validated, running)
+                value = self.container.loop.run(coro, interrupt=running.stopping)
+            else:  # stopped by an exception raised in its thread
+                with running.user_code():
+                    value = job_type.call(validated, running)
+        except (concurrent.futures.CancelledError, asyncio.CancelledError):
+            if running.stop_reason is None:  # the job loop closed under it: the process stops
+                logger.warning("job %s was interrupted by the worker stopping", running.job_id)
+                return None  # like a killed thread: the lease reconciler takes the job back
+            return self._judge(job_type, running, running.stop_reason())
+        except Exception as exc:
+            return self._judge(job_type, running, exc)
         return outcomes.returned(value)
+
+    def _judge(self, job_type: JobType, running: RunningJob, exc: BaseException) -> Outcome:
+        attempt = Attempt(running.attempt, running.worker_losses, running.max_retries)
+        return outcomes.raised(job_type, attempt, exc, time_limit=running.time_limit)
 
     def _record(self, job_type: JobType, running: RunningJob, outcome: Outcome) -> None:
         job_id, attempt = running.job_id, running.attempt
@@ -205,9 +216,13 @@ class JobLifecycle(Middleware):
                 (outcome.retry_in or dt.timedelta(0)).total_seconds(),
             )
         elif outcome.status == JobStatus.FAILED:
-            logger.error(
-                "job %s failed for good after %d attempt(s): %s",
+            # A permanent failure (bad input, a declared permanent error) is the job's answer;
+            # retries spent on a failure that might have passed is what someone must look at.
+            logger.log(
+                logging.WARNING if outcome.permanent else logging.ERROR,
+                "job %s failed %s after %d attempt(s): %s",
                 job_id,
+                "permanently" if outcome.permanent else "for good",
                 attempt,
                 outcome.error["message"] if outcome.error else "",
             )

@@ -263,7 +263,7 @@ async def test_database_outage_answers_503_with_retry_after(stack: Stack, aiohtt
         }
     )
     container = bootstrap.Container(
-        settings, bootstrap.Role.WEB, announcements=MemoryAnnouncements()
+        settings, bootstrap.ProcessRole.WEB, announcements=MemoryAnnouncements()
     )
     client = await aiohttp_client(create_app(container, sweeper=False))
     response = await client.get("/v1/jobs", headers=stack.headers())

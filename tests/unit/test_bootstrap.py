@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.bootstrap import Container, Role
+from conveyor.bootstrap import Container, ProcessRole
 from conveyor.errors import UnknownResourceError
 from conveyor.registry import Registry
 from tests import stack
@@ -39,7 +39,7 @@ def closed() -> list[str]:
 
 @pytest.fixture
 def container() -> Iterator[Container]:
-    container = Container(SETTINGS, Role.WORKER, registry=Registry())
+    container = Container(SETTINGS, ProcessRole.WORKER, registry=Registry())
     yield container
     container.close()
 
@@ -59,7 +59,7 @@ def test_a_resource_is_built_on_first_use_and_then_shared(container: Container) 
 
 
 def test_resources_given_to_the_constructor_are_registered_too() -> None:
-    with Container(SETTINGS, Role.WORKER, resources={"answer": lambda c: 42}) as container:
+    with Container(SETTINGS, ProcessRole.WORKER, resources={"answer": lambda c: 42}) as container:
         assert container.resource("answer") == 42
 
 
@@ -188,7 +188,7 @@ def test_given_objects_are_used_and_left_to_their_owner() -> None:
     announcer = RecordingAnnouncer()
     with Container(
         SETTINGS,
-        Role.WORKER,
+        ProcessRole.WORKER,
         enqueuer=enqueuer,
         announcements=announcer,  # type: ignore[arg-type]
     ) as container:

@@ -138,7 +138,7 @@ def test_the_same_key_gives_the_same_child_as_on_a_retry() -> None:
 
 def test_a_child_with_run_at_keeps_it() -> None:
     ctx = FakeContext(registry=REGISTRY)
-    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
     child_id = ctx.submit("tests.notify", {"user_id": 1}, run_at=when)
     assert ctx.submitted == [
         SubmittedChild(child_id, "tests.notify", {"user_id": 1}, None, when, None)

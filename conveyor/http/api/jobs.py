@@ -1,53 +1,64 @@
-"""Routes of /v1/jobs: submit, read (and wait), list, cancel, stream events; job types."""
+"""Routes of /v1/jobs: submit, read (and wait), list, cancel; job types."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import ClientConnectionResetError, web
+from aiohttp import web
 from multidict import MultiDict
 from pydantic_core import from_json
 
-from conveyor import logs
-from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
+from conveyor.errors import BadRequestError, InvalidRequestError
+from conveyor.http.api.params import (
+    JOB_ID,
+    bounded_int,
+    is_finished,
+    job_id_of,
+    respond,
+    routes,
+)
 from conveyor.http.keys import CONTAINER, METRICS, USER
-from conveyor.http.routes import EVENT_STREAM, Answer, Parameter, RouteTable
+from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.http.schemas import JobOut, JobPage, JobTypeList, JobTypeOut, SubmitJob
-from conveyor.models import Job, JobEventKind, JobStatus
+from conveyor.models import Job, JobStatus
+from conveyor.models.base import utcnow
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
 
 if TYPE_CHECKING:
     from conveyor.http.openapi import Context
 
-routes = RouteTable(tag="jobs")
-
-RETRY_AFTER_SECONDS = "1"
-SSE_KEEPALIVE_SECONDS = 15.0
-EVENTS_PAGE = 500
-MAX_EVENT_ID = 2**63 - 1
+#: The polling interval suggested for an unfinished job; a scheduled one's is its wait, capped.
+POLL_SECONDS = 1
+MAX_POLL_SECONDS = 3600
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
 
-JOB_ID = Parameter(
-    "job_id", "path", {"type": "string", "format": "uuid"}, "The job's id", required=True
-)
 UNFINISHED_HEADERS = {"Retry-After": "Seconds to wait before polling again (unfinished jobs)"}
 
 
 def submission_schema(context: Context) -> dict[str, Any]:
     """The body of POST /v1/jobs: one variant per registered job type, with its payload, and
     the delay fields of `SubmitJob` (with the real limit of `delay_seconds`)."""
+    limit = context.settings.max_delay_seconds
     timing = {
-        name: dict(schema)
-        for name, schema in SubmitJob.model_json_schema()["properties"].items()
-        if name in ("run_at", "delay_seconds")
+        "run_at": {
+            "type": "string",
+            "format": "date-time",
+            "description": "Run no earlier than this time (RFC 3339, with its offset), at most "
+            f"{limit:.0f} seconds ahead; the job is `scheduled` until then.",
+        },
+        "delay_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": limit,
+            "description": "Run no earlier than this many seconds from now (instead of run_at).",
+        },
     }
-    timing["delay_seconds"]["maximum"] = context.settings.max_delay_seconds
     variants = []
     for job_type in context.registry:
         name = f"Payload_{job_type.name.replace('.', '_')}"
@@ -58,6 +69,7 @@ def submission_schema(context: Context) -> dict[str, Any]:
                 "description": job_type.description,
                 "required": ["type"],
                 "additionalProperties": False,
+                "not": {"required": ["run_at", "delay_seconds"]},
                 "properties": {
                     "type": {"const": job_type.name},
                     "payload": context.components.model(job_type.payload, name),
@@ -66,22 +78,6 @@ def submission_schema(context: Context) -> dict[str, Any]:
             }
         )
     return {"oneOf": variants} if variants else context.components.model(SubmitJob)
-
-
-def _respond(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=model.model_dump_json(),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-    )
-
-
-def _job_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["job_id"])
-    except ValueError:
-        raise NotFoundError("no such job (not a job id)") from None
 
 
 def _seconds(value: str | None, field: str, upper: float) -> float:
@@ -99,25 +95,21 @@ def _seconds(value: str | None, field: str, upper: float) -> float:
     return seconds
 
 
-def _bounded_int(value: str, low: int, high: int) -> int:
-    """`value` as an integer within [low, high]; anything else (too long, not ASCII digits,
-    out of range) gives `low`."""
-    if len(value) > 19 or not (value.isascii() and value.isdigit()):
-        return low
-    return min(max(int(value), low), high)
-
-
-def _finished(job: Job) -> bool:
-    return job.status in FINISHED
+def _poll_after(job: Job) -> str:
+    """`Retry-After` for an unfinished job: soon, or when a scheduled job comes due."""
+    if job.status == JobStatus.SCHEDULED and job.next_attempt_at is not None:
+        wait = (job.next_attempt_at - utcnow()).total_seconds()
+        return str(min(max(math.ceil(wait), POLL_SECONDS), MAX_POLL_SECONDS))
+    return str(POLL_SECONDS)
 
 
 async def _wait(request: web.Request, job: Job, seconds: float, *, until_finished: bool) -> Job:
     """The job once it changes status (or finishes), or as it is after `seconds`.
 
-    Woken by the events fan-out; the row is read again once subscribed (so no change
+    Woken by announcements; the row is read again once subscribed (so no change
     between the first read and the subscription is missed) and after each relevant event.
     """
-    if seconds <= 0 or _finished(job):
+    if seconds <= 0 or is_finished(job):
         return job
     viewer = request[USER]
     initial = job.status
@@ -125,7 +117,7 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
     deadline = loop.time() + seconds
     async with request.config_dict[CONTAINER].announcements.listen(job.id) as statuses:
         job = await run_db(request.config_dict, jobs.get, job.id, viewer)
-        while not (_finished(job) or (not until_finished and job.status != initial)):
+        while not (is_finished(job) or (not until_finished and job.status != initial)):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -193,9 +185,8 @@ async def submit_job(request: web.Request) -> web.Response:
     `Prefer: wait=N` was given and it ended in time."""
     container = request.config_dict[CONTAINER]
     body = await request.read()
-    try:  # strict JSON: no NaN or Infinity, which no database column could store
+    try:  # strict JSON: no NaN or Infinity (a 1e400 that parses as one is refused later)
         document = from_json(body, allow_inf_nan=False)
-        json.dumps(document, allow_nan=False)  # 1e400 parses as infinity
     except ValueError as exc:
         raise BadRequestError(f"the body is not valid JSON: {exc}") from None
     submission = SubmitJob.model_validate(document)
@@ -210,7 +201,7 @@ async def submit_job(request: web.Request) -> web.Response:
     )
     submitted = await submissions.asubmit(new)
     job, created = submitted.job, submitted.created
-    headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": RETRY_AFTER_SECONDS}
+    headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": _poll_after(job)}
     if created:
         request.config_dict[METRICS].submitted.labels(job.type).inc()
     else:
@@ -220,9 +211,9 @@ async def submit_job(request: web.Request) -> web.Response:
         wait = min(float(match.group(1)), container.settings.max_wait_seconds)
         job = await _wait(request, job, wait, until_finished=True)
         headers["Preference-Applied"] = f"wait={wait:g}"
-        if _finished(job):
-            return _respond(JobOut.of(job), 200, headers)
-    return _respond(JobOut.of(job), 202, headers)
+        if is_finished(job):
+            return respond(JobOut.of(job), 200, headers)
+    return respond(JobOut.of(job), 202, headers)
 
 
 @routes.get(
@@ -263,10 +254,10 @@ async def get_job(request: web.Request) -> web.Response:
             "until must be 'change' or 'finished'",
             errors=[{"field": "until", "message": "one of: change, finished"}],
         )
-    job = await run_db(request.config_dict, jobs.get, _job_id(request), request[USER])
+    job = await run_db(request.config_dict, jobs.get, job_id_of(request), request[USER])
     job = await _wait(request, job, wait, until_finished=until == "finished")
-    headers = {} if _finished(job) else {"Retry-After": RETRY_AFTER_SECONDS}
-    return _respond(JobOut.of(job), headers=headers)
+    headers = {} if is_finished(job) else {"Retry-After": _poll_after(job)}
+    return respond(JobOut.of(job), headers=headers)
 
 
 def _printable(values: list[str], field: str) -> list[str]:
@@ -356,7 +347,7 @@ async def list_jobs(request: web.Request) -> web.Response:
             errors=[{"field": "status", "message": f"must be one of: {allowed}"}],
         )
     raw_limit = request.query.get("limit", str(settings.default_page_size))
-    limit = _bounded_int(raw_limit, 0, settings.max_page_size + 1)
+    limit = bounded_int(raw_limit, 0, settings.max_page_size + 1)
     if not 1 <= limit <= settings.max_page_size:
         raise InvalidRequestError(
             f"limit must be an integer from 1 to {settings.max_page_size}",
@@ -378,7 +369,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         query["cursor"] = page.next_cursor
         headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
     body = JobPage(items=[JobOut.of(j) for j in page.jobs], next_cursor=page.next_cursor)
-    return _respond(body, headers=headers)
+    return respond(body, headers=headers)
 
 
 @routes.post(
@@ -397,90 +388,10 @@ async def cancel_job(request: web.Request) -> web.Response:
         request.config_dict,
         jobs.cancel,
         request.config_dict[CONTAINER].announcements,
-        _job_id(request),
+        job_id_of(request),
         request[USER],
     )
-    return _respond(JobOut.of(job), 200 if _finished(job) else 202)
-
-
-@routes.get(
-    "/jobs/{job_id}/events",
-    summary="Stream the job's events (server-sent events)",
-    parameters=[
-        JOB_ID,
-        Parameter(
-            "Last-Event-ID",
-            "header",
-            {"type": "string", "pattern": "^[0-9]+$"},
-            "Resume after this event id (EventSource sends it when it reconnects)",
-        ),
-    ],
-    answers={
-        200: Answer(
-            "The history, then live `status` and `progress` events until the job finishes",
-            content_type=EVENT_STREAM,
-            schema={"type": "string"},
-        )
-    },
-    errors={404: "No such job (or another member's)"},
-)
-async def job_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: the job's history (after `Last-Event-ID`), then live transitions
-    and progress until it finishes. A finished job's stream ends once its history is sent,
-    also for a client that reconnects with the last id it saw."""
-    viewer = request[USER]
-    job = await run_db(request.config_dict, jobs.get, _job_id(request), viewer)
-    last = request.headers.get("Last-Event-ID", "")
-    after = _bounded_int(last, 0, MAX_EVENT_ID) if last else 0
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            "X-Request-Id": logs.request_id.get() or "",
-        }
-    )
-    await response.prepare(request)
-    try:
-        cursor = [after]
-        async with request.config_dict[CONTAINER].announcements.listen(job.id) as statuses:
-            while not await _send_events(request, response, job.id, cursor):
-                if _finished(job):
-                    break  # it had finished before the stream began: its history is sent
-                try:
-                    await asyncio.wait_for(statuses.get(), SSE_KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
-        await response.write_eof()
-    except (ConnectionResetError, ClientConnectionResetError):
-        pass  # the client went away
-    return response
-
-
-async def _send_events(
-    request: web.Request, response: web.StreamResponse, job_id: uuid.UUID, after: list[int]
-) -> bool:
-    """Send every event after `after[0]` (advancing it); True once a final status was sent."""
-    while True:
-        page = await run_db(request.config_dict, jobs.events_after, job_id, after[0], EVENTS_PAGE)
-        for event in page:
-            after[0] = event.id
-            data = {
-                "job_id": str(job_id),
-                "kind": event.kind,
-                "status": event.status,
-                "attempt": event.attempt,
-                "progress": event.progress,
-                "message": event.message,
-                "at": event.at.isoformat(),
-            }
-            await response.write(
-                f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(data)}\n\n".encode()
-            )
-            if event.kind == JobEventKind.STATUS and event.status in FINISHED:
-                return True
-        if len(page) < EVENTS_PAGE:
-            return False
+    return respond(JobOut.of(job), 200 if is_finished(job) else 202)
 
 
 @routes.get(
@@ -491,4 +402,4 @@ async def _send_events(
 async def job_types(request: web.Request) -> web.Response:
     """Every job type with its queue, limits and payload JSON Schema."""
     registry = request.config_dict[CONTAINER].registry
-    return _respond(JobTypeList(items=[JobTypeOut.of(t) for t in registry]))
+    return respond(JobTypeList(items=[JobTypeOut.of(t) for t in registry]))

@@ -401,10 +401,16 @@ async def test_none_of_these_requests_was_answered_with_a_500(embedded_stack: St
 # --- found in review -------------------------------------------------------------------------
 
 
-async def test_numbers_too_large_for_a_float_are_a_bad_request(embedded_stack: Stack) -> None:
-    await problem(
-        await post_jobs(embedded_stack, '{"type": "system.echo", "payload": {"a": 1e400}}'), 400
+async def test_numbers_too_large_for_a_float_are_unprocessable(embedded_stack: Stack) -> None:
+    # Valid JSON syntax, but a value that no column can store: 422 naming the field.
+    body = await problem(
+        await post_jobs(embedded_stack, '{"type": "system.echo", "payload": {"a": 1e400}}'), 422
     )
+    assert fields(body) == ["payload"]
+    body = await problem(
+        await post_jobs(embedded_stack, '{"type": "system.echo", "delay_seconds": 1e400}'), 422
+    )
+    assert fields(body) == ["delay_seconds"]
 
 
 async def test_a_nul_character_in_the_payload_is_unprocessable(embedded_stack: Stack) -> None:

@@ -98,6 +98,11 @@ async def report(payload: Nap, ctx: JobContext) -> str:
     return "finished"
 
 
+@job(queue="tests", name="tests.blocking", max_retries=0, registry=REGISTRY)
+async def blocking(payload: Nap, ctx: JobContext) -> None:
+    ctx.progress(0.5)  # would block the loop every async job of the process shares
+
+
 @job(queue="tests", name="tests.fetch_sync", registry=REGISTRY)
 def fetch_sync(payload: Fetch, ctx: JobContext) -> int:
     return ctx.http.request("GET", payload.url).status
@@ -117,7 +122,7 @@ def container(
     SEEN.clear()
     container = bootstrap.Container(
         stack.test_settings(database_url="sqlite://", broker_url="stub://", redis_url=None),
-        bootstrap.Role.WORKER,
+        bootstrap.ProcessRole.WORKER,
         registry=REGISTRY,
         db=db,
         enqueuer=enqueuer,
@@ -243,3 +248,33 @@ def test_an_async_job_cancelled_while_it_sleeps_stops_promptly(
     cancelled = load(row.id)
     assert cancelled.status == JobStatus.CANCELLED
     assert cancelled.progress == 0.5
+
+
+def test_an_async_job_cut_short_by_the_worker_stopping_records_nothing(
+    lifecycle: JobLifecycle,
+    container: bootstrap.Container,
+    make_job: MakeJob,
+    load: Callable[..., Job],
+) -> None:
+    # Like a plain job whose thread dies with its process: no failure is charged to the job;
+    # its lease runs out and the reconciler takes it back as a lost worker.
+    row = make_job(job_type="tests.report", queue="tests", payload={"seconds": 30}, max_retries=0)
+    worker = threading.Thread(target=run, args=(lifecycle, row))
+    worker.start()
+    wait_until(lambda: load(row.id).progress == 0.5, timeout=5)
+    container.loop.close()  # what closing the container does when the worker stops
+    worker.join(10)
+    assert not worker.is_alive()
+    interrupted = load(row.id)
+    assert (interrupted.status, interrupted.attempts) == (JobStatus.RUNNING, 1)
+    assert interrupted.error is None
+
+
+def test_a_blocking_ctx_call_in_an_async_job_is_refused(
+    lifecycle: JobLifecycle, make_job: MakeJob, load: Callable[..., Job]
+) -> None:
+    row = make_job(job_type="tests.blocking", queue="tests", payload={}, max_retries=0)
+    run(lifecycle, row)
+    failed = load(row.id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.error is not None and "await ctx.aprogress" in failed.error["message"]

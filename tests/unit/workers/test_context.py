@@ -103,7 +103,7 @@ def container(
     Mailer.built = 0
     container = bootstrap.Container(
         SETTINGS,
-        bootstrap.Role.WORKER,
+        bootstrap.ProcessRole.WORKER,
         registry=REGISTRY,
         db=db,
         enqueuer=enqueuer,
@@ -270,18 +270,19 @@ def test_a_child_submitted_with_a_delay_is_scheduled_and_not_published(
     assert enqueuer.messages == []
 
 
-def test_a_child_with_an_invalid_payload_fails_the_parents_attempt(
+def test_a_child_with_an_invalid_payload_fails_the_parent_at_once(
     lifecycle: JobLifecycle,
     make: Callable[..., Job],
     load: Callable[..., Job],
     db: sessionmaker[Session],
 ) -> None:
-    row = make("tests.ctx_hook", max_retries=0)
+    row = make("tests.ctx_hook", max_retries=3)  # retrying cannot make the payload valid
     HOOK.append(lambda ctx: ctx.submit("tests.child", {"n": -1}))
     run(lifecycle, row)
     failed = load(row.id)
-    assert failed.status == JobStatus.FAILED
-    assert failed.error is not None and failed.error["type"] == "InvalidRequestError"
+    assert (failed.status, failed.attempts) == (JobStatus.FAILED, 1)
+    assert failed.error is not None and failed.error["type"] == "PermanentJobError"
+    assert "the child job was refused" in failed.error["message"]
     assert children_of(db, row.id) == []
 
 

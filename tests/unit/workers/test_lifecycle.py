@@ -97,7 +97,7 @@ def _container(
 ) -> bootstrap.Container:
     return bootstrap.Container(
         stack.test_settings(database_url="sqlite://", broker_url="stub://", redis_url=None),
-        bootstrap.Role.WORKER,
+        bootstrap.ProcessRole.WORKER,
         registry=REGISTRY,
         db=db,
         enqueuer=enqueuer,
