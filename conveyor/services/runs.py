@@ -40,34 +40,41 @@ EARLY_TOLERANCE = dt.timedelta(seconds=1)
 #: Pauses between attempts to record an outcome while the database is unreachable.
 RECORD_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
-_CLAIM_PG = """
+# The statuses are spelled from `JobStatus` once, here at import, not passed per call: the
+# statements are prepared once per connection and run for every job.
+_RUNNING = JobStatus.RUNNING.value
+_CLAIMABLE = ", ".join(f"'{status.value}'" for status in OUTBOX)
+_STATUS_EVENT = JobEventKind.STATUS.value
+
+_CLAIM_PG = f"""
 WITH claimed AS (
-    UPDATE jobs SET status = %(running)s, attempts = attempts + 1,
+    UPDATE jobs SET status = '{_RUNNING}', attempts = attempts + 1,
         started_at = %(now)s::timestamptz, updated_at = %(now)s, lease_expires_at = %(lease_until)s,
         next_attempt_at = NULL, published_at = COALESCE(published_at, %(now)s::timestamptz),
         worker = %(worker)s
-    WHERE id = %(id)s::uuid AND NOT cancel_requested AND status = ANY(%(claimable)s)
+    WHERE id = %(id)s::uuid AND NOT cancel_requested AND status IN ({_CLAIMABLE})
         AND (next_attempt_at IS NULL OR next_attempt_at <= %(due)s)
     RETURNING id, attempts, max_retries, worker_losses, payload, owner_id, parent_id
 ), event AS (
     INSERT INTO job_events (job_id, at, kind, status, attempt)
-    SELECT id, %(now)s::timestamptz, %(kind)s, %(running)s, attempts FROM claimed
+    SELECT id, %(now)s::timestamptz, '{_STATUS_EVENT}', '{_RUNNING}', attempts FROM claimed
 )
 SELECT * FROM claimed
 """
 
-_FINISH_PG = """
+_FINISH_PG = f"""
 WITH done AS (
     UPDATE jobs SET status = %(status)s::varchar, result = %(result)s::jsonb,
         error = %(error)s::jsonb, finished_at = %(now)s::timestamptz,
         updated_at = %(now)s::timestamptz, lease_expires_at = NULL,
-        progress = CASE WHEN %(succeeded)s THEN 1.0 ELSE progress END
-    WHERE id = %(id)s::uuid AND status = %(running)s AND attempts = %(attempt)s::integer
+        progress = CASE WHEN %(status)s::varchar = '{JobStatus.SUCCEEDED.value}' THEN 1.0
+            ELSE progress END
+    WHERE id = %(id)s::uuid AND status = '{_RUNNING}' AND attempts = %(attempt)s::integer
     RETURNING id
 ), event AS (
     INSERT INTO job_events (job_id, at, kind, status, attempt, message)
-    SELECT id, %(now)s::timestamptz, %(kind)s, %(status)s::varchar, %(attempt)s::integer,
-        %(message)s::varchar
+    SELECT id, %(now)s::timestamptz, '{_STATUS_EVENT}', %(status)s::varchar,
+        %(attempt)s::integer, %(message)s::varchar
     FROM done
 )
 SELECT count(*) AS n FROM done
@@ -109,9 +116,6 @@ def claim(
             "lease_until": now + lease,
             "worker": worker,
             "due": now + EARLY_TOLERANCE,
-            "running": JobStatus.RUNNING.value,
-            "claimable": [s.value for s in OUTBOX],
-            "kind": JobEventKind.STATUS.value,
         }
         found = connections.fetchone(_CLAIM_PG, params)
         return None if found is None else Claim(**found)
@@ -174,13 +178,10 @@ def finish(
             "id": job_id,
             "attempt": attempt,
             "status": status.value,
-            "succeeded": status == JobStatus.SUCCEEDED,
             "result": result_json if result_json is not None else _dumps(result),
             "error": _dumps(error),
             "message": error["message"][:1000] if error else None,
             "now": utcnow(),
-            "running": JobStatus.RUNNING.value,
-            "kind": JobEventKind.STATUS.value,
         }
         done = connections.fetchone(_FINISH_PG, params)
         return done is not None and done["n"] == 1

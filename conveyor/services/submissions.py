@@ -374,13 +374,12 @@ def write_many(db: sessionmaker[Session], batch: Sequence[NewJob]) -> list[Job]:
             "run_ats": [r["run_at"] for r in rows],
             "due": [r["next_attempt_at"] for r in rows],
             "now": rows[0]["created_at"],
-            "kind": JobEventKind.STATUS.value,
         },
     )
     return [Job(**row) for row in rows]
 
 
-_INSERT_PG = """
+_INSERT_PG = f"""
 WITH inserted AS (
     INSERT INTO jobs (id, type, queue, status, payload, attempts, worker_losses, max_retries,
         owner_id, parent_id, cancel_requested, created_at, updated_at, run_at, next_attempt_at)
@@ -394,7 +393,7 @@ WITH inserted AS (
     RETURNING id, status
 )
 INSERT INTO job_events (job_id, at, kind, status, attempt)
-SELECT id, %(now)s::timestamptz, %(kind)s, status, 0 FROM inserted
+SELECT id, %(now)s::timestamptz, '{JobEventKind.STATUS.value}', status, 0 FROM inserted
 """
 
 
