@@ -25,7 +25,7 @@ from conveyor.aio import LoopThread
 from conveyor.announcements import Announcements, MemoryAnnouncements, RedisAnnouncements
 from conveyor.background.batcher import SubmitBatcher
 from conveyor.background.sweeper import Sweeper
-from conveyor.broker import BrokerEnqueuer, build_broker, check_broker
+from conveyor.broker import BrokerEnqueuer, build_broker, check_broker, close_broker
 from conveyor.db import close_direct, make_engine, make_sessionmaker
 from conveyor.db import ping as db_ping
 from conveyor.errors import UnknownResourceError
@@ -162,7 +162,7 @@ class Container:
         return self._get(
             "broker",
             lambda: build_broker(settings.broker_url, namespace=settings.broker_namespace),
-            lambda broker: broker.close(),
+            close_broker,
             Stage.FOUNDATIONS,
         )
 

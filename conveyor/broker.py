@@ -138,6 +138,23 @@ class BrokerEnqueuer:
         self._pool.shutdown(wait=True)
 
 
+class _AlreadyClosed(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called on closed connection" not in record.getMessage()
+
+
+def close_broker(broker: dramatiq.Broker) -> None:
+    """Close the broker's connections. Pika logs an error for each one its thread already
+    closed, which at shutdown is no error at all: those lines are dropped meanwhile."""
+    quiet = _AlreadyClosed()
+    pika_log = logging.getLogger("pika.adapters.blocking_connection")
+    pika_log.addFilter(quiet)
+    try:
+        broker.close()
+    finally:
+        pika_log.removeFilter(quiet)
+
+
 def check_broker(broker: dramatiq.Broker, url: str) -> None:
     """Raise unless the broker answers (a fresh connection, so a stale one cannot lie)."""
     scheme = urlsplit(url).scheme
