@@ -3,8 +3,8 @@
 `conveyor web`, every worker pool, `conveyor dev`, the scheduler and the test stack get their
 database, broker, publishers, announcements, job loop, HTTP client and the resources that pools
 register from a `Container`; nothing else constructs them. Each resource is built on first
-use (a worker builds its own after Dramatiq started its process) and closed in the reverse
-order of building, so nothing is closed while something built on it still runs.
+use (a worker builds its own after Dramatiq started its process) and closed in stages (see
+`Stage`), so nothing is closed while something that uses it still runs.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class Container:
         return self._get(
             "enqueuer",
             lambda: BrokerEnqueuer(self.broker, threads=threads),
-            lambda enqueuer: enqueuer.close(),
+            BrokerEnqueuer.close,
             Stage.CLIENTS,
         )
 
@@ -185,7 +185,7 @@ class Container:
             url = self.settings.redis_url
             if url:
                 return RedisAnnouncements(url, self.settings.redis_prefix)
-            if self.role not in (ProcessRole.DEV,):
+            if self.role is not ProcessRole.DEV:
                 logger.warning(
                     "no redis_url: clients waiting on jobs are woken only by this process"
                 )
@@ -211,7 +211,7 @@ class Container:
         return self._get(
             "batcher",
             lambda: SubmitBatcher(lambda batch: write_many(db, batch)),
-            lambda batcher: batcher.close(),
+            SubmitBatcher.close,
         )
 
     @property
@@ -230,7 +230,7 @@ class Container:
                 max_worker_losses=settings.max_worker_losses,
             )
 
-        return self._get("sweeper", build, lambda sweeper: sweeper.stop())
+        return self._get("sweeper", build, Sweeper.stop)
 
     def start_sweeper(self) -> Sweeper:
         sweeper = self.sweeper
@@ -259,7 +259,7 @@ class Container:
     @property
     def loop(self) -> LoopThread:
         """The job event loop: `async def` jobs and their shared clients run on it."""
-        return self._get("loop", LoopThread, lambda loop: loop.close(), Stage.LOOP)
+        return self._get("loop", LoopThread, LoopThread.close, Stage.LOOP)
 
     @property
     def http(self) -> HttpClient:
@@ -274,7 +274,7 @@ class Container:
                 max_response_bytes=settings.http_max_response_bytes,
             )
 
-        return self._get("http", build, lambda client: client.close(), Stage.CLIENTS)
+        return self._get("http", build, SharedHttpClient.close, Stage.CLIENTS)
 
     def readiness_checks(self) -> dict[str, Callable[[], None]]:
         """What `/readyz` asks: each check raises unless its dependency answers."""

@@ -43,47 +43,27 @@ class SharedHttpClient:
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        json: Any = None,
-        data: bytes | str | None = None,
-        timeout_seconds: float | None = None,
-    ) -> HttpResponse:
-        """Send a request and wait for the whole response (from a worker thread)."""
+    def request(self, method: str, url: str, **options: Any) -> HttpResponse:
+        """Send a request and wait for the whole response (from a worker thread); the options
+        are those of `HttpClient.request`."""
         if self._loop.in_loop:
             raise RuntimeError("in an async job, use `await ctx.http.arequest(...)`")
-        return self._loop.run(self._send(method, url, params, headers, json, data, timeout_seconds))
+        return self._loop.run(self._send(method, url, **options))
 
-    async def arequest(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
-        json: Any = None,
-        data: bytes | str | None = None,
-        timeout_seconds: float | None = None,
-    ) -> HttpResponse:
+    async def arequest(self, method: str, url: str, **options: Any) -> HttpResponse:
         """Send a request and read the whole response (from any event loop)."""
-        return await self._loop.run_here(
-            self._send(method, url, params, headers, json, data, timeout_seconds)
-        )
+        return await self._loop.run_here(self._send(method, url, **options))
 
     async def _send(
         self,
         method: str,
         url: str,
-        params: Mapping[str, str] | None,
-        headers: Mapping[str, str] | None,
-        json: Any,
-        data: bytes | str | None,
-        timeout_seconds: float | None,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: bytes | str | None = None,
+        timeout_seconds: float | None = None,
     ) -> HttpResponse:
         session = self._ensure_session()
         limits = self.timeout

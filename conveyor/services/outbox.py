@@ -93,6 +93,25 @@ def publish_pending(
     return len(rows) == limit
 
 
+def publish_now(
+    db: sessionmaker[Session], enqueuer: Enqueuer, messages: list[JobMessage], what: str
+) -> None:
+    """Publish the messages of jobs just committed unpublished, and mark them published. A
+    failure leaves the rows as they are: the outbox sweep publishes them once it can."""
+    try:
+        enqueuer.publish(messages)
+    except Exception:
+        logger.warning(
+            "could not publish %d %s job(s) yet; left to the sweep",
+            len(messages),
+            what,
+            exc_info=True,
+        )
+        return
+    with transaction(db) as session:
+        mark_published(session, [m.job_id for m in messages])
+
+
 def mark_published(
     session: Session, job_ids: Iterable[uuid.UUID], *, first_only: bool = False
 ) -> None:
@@ -148,14 +167,7 @@ def promote_due(
         return len(taken) == limit
     for row in rows:
         announcer.announce(row.id, JobStatus.QUEUED)
-    messages = [JobMessage(r.id, r.type, r.queue) for r in rows]
-    try:
-        enqueuer.publish(messages)
-    except Exception:  # publish_pending sends them once the broker is back
-        logger.warning("could not publish %d due job(s) yet", len(rows), exc_info=True)
-    else:
-        with transaction(db) as session:
-            mark_published(session, [m.job_id for m in messages])
+    publish_now(db, enqueuer, [JobMessage(r.id, r.type, r.queue) for r in rows], "due")
     logger.info("queued %d scheduled job(s) that came due", len(rows))
     return len(taken) == limit
 
@@ -242,13 +254,7 @@ def expire_leases(
         logger.warning("job %s lost its worker; now %s", job_id, status)
         announcer.announce(job_id, status)
     if retry:
-        try:
-            enqueuer.publish(retry)
-        except Exception:  # the sweep publishes them once the broker is back
-            logger.warning("could not publish %d re-queued job(s) yet", len(retry), exc_info=True)
-        else:
-            with transaction(db) as session:
-                mark_published(session, [m.job_id for m in retry])
+        publish_now(db, enqueuer, retry, "re-queued")
     return len(changed)
 
 

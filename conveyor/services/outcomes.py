@@ -62,10 +62,10 @@ class Outcome:
     permanent: bool = False
 
 
-def error_of(exc: BaseException, kind: str | None = None) -> dict[str, Any]:
-    """The `error` stored on a job: the exception's class (or `kind`) and message."""
+def error_of(exc: BaseException) -> dict[str, Any]:
+    """The `error` stored on a job: the exception's class and message."""
     message = str(exc).replace("\x00", "")[:MAX_MESSAGE]
-    name = kind or type(exc).__name__
+    name = type(exc).__name__
     return {"type": name, "message": message or name}
 
 

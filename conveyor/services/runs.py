@@ -30,7 +30,7 @@ from conveyor.models import JobEventKind, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import OUTBOX, events_t, jobs_t
 from conveyor.services.jobs import Enqueuer, JobMessage, new_event, rowcount
-from conveyor.services.outbox import mark_published
+from conveyor.services.outbox import publish_now
 from conveyor.services.outcomes import Outcome
 
 logger = logging.getLogger(__name__)
@@ -275,14 +275,9 @@ def record(
         if status is not None:
             announcer.announce(job_id, status)
         if status == JobStatus.RETRYING:
-            retry = JobMessage(job_id, message.type, message.queue, int(delay / _MS))
-            try:
-                enqueuer.publish([retry])
-            except Exception:  # the sweeper publishes it: the row says retrying, unpublished
-                logger.warning("could not publish the retry of job %s", job_id, exc_info=True)
-            else:
-                with transaction(db) as session:
-                    mark_published(session, [job_id])
+            delay_ms = int(delay.total_seconds() * 1000)
+            retry = JobMessage(job_id, message.type, message.queue, delay_ms)
+            publish_now(db, enqueuer, [retry], "retried")
         return status
     recorded = _persistently(
         finish,
@@ -306,7 +301,6 @@ def record(
     return outcome.status
 
 
-_MS = dt.timedelta(milliseconds=1)
 T = TypeVar("T")
 
 

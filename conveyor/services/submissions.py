@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -33,12 +33,13 @@ from conveyor.models.base import utcnow
 from conveyor.models.job import events_t, jobs_t
 from conveyor.registry import JobType, Payload, Registry
 from conveyor.services.jobs import Enqueuer, JobMessage, new_event
+from conveyor.services.outbox import publish_now
 
 logger = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 255
-#: The characters of an idempotency key: printable ASCII, 1 to 255 of them.
-KEY_PATTERN = r"^[\x20-\x7e]{1,255}$"
+#: An idempotency key, as `check_idempotency_key` accepts it (for the OpenAPI document).
+KEY_PATTERN = rf"^[\x20-\x7e]{{1,{MAX_KEY_LENGTH}}}$"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class NewJob:
     parent_id: uuid.UUID | None = None
     #: `scheduled` until `run_at`, or `queued`.
     status: JobStatus = JobStatus.QUEUED
+    #: `payload` as the JSON text validation produced (so a write does not encode it again);
+    #: derived, so not part of what makes two submissions equal.
+    payload_json: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -113,30 +117,16 @@ class Submissions:
         self,
         job_type: str | Callable[..., Any] | JobType,
         payload: Payload | Mapping[str, Any] | None,
-        *,
-        owner_id: uuid.UUID,
-        idempotency_key: str | None = None,
-        run_at: dt.datetime | None = None,
-        delay: dt.timedelta | float | None = None,
-        parent_id: uuid.UUID | None = None,
+        **fields: Any,
     ) -> NewJob:
-        """Validate a submission (422 naming the field, 400 for a bad key) into a `NewJob`."""
-        return build(
-            self.registry,
-            self.max_delay,
-            job_type,
-            payload,
-            owner_id=owner_id,
-            idempotency_key=idempotency_key,
-            run_at=run_at,
-            delay=delay,
-            parent_id=parent_id,
-        )
+        """`build` with this process's registry and delay limit (`owner_id` and the other
+        fields as keywords)."""
+        return build(self.registry, self.max_delay, job_type, payload, **fields)
 
     def submit(self, new: NewJob) -> Submitted:
-        """Write the job, wait for the commit, then publish it (from a thread that may block:
-        a worker's `ctx.submit`, the scheduler)."""
-        return self._published(self._write(new).result())
+        """Write the job, wait for the commit, then publish it and wait for the broker's
+        confirmation (from a thread that may block: a worker's `ctx.submit`, the scheduler)."""
+        return self._published(self._write(new).result(), wait=True)
 
     def submit_now(
         self,
@@ -186,16 +176,20 @@ class Submissions:
         if not written.cancelled() and written.exception() is None:
             self._published(written.result())
 
-    def _published(self, submitted: Submitted) -> Submitted:
-        """After the commit: hand a new queued job's message to the enqueuer, or tell the
-        sweeper when a new scheduled one is due. Never fails the submission: the row is
-        committed, and the outbox sweep publishes whatever this could not."""
+    def _published(self, submitted: Submitted, *, wait: bool = False) -> Submitted:
+        """After the commit: publish a new queued job's message (`wait`: confirmed and marked
+        here; else handed to the background publishers, whose confirmations the sweeper
+        marks), or tell the sweeper when a new scheduled one is due. Never fails the
+        submission: the row is committed, and the outbox sweep publishes what this could not."""
         if not submitted.created:
             return submitted
         job = submitted.job
         try:
-            if job.status == JobStatus.QUEUED:
-                self.enqueuer.publish_soon(JobMessage(job.id, job.type, job.queue))
+            message = JobMessage(job.id, job.type, job.queue)
+            if job.status == JobStatus.QUEUED and wait:
+                publish_now(self.db, self.enqueuer, [message], "submitted")
+            elif job.status == JobStatus.QUEUED:
+                self.enqueuer.publish_soon(message)
             elif job.status == JobStatus.SCHEDULED and self.on_scheduled and job.next_attempt_at:
                 self.on_scheduled(job.next_attempt_at)
         except Exception:
@@ -232,22 +226,28 @@ def build(
     spec = job_type if isinstance(job_type, JobType) else registry.get(job_type)
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
-    when = _when(run_at, delay, max_delay)
+    now = utcnow()
+    when = _when(run_at, delay, max_delay, now)
+    dumped, text = validated_payload(spec, payload)
     return NewJob(
         job_type=spec.name,
         queue=spec.queue,
-        payload=validated_payload(spec, payload),
+        payload=dumped,
         max_retries=spec.retry.max_retries,
         owner_id=owner_id,
         idempotency_key=idempotency_key,
         run_at=when,
         parent_id=parent_id,
-        status=JobStatus.SCHEDULED if when and when > utcnow() else JobStatus.QUEUED,
+        status=JobStatus.SCHEDULED if when and when > now else JobStatus.QUEUED,
+        payload_json=text,
     )
 
 
 def _when(
-    run_at: dt.datetime | None, delay: dt.timedelta | float | None, max_delay: dt.timedelta
+    run_at: dt.datetime | None,
+    delay: dt.timedelta | float | None,
+    max_delay: dt.timedelta,
+    now: dt.datetime,
 ) -> dt.datetime | None:
     """The due time a submission asks for (UTC), or None for now."""
     if run_at is not None and delay is not None:
@@ -255,7 +255,6 @@ def _when(
             "give run_at or delay_seconds, not both",
             errors=[{"field": "delay_seconds", "message": "not together with run_at"}],
         )
-    now = utcnow()
     limit = max_delay.total_seconds()
     if delay is not None:
         seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
@@ -294,8 +293,11 @@ def check_idempotency_key(key: str) -> None:
         )
 
 
-def validated_payload(spec: JobType, payload: Payload | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The payload as the job type's model validates and dumps it; 422 naming bad fields."""
+def validated_payload(
+    spec: JobType, payload: Payload | Mapping[str, Any] | None
+) -> tuple[dict[str, Any], str]:
+    """The payload as the job type's model validates and dumps it, and as JSON text; 422
+    naming bad fields."""
     if isinstance(payload, Payload) and not isinstance(payload, spec.payload):
         raise InvalidRequestError(
             f"the payload of {spec.name} is a {spec.payload.__name__}, "
@@ -307,7 +309,7 @@ def validated_payload(spec: JobType, payload: Payload | Mapping[str, Any] | None
             payload if isinstance(payload, Payload) else spec.payload.model_validate(payload or {})
         )
         dumped = model.model_dump(mode="json")
-        storable_json(dumped)
+        text = storable_json(dumped)
     except ValidationError as exc:
         raise InvalidRequestError(
             f"invalid payload for {spec.name}", errors=field_errors(exc, "payload")
@@ -317,7 +319,7 @@ def validated_payload(spec: JobType, payload: Payload | Mapping[str, Any] | None
             f"the payload of {spec.name} cannot be stored: {exc}",
             errors=[{"field": "payload", "message": f"cannot be stored: {exc}"}],
         ) from None
-    return dumped
+    return dumped, text
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -360,41 +362,24 @@ def write_many(db: sessionmaker[Session], batch: Sequence[NewJob]) -> list[Job]:
         with transaction(db) as session:
             return _insert(session, batch)
     rows = _rows(batch)
-    params: dict[str, Any] = {
-        "ids": [r["id"] for r in rows],
-        "types": [r["type"] for r in rows],
-        "queues": [r["queue"] for r in rows],
-        "payloads": [json.dumps(r["payload"]) for r in rows],
-        "max_retries": [r["max_retries"] for r in rows],
-        "owners": [r["owner_id"] for r in rows],
-        "now": rows[0]["created_at"],
-    }
-    if all(new.status == JobStatus.QUEUED and new.parent_id is None for new in batch):
-        connections.execute(_INSERT_QUEUED_PG, params)  # the common case: fewer arrays
-    else:
-        params["statuses"] = [r["status"] for r in rows]
-        params["parents"] = [r["parent_id"] for r in rows]
-        params["run_ats"] = [r["run_at"] for r in rows]
-        params["due"] = [r["next_attempt_at"] for r in rows]
-        connections.execute(_INSERT_PG, params)
+    connections.execute(
+        _INSERT_PG,
+        {
+            "ids": [r["id"] for r in rows],
+            "types": [r["type"] for r in rows],
+            "queues": [r["queue"] for r in rows],
+            "statuses": [r["status"] for r in rows],
+            "payloads": [new.payload_json or json.dumps(new.payload) for new in batch],
+            "max_retries": [r["max_retries"] for r in rows],
+            "owners": [r["owner_id"] for r in rows],
+            "parents": [r["parent_id"] for r in rows],
+            "run_ats": [r["run_at"] for r in rows],
+            "due": [r["next_attempt_at"] for r in rows],
+            "now": rows[0]["created_at"],
+        },
+    )
     return [Job(**row) for row in rows]
 
-
-_INSERT_QUEUED_PG = f"""
-WITH inserted AS (
-    INSERT INTO jobs (id, type, queue, status, payload, attempts, worker_losses, max_retries,
-        owner_id, cancel_requested, created_at, updated_at, run_at)
-    SELECT id, type, queue, '{JobStatus.QUEUED.value}', payload::jsonb, 0, 0, max_retries,
-        owner_id, false, %(now)s::timestamptz, %(now)s::timestamptz, NULL
-    FROM unnest(%(ids)s::uuid[], %(types)s::varchar[], %(queues)s::varchar[],
-        %(payloads)s::text[], %(max_retries)s::integer[], %(owners)s::uuid[])
-        AS t(id, type, queue, payload, max_retries, owner_id)
-    RETURNING id
-)
-INSERT INTO job_events (job_id, at, kind, status, attempt)
-SELECT id, %(now)s::timestamptz, '{JobEventKind.STATUS.value}', '{JobStatus.QUEUED.value}', 0
-FROM inserted
-"""
 
 _INSERT_PG = f"""
 WITH inserted AS (

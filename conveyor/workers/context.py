@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import datetime as dt
 import functools
 import threading
 import uuid
@@ -79,22 +78,14 @@ class RunningJob:
         self,
         job_type: str | Callable[..., Any],
         payload: Payload | Mapping[str, Any] | None = None,
-        *,
-        idempotency_key: str | None = None,
-        run_at: dt.datetime | None = None,
-        delay: dt.timedelta | float | None = None,
+        **options: Any,
     ) -> uuid.UUID:
+        """See `JobContext.submit` (`idempotency_key`, `run_at`, `delay`)."""
         self._refuse_on_the_loop("submit")
         submissions = self.container.submissions
         try:
             new = submissions.build(
-                job_type,
-                payload,
-                owner_id=self.owner_id,
-                idempotency_key=idempotency_key,
-                run_at=run_at,
-                delay=delay,
-                parent_id=self.job_id,
+                job_type, payload, owner_id=self.owner_id, parent_id=self.job_id, **options
             )
             return submissions.submit(new).job.id
         except (InvalidRequestError, BadRequestError) as exc:
@@ -105,19 +96,9 @@ class RunningJob:
         self,
         job_type: str | Callable[..., Any],
         payload: Payload | Mapping[str, Any] | None = None,
-        *,
-        idempotency_key: str | None = None,
-        run_at: dt.datetime | None = None,
-        delay: dt.timedelta | float | None = None,
+        **options: Any,
     ) -> uuid.UUID:
-        submit = functools.partial(
-            self.submit,
-            job_type,
-            payload,
-            idempotency_key=idempotency_key,
-            run_at=run_at,
-            delay=delay,
-        )
+        submit = functools.partial(self.submit, job_type, payload, **options)
         return await asyncio.get_running_loop().run_in_executor(None, submit)
 
     def _refuse_on_the_loop(self, call: str) -> None:

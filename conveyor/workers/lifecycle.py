@@ -29,7 +29,7 @@ from conveyor.bootstrap import Container
 from conveyor.errors import JobCancelledError, JobTimeLimitError
 from conveyor.models import JobStatus
 from conveyor.registry import JobType
-from conveyor.services import outbox, outcomes, runs
+from conveyor.services import outcomes, runs
 from conveyor.services.jobs import JobMessage
 from conveyor.services.outcomes import Attempt, Outcome
 from conveyor.workers.context import RunningJob
@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 #: When the database cannot be reached to claim a job, its message comes back after this.
 CLAIM_RETRY_MS = 5_000
-#: How often the heartbeat stamps the jobs this process published (`ctx.submit`) as sent.
-FLUSH_EVERY_SECONDS = 1.0
 
 
 class _Heartbeat(threading.Thread):
@@ -54,19 +52,13 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         container = self.lifecycle.container
         renew_every = min(self.lifecycle.lease.total_seconds() / 3, 1.0)
-        next_renewal = next_flush = 0.0
+        next_renewal = 0.0
         while not self.stopping.wait(0.1):
             running = self.lifecycle.running_jobs()
             now = time.monotonic()
             for job in running:
                 if job.deadline is not None and now > job.deadline:
                     job.interrupt(JobTimeLimitError)
-            if now >= next_flush and container.is_built("enqueuer"):
-                next_flush = now + FLUSH_EVERY_SECONDS
-                try:  # jobs published by `ctx.submit` (else the sweeper publishes them again)
-                    outbox.flush_confirmed(container.db, container.enqueuer)
-                except Exception:
-                    logger.warning("could not mark published jobs", exc_info=True)
             if running and now >= next_renewal:
                 next_renewal = now + renew_every
                 try:

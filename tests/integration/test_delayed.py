@@ -109,6 +109,7 @@ async def test_a_run_at_in_the_past_runs_at_once(stack: Stack) -> None:
     done = await stack.wait_for(job["id"], "succeeded", within=10)
     assert done["result"] == {"n": 4}
     row = stack.row(job["id"])
+    assert row.run_at == past  # stored, not only answered
     assert row.started_at is not None
     assert (row.started_at - row.created_at).total_seconds() < 2
 

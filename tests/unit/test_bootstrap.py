@@ -133,10 +133,13 @@ def test_a_resource_that_fails_to_close_does_not_stop_the_others(
     assert "could not close resource:broken cleanly" in caplog.text
 
 
-def test_a_resource_without_close_is_simply_dropped(container: Container) -> None:
+def test_a_resource_without_close_is_simply_dropped(
+    container: Container, caplog: pytest.LogCaptureFixture
+) -> None:
     container.register("plain", lambda c: [1, 2, 3])
     assert container.resource("plain") == [1, 2, 3]
     container.close()
+    assert "could not close" not in caplog.text  # nothing was tried on it
 
 
 def test_closing_twice_closes_once(container: Container, closed: list[str]) -> None:

@@ -29,6 +29,7 @@ from conveyor.models import Job, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
+from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
 
 if TYPE_CHECKING:
     from conveyor.http.openapi import Context
@@ -45,18 +46,18 @@ def submission_schema(context: Context) -> dict[str, Any]:
     """The body of POST /v1/jobs: one variant per registered job type, with its payload, and
     the delay fields of `SubmitJob` (with the real limit of `delay_seconds`)."""
     limit = context.settings.max_delay_seconds
+    fields = SubmitJob.model_fields
     timing = {
         "run_at": {
             "type": "string",
             "format": "date-time",
-            "description": "Run no earlier than this time (RFC 3339, with its offset), at most "
-            f"{limit:.0f} seconds ahead; the job is `scheduled` until then.",
+            "description": f"{fields['run_at'].description} At most {limit:.0f} seconds ahead.",
         },
         "delay_seconds": {
             "type": "number",
             "minimum": 0,
             "maximum": limit,
-            "description": "Run no earlier than this many seconds from now (instead of run_at).",
+            "description": fields["delay_seconds"].description,
         },
     }
     variants = []
@@ -140,7 +141,7 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
         Parameter(
             "Idempotency-Key",
             "header",
-            {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"},
+            {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
             "Makes a retried submission safe: the same key and request return the same job "
             "(1 to 255 printable ASCII characters; each user has their own keys)",
         ),
