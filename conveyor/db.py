@@ -52,10 +52,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: `json.dumps(value, allow_nan=False)` builds an encoder on every call; this one is reused.
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+
+
 def storable_json(value: Any) -> str:
     """`value` as JSON text that every database column stores; ValueError for NaN,
     infinities and NUL characters (which PostgreSQL's JSONB and text refuse)."""
-    text = json.dumps(value, allow_nan=False)
+    text = _STRICT_JSON.encode(value)
     if "\\u0000" in text and _has_nul(value):  # the escape may also be literal text
         raise ValueError("it contains a NUL character (\\u0000), which no column stores")
     return text

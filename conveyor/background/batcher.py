@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 
 from conveyor.models import Job
-from conveyor.services.submissions import NewJob
+from conveyor.services.submissions import NewJob, Submitted
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +31,16 @@ class SubmitBatcher:
     ) -> None:
         self.write_many = write_many
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[NewJob, Future[Job]] | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[NewJob, Future[Submitted]] | object] = (
+            queue.SimpleQueue()
+        )
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="conveyor-submit", daemon=True)
         self._thread.start()
 
-    def write(self, new: NewJob) -> Future[Job]:
+    def write(self, new: NewJob) -> Future[Submitted]:
         """The job, once committed (or the error that prevented it)."""
-        future: Future[Job] = Future()
+        future: Future[Submitted] = Future()
         if self._closed:  # nobody would ever settle it
             future.set_exception(RuntimeError("the submission batcher is closed"))
         else:
@@ -72,7 +74,7 @@ class SubmitBatcher:
             except Exception:  # never let the thread die: every later submission would hang
                 logger.exception("submission batch failed")
 
-    def _write(self, batch: list[tuple[NewJob, Future[Job]]]) -> None:
+    def _write(self, batch: list[tuple[NewJob, Future[Submitted]]]) -> None:
         # A request that went away (its future cancelled) is written all the same: an extra
         # job is safer than one the client may believe was accepted.
         try:
@@ -89,4 +91,4 @@ class SubmitBatcher:
             return
         for (_, future), job in zip(batch, created, strict=True):
             with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
-                future.set_result(job)
+                future.set_result(Submitted(job, True))

@@ -95,7 +95,7 @@ class JobOut(BaseModel):
             id=job.id,
             type=job.type,
             queue=job.queue,
-            status=JobStatus(job.status),
+            status=job.status,  # validated into a JobStatus
             payload=job.payload,
             result=job.result,
             error=JobError(**job.error) if job.error else None,

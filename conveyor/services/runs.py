@@ -11,7 +11,6 @@ and the event INSERT in one CTE) committed on its own: one round trip, one commi
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 import uuid
@@ -24,7 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.announcements import Announcer
-from conveyor.db import direct, transaction
+from conveyor.db import direct, storable_json, transaction
 from conveyor.errors import TransientError
 from conveyor.models import JobEventKind, JobStatus
 from conveyor.models.base import utcnow
@@ -94,9 +93,9 @@ class Claim:
     parent_id: uuid.UUID | None
 
 
-def _dumps(value: Any) -> str | None:
+def _storable(value: Any) -> str | None:
     """A value as a JSON parameter of the raw statements (None stays SQL NULL)."""
-    return None if value is None else json.dumps(value, allow_nan=False)
+    return None if value is None else storable_json(value)
 
 
 def claim(
@@ -178,8 +177,8 @@ def finish(
             "id": job_id,
             "attempt": attempt,
             "status": status.value,
-            "result": result_json if result_json is not None else _dumps(result),
-            "error": _dumps(error),
+            "result": result_json if result_json is not None else _storable(result),
+            "error": _storable(error),
             "message": error["message"][:1000] if error else None,
             "now": utcnow(),
         }

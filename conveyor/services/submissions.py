@@ -7,7 +7,6 @@ HTTP submissions, `ctx.submit` (child jobs), the scheduler and admin replays all
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -16,7 +15,7 @@ import math
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, InvalidStateError
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -73,8 +72,8 @@ class Submitted:
 class Writer(Protocol):
     """Writes keyless submissions in shared transactions (`conveyor.background.batcher`)."""
 
-    def write(self, new: NewJob) -> Future[Job]:
-        """The job once committed, or the error that prevented it."""
+    def write(self, new: NewJob) -> Future[Submitted]:
+        """The created job once committed, or the error that prevented it."""
 
 
 def request_hash(job_type: str, payload: dict[str, Any]) -> str:
@@ -142,26 +141,18 @@ class Submissions:
     async def asubmit(self, new: NewJob) -> Submitted:
         """`submit` from an event loop (the web process). The write runs on the batcher or the
         database threads; the publish runs here, on the loop, once the row is committed, which
-        spreads the publishes out as the requests resume (cheaper than a burst per batch)."""
-        written = self._write(new)
-        try:
-            # Shielded: a caller that goes away must not cancel a write that may still commit.
-            submitted = await asyncio.shield(asyncio.wrap_future(written))
-        except asyncio.CancelledError:
-            written.add_done_callback(self._publish_when_written)
-            raise
-        return self._published(submitted)
+        spreads the publishes out as the requests resume (cheaper than a burst per batch). A
+        caller that goes away leaves a committed job's publish to the outbox sweep."""
+        return self._published(await asyncio.wrap_future(self._write(new)))
 
     def _write(self, new: NewJob) -> Future[Submitted]:
         """The write, as a future: group-committed (keyless, with a writer), on the executor,
         or done at once in this thread."""
         if new.idempotency_key is None and self.writer is not None:
-            submitted: Future[Submitted] = Future()
-            self.writer.write(new).add_done_callback(lambda done: _created(submitted, done))
-            return submitted
+            return self.writer.write(new)
         if self.executor is not None:
             return self.executor.submit(self._write_now, new)
-        submitted = Future()
+        submitted: Future[Submitted] = Future()
         try:
             submitted.set_result(self._write_now(new))
         except Exception as exc:
@@ -171,10 +162,6 @@ class Submissions:
     def _write_now(self, new: NewJob) -> Submitted:
         job, created = write(self.db, new)
         return Submitted(job, created)
-
-    def _publish_when_written(self, written: Future[Submitted]) -> None:
-        if not written.cancelled() and written.exception() is None:
-            self._published(written.result())
 
     def _published(self, submitted: Submitted, *, wait: bool = False) -> Submitted:
         """After the commit: publish a new queued job's message (`wait`: confirmed and marked
@@ -197,16 +184,6 @@ class Submissions:
                 "job %s committed; its publish is left to the sweep", job.id, exc_info=True
             )
         return submitted
-
-
-def _created(submitted: Future[Submitted], written: Future[Job]) -> None:
-    """Settle `submitted` from the writer's future of a newly created job."""
-    with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
-        error = written.exception()
-        if error is None:
-            submitted.set_result(Submitted(written.result(), True))
-        else:
-            submitted.set_exception(error)
 
 
 def build(

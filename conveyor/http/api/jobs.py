@@ -184,7 +184,8 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
 async def submit_job(request: web.Request) -> web.Response:
     """Validate and queue a job: 202 with its URL, or 200 with the finished job when a
     `Prefer: wait=N` was given and it ended in time."""
-    container = request.config_dict[CONTAINER]
+    state = request.config_dict  # a new proxy on every access: taken once
+    container = state[CONTAINER]
     body = await request.read()
     try:  # strict JSON: no NaN or Infinity (a 1e400 that parses as one is refused later)
         document = from_json(body, allow_inf_nan=False)
@@ -204,7 +205,7 @@ async def submit_job(request: web.Request) -> web.Response:
     job, created = submitted.job, submitted.created
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": _poll_after(job)}
     if created:
-        request.config_dict[METRICS].submitted.labels(job.type).inc()
+        state[METRICS].submitted.labels(job.type).inc()
     else:
         headers["Idempotent-Replayed"] = "true"
     match = _PREFER_WAIT.search(request.headers.get("Prefer", ""))

@@ -77,7 +77,7 @@ def _jobs(db: sessionmaker[Session]) -> int:
 def test_a_submission_comes_back_as_the_committed_job(
     db: sessionmaker[Session], member: User, batcher: SubmitBatcher, load: Callable[..., Job]
 ) -> None:
-    job = batcher.write(_new(member, 7)).result(timeout=5)
+    job = batcher.write(_new(member, 7)).result(timeout=5).job
     assert job.payload == {"i": 7}
     assert job.owner_id == member.id
     assert load(job.id).status == "queued"
@@ -94,7 +94,7 @@ def test_submissions_arriving_during_a_commit_share_the_next_one(
     assert counter.holding.wait(timeout=5)
     rest = [batcher.write(_new(member, i)) for i in range(1, 21)]
     counter.release.set()
-    results = [f.result(timeout=5) for f in [first, *rest]]
+    results = [f.result(timeout=5).job for f in [first, *rest]]
     assert [j.payload["i"] for j in results] == list(range(21))
     assert len({j.id for j in results}) == 21
     assert counter.count == 2
@@ -133,7 +133,7 @@ def test_the_batcher_keeps_working_after_a_failed_write(
 ) -> None:
     with pytest.raises(Exception, match="FOREIGN KEY"):
         batcher.write(NewJob("system.echo", "system", {}, 0, uuid7())).result(timeout=5)
-    assert batcher.write(_new(member)).result(timeout=5).owner_id == member.id
+    assert batcher.write(_new(member)).result(timeout=5).job.owner_id == member.id
 
 
 def test_a_bad_submission_does_not_fail_the_others_in_its_batch(
@@ -152,7 +152,7 @@ def test_a_bad_submission_does_not_fail_the_others_in_its_batch(
     first.result(timeout=5)
     with pytest.raises(Exception, match="FOREIGN KEY"):
         bad.result(timeout=5)
-    assert [f.result(timeout=5).payload for f in good] == [{"i": 1}, {"i": 2}]
+    assert [f.result(timeout=5).job.payload for f in good] == [{"i": 1}, {"i": 2}]
 
 
 def test_close_writes_what_is_queued(db: sessionmaker[Session], member: User) -> None:
@@ -160,7 +160,7 @@ def test_close_writes_what_is_queued(db: sessionmaker[Session], member: User) ->
     futures = [batcher.write(_new(member, i)) for i in range(10)]
     batcher.close()
     assert all(f.done() for f in futures)
-    assert sorted(f.result().payload["i"] for f in futures) == list(range(10))
+    assert sorted(f.result().job.payload["i"] for f in futures) == list(range(10))
     assert _jobs(db) == 10
 
 
@@ -178,7 +178,7 @@ def test_a_cancelled_request_does_not_stop_the_batcher(
     gone = batcher.write(_new(member, 1))
     assert gone.cancel()
     counter.release.set()
-    assert first.result(timeout=5).payload == {"i": 0}
-    after = batcher.write(_new(member, 2)).result(timeout=5)  # the thread still serves
+    assert first.result(timeout=5).job.payload == {"i": 0}
+    after = batcher.write(_new(member, 2)).result(timeout=5).job  # the thread still serves
     assert after.payload == {"i": 2}
     assert _jobs(db) == 3  # the cancelled request's job was written all the same

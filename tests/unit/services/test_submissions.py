@@ -18,7 +18,7 @@ from conveyor.models.base import utcnow
 from conveyor.registry import Payload, Registry, job
 from conveyor.services import submissions
 from conveyor.services.jobs import JobMessage
-from conveyor.services.submissions import NewJob, Submissions
+from conveyor.services.submissions import NewJob, Submissions, Submitted
 from tests.unit.support import RecordingEnqueuer
 
 REGISTRY = Registry()
@@ -351,10 +351,10 @@ class RecordingWriter:
         self.db = db
         self.written: list[NewJob] = []
 
-    def write(self, new: NewJob) -> Future[Job]:
+    def write(self, new: NewJob) -> Future[Submitted]:
         self.written.append(new)
-        future: Future[Job] = Future()
-        future.set_result(submissions.write_many(self.db, [new])[0])
+        future: Future[Submitted] = Future()
+        future.set_result(Submitted(submissions.write_many(self.db, [new])[0], True))
         return future
 
 
