@@ -10,8 +10,10 @@ import pika
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.models.migrate import upgrade
 from tests.conftest import REDIS_URL
 from tests.e2e.processes import FAST, Processes, environment, run_cli
+from tests.servers import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 
 E2E_QUEUES = ("system", "system.DQ", "system.XQ")
 
@@ -77,3 +79,53 @@ def token(platform_env: dict[str, str], tmp_path: Path) -> str:
     """A member's bearer token, made with `conveyor users create` and `conveyor tokens issue`."""
     run_cli("users", "create", "e2e@example.com", env=platform_env, cwd=tmp_path)
     return run_cli("tokens", "issue", "e2e@example.com", env=platform_env, cwd=tmp_path).strip()
+
+
+# -- private servers, for the tests that restart or kill one ------------------------------
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own (about a second to start)."""
+    with PrivatePostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis server of the test's own, with an append-only file."""
+    with PrivateRedis(tmp_path / "redis") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ node of the module's own (it takes 10-25 s to boot); tests make a vhost
+    each with `private_rabbitmq.add_vhost(name)` and leave it running when they end."""
+    with PrivateRabbitMQ() as server:
+        yield server
+
+
+def private_platform_env(
+    pg: PrivatePostgres,
+    *,
+    broker_url: str,
+    redis_url: str | None,
+    prefix: str = "conveyor-e2e",
+    **settings: str,
+) -> dict[str, str]:
+    """CONVEYOR_* settings of `conveyor web` and the workers on private servers: a migrated
+    database `conveyor` on `pg`, the broker at `broker_url`, events on `redis_url`."""
+    database_url = pg.url("conveyor")
+    upgrade(database_url)
+    env = {
+        **FAST,
+        "CONVEYOR_DATABASE_URL": database_url,
+        "CONVEYOR_BROKER_URL": broker_url,
+        "CONVEYOR_BROKER_NAMESPACE": prefix,
+        "CONVEYOR_REDIS_PREFIX": prefix,
+        **settings,
+    }
+    if redis_url is not None:
+        env["CONVEYOR_REDIS_URL"] = redis_url
+    return environment(env)
