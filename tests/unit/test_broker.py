@@ -1,20 +1,27 @@
 """The broker's outage as the web process and the workers report it: one WARNING when it
-starts, one INFO when it ends, every failed attempt counted."""
+starts, one INFO when it ends, every failed attempt counted (and exposed in `/metrics`)."""
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import ConnectionClosed, QueueNotFound
+from prometheus_client import CollectorRegistry, generate_latest
 
 from conveyor.broker import BrokerEnqueuer, build_broker, outage_of
 from conveyor.errors import BrokerUnavailableError
+from conveyor.http.broker_metrics import BrokerOutageCollector, register_broker_metrics
 from conveyor.services.jobs import JobMessage
 from tests.e2e.processes import free_port
+from tests.stack import Stack
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 class FlakyBroker(StubBroker):
@@ -105,3 +112,32 @@ def test_a_rabbitmq_consumer_that_cannot_connect_reports_to_the_outage(
     assert [r.getMessage()[:19] for r in caplog.records if r.name == "conveyor.broker"] == [
         "broker unreachable:"
     ]
+
+
+def test_the_broker_metrics_read_the_outage() -> None:
+    broker = FlakyBroker()
+    outage = outage_of(broker)
+    registry = CollectorRegistry()
+    register_broker_metrics(registry, outage)
+    for _ in range(3):
+        outage.failed(ConnectionRefusedError(111, "Connection refused"))
+    text = generate_latest(registry).decode()
+    assert "conveyor_broker_reconnect_attempts_total 3.0" in text
+    assert "conveyor_broker_outages_total 1.0" in text
+    assert "conveyor_broker_outage 1.0" in text
+    outage.succeeded()
+    assert "conveyor_broker_outage 0.0" in generate_latest(registry).decode()
+
+
+async def test_the_web_process_exposes_the_broker_metrics(embedded_stack: Stack) -> None:
+    response = await embedded_stack.client.get("/metrics")
+    text = await response.text()
+    assert re.search(r"^conveyor_broker_reconnect_attempts_total 0\.0$", text, re.MULTILINE)
+    assert re.search(r"^conveyor_broker_outage 0\.0$", text, re.MULTILINE)
+
+
+def test_the_broker_metrics_are_documented_in_the_readme() -> None:
+    text = README.read_text()
+    for family in BrokerOutageCollector(outage_of(StubBroker())).collect():
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        assert f"`{name}`" in text, f"README.md does not document the metric {name}"
