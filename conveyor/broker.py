@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import dramatiq
+from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, Middleware
 
+from conveyor.errors import BrokerUnavailableError
+from conveyor.logs import Outage
 from conveyor.services.jobs import JobMessage
+
+if TYPE_CHECKING:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +42,7 @@ def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
     middleware: list[Middleware] = [CurrentMessage()]
     scheme = urlsplit(url).scheme
     if scheme in ("amqp", "amqps"):
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        broker = RabbitmqBroker(url=url, confirm_delivery=True, middleware=middleware)
+        broker = _rabbitmq_broker_class()(url=url, confirm_delivery=True, middleware=middleware)
         for params in (
             broker.parameters if isinstance(broker.parameters, list) else [broker.parameters]
         ):
@@ -55,6 +62,94 @@ def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
     raise ValueError(f"unsupported broker URL scheme {scheme!r}; use amqp://, redis:// or stub://")
 
 
+@functools.cache
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What the broker clients raise when the broker cannot be reached or refuses messages
+    (Dramatiq wraps only some of pika's and redis-py's errors)."""
+    import pika.exceptions
+    import redis.exceptions
+
+    return (
+        BrokerConnectionError,
+        OSError,
+        pika.exceptions.AMQPError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    )
+
+
+_outages: weakref.WeakKeyDictionary[dramatiq.Broker, Outage] = weakref.WeakKeyDictionary()
+_outages_lock = threading.Lock()
+
+
+def outage_of(broker: dramatiq.Broker) -> Outage:
+    """The broker's one `Outage` in this process: its publishers, queue counts and (on
+    RabbitMQ) consumers report to it, so an outage is logged once, with its attempts
+    counted."""
+    with _outages_lock:
+        outage = _outages.get(broker)
+        if outage is None:
+            outage = _outages[broker] = Outage("broker", logger)
+        return outage
+
+
+@functools.cache
+def _rabbitmq_broker_class() -> type[RabbitmqBroker]:
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    class WatchedRabbitmqBroker(RabbitmqBroker):
+        """Dramatiq's RabbitMQ broker whose consumers report to the broker's `Outage`: the
+        worker logs a lost connection once, not on each restart of each consumer."""
+
+        def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+            outage = outage_of(self)
+            try:
+                consumer = super().consume(queue_name, prefetch, timeout)
+            except BrokerConnectionError as exc:
+                outage.failed(exc)
+                raise
+            outage.succeeded()  # the consumer connected
+            return _WatchedConsumer(consumer, outage)
+
+    return WatchedRabbitmqBroker
+
+
+class _WatchedConsumer(Consumer):
+    """A consumer that reports losing its connection to the `Outage` before Dramatiq's
+    consumer thread logs it (and restarts it); otherwise just the consumer it wraps."""
+
+    def __init__(self, consumer: Consumer, outage: Outage) -> None:
+        self._consumer = consumer
+        self._outage = outage
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            return self._consumer.__next__()
+        except BrokerConnectionError as exc:
+            self._outage.failed(exc)
+            raise
+
+    def ack(self, message: MessageProxy) -> None:
+        try:
+            self._consumer.ack(message)
+        except BrokerConnectionError as exc:
+            self._outage.failed(exc)
+            raise
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            self._consumer.nack(message)
+        except BrokerConnectionError as exc:
+            self._outage.failed(exc)
+            raise
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        self._consumer.requeue(messages)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 def to_dramatiq(job: JobMessage) -> dramatiq.Message[None]:
     """The Dramatiq message of a job: its actor is the job type, its one argument the id."""
     return dramatiq.Message(
@@ -71,11 +166,14 @@ class BrokerEnqueuer:
 
     Broker clients block (pika, redis-py), so nothing here runs on an event loop. After a
     failed publish, immediate publishing pauses briefly and the sweeper takes over: a job
-    whose message was not confirmed stays unpublished in its row and is swept.
+    whose message was not confirmed stays unpublished in its row and is swept. Failures
+    are reported to the broker's `Outage`, which logs the start and the end of an outage
+    once each; the failed publishes themselves are logged at DEBUG.
     """
 
     def __init__(self, broker: dramatiq.Broker, *, threads: int = 4, max_pending: int = 10_000):
         self.broker = broker
+        self.outage = outage_of(broker)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="conveyor-publish")
         self._lock = threading.Lock()
         self._pending = 0
@@ -85,8 +183,15 @@ class BrokerEnqueuer:
         self._closed = False
 
     def publish(self, messages: Sequence[JobMessage]) -> None:
-        for job in messages:
-            self.broker.enqueue(to_dramatiq(job), delay=job.delay_ms or None)
+        """Publish and wait for the confirmations; BrokerUnavailableError when the broker
+        did not take them (the rows stay in the outbox)."""
+        try:
+            for job in messages:
+                self.broker.enqueue(to_dramatiq(job), delay=job.delay_ms or None)
+        except unreachable_errors() as exc:
+            self.outage.failed(exc)
+            raise BrokerUnavailableError(f"the broker did not take the message: {exc!r}") from exc
+        self.outage.succeeded()
 
     def publish_soon(self, message: JobMessage) -> None:
         with self._lock:
@@ -103,7 +208,11 @@ class BrokerEnqueuer:
         except Exception as exc:  # the row stays unpublished; the sweeper retries
             with self._lock:
                 self._paused_until = time.monotonic() + 2.0
-            logger.warning("publish of job %s failed, left to the sweeper: %r", message.job_id, exc)
+            # An outage is logged once, by `self.outage`; anything else here, every time.
+            level = logging.DEBUG if isinstance(exc, BrokerUnavailableError) else logging.WARNING
+            logger.log(
+                level, "publish of job %s failed, left to the sweeper: %r", message.job_id, exc
+            )
         else:
             with self._lock:
                 if len(self._confirmed) < MAX_CONFIRMED:  # else: swept, a harmless duplicate
@@ -118,12 +227,20 @@ class BrokerEnqueuer:
             if isinstance(broker, StubBroker):
                 return int(broker.queues[queue].qsize()) if queue in broker.queues else 0
             if hasattr(broker, "get_queue_message_counts"):  # RabbitMQ
-                return int(broker.get_queue_message_counts(queue)[0])
-            if hasattr(broker, "namespace"):  # Redis: a list of message ids per queue
-                return int(broker.client.llen(f"{broker.namespace}:{queue}"))
-        except Exception:  # unknown: the caller treats it as empty
+                count = int(broker.get_queue_message_counts(queue)[0])
+            elif hasattr(broker, "namespace"):  # Redis: a list of message ids per queue
+                count = int(broker.client.llen(f"{broker.namespace}:{queue}"))
+            else:
+                return None
+        except unreachable_errors() as exc:  # unknown: the caller treats it as empty
+            self.outage.failed(exc)
+            logger.debug("could not count the messages of queue %s: %r", queue, exc)
+            return None
+        except Exception:
             logger.warning("could not count the messages of queue %s", queue, exc_info=True)
-        return None
+            return None
+        self.outage.succeeded()
+        return count
 
     def take_confirmed(self) -> list[uuid.UUID]:
         """Job ids confirmed since the last call (`outbox.flush_confirmed` marks them

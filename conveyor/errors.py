@@ -108,6 +108,10 @@ class TransientError(ConveyorError):
     title = "Service unavailable"
 
 
+class BrokerUnavailableError(TransientError):
+    """The broker did not take or confirm a message (unreachable, blocked or refusing)."""
+
+
 class OutboundHttpError(TransientError):
     """An outbound HTTP request got no answer (refused, reset, timed out, too large)."""
 

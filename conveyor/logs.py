@@ -7,6 +7,9 @@ import datetime as dt
 import json
 import logging
 import sys
+import threading
+import time
+import weakref
 from typing import Any
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -47,10 +50,111 @@ class _TextFormatter(logging.Formatter):
         return f"{line} [{context}]" if context else line
 
 
+class Outage:
+    """Whether one dependency answers this process, said in two lines: a WARNING when it
+    starts failing and an INFO when it answers again. The failed attempts in between are
+    only counted (`attempts`, for a metric), however often the process retries.
+
+    Thread-safe. `succeeded` costs one attribute read while the dependency is up.
+    """
+
+    def __init__(self, name: str, logger: logging.Logger) -> None:
+        self.name = name
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._attempts_before = 0
+        #: Failed attempts since the process started (every one, in and out of outages).
+        self.attempts = 0
+        #: Outages seen since the process started.
+        self.outages = 0
+        _OUTAGES.add(self)
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        """An attempt to reach it failed; the first failure of an outage is logged."""
+        with self._lock:
+            self.attempts += 1
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+            self._attempts_before = self.attempts - 1
+            self.outages += 1
+        self._logger.warning(
+            "%s unreachable: %r; retrying quietly until it answers", self.name, exc
+        )
+
+    def succeeded(self) -> None:
+        """An attempt to reach it worked; the first success after an outage is logged."""
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            lasted = time.monotonic() - self._down_since
+            failed = self.attempts - self._attempts_before
+            self._down_since = None
+        self._logger.info(
+            "%s reachable again after %.1f s (%d failed attempts)", self.name, lasted, failed
+        )
+
+
+#: The outages of this process, so the log filter knows when one is being reported.
+_OUTAGES: weakref.WeakSet[Outage] = weakref.WeakSet()
+
+#: Dramatiq's consumer threads log these on every reconnect attempt (every 3 s); the
+#: connection error at CRITICAL, though the consumer reconnects by itself.
+_CONSUMER_LOGGERS = "dramatiq.worker."
+_RECONNECT_MESSAGES = (
+    "Consumer encountered a connection error",
+    "Restarting consumer in",
+    "Failed to post_process_message(",
+)
+#: A reconnect line within this many seconds of the previous one repeats it.
+REPEAT_SECONDS = 15.0
+
+
+class _QuietReconnects(logging.Filter):
+    """Dramatiq's reconnect lines: dropped while a Conveyor `Outage` reports the outage
+    (its WARNING said it first); otherwise the first one passes, as a WARNING, and those
+    that follow it within `REPEAT_SECONDS` of each other are dropped. With `debug`, the
+    dropped ones pass as DEBUG lines instead."""
+
+    def __init__(self, *, debug: bool) -> None:
+        super().__init__()
+        self._debug = debug
+        self._last = -REPEAT_SECONDS
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(_CONSUMER_LOGGERS) or not isinstance(record.msg, str):
+            return True
+        if not record.msg.startswith(_RECONNECT_MESSAGES):
+            return True
+        now, last = time.monotonic(), self._last
+        self._last = now
+        if any(outage.down for outage in list(_OUTAGES)) or now - last < REPEAT_SECONDS:
+            if not self._debug:
+                return False
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        elif record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Configure the root logger once per process: JSON lines or readable text on stderr."""
+    """Configure the root logger once per process: JSON lines or readable text on stderr.
+
+    Broker outages are logged by Conveyor once (see `Outage`): pika's own lines (about seven
+    ERROR lines and a traceback per failed connection, each failure also raised to its
+    caller) show only at DEBUG, and Dramatiq's consumer reconnect lines are thinned out.
+    """
+    debug = logging.getLevelName(level.upper()) == logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
+    handler.addFilter(_QuietReconnects(debug=debug))
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -60,5 +164,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.WARNING if debug else logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

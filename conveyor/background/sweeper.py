@@ -13,6 +13,7 @@ import threading
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.announcements import Announcer
+from conveyor.errors import BrokerUnavailableError
 from conveyor.models.base import utcnow
 from conveyor.services import outbox
 from conveyor.services.jobs import Enqueuer
@@ -102,6 +103,8 @@ class Sweeper(threading.Thread):
                 self.db, self.enqueuer, grace=self.grace, requeue_after=self.requeue_after
             ):
                 pass
+        except BrokerUnavailableError as exc:  # the enqueuer logged the outage once
+            logger.debug("sweep stopped at the broker (will retry): %r", exc)
         except Exception as exc:
             logger.warning("sweep failed (will retry): %r", exc)
 

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from conveyor.bootstrap import Container
+from conveyor.broker import outage_of
 from conveyor.http import admin, api, system
+from conveyor.http.broker_metrics import register_broker_metrics
 from conveyor.http.keys import (
     CONTAINER,
     METRICS,
@@ -42,6 +44,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[CONTAINER] = container
     app[TOKENS] = TokenVerifier(TokenConfig.of(settings))
     app[METRICS] = Metrics()
+    register_broker_metrics(app[METRICS].registry, outage_of(container.broker))
     app[ROUTE_TABLES] = tables
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
     app[USER_CACHE] = UserCache()

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.announcements import Announcer
 from conveyor.db import transaction
+from conveyor.errors import BrokerUnavailableError
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import OUTBOX, events_t, jobs_t
@@ -100,6 +101,9 @@ def publish_now(
     failure leaves the rows as they are: the outbox sweep publishes them once it can."""
     try:
         enqueuer.publish(messages)
+    except BrokerUnavailableError as exc:  # an outage, which the enqueuer logged once
+        logger.debug("could not publish %d %s job(s) yet: %r", len(messages), what, exc)
+        return
     except Exception:
         logger.warning(
             "could not publish %d %s job(s) yet; left to the sweep",

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -215,21 +215,6 @@ def _alive(process: Process) -> bool:
     if process.returncode is not None:
         raise AssertionError(f"{process.name} exited with {process.returncode}")
     return True
-
-
-@contextlib.contextmanager
-def rabbitmq_stopped() -> Iterator[None]:
-    """RabbitMQ's application stopped (the node stays up); always started again after."""
-    rabbitmqctl("stop_app")
-    try:
-        yield
-    finally:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 class Api:
