@@ -194,7 +194,7 @@ async def test_the_history_of_a_retried_job_is_in_order(embedded_stack: Stack) -
     ids = [event_id for _, _, event_id in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(data["job_id"] == job["id"] for _, data, _ in events)
-    assert "attempt 1 of 2" in events[2][1]["message"]
+    assert "attempt 1 of 3" in events[2][1]["message"]
 
 
 async def test_the_event_stream_resumes_after_last_event_id(embedded_stack: Stack) -> None:
