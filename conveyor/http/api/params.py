@@ -13,7 +13,7 @@ from conveyor.http.routes import Parameter, RouteTable
 from conveyor.models import Job
 from conveyor.models.job import FINISHED
 
-routes = RouteTable(tag="jobs")
+routes = RouteTable(tag="jobs", known_query_only=True)
 
 JOB_ID = Parameter(
     "job_id", "path", {"type": "string", "format": "uuid"}, "The job's id", required=True

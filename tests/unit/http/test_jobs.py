@@ -8,6 +8,7 @@ import pytest
 
 from tests.stack import Stack
 from tests.unit.http.test_errors import fields, problem, submit
+from tests.unit.http.walk import routes_of
 
 # --- numbers are numbers ---------------------------------------------------------------------
 
@@ -32,3 +33,66 @@ async def test_a_boolean_where_a_number_belongs_is_unprocessable(
 async def test_an_echo_payload_keeps_its_booleans(embedded_stack: Stack) -> None:
     job = await embedded_stack.submit("system.echo", {"yes": True, "n": 1})
     assert job["payload"] == {"yes": True, "n": 1}
+
+
+# --- query parameters ------------------------------------------------------------------------
+
+
+async def test_an_unknown_query_parameter_is_unprocessable_on_every_v1_route(
+    embedded_stack: Stack,
+) -> None:
+    found = [f for f in routes_of(embedded_stack.client.app) if f.prefix == "/v1"]
+    assert {(f.method, f.path) for f in found} >= {
+        ("GET", "/v1/jobs"),
+        ("GET", "/v1/jobs/{job_id}"),
+    }
+    for route in found:
+        response = await embedded_stack.client.request(
+            route.method, route.url(), params={"bogus": "1"}, headers=embedded_stack.headers()
+        )
+        if route.method == "HEAD":  # no body to read
+            assert response.status == 422
+            continue
+        body = await problem(response, 422)
+        assert fields(body) == ["bogus"], (route.method, route.path)
+        assert "bogus" in body["detail"]
+
+
+async def test_a_misspelt_parameter_is_named_with_the_ones_the_route_takes(
+    embedded_stack: Stack,
+) -> None:
+    job = await embedded_stack.submit("system.echo", {})
+    for path, query, declared in [
+        ("/v1/jobs", {"limt": "5", "status": "queued"}, "limit"),
+        (f"/v1/jobs/{job['id']}", {"wiat": "5"}, "wait"),
+    ]:
+        response = await embedded_stack.client.get(
+            path, params=query, headers=embedded_stack.headers()
+        )
+        body = await problem(response, 422)
+        assert fields(body) == [next(iter(query))]
+        assert declared in body["detail"]
+
+
+async def test_a_single_valued_parameter_given_twice_is_unprocessable(
+    embedded_stack: Stack,
+) -> None:
+    job = await embedded_stack.submit("system.echo", {})
+    for url in ["/v1/jobs?limit=1&limit=2", f"/v1/jobs/{job['id']}?wait=0&wait=1"]:
+        response = await embedded_stack.client.get(url, headers=embedded_stack.headers())
+        assert fields(await problem(response, 422)) == [url.rsplit("&", 1)[1].split("=")[0]]
+
+
+async def test_list_filters_may_still_be_repeated(embedded_stack: Stack) -> None:
+    response = await embedded_stack.client.get(
+        "/v1/jobs?status=queued&status=succeeded&type=system.echo&type=system.fail",
+        headers=embedded_stack.headers(),
+    )
+    assert response.status == 200
+
+
+async def test_a_request_without_a_token_is_refused_before_its_query_is_read(
+    embedded_stack: Stack,
+) -> None:
+    response = await embedded_stack.client.get("/v1/jobs", params={"bogus": "1"})
+    await problem(response, 401)

@@ -125,9 +125,9 @@ async def test_the_documented_errors_of_the_jobs_api(embedded_stack: Stack) -> N
         ("POST", "/v1/jobs"): {"400", "401", "409", "413", "422"},
         ("GET", "/v1/jobs"): {"400", "401", "422"},
         ("GET", "/v1/jobs/{job_id}"): {"401", "404", "422"},
-        ("POST", "/v1/jobs/{job_id}/cancel"): {"401", "404", "409"},
-        ("GET", "/v1/jobs/{job_id}/events"): {"401", "404"},
-        ("GET", "/v1/job-types"): {"401"},
+        ("POST", "/v1/jobs/{job_id}/cancel"): {"401", "404", "409", "422"},
+        ("GET", "/v1/jobs/{job_id}/events"): {"401", "404", "422"},
+        ("GET", "/v1/job-types"): {"401", "422"},
     }
     for key, statuses in expected.items():
         errors = {s for s in operations[key]["responses"] if s.startswith("4")}
@@ -169,3 +169,11 @@ async def test_the_media_types_of_the_operational_and_streaming_answers(
     assert media(("GET", "/v1/jobs")) == ["application/json"]
     response = await embedded_stack.client.get("/metrics")
     assert response.headers["Content-Type"].startswith(media(("GET", "/metrics"))[0])
+
+
+async def test_every_v1_operation_documents_the_422_of_an_unknown_query_parameter(
+    embedded_stack: Stack,
+) -> None:
+    for (_, path), operation in _operations(await _document(embedded_stack)).items():
+        if path.startswith("/v1/"):
+            assert "unknown query parameter" in operation["responses"]["422"]["description"]
