@@ -380,12 +380,17 @@ async def list_jobs(request: web.Request) -> web.Response:
     parameters=[JOB_ID],
     answers={
         200: Answer("Cancelled (now, or already)", JobOut),
-        202: Answer("Running, and asked to stop", JobOut),
+        202: Answer(
+            "Running, and asked to stop; poll the Location until it is `cancelled` (or finished)",
+            JobOut,
+            headers={"Location": "The job's URL", **UNFINISHED_HEADERS},
+        ),
     },
     errors={404: "No such job (or another member's)", 409: "It already succeeded or failed"},
 )
 async def cancel_job(request: web.Request) -> web.Response:
-    """Cancel: a waiting job at once (200); a running one is asked to stop (202)."""
+    """Cancel: a waiting job at once (200); a running one is asked to stop (202, with the
+    job's Location to poll and Retry-After)."""
     job = await run_db(
         request.config_dict,
         jobs.cancel,
@@ -393,7 +398,10 @@ async def cancel_job(request: web.Request) -> web.Response:
         job_id_of(request),
         request[USER],
     )
-    return respond(JobOut.of(job), 200 if is_finished(job) else 202)
+    if is_finished(job):
+        return respond(JobOut.of(job), 200)
+    headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(POLL_SECONDS)}
+    return respond(JobOut.of(job), 202, headers)
 
 
 @routes.get(

@@ -96,3 +96,33 @@ async def test_a_request_without_a_token_is_refused_before_its_query_is_read(
 ) -> None:
     response = await embedded_stack.client.get("/v1/jobs", params={"bogus": "1"})
     await problem(response, 401)
+
+
+# --- cancel ----------------------------------------------------------------------------------
+
+
+async def test_cancelling_a_running_job_answers_202_with_its_location_and_a_poll_hint(
+    embedded_stack: Stack,
+) -> None:
+    stack = embedded_stack
+    job = await stack.submit("system.sleep", {"seconds": 30, "steps": 300})
+    await stack.wait_for(job["id"], "running")
+    response = await stack.client.post(f"/v1/jobs/{job['id']}/cancel", headers=stack.headers())
+    assert response.status == 202
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert response.headers["Retry-After"] == "1"
+    assert (await response.json())["cancel_requested"] is True
+    assert (await stack.wait_for(job["id"], "cancelled"))["status"] == "cancelled"
+
+
+async def test_cancelling_a_waiting_job_answers_200_without_a_poll_hint(
+    embedded_stack: Stack,
+) -> None:
+    stack = embedded_stack
+    response = await submit(stack, {"type": "system.echo", "delay_seconds": 600})
+    job = await response.json()
+    assert job["status"] == "scheduled"
+    response = await stack.client.post(f"/v1/jobs/{job['id']}/cancel", headers=stack.headers())
+    assert response.status == 200
+    assert (await response.json())["status"] == "cancelled"
+    assert "Retry-After" not in response.headers
