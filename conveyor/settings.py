@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     )
     default_page_size: int = Field(50, gt=0, description="Jobs per page of `GET /v1/jobs`.")
     max_page_size: int = Field(500, gt=0, description="Largest `limit` of `GET /v1/jobs`.")
+    max_include_page_size: int = Field(
+        100,
+        gt=0,
+        description="Largest `limit` of `GET /v1/jobs` with `include` (payloads or results).",
+    )
+    max_response_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest body of a `GET /v1/jobs` page; a page that would pass it ends "
+        "sooner, with a cursor to the rest.",
+    )
     db_pool_size: int = Field(10, gt=0, description="Database connections per process.")
     db_threads: int = Field(8, gt=0, description="Threads the web process runs database calls on.")
     publish_threads: int = Field(

@@ -77,6 +77,28 @@ def test_the_limits_follow_other_settings() -> None:
     assert wait["maximum"] == 9.5
 
 
+def test_the_include_cap_and_the_page_bound_are_the_settings() -> None:
+    settings = stacks.test_settings(max_include_page_size=42, max_response_bytes=123_456)
+    document = json.loads(build_openapi(settings, JOBS, route_tables()))
+    listing = _operations(document)[("GET", "/v1/jobs")]
+    limit = _parameter(listing, "limit")["description"]
+    assert "or 42 with `include`" in limit and "123456 bytes" in limit
+    include = _parameter(listing, "include")
+    assert (include["style"], include["explode"]) == ("form", False)
+    assert include["schema"]["items"]["enum"] == ["payload", "result"]
+    assert "cursor" in {p["name"] for p in listing["parameters"]}
+
+
+def test_list_items_are_documented_without_required_payload_and_result() -> None:
+    document = json.loads(build_openapi(stacks.test_settings(), JOBS, route_tables()))
+    schemas = document["components"]["schemas"]
+    page = schemas["JobPage"]["properties"]["items"]["items"]
+    item = schemas[page["$ref"].rsplit("/", 1)[1]]
+    assert {"payload", "result", "omitted"} <= set(item["properties"])
+    assert not {"payload", "result", "omitted"} & set(item.get("required", []))
+    assert "payload" in schemas["JobOut"]["required"]
+
+
 async def test_the_status_filter_lists_every_status_comma_separated(embedded_stack: Stack) -> None:
     listing = _operations(await _document(embedded_stack))[("GET", "/v1/jobs")]
     status = _parameter(listing, "status")
