@@ -15,6 +15,7 @@ from pydantic_core import from_json
 from conveyor.errors import BadRequestError, InvalidRequestError
 from conveyor.http.api.params import (
     JOB_ID,
+    absolute_url,
     bounded_int,
     is_finished,
     job_id_of,
@@ -393,7 +394,7 @@ def _limit(request: web.Request, settings: Settings, include: frozenset[str]) ->
             "A page of jobs, without their payload and result unless `include` asks for them; "
             "shorter than `limit` when the next job would pass the response size limit",
             JobPage,
-            headers={"Link": '`<url>; rel="next"` of the next page'},
+            headers={"Link": '`<url>; rel="next"`: the full URL of the next page'},
         )
     },
     errors={
@@ -435,7 +436,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     if page.next_cursor:
         query = MultiDict(request.query)  # keeps repeated parameters (?type=a&type=b)
         query["cursor"] = page.next_cursor
-        headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
+        next_page = absolute_url(request, settings, request.rel_url.with_query(query))
+        headers["Link"] = f'<{next_page}>; rel="next"'
     return web.Response(
         body=writer.body(page.next_cursor), headers=headers, content_type="application/json"
     )

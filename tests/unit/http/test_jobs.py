@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from conveyor.announcements import MemoryAnnouncements
 from conveyor.db import make_engine, make_sessionmaker
@@ -250,6 +251,7 @@ async def small_pages(aiohttp_client: Any, sqlite_url: str) -> AsyncIterator[Sta
         broker_url="stub://",
         redis_url=None,
         max_response_bytes=LIMIT,
+        public_url="https://jobs.example.com/conveyor/",
     )
     engine = make_engine(sqlite_url, pool_size=10)
     async for stack in _stack(
@@ -279,7 +281,8 @@ async def _walk(stack: Stack, query: str) -> tuple[list[dict[str, Any]], list[in
             return items, sizes
         link = re.fullmatch(r'<(.+)>; rel="next"', response.headers["Link"])
         assert link is not None
-        url = link.group(1)
+        assert link.group(1).startswith("https://jobs.example.com/conveyor/v1/jobs?")
+        url = URL(link.group(1)).path_qs.removeprefix("/conveyor")
     raise AssertionError("the listing did not end")
 
 
@@ -319,3 +322,46 @@ async def test_a_job_too_large_for_a_page_comes_without_its_content_and_says_so(
     # Its full content is at its url.
     full = await stack.get(huge["id"])
     assert full["payload"] == full["result"] == huge["payload"]
+
+
+# --- the next page's link --------------------------------------------------------------------
+
+
+async def _link(stack: Stack, **headers: str) -> str:
+    for n in range(2):
+        await stack.submit("system.echo", {"n": n})
+    response = await stack.client.get(
+        "/v1/jobs?limit=1&type=system.echo", headers=stack.headers(**headers)
+    )
+    assert response.status == 200
+    link = re.fullmatch(r'<(.+)>; rel="next"', response.headers["Link"])
+    assert link is not None
+    return link.group(1)
+
+
+async def test_the_next_link_is_a_full_url_on_the_host_the_client_asked_for(
+    embedded_stack: Stack,
+) -> None:
+    for host in ["jobs.example.org:8443", "127.0.0.1:8000", "[::1]:8000", "jobs.example.org"]:
+        link = await _link(embedded_stack, Host=host)
+        assert link.startswith(f"http://{host}/v1/jobs?limit=1&type=system.echo&cursor="), link
+
+
+async def test_forwarded_headers_do_not_change_the_next_link(embedded_stack: Stack) -> None:
+    link = await _link(
+        embedded_stack,
+        Host="jobs.example.org",
+        **{"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"},
+    )
+    assert link.startswith("http://jobs.example.org/v1/jobs?")
+
+
+async def test_a_host_header_that_is_no_host_gets_a_relative_link(embedded_stack: Stack) -> None:
+    for host in ["h:99999", "a b", "ex>ample.org", "x;y", "user@host", "h/p"]:
+        link = await _link(embedded_stack, Host=host)
+        assert link.startswith("/v1/jobs?limit=1&type=system.echo&cursor="), (host, link)
+
+
+async def test_the_next_link_is_under_the_public_url_when_one_is_set(small_pages: Stack) -> None:
+    link = await _link(small_pages, Host="internal:8000")
+    assert link.startswith("https://jobs.example.com/conveyor/v1/jobs?limit=1&type=system.echo&")
