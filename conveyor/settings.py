@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     public_url: HttpUrl | None = Field(
         None,
         description="The API's URL as clients reach it (`https://jobs.example.com`), for the "
-        "full URLs of `Link` headers; unset: the request's scheme and `Host`.",
+        "full URLs of `Link` headers; unset or empty: the request's scheme and `Host`.",
     )
     db_pool_size: int = Field(10, gt=0, description="Database connections per process.")
     db_threads: int = Field(8, gt=0, description="Threads the web process runs database calls on.")
@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", description="`json` in production.")
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("public_url")
     @classmethod
