@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.errors import InvalidRequestError
@@ -28,17 +29,55 @@ NAME_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 JOB_TYPE_ATTRIBUTE = "__conveyor_job_type__"
 
 
+#: Core schema types of numbers, which pydantic would also fill from `true` and `false`.
+_NUMBERS = frozenset({"int", "float", "decimal"})
+#: Keys of a core schema that hold no validation schema (JSON Schema hints, serializers).
+_NOT_VALIDATION = frozenset({"metadata", "serialization"})
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "Input should be a number, not a boolean")
+    return value
+
+
+def _numbers_refuse_booleans(schema: Any) -> Any:
+    """A copy of a core schema in which every number refuses `true` and `false` (a field
+    that also takes booleans, `bool | int`, still takes them through its `bool` branch)."""
+    if isinstance(schema, list):
+        return [_numbers_refuse_booleans(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    copy = {
+        key: value if key in _NOT_VALIDATION else _numbers_refuse_booleans(value)
+        for key, value in schema.items()
+    }
+    if copy.get("type") in _NUMBERS:
+        return core_schema.no_info_before_validator_function(_not_a_boolean, copy)
+    return copy
+
+
 class Payload(BaseModel):
     """Base of every job payload: immutable, and unknown fields are an error.
 
     NaN and infinities are refused (no database column stores them): a float field rejects
     them when validated, and a dump keeps them as they are, so that an extra field's
     infinity is caught rather than silently written as `null`.
+
+    Number fields refuse booleans (pydantic alone reads `{"seconds": true}` as 1 second), in
+    lists, dicts and optionals too. A model nested in a payload gets these rules by deriving
+    from `Payload` as well.
     """
 
     model_config = ConfigDict(
         frozen=True, extra="forbid", allow_inf_nan=False, ser_json_inf_nan="constants"
     )
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[BaseModel], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return _numbers_refuse_booleans(handler(source))  # type: ignore[no-any-return]
 
 
 class JobContext(Protocol):

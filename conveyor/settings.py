@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +57,22 @@ class Settings(BaseSettings):
     )
     default_page_size: int = Field(50, gt=0, description="Jobs per page of `GET /v1/jobs`.")
     max_page_size: int = Field(500, gt=0, description="Largest `limit` of `GET /v1/jobs`.")
+    max_include_page_size: int = Field(
+        100,
+        gt=0,
+        description="Largest `limit` of `GET /v1/jobs` with `include` (payloads or results).",
+    )
+    max_response_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest body of a `GET /v1/jobs` page; a page that would pass it ends "
+        "sooner, with a cursor to the rest.",
+    )
+    public_url: HttpUrl | None = Field(
+        None,
+        description="The API's URL as clients reach it (`https://jobs.example.com`), for the "
+        "full URLs of `Link` headers; unset or empty: the request's scheme and `Host`.",
+    )
     db_pool_size: int = Field(10, gt=0, description="Database connections per process.")
     db_threads: int = Field(8, gt=0, description="Threads the web process runs database calls on.")
     publish_threads: int = Field(
@@ -100,6 +116,18 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", description="`json` in production.")
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _base_url_only(cls, url: HttpUrl | None) -> HttpUrl | None:
+        if url is not None and (url.query or url.fragment):
+            raise ValueError("give the base URL only, without a ?query or #fragment")
+        return url
 
 
 @lru_cache(maxsize=1)

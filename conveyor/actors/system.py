@@ -41,14 +41,21 @@ def sleep(payload: Sleep, ctx: JobContext) -> dict[str, Any]:
     return {"slept": payload.seconds}
 
 
+#: Retries of `system.fail`: it runs at most one more time than this.
+FAIL_RETRIES = 3
+
+
 @job(
     queue="system",
-    max_retries=3,
+    max_retries=FAIL_RETRIES,
     min_backoff=dt.timedelta(milliseconds=200),
     max_backoff=dt.timedelta(seconds=5),
 )
 def fail(payload: Fail, ctx: JobContext) -> dict[str, Any]:
     """Fail the first `failures` attempts, then succeed (exercises retries and dead letters)."""
     if ctx.attempt <= payload.failures:
-        raise RuntimeError(f"{payload.message} (attempt {ctx.attempt} of {payload.failures})")
+        # The runs there will be: the failures and the one that succeeds, or, with more
+        # failures than retries, every run its retries allow (all of them failing).
+        runs = min(payload.failures, FAIL_RETRIES) + 1
+        raise RuntimeError(f"{payload.message} (attempt {ctx.attempt} of {runs})")
     return {"attempts": ctx.attempt}

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from conveyor import __version__
 from conveyor.http.routes import (
     PROBLEM_JSON,
+    UNKNOWN_QUERY,
     Answer,
     Parameter,
     Route,
@@ -117,6 +118,9 @@ def _operation(route: Route, table: RouteTable, context: Context) -> dict[str, A
         }
     responses = {str(status): _answer(a, context) for status, a in sorted(route.answers.items())}
     errors = {**({} if route.public else table.auth_errors), **route.errors, **SERVER_ERRORS}
+    if table.known_query_only:
+        known = errors.get(422)
+        errors[422] = f"{known}; or {UNKNOWN_QUERY}" if known else UNKNOWN_QUERY.capitalize()
     if 413 in errors:  # the real limit, which the settings decide
         errors[413] = f"{errors[413]} ({context.settings.max_body_bytes} bytes)"
     for status, description in sorted(errors.items()):

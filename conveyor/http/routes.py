@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from multidict import MultiMapping
 from pydantic import BaseModel
 
+from conveyor.errors import InvalidRequestError
 from conveyor.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,6 +36,11 @@ EVENT_STREAM = "text/event-stream"
 HTML = "text/html"
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+#: What a 422 for unknown query parameters echoes at most: so many names, so long each.
+MAX_ERRORS = 20
+MAX_NAME = 100
+#: The 422 a route of a table with `known_query_only` gives for a query parameter it does not take.
+UNKNOWN_QUERY = "an unknown query parameter, or a single-valued one given more than once"
 _PLACEHOLDER = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 
 
@@ -86,12 +93,37 @@ class Route:
     #: Error statuses this route answers (beyond authentication, 500 and 503): status -> when.
     errors: Mapping[int, str] = field(default_factory=dict)
 
+    def check_query(self, query: MultiMapping[str]) -> None:
+        """422 naming each query parameter that the route does not declare, or that it takes
+        once and was given more than once."""
+        declared = {p.name: p.comma_separated for p in self.parameters if p.where == "query"}
+        unknown = [name for name in dict.fromkeys(query.keys()) if name not in declared]
+        repeated = [
+            name
+            for name, repeatable in declared.items()
+            if not repeatable and len(query.getall(name, ())) > 1
+        ]
+        if not (unknown or repeated):
+            return
+        takes = ", ".join(sorted(declared)) or "none"
+        errors = [
+            {"field": name[:MAX_NAME], "message": "unknown query parameter"}
+            for name in unknown[:MAX_ERRORS]
+        ] + [{"field": name, "message": "given more than once"} for name in repeated]
+        first = errors[0]
+        raise InvalidRequestError(
+            f"{first['message']}: {first['field']!r} (query parameters of this route: {takes})",
+            errors=errors,
+        )
+
 
 class RouteTable:
     """The routes of one application, declared with `@table.get(...)` / `@table.post(...)`.
 
     `error_type` is the media type of the app's error answers; `auth_errors` the statuses its
     authentication gives a route that is not public (401, and 403 where a role is needed).
+    With `known_query_only`, a query parameter that a route does not declare (or a
+    single-valued one given twice) answers 422, after authentication.
     """
 
     def __init__(
@@ -100,10 +132,12 @@ class RouteTable:
         tag: str,
         error_type: str = PROBLEM_JSON,
         auth_errors: Mapping[int, str] | None = None,
+        known_query_only: bool = False,
     ) -> None:
         self.tag = tag
         self.error_type = error_type
         self.auth_errors = dict(auth_errors or {401: "Missing or invalid token"})
+        self.known_query_only = known_query_only
         self._routes: list[Route] = []
 
     def __iter__(self) -> Iterator[Route]:
@@ -189,6 +223,8 @@ class RouteTable:
                 raise ValueError(f"routes need an authenticator, or public=True: {private}")
         else:
             app.middlewares.append(self._guard(authenticate))
+        if self.known_query_only:
+            app.middlewares.append(self._known_query)
         for route in self._routes:
             if route.method == "GET":  # HEAD too, as aiohttp's add_get does
                 app.router.add_get(route.path, route.handler, name=route.name)
@@ -204,6 +240,14 @@ class RouteTable:
             return await handler(request)
 
         return guard
+
+    @web.middleware
+    async def _known_query(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.query_string:  # nothing to look up on most requests
+            route = self.lookup(request.match_info)
+            if route is not None:
+                route.check_query(request.query)
+        return await handler(request)
 
 
 def _error_descriptions(errors: Mapping[int, str] | Iterable[int]) -> dict[int, str]:

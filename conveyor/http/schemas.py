@@ -5,13 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from typing import Any, Literal
+from collections.abc import Collection
+from typing import Any, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.models import Job, JobStatus
 from conveyor.registry import JobType
+from conveyor.services.cursors import CURSOR_LENGTH
 
+#: The fields of a job that may be large, which a list leaves out unless asked for.
+Content = Literal["payload", "result"]
+CONTENT: frozenset[str] = frozenset({"payload", "result"})
 #: How an RFC 3339 date-time begins (pydantic checks the rest, offset included).
 RFC3339_START = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
@@ -90,14 +95,16 @@ class JobOut(BaseModel):
     url: str
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, include: Collection[str] = CONTENT) -> Self:
+        """The job as clients see it; of `payload` and `result`, those in `include` (the
+        others are not read from the row)."""
         return cls(
             id=job.id,
             type=job.type,
             queue=job.queue,
             status=job.status,  # validated into a JobStatus
-            payload=job.payload,
-            result=job.result,
+            payload=job.payload if "payload" in include else None,
+            result=job.result if "result" in include else None,
             error=JobError(**job.error) if job.error else None,
             attempts=job.attempts,
             worker_losses=job.worker_losses,
@@ -117,11 +124,80 @@ class JobOut(BaseModel):
         )
 
 
+class JobItem(JobOut):
+    """A job in a list: as `JobOut`, with `payload` and `result` only when asked for."""
+
+    payload: dict[str, Any] | None = Field(  # type: ignore[assignment]
+        None, description="Only with `include=payload`"
+    )
+    result: Any = Field(None, description="Only with `include=result`")
+    omitted: list[Content] | None = Field(
+        None,
+        description="Fields asked for with `include` but left out, because with them this "
+        "job alone would pass the response size limit: read them at its `url`",
+    )
+
+
 class JobPage(BaseModel):
     """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next."""
 
-    items: list[JobOut]
+    items: list[JobItem]
     next_cursor: str | None = None
+
+
+class PageWriter:
+    """Writes the JSON of a `JobPage` one job at a time, within `max_bytes`.
+
+    `take(job)` adds a job unless it would pass the limit; the first job is always taken,
+    without the included fields that make it too large (listed in its `omitted`). Each job
+    is written as soon as it is read, so a page of large jobs is never held twice.
+    """
+
+    def __init__(self, include: Collection[str], max_bytes: int) -> None:
+        self.include = frozenset(include)
+        self.items: list[bytes] = []
+        # Room for the items: the limit less the page's frame with the longest cursor.
+        frame = len(_page_json([], "x" * CURSOR_LENGTH))
+        self.room = max_bytes - frame
+        self.used = 0
+
+    def take(self, job: Job) -> bool:
+        item = self._item(job, self.include)
+        size = len(item) + (1 if self.items else 0)  # the comma before it
+        if self.used + size > self.room:
+            if self.items:
+                return False
+            item = self._first_alone(job)
+            size = len(item)
+        self.items.append(item)
+        self.used += size
+        return True
+
+    def body(self, next_cursor: str | None) -> bytes:
+        return _page_json(self.items, next_cursor)
+
+    def _first_alone(self, job: Job) -> bytes:
+        """The first job, with as many of the included fields as fit (none at worst)."""
+        for dropped in [{name} for name in sorted(self.include)] + [set(self.include)]:
+            item = self._item(job, self.include - dropped, omitted=sorted(dropped))
+            if len(item) <= self.room:
+                break
+        return item
+
+    @staticmethod
+    def _item(job: Job, include: frozenset[str], omitted: list[str] | None = None) -> bytes:
+        out = JobItem.of(job, include)
+        left_out = {name for name in CONTENT if name not in include}
+        if omitted:
+            out = out.model_copy(update={"omitted": omitted})
+        else:
+            left_out.add("omitted")
+        return JobItem.__pydantic_serializer__.to_json(out, exclude=left_out)
+
+
+def _page_json(items: list[bytes], next_cursor: str | None) -> bytes:
+    cursor = b"null" if next_cursor is None else b'"' + next_cursor.encode() + b'"'
+    return b'{"items":[' + b",".join(items) + b'],"next_cursor":' + cursor + b"}"
 
 
 class JobTypeOut(BaseModel):

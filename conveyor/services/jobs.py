@@ -8,26 +8,30 @@ Submissions are `services.submissions`; the worker's transitions `services.runs`
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from sqlalchemy import CursorResult, func, insert, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from conveyor.announcements import Announcer
 from conveyor.db import transaction
-from conveyor.errors import BadRequestError, ConflictError, NotFoundError
+from conveyor.errors import ConflictError, NotFoundError
 from conveyor.models import Job, JobEvent, JobEventKind, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import FINISHED, OUTBOX, WAITING, events_t
+from conveyor.services.cursors import Cursors, Scope
 
 logger = logging.getLogger(__name__)
+
+#: The columns that may be large, which a listing reads only when asked to.
+CONTENT = {"payload": Job.payload, "result": Job.result}
+#: Rows read at a time by a listing that includes them.
+CONTENT_BATCH = 10
 
 
 @dataclass(frozen=True)
@@ -112,33 +116,31 @@ def get(db: sessionmaker[Session], job_id: uuid.UUID, viewer: User) -> Job:
         return _visible(session.get(Job, job_id), viewer)
 
 
-def encode_cursor(job_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> uuid.UUID:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return uuid.UUID(bytes=raw)
-    except (binascii.Error, ValueError):
-        raise BadRequestError(
-            "invalid cursor", errors=[{"field": "cursor", "message": "not a cursor we issued"}]
-        ) from None
-
-
 def list_jobs(
     db: sessionmaker[Session],
     viewer: User,
+    cursors: Cursors,
     *,
     statuses: Sequence[str] = (),
     types: Sequence[str] = (),
     parent_id: uuid.UUID | None = None,
     cursor: str | None = None,
     limit: int = 50,
+    include: Collection[str] = (),
+    take: Callable[[Job], bool] | None = None,
 ) -> Page:
     """Newest first, by keyset pagination on the time-ordered id; `parent_id` keeps the
-    children of that job."""
+    children of that job. `cursor` must be one `cursors` issued for the same filters.
+
+    Of the large columns, only those named in `include` (`payload`, `result`) are read; the
+    others stay unloaded (reading them raises). Those rows are read a few at a time, and
+    `take(job)`, if given, is asked of each in turn: the page ends before the first job it
+    refuses (it must take the first, or the listing could not move on).
+    """
+    scope = Scope.of(statuses, types, parent_id)
     query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    unread = [column for name, column in CONTENT.items() if name not in include]
+    query = query.options(*(defer(column, raiseload=True) for column in unread))
     if viewer.role != Role.ADMIN:
         query = query.where(Job.owner_id == viewer.id)
     if statuses:
@@ -147,13 +149,24 @@ def list_jobs(
         query = query.where(Job.type.in_(types))
     if parent_id is not None:
         query = query.where(Job.parent_id == parent_id)
-    if cursor:
-        query = query.where(Job.id < decode_cursor(cursor))
+    if cursor is not None:
+        query = query.where(Job.id < cursors.read(cursor, scope))
+    if include:  # rows that may be large: a few in memory at a time, not the whole page
+        query = query.execution_options(yield_per=CONTENT_BATCH)
+    page: list[Job] = []
+    more = False
     with db() as session:
-        rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(rows, encode_cursor(rows[-1].id) if more and rows else None)
+        for job in session.scalars(query):
+            if len(page) == limit:
+                more = True
+                break
+            if take is not None and not take(job):
+                if not page:
+                    raise ValueError("take() refused the first job: the listing cannot go on")
+                more = True
+                break
+            page.append(job)
+    return Page(page, cursors.issue(page[-1].id, scope) if more else None)
 
 
 def cancel(db: sessionmaker[Session], announcer: Announcer, job_id: uuid.UUID, viewer: User) -> Job:

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
@@ -70,6 +71,26 @@ async def test_listing_pages_by_cursor_and_filters(stack: Stack) -> None:
     )
     page = await response.json()
     assert [item["type"] for item in page["items"]] == ["system.sleep"]
+
+
+async def test_listing_with_include_reads_the_content_in_batches(stack: Stack) -> None:
+    stack.stop_worker()  # keep them queued
+    ids = [(await stack.submit("system.echo", {"i": i}))["id"] for i in range(12)]
+    seen: list[dict[str, Any]] = []
+    params = {"limit": "5", "include": "payload,result"}
+    while True:
+        response = await stack.client.get("/v1/jobs", params=params, headers=stack.headers())
+        page = await response.json()
+        assert response.status == 200, page
+        seen += page["items"]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert [item["id"] for item in seen] == list(reversed(ids))
+    assert [item["payload"] for item in seen] == [{"i": i} for i in reversed(range(12))]
+    assert all(item["result"] is None for item in seen)
+    response = await stack.client.get("/v1/jobs", headers=stack.headers())
+    assert not {"payload", "result"} & set((await response.json())["items"][0])
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from conveyor import testing
 from conveyor.errors import InvalidRequestError
@@ -362,6 +362,77 @@ def test_payloads_validate_their_fields() -> None:
     with pytest.raises(ValidationError):
         Resize.model_validate({"width": "wide"})
     assert Resize.model_validate({"width": "3"}) == Resize(width=3, height=10)
+
+
+class Shape(Payload):
+    ratio: float = 1.0
+    sides: list[int] = Field(default_factory=list)
+    scale: dict[str, float] = Field(default_factory=dict)
+    corner: int | None = None
+    label: int | str = "none"
+    filled: bool = False
+    flag_or_count: bool | int = 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "where"),
+    [
+        ("width", True, "width"),
+        ("height", False, "height"),
+    ],
+)
+def test_payload_numbers_refuse_booleans(field: str, value: bool, where: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Resize.model_validate({"width": 3, field: value})
+    [error] = caught.value.errors()
+    assert error["loc"] == (where,)
+    assert "boolean" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "where"),
+    [
+        ({"ratio": True}, ("ratio",)),
+        ({"sides": [3, True]}, ("sides", 1)),
+        ({"scale": {"x": False}}, ("scale", "x")),
+        ({"corner": True}, ("corner",)),
+    ],
+)
+def test_numbers_inside_containers_and_optionals_refuse_booleans(
+    payload: dict[str, Any], where: tuple[Any, ...]
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Shape.model_validate(payload)
+    assert [e["loc"] for e in caught.value.errors()] == [where]
+
+
+def test_a_number_or_text_field_refuses_a_boolean_too() -> None:
+    with pytest.raises(ValidationError):
+        Shape.model_validate({"label": True})
+    assert Shape.model_validate({"label": 3}).label == 3
+
+
+def test_fields_that_take_booleans_still_take_them() -> None:
+    shape = Shape.model_validate({"filled": True, "flag_or_count": True})
+    assert shape.filled is True and shape.flag_or_count is True
+    assert Shape.model_validate({"flag_or_count": 2}).flag_or_count == 2
+
+
+def test_numbers_still_take_numbers_and_their_schema_is_unchanged() -> None:
+    assert Shape.model_validate({"ratio": 2, "sides": [3, 4]}) == Shape(ratio=2.0, sides=[3, 4])
+    schema = Shape.model_json_schema()["properties"]
+    assert schema["ratio"] == {"default": 1.0, "title": "Ratio", "type": "number"}
+    assert schema["sides"]["items"] == {"type": "integer"}
+
+
+def test_the_system_payloads_refuse_booleans() -> None:
+    for name, payload in [
+        ("system.sleep", {"seconds": True}),
+        ("system.sleep", {"steps": True}),
+        ("system.fail", {"failures": True}),
+    ]:
+        with pytest.raises(ValidationError):
+            JOBS.get(name).payload.model_validate(payload)
 
 
 def test_an_async_job_function_is_awaited_by_run(registry: Registry) -> None:

@@ -132,3 +132,25 @@ def test_a_rabbitmq_broker_gives_up_on_a_blocked_connection() -> None:
     assert default.parameters.blocked_connection_timeout == BLOCKED_TIMEOUT_SECONDS  # type: ignore[attr-defined]
     chosen = build_broker("amqp://guest:guest@127.0.0.1:5672/%2F?blocked_connection_timeout=5")
     assert chosen.parameters.blocked_connection_timeout == 5  # type: ignore[attr-defined]
+
+
+def test_an_empty_public_url_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_PUBLIC_URL", "")
+    assert load().public_url is None
+    monkeypatch.setenv("CONVEYOR_PUBLIC_URL", "https://jobs.example.com/conveyor")
+    assert str(load().public_url) == "https://jobs.example.com/conveyor"
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://jobs.example.com", "jobs.example.com", "https://x/?a=1", "https://x/#top"]
+)
+def test_a_public_url_is_an_http_base_url(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("CONVEYOR_PUBLIC_URL", url)
+    with pytest.raises(ValidationError, match="public_url"):
+        load()
+
+
+def test_the_response_bound_leaves_room_for_a_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_MAX_RESPONSE_BYTES", "1000")
+    with pytest.raises(ValidationError, match="max_response_bytes"):
+        load()

@@ -15,6 +15,7 @@ from pydantic_core import from_json
 from conveyor.errors import BadRequestError, InvalidRequestError
 from conveyor.http.api.params import (
     JOB_ID,
+    absolute_url,
     bounded_int,
     is_finished,
     job_id_of,
@@ -24,12 +25,22 @@ from conveyor.http.api.params import (
 from conveyor.http.keys import CONTAINER, METRICS, USER
 from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
-from conveyor.http.schemas import JobOut, JobPage, JobTypeList, JobTypeOut, SubmitJob
+from conveyor.http.schemas import (
+    CONTENT,
+    JobOut,
+    JobPage,
+    JobTypeList,
+    JobTypeOut,
+    PageWriter,
+    SubmitJob,
+)
 from conveyor.models import Job, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
+from conveyor.services.cursors import Cursors
 from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
+from conveyor.settings import Settings
 
 if TYPE_CHECKING:
     from conveyor.http.openapi import Context
@@ -289,6 +300,40 @@ def _list_param(request: web.Request, name: str) -> list[str]:
     return values
 
 
+def _include(request: web.Request) -> frozenset[str]:
+    include = _list_param(request, "include")
+    unknown = [name for name in include if name not in CONTENT]
+    if unknown:
+        raise InvalidRequestError(
+            f"include {unknown[0]!r}: a list may include only payload and result",
+            errors=[{"field": "include", "message": "must be one of: payload, result"}],
+        )
+    return frozenset(include)
+
+
+def _limit(request: web.Request, settings: Settings, include: frozenset[str]) -> int:
+    """The page size asked for, within the cap: a smaller one when jobs carry `include`."""
+    cap = settings.max_page_size
+    default = settings.default_page_size
+    if include:
+        cap = min(cap, settings.max_include_page_size)
+        default = min(default, cap)
+    limit = bounded_int(request.query.get("limit", str(default)), 0, cap + 1)
+    if 1 <= limit <= cap:
+        return limit
+    if include:
+        with_include = f"include={','.join(sorted(include))}"
+        raise InvalidRequestError(
+            f"limit must be an integer from 1 to {cap} with {with_include} "
+            f"(CONVEYOR_MAX_INCLUDE_PAGE_SIZE; up to {settings.max_page_size} without include)",
+            errors=[{"field": "limit", "message": f"1 to {cap} with {with_include}"}],
+        )
+    raise InvalidRequestError(
+        f"limit must be an integer from 1 to {cap}",
+        errors=[{"field": "limit", "message": f"1 to {cap}"}],
+    )
+
+
 @routes.get(
     "/jobs",
     summary="List jobs, newest first",
@@ -316,7 +361,20 @@ def _list_param(request: web.Request, name: str) -> list[str]:
                 "maximum": settings.max_page_size,
                 "default": settings.default_page_size,
             },
-            "Jobs per page",
+            lambda settings: (
+                f"Jobs per page: at most {settings.max_page_size}, or "
+                f"{min(settings.max_include_page_size, settings.max_page_size)} with `include` "
+                f"(then by default at most that). A page ends sooner when the next job would "
+                f"take the body past {settings.max_response_bytes} bytes"
+            ),
+        ),
+        Parameter(
+            "include",
+            "query",
+            {"type": "array", "items": {"type": "string", "enum": sorted(CONTENT)}},
+            "Also give each job's `payload` or `result` (left out by default): "
+            "comma-separated, or the parameter repeated",
+            comma_separated=True,
         ),
         Parameter(
             "parent",
@@ -324,21 +382,31 @@ def _list_param(request: web.Request, name: str) -> list[str]:
             {"type": "string", "format": "uuid"},
             "Only the jobs this job submitted (its children)",
         ),
-        Parameter("cursor", "query", {"type": "string"}, "The `next_cursor` of the last page"),
+        Parameter(
+            "cursor",
+            "query",
+            {"type": "string"},
+            "The `next_cursor` of the last page, with the same `status`, `type` and `parent`",
+        ),
     ],
     answers={
         200: Answer(
-            "A page of jobs", JobPage, headers={"Link": '`<url>; rel="next"` of the next page'}
+            "A page of jobs, without their payload and result unless `include` asks for them; "
+            "shorter than `limit` when the next job would pass the response size limit",
+            JobPage,
+            headers={"Link": '`<url>; rel="next"`: the full URL of the next page'},
         )
     },
     errors={
-        400: "A cursor this server did not issue",
-        422: "A bad `status`, `type`, `parent` or `limit`",
+        400: "A cursor this server did not issue, or issued for other filters",
+        422: "A bad `status`, `type`, `parent`, `include` or `limit` (at most "
+        "CONVEYOR_MAX_INCLUDE_PAGE_SIZE with `include`)",
     },
 )
 async def list_jobs(request: web.Request) -> web.Response:
     """Jobs newest first, filtered by `status`, `type` and `parent`, by `cursor` pages of
-    `limit`."""
+    `limit`; each job without its payload and result unless `include` names them. A page
+    ends before the job that would take it past `CONVEYOR_MAX_RESPONSE_BYTES`."""
     settings = request.config_dict[CONTAINER].settings
     statuses = _list_param(request, "status")
     unknown = [s for s in statuses if s not in {s.value for s in JobStatus}]
@@ -348,30 +416,31 @@ async def list_jobs(request: web.Request) -> web.Response:
             f"unknown status {unknown[0]!r}",
             errors=[{"field": "status", "message": f"must be one of: {allowed}"}],
         )
-    raw_limit = request.query.get("limit", str(settings.default_page_size))
-    limit = bounded_int(raw_limit, 0, settings.max_page_size + 1)
-    if not 1 <= limit <= settings.max_page_size:
-        raise InvalidRequestError(
-            f"limit must be an integer from 1 to {settings.max_page_size}",
-            errors=[{"field": "limit", "message": f"1 to {settings.max_page_size}"}],
-        )
+    include = _include(request)
+    limit = _limit(request, settings, include)
+    writer = PageWriter(include, settings.max_response_bytes)
     page = await run_db(
         request.config_dict,
         jobs.list_jobs,
         request[USER],
+        Cursors.of(settings),
         statuses=statuses,
         types=_printable(_list_param(request, "type"), "type"),
         parent_id=_parent(request.query.get("parent")),
         cursor=request.query.get("cursor") or None,
         limit=limit,
+        include=include,
+        take=writer.take,
     )
     headers = {}
     if page.next_cursor:
         query = MultiDict(request.query)  # keeps repeated parameters (?type=a&type=b)
         query["cursor"] = page.next_cursor
-        headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
-    body = JobPage(items=[JobOut.of(j) for j in page.jobs], next_cursor=page.next_cursor)
-    return respond(body, headers=headers)
+        next_page = absolute_url(request, settings, request.rel_url.with_query(query))
+        headers["Link"] = f'<{next_page}>; rel="next"'
+    return web.Response(
+        body=writer.body(page.next_cursor), headers=headers, content_type="application/json"
+    )
 
 
 @routes.post(
@@ -380,12 +449,17 @@ async def list_jobs(request: web.Request) -> web.Response:
     parameters=[JOB_ID],
     answers={
         200: Answer("Cancelled (now, or already)", JobOut),
-        202: Answer("Running, and asked to stop", JobOut),
+        202: Answer(
+            "Running, and asked to stop; poll the Location until it is `cancelled` (or finished)",
+            JobOut,
+            headers={"Location": "The job's URL", **UNFINISHED_HEADERS},
+        ),
     },
     errors={404: "No such job (or another member's)", 409: "It already succeeded or failed"},
 )
 async def cancel_job(request: web.Request) -> web.Response:
-    """Cancel: a waiting job at once (200); a running one is asked to stop (202)."""
+    """Cancel: a waiting job at once (200); a running one is asked to stop (202, with the
+    job's Location to poll and Retry-After)."""
     job = await run_db(
         request.config_dict,
         jobs.cancel,
@@ -393,7 +467,10 @@ async def cancel_job(request: web.Request) -> web.Response:
         job_id_of(request),
         request[USER],
     )
-    return respond(JobOut.of(job), 200 if is_finished(job) else 202)
+    if is_finished(job):
+        return respond(JobOut.of(job), 200)
+    headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(POLL_SECONDS)}
+    return respond(JobOut.of(job), 202, headers)
 
 
 @routes.get(

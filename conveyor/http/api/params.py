@@ -1,19 +1,29 @@
 """What the /v1 routes share: their route table, the job id in a path, bounded numbers from
-query strings and headers, and JSON answers."""
+query strings and headers, full URLs, and JSON answers."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from conveyor.errors import NotFoundError
 from conveyor.http.routes import Parameter, RouteTable
 from conveyor.models import Job
 from conveyor.models.job import FINISHED
+from conveyor.settings import Settings
 
-routes = RouteTable(tag="jobs")
+routes = RouteTable(tag="jobs", known_query_only=True)
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+#: A `Host` header we put in a URL: a name or IPv4 address, or a bracketed IPv6 one; a port.
+_HOST = re.compile(
+    rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]{{2,45}}\])(?::(?P<port>[0-9]{{1,5}}))?"
+)
+MAX_PORT = 65535
 
 JOB_ID = Parameter(
     "job_id", "path", {"type": "string", "format": "uuid"}, "The job's id", required=True
@@ -42,6 +52,19 @@ def bounded_int(value: str, low: int, high: int) -> int:
     if len(value) > 19 or not (value.isascii() and value.isdigit()):
         return low
     return min(max(int(value), low), high)
+
+
+def absolute_url(request: web.Request, settings: Settings, url: URL) -> str:
+    """`url` (a path and query on this server) as a full URL: under `CONVEYOR_PUBLIC_URL`, or
+    else at the request's scheme and `Host`. A `Host` that is no host name or address (with
+    an optional port) gets `url` as it is, relative to the request's URL."""
+    if settings.public_url is not None:
+        return f"{str(settings.public_url).rstrip('/')}{url}"
+    host = request.host
+    match = _HOST.fullmatch(host)
+    if match is None or int(match.group("port") or 0) > MAX_PORT:
+        return str(url)
+    return f"{request.scheme}://{host}{url}"
 
 
 def is_finished(job: Job) -> bool:

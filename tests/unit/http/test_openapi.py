@@ -77,6 +77,28 @@ def test_the_limits_follow_other_settings() -> None:
     assert wait["maximum"] == 9.5
 
 
+def test_the_include_cap_and_the_page_bound_are_the_settings() -> None:
+    settings = stacks.test_settings(max_include_page_size=42, max_response_bytes=123_456)
+    document = json.loads(build_openapi(settings, JOBS, route_tables()))
+    listing = _operations(document)[("GET", "/v1/jobs")]
+    limit = _parameter(listing, "limit")["description"]
+    assert "or 42 with `include`" in limit and "123456 bytes" in limit
+    include = _parameter(listing, "include")
+    assert (include["style"], include["explode"]) == ("form", False)
+    assert include["schema"]["items"]["enum"] == ["payload", "result"]
+    assert "cursor" in {p["name"] for p in listing["parameters"]}
+
+
+def test_list_items_are_documented_without_required_payload_and_result() -> None:
+    document = json.loads(build_openapi(stacks.test_settings(), JOBS, route_tables()))
+    schemas = document["components"]["schemas"]
+    page = schemas["JobPage"]["properties"]["items"]["items"]
+    item = schemas[page["$ref"].rsplit("/", 1)[1]]
+    assert {"payload", "result", "omitted"} <= set(item["properties"])
+    assert not {"payload", "result", "omitted"} & set(item.get("required", []))
+    assert "payload" in schemas["JobOut"]["required"]
+
+
 async def test_the_status_filter_lists_every_status_comma_separated(embedded_stack: Stack) -> None:
     listing = _operations(await _document(embedded_stack))[("GET", "/v1/jobs")]
     status = _parameter(listing, "status")
@@ -125,9 +147,9 @@ async def test_the_documented_errors_of_the_jobs_api(embedded_stack: Stack) -> N
         ("POST", "/v1/jobs"): {"400", "401", "409", "413", "422"},
         ("GET", "/v1/jobs"): {"400", "401", "422"},
         ("GET", "/v1/jobs/{job_id}"): {"401", "404", "422"},
-        ("POST", "/v1/jobs/{job_id}/cancel"): {"401", "404", "409"},
-        ("GET", "/v1/jobs/{job_id}/events"): {"401", "404"},
-        ("GET", "/v1/job-types"): {"401"},
+        ("POST", "/v1/jobs/{job_id}/cancel"): {"401", "404", "409", "422"},
+        ("GET", "/v1/jobs/{job_id}/events"): {"401", "404", "422"},
+        ("GET", "/v1/job-types"): {"401", "422"},
     }
     for key, statuses in expected.items():
         errors = {s for s in operations[key]["responses"] if s.startswith("4")}
@@ -169,3 +191,11 @@ async def test_the_media_types_of_the_operational_and_streaming_answers(
     assert media(("GET", "/v1/jobs")) == ["application/json"]
     response = await embedded_stack.client.get("/metrics")
     assert response.headers["Content-Type"].startswith(media(("GET", "/metrics"))[0])
+
+
+async def test_every_v1_operation_documents_the_422_of_an_unknown_query_parameter(
+    embedded_stack: Stack,
+) -> None:
+    for (_, path), operation in _operations(await _document(embedded_stack)).items():
+        if path.startswith("/v1/"):
+            assert "unknown query parameter" in operation["responses"]["422"]["description"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.errors import BadRequestError, ConflictError, InvalidRequestError, NotFoundError
@@ -17,11 +18,12 @@ from conveyor.ids import uuid7
 from conveyor.models import Job, JobEvent, JobStatus, User
 from conveyor.models.base import utcnow
 from conveyor.services import jobs, runs, submissions
-from conveyor.services.jobs import decode_cursor, encode_cursor
+from conveyor.services.cursors import Cursors
 from conveyor.services.submissions import NewJob, request_hash
 from tests.unit.support import MakeJob, RecordingAnnouncer
 
 LEASE = dt.timedelta(seconds=30)
+CURSORS = Cursors(b"k" * 32)
 
 
 def _count(db: sessionmaker[Session], model: type[Any]) -> int:
@@ -291,10 +293,10 @@ def test_a_member_lists_their_own_jobs_and_an_admin_all(
 ) -> None:
     mine = [make_job(member).id for _ in range(3)]
     theirs = [make_job(other).id for _ in range(2)]
-    assert [j.id for j in jobs.list_jobs(db, member).jobs] == mine[::-1]
-    assert [j.id for j in jobs.list_jobs(db, other).jobs] == theirs[::-1]
-    assert {j.id for j in jobs.list_jobs(db, admin).jobs} == set(mine + theirs)
-    assert jobs.list_jobs(db, admin).next_cursor is None
+    assert [j.id for j in jobs.list_jobs(db, member, CURSORS).jobs] == mine[::-1]
+    assert [j.id for j in jobs.list_jobs(db, other, CURSORS).jobs] == theirs[::-1]
+    assert {j.id for j in jobs.list_jobs(db, admin, CURSORS).jobs} == set(mine + theirs)
+    assert jobs.list_jobs(db, admin, CURSORS).next_cursor is None
 
 
 def test_listing_filters_by_status_and_type(
@@ -303,12 +305,18 @@ def test_listing_filters_by_status_and_type(
     echo = make_job()
     fail = make_job(job_type="system.fail", payload={"failures": 1})
     jobs.cancel(db, announcer, echo.id, member)
-    assert [j.id for j in jobs.list_jobs(db, member, statuses=["cancelled"]).jobs] == [echo.id]
-    assert [j.id for j in jobs.list_jobs(db, member, statuses=["queued"]).jobs] == [fail.id]
-    assert [j.id for j in jobs.list_jobs(db, member, types=["system.fail"]).jobs] == [fail.id]
-    both = jobs.list_jobs(db, member, statuses=["queued", "cancelled"]).jobs
+    assert [j.id for j in jobs.list_jobs(db, member, CURSORS, statuses=["cancelled"]).jobs] == [
+        echo.id
+    ]
+    assert [j.id for j in jobs.list_jobs(db, member, CURSORS, statuses=["queued"]).jobs] == [
+        fail.id
+    ]
+    assert [j.id for j in jobs.list_jobs(db, member, CURSORS, types=["system.fail"]).jobs] == [
+        fail.id
+    ]
+    both = jobs.list_jobs(db, member, CURSORS, statuses=["queued", "cancelled"]).jobs
     assert [j.id for j in both] == [fail.id, echo.id]
-    assert jobs.list_jobs(db, member, statuses=["running"]).jobs == []
+    assert jobs.list_jobs(db, member, CURSORS, statuses=["running"]).jobs == []
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3, 7, 10])
@@ -320,7 +328,7 @@ def test_keyset_pagination_walks_every_job_once_newest_first(
     cursor = None
     pages = 0
     while True:
-        page = jobs.list_jobs(db, member, cursor=cursor, limit=limit)
+        page = jobs.list_jobs(db, member, CURSORS, cursor=cursor, limit=limit)
         pages += 1
         assert 1 <= len(page.jobs) <= limit
         seen.extend(j.id for j in page.jobs)
@@ -337,9 +345,9 @@ def test_pagination_does_not_skip_jobs_created_between_pages(
     make_job: MakeJob, db: sessionmaker[Session], member: User
 ) -> None:
     older = [make_job().id for _ in range(4)]
-    first = jobs.list_jobs(db, member, limit=2)
+    first = jobs.list_jobs(db, member, CURSORS, limit=2)
     newer = make_job().id
-    second = jobs.list_jobs(db, member, cursor=first.next_cursor, limit=2)
+    second = jobs.list_jobs(db, member, CURSORS, cursor=first.next_cursor, limit=2)
     assert [j.id for j in first.jobs] == older[:1:-1]
     assert [j.id for j in second.jobs] == older[1::-1]
     assert newer not in [j.id for j in second.jobs]
@@ -347,28 +355,73 @@ def test_pagination_does_not_skip_jobs_created_between_pages(
 
 
 def test_a_listing_without_jobs_is_empty(db: sessionmaker[Session], member: User) -> None:
-    page = jobs.list_jobs(db, member)
+    page = jobs.list_jobs(db, member, CURSORS)
     assert page.jobs == [] and page.next_cursor is None
 
 
-def test_cursors_round_trip() -> None:
-    job_id = uuid.uuid4()
-    cursor = encode_cursor(job_id)
-    assert "=" not in cursor
-    assert decode_cursor(cursor) == job_id
-
-
-@pytest.mark.parametrize("cursor", ["not-a-cursor!", "abc", "é", "AAAA" * 10])
+@pytest.mark.parametrize("cursor", ["not-a-cursor!", "abc", "é", "AAAA" * 10, "A" * 44])
 def test_a_bad_cursor_is_a_bad_request(
     db: sessionmaker[Session], member: User, cursor: str
 ) -> None:
     with pytest.raises(BadRequestError) as caught:
-        jobs.list_jobs(db, member, cursor=cursor)
+        jobs.list_jobs(db, member, CURSORS, cursor=cursor)
     assert caught.value.status == 400
     assert caught.value.errors[0]["field"] == "cursor"
 
 
-# --- cancel ----------------------------------------------------------------------------------
+def test_a_cursor_of_other_filters_is_a_bad_request(
+    make_job: MakeJob, db: sessionmaker[Session], member: User
+) -> None:
+    for _ in range(3):
+        make_job()
+    cursor = jobs.list_jobs(db, member, CURSORS, types=["system.echo"], limit=1).next_cursor
+    assert cursor is not None
+    page = jobs.list_jobs(db, member, CURSORS, types=["system.echo"], cursor=cursor, limit=1)
+    assert len(page.jobs) == 1
+    with pytest.raises(BadRequestError):
+        jobs.list_jobs(db, member, CURSORS, cursor=cursor, limit=1)
+
+
+def test_a_listing_leaves_payload_and_result_unread_unless_included(
+    make_job: MakeJob, db: sessionmaker[Session], member: User
+) -> None:
+    make_job(payload={"big": "x" * 1000})
+    [summary] = jobs.list_jobs(db, member, CURSORS).jobs
+    with pytest.raises(sa_exc.SQLAlchemyError):  # raiseload: never read lazily
+        _ = summary.payload
+    [full] = jobs.list_jobs(db, member, CURSORS, include=["payload", "result"]).jobs
+    assert full.payload == {"big": "x" * 1000} and full.result is None
+    [payload_only] = jobs.list_jobs(db, member, CURSORS, include=["payload"]).jobs
+    assert payload_only.payload == {"big": "x" * 1000}
+    with pytest.raises(sa_exc.SQLAlchemyError):
+        _ = payload_only.result
+
+
+@pytest.mark.parametrize("include", [(), ("payload",)])
+def test_a_page_ends_before_the_first_job_take_refuses(
+    make_job: MakeJob, db: sessionmaker[Session], member: User, include: tuple[str, ...]
+) -> None:
+    created = [make_job().id for _ in range(5)][::-1]
+    offered: list[uuid.UUID] = []
+
+    def take(job: Job) -> bool:
+        offered.append(job.id)
+        return len(offered) <= 2
+
+    page = jobs.list_jobs(db, member, CURSORS, include=include, take=take, limit=4)
+    assert [j.id for j in page.jobs] == created[:2]
+    assert offered == created[:3]
+    assert page.next_cursor is not None
+    rest = jobs.list_jobs(db, member, CURSORS, cursor=page.next_cursor, include=include)
+    assert [j.id for j in rest.jobs] == created[2:]
+
+
+def test_a_take_that_refuses_the_first_job_is_a_mistake(
+    make_job: MakeJob, db: sessionmaker[Session], member: User
+) -> None:
+    make_job()
+    with pytest.raises(ValueError, match="first job"):
+        jobs.list_jobs(db, member, CURSORS, take=lambda job: False)
 
 
 def test_cancelling_a_queued_job_cancels_it_at_once(
