@@ -116,7 +116,7 @@ def claim(
             "worker": worker,
             "due": now + EARLY_TOLERANCE,
         }
-        found = connections.fetchone(_CLAIM_PG, params)
+        found = connections.fetchone(_CLAIM_PG, params, resend=True)
         return None if found is None else Claim(**found)
     stmt = (
         update(jobs_t)
@@ -182,7 +182,7 @@ def finish(
             "message": error["message"][:1000] if error else None,
             "now": utcnow(),
         }
-        done = connections.fetchone(_FINISH_PG, params)
+        done = connections.fetchone(_FINISH_PG, params, resend=True)
         return done is not None and done["n"] == 1
     with transaction(db) as session:
         return _finish_in(session, job_id, attempt, status, result=result, error=error)
