@@ -111,16 +111,16 @@ class TransientError(ConveyorError):
     title = "Service unavailable"
 
 
-class InfrastructureError(TransientError):
-    """A service Conveyor runs on (the database, the broker, Redis) failed: not the job's fault."""
-
-
 class OutboundHttpError(TransientError):
     """An outbound HTTP request got no answer (refused, reset, timed out, too large)."""
 
 
 class UnknownResourceError(ConveyorError):
     """A job asked for a resource its pool did not register."""
+
+
+class InfrastructureError(TransientError):
+    """A service Conveyor runs on (the database, the broker, Redis) failed: not the job's fault."""
 
 
 #: SQLSTATEs that say the server ended or refused the session, not that a statement failed:
