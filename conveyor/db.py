@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.errors import InvalidRequestError, TransientError
+from conveyor.errors import InfrastructureError, InvalidRequestError
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -107,34 +107,52 @@ class DirectConnections:
         self._all: weakref.WeakSet[psycopg.Connection[dict[str, Any]]] = weakref.WeakSet()
         self._lock = threading.Lock()
 
-    def _connection(self) -> psycopg.Connection[dict[str, Any]]:
+    def _connection(self) -> tuple[psycopg.Connection[dict[str, Any]], bool]:
+        """This thread's connection, and whether it was made just now."""
         connection: psycopg.Connection[dict[str, Any]] | None = getattr(self._local, "c", None)
-        if connection is None or connection.closed or connection.broken:
-            connection = psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row)
-            self._local.c = connection
-            with self._lock:
-                self._all.add(connection)
-        return connection
+        if connection is not None and not (connection.closed or connection.broken):
+            return connection, False
+        connection = psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row)
+        self._local.c = connection
+        with self._lock:
+            self._all.add(connection)
+        return connection, True
 
-    def fetchone(self, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        """Run one statement (committed on its own) and return its first row."""
+    def _run(
+        self, sql: str, params: dict[str, Any], resend: bool
+    ) -> psycopg.Cursor[dict[str, Any]]:
         try:
-            return self._connection().execute(sql, params).fetchone()
+            connection, fresh = self._connection()
+            try:
+                return connection.execute(sql, params)
+            except psycopg.OperationalError:
+                if not resend or fresh or not (connection.closed or connection.broken):
+                    raise
+            # The connection was cut since its last use (a database restart). There is no
+            # pre-ping on this path: the statement is sent once more on a new connection.
+            self.discard()
+            return self._connection()[0].execute(sql, params)
         except psycopg.OperationalError as exc:  # dropped, restarted, unreachable
             self.discard()
-            raise TransientError(f"database unavailable: {exc}") from exc
+            raise InfrastructureError(f"database unavailable: {exc}") from exc
         except psycopg.DataError as exc:
             raise InvalidRequestError(f"a value cannot be stored: {exc}") from exc
 
-    def execute(self, sql: str, params: dict[str, Any]) -> None:
-        """Run one statement, committed on its own."""
-        try:
-            self._connection().execute(sql, params)
-        except psycopg.OperationalError as exc:
-            self.discard()
-            raise TransientError(f"database unavailable: {exc}") from exc
-        except psycopg.DataError as exc:
-            raise InvalidRequestError(f"a value cannot be stored: {exc}") from exc
+    def fetchone(
+        self, sql: str, params: dict[str, Any], *, resend: bool = False
+    ) -> dict[str, Any] | None:
+        """Run one statement (committed on its own) and return its first row.
+
+        `resend`: the statement is guarded (running it twice changes nothing the first run did
+        not), so when this thread's connection turns out to have been cut while idle, it is
+        sent again on a new one instead of failing. A statement cut off in flight may then
+        run twice, so only guarded statements may ask for it.
+        """
+        return self._run(sql, params, resend).fetchone()
+
+    def execute(self, sql: str, params: dict[str, Any], *, resend: bool = False) -> None:
+        """Run one statement, committed on its own (`resend`: as for `fetchone`)."""
+        self._run(sql, params, resend)
 
     def discard(self) -> None:
         connection = getattr(self._local, "c", None)

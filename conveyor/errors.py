@@ -6,6 +6,9 @@ import datetime as dt
 import math
 from typing import Any
 
+import psycopg
+import redis.exceptions
+import sqlalchemy.exc
 from pydantic import ValidationError
 
 #: The longest `RetryLater` delay that is represented as asked (about 30 years).
@@ -118,6 +121,42 @@ class OutboundHttpError(TransientError):
 
 class UnknownResourceError(ConveyorError):
     """A job asked for a resource its pool did not register."""
+
+
+class InfrastructureError(TransientError):
+    """A service Conveyor runs on (the database, the broker, Redis) failed: not the job's fault."""
+
+
+#: SQLSTATEs that say the server ended or refused the session, not that a statement failed:
+#: shutdown or crash (57P01, 57P02), starting up or shutting down (57P03), no free connection
+#: slot (53300). Class 08 (connection exceptions) is matched by its prefix.
+_DISCONNECT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Whether `exc` says that a service Conveyor runs on (the database, Redis) failed or
+    could not be reached, rather than that the code which called it failed.
+
+    That is: `InfrastructureError`; a SQLAlchemy error that invalidated its connection, or
+    that wraps one of the following; a psycopg error with no SQLSTATE (the connection failed,
+    was lost or is closed: errors raised by the client library itself) or a SQLSTATE of a
+    lost session (class 08, shutdown, crash, too many connections); a Redis connection
+    error or time-out. A statement's own error (a constraint, a syntax error, a deadlock, a
+    statement time-out) is not. The broker's errors are named by the worker layer, which
+    knows the broker's library (see `workers.lifecycle`).
+    """
+    if isinstance(exc, InfrastructureError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DisconnectionError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if exc.orig is not None else exc
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in _DISCONNECT_SQLSTATES
+    return isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
 
 
 def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:

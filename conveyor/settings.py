@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     max_worker_losses: int = Field(
         2,
         ge=0,
-        description="Times a job may lose its worker (crash, kill, lease expiry) before it "
+        description="Runs of a job that may be cut short (its worker lost to a crash, kill or "
+        "lease expiry, or its code reached by a database, broker or Redis failure) before it "
         "ends failed; counted apart from its retries.",
     )
     sweep_interval_seconds: float = Field(

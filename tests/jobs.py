@@ -1,11 +1,14 @@
 """Job types that exist only in tests (time limits, a job that ignores cancellation, child
-jobs, planned retries, permanent errors, outbound HTTP from an async job)."""
+jobs, planned retries, permanent errors, outbound HTTP from an async job, a job that queries
+the database itself)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
 from typing import Any
+
+from sqlalchemy import text
 
 from conveyor.errors import RetryLater
 from conveyor.registry import JOBS, JobContext, Payload, job
@@ -94,3 +97,22 @@ if "testing.fetch" not in JOBS:
         """GET `url` with the shared client from an async job."""
         response = await ctx.http.arequest("GET", payload.url)
         return {"status": response.status, "bytes": len(response.body)}
+
+
+class Query(Payload):
+    seconds: float = 3.0
+    steps: int = 30
+
+
+if "testing.query" not in JOBS:
+
+    @job(queue="system", name="testing.query", max_retries=0)
+    def query(payload: Query, ctx: JobContext) -> dict[str, Any]:
+        """Query the database at every step in one session held across the steps (so a
+        database restart meets it), reporting progress; no retries."""
+        with ctx.db() as session:
+            for step in range(1, payload.steps + 1):
+                session.execute(text("SELECT 1"))
+                ctx.sleep(payload.seconds / payload.steps)
+                ctx.progress(step / payload.steps)
+        return {"attempt": ctx.attempt}

@@ -3,6 +3,10 @@
 The worker layer runs the function and hands what happened (a result, an exception, a lost
 worker) to these functions; they say whether the job succeeded, runs again (and when), fails
 or ends cancelled. The retry rule is here and nowhere else.
+
+Two budgets: `max_retries` bounds the job's own failures; `max_worker_losses` bounds the runs
+cut short by something else (a worker that died, or a database, broker or Redis that failed
+under the job). The second kind never uses up the first.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from conveyor.errors import (
     JobTimeLimitError,
     PermanentJobError,
     RetryLater,
+    is_infrastructure_error,
 )
 from conveyor.models import JobStatus
 from conveyor.registry import JobType
@@ -34,8 +39,9 @@ class Attempt:
     """What the policy needs to know about the attempt that just ended."""
 
     number: int  #: the job's `attempts` after this one began
-    worker_losses: int  #: attempts that ended with their worker lost (not the job's fault)
+    worker_losses: int  #: earlier attempts cut short by a lost worker or infrastructure
     max_retries: int
+    max_worker_losses: int  #: the setting: how many of those a job may have and go on
 
     @property
     def failures(self) -> int:
@@ -60,6 +66,8 @@ class Outcome:
     retry_in: dt.timedelta | None = None
     #: Failed because retrying could not help (not because the retries ran out).
     permanent: bool = False
+    #: Infrastructure cut the attempt short: it counts in `worker_losses`, not as a failure.
+    interrupted: bool = False
 
 
 def error_of(exc: BaseException) -> dict[str, Any]:
@@ -86,6 +94,7 @@ def raised(
     exc: BaseException,
     *,
     time_limit: float | None = None,
+    infrastructure: tuple[type[BaseException], ...] = (),
     rng: random.Random | None = None,
 ) -> Outcome:
     """The function raised `exc`: cancelled, retried after a delay, or failed.
@@ -93,6 +102,8 @@ def raised(
     - a cancellation ends the job `cancelled`;
     - `PermanentJobError`, a payload that no longer validates, or an exception the job type
       lists as `permanent` fail it at once;
+    - an infrastructure error (`errors.is_infrastructure_error`, or one of `infrastructure`:
+      the broker's, which the caller names) is not the job's failure: see `interrupted`;
     - anything else (a time limit too) is retried while `attempt.may_retry`, after the
       backoff, or after the delay a `RetryLater` asks for (capped by `max_backoff`).
     """
@@ -107,6 +118,8 @@ def raised(
         error = error_of(exc)
     if isinstance(exc, (PermanentJobError, ValidationError, *job_type.permanent)):
         return Outcome(JobStatus.FAILED, error=error, permanent=True)
+    if is_infrastructure_error(exc) or isinstance(exc, infrastructure):
+        return interrupted(job_type, attempt, error, rng=rng)
     if not attempt.may_retry:
         return Outcome(JobStatus.FAILED, error=error)
     if isinstance(exc, RetryLater):
@@ -114,6 +127,27 @@ def raised(
     else:
         delay = job_type.retry.backoff(attempt.failures, rng)
     return Outcome(JobStatus.RETRYING, error=error, retry_in=delay)
+
+
+def interrupted(
+    job_type: JobType,
+    attempt: Attempt,
+    error: dict[str, Any],
+    *,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """A database, broker or Redis failure reached the job's code and ended the attempt.
+
+    Counted like a lost worker, not against the retries: the job runs again after the job
+    type's backoff for its count of such runs, unless it already had `max_worker_losses` of
+    them (a job that always meets a dead service must end), and then it fails.
+    """
+    if attempt.worker_losses >= attempt.max_worker_losses:
+        losses = attempt.worker_losses + 1
+        message = f"{error['message']} ({losses} runs cut short by lost workers or services)"
+        return Outcome(JobStatus.FAILED, error={**error, "message": message}, interrupted=True)
+    delay = job_type.retry.backoff(attempt.worker_losses + 1, rng)
+    return Outcome(JobStatus.RETRYING, error=error, retry_in=delay, interrupted=True)
 
 
 def lost_worker(

@@ -11,10 +11,11 @@ and the event INSERT in one CTE) committed on its own: one round trip, one commi
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,8 +37,11 @@ logger = logging.getLogger(__name__)
 
 #: A retry message may arrive this much before the job's next-attempt time.
 EARLY_TOLERANCE = dt.timedelta(seconds=1)
-#: Pauses between attempts to record an outcome while the database is unreachable.
+#: Pauses between attempts to record an outcome (or progress, for as long as the lease
+#: lasts) while the database is unreachable.
 RECORD_RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+#: What `persistently` tries again: the connection failed, or the database refused for now.
+UNREACHABLE = (OperationalError, InterfaceError, TransientError)
 
 # The statuses are spelled from `JobStatus` once, here at import, not passed per call: the
 # statements are prepared once per connection and run for every job.
@@ -116,7 +120,7 @@ def claim(
             "worker": worker,
             "due": now + EARLY_TOLERANCE,
         }
-        found = connections.fetchone(_CLAIM_PG, params)
+        found = connections.fetchone(_CLAIM_PG, params, resend=True)
         return None if found is None else Claim(**found)
     stmt = (
         update(jobs_t)
@@ -168,10 +172,13 @@ def finish(
     result: Any = None,
     result_json: str | None = None,
     error: dict[str, Any] | None = None,
+    interrupted: bool = False,
 ) -> bool:
     """Record the end of attempt `attempt`; False if that attempt no longer owns the job.
-    `result_json` is `result` already encoded, if the caller has it."""
-    connections = direct(db)
+    `result_json` is `result` already encoded, if the caller has it. `interrupted`: the
+    attempt was cut short by infrastructure, which counts in `worker_losses` (rare: it takes
+    the general path, the direct statement stays as every job needs it)."""
+    connections = None if interrupted else direct(db)
     if connections is not None:
         params = {
             "id": job_id,
@@ -182,10 +189,12 @@ def finish(
             "message": error["message"][:1000] if error else None,
             "now": utcnow(),
         }
-        done = connections.fetchone(_FINISH_PG, params)
+        done = connections.fetchone(_FINISH_PG, params, resend=True)
         return done is not None and done["n"] == 1
     with transaction(db) as session:
-        return _finish_in(session, job_id, attempt, status, result=result, error=error)
+        return _finish_in(
+            session, job_id, attempt, status, result=result, error=error, interrupted=interrupted
+        )
 
 
 def _finish_in(
@@ -196,6 +205,7 @@ def _finish_in(
     *,
     result: Any = None,
     error: dict[str, Any] | None = None,
+    interrupted: bool = False,
 ) -> bool:
     now = utcnow()
     values: dict[str, Any] = {
@@ -208,6 +218,8 @@ def _finish_in(
     }
     if status == JobStatus.SUCCEEDED:
         values["progress"] = 1.0
+    if interrupted:
+        values["worker_losses"] = jobs_t.c.worker_losses + 1
     message = error["message"] if error else None
     if rowcount(session.execute(_guarded(job_id, attempt).values(**values))) != 1:
         return False
@@ -222,14 +234,16 @@ def retry_later(
     *,
     error: dict[str, Any],
     next_attempt_at: dt.datetime,
+    interrupted: bool = False,
 ) -> JobStatus | None:
     """Record a failed attempt that will run again at `next_attempt_at` (message unpublished).
+    `interrupted`: infrastructure cut it short, which counts in `worker_losses`.
 
     Returns `retrying`; `cancelled` when a cancel was requested meanwhile (the job will not
     run again); None when this attempt no longer holds the job.
     """
     now = utcnow()
-    values = {
+    values: dict[str, Any] = {
         "status": JobStatus.RETRYING.value,
         "error": error,
         "next_attempt_at": next_attempt_at,
@@ -237,10 +251,14 @@ def retry_later(
         "updated_at": now,
         "lease_expires_at": None,
     }
+    if interrupted:
+        values["worker_losses"] = jobs_t.c.worker_losses + 1
     with transaction(db) as session:
         stmt = _guarded(job_id, attempt).where(jobs_t.c.cancel_requested.is_(False))
         if rowcount(session.execute(stmt.values(**values))) != 1:
-            cancelled = _finish_in(session, job_id, attempt, JobStatus.CANCELLED, error=error)
+            cancelled = _finish_in(
+                session, job_id, attempt, JobStatus.CANCELLED, error=error, interrupted=interrupted
+            )
             return JobStatus.CANCELLED if cancelled else None
         session.execute(
             insert(events_t),
@@ -267,9 +285,19 @@ def record(
     """
     job_id = message.job_id
     if outcome.status == JobStatus.RETRYING:
+        assert outcome.error is not None, "the policy gives every retry its error"
         delay = outcome.retry_in or dt.timedelta(0)
-        status = _persistently(
-            retry_later, db, job_id, attempt, error=outcome.error, next_attempt_at=utcnow() + delay
+        status = persistently(
+            functools.partial(
+                retry_later,
+                db,
+                job_id,
+                attempt,
+                error=outcome.error,
+                next_attempt_at=utcnow() + delay,
+                interrupted=outcome.interrupted,
+            ),
+            what="record an outcome",
         )
         if status is not None:
             announcer.announce(job_id, status)
@@ -278,15 +306,19 @@ def record(
             retry = JobMessage(job_id, message.type, message.queue, delay_ms)
             publish_now(db, enqueuer, [retry], "retried")
         return status
-    recorded = _persistently(
-        finish,
-        db,
-        job_id,
-        attempt,
-        outcome.status,
-        result=outcome.result,
-        result_json=outcome.result_json,
-        error=outcome.error,
+    recorded = persistently(
+        functools.partial(
+            finish,
+            db,
+            job_id,
+            attempt,
+            outcome.status,
+            result=outcome.result,
+            result_json=outcome.result_json,
+            error=outcome.error,
+            interrupted=outcome.interrupted,
+        ),
+        what="record an outcome",
     )
     if not recorded:
         logger.warning(
@@ -303,16 +335,60 @@ def record(
 T = TypeVar("T")
 
 
-def _persistently(write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`write(...)`, tried again while the database connection fails (a pooled connection
-    found dead after a database restart, a short outage)."""
-    for delay in RECORD_RETRY_DELAYS:
+def persistently(
+    write: Callable[[], T],
+    *,
+    what: str,
+    delays: Sequence[float] = RECORD_RETRY_DELAYS,
+    wait: Callable[[float], object] = time.sleep,
+) -> T:
+    """`write()`, tried again after each of `delays` while the database connection fails (a
+    pooled connection found dead after a database restart, a short outage); the last failure
+    is raised. The engine drops its whole pool at the first connection found cut, so the next
+    try connects anew. `wait` pauses (a job's own wait, which a cancel interrupts)."""
+    for delay in delays:
         try:
-            return write(*args, **kwargs)
-        except (OperationalError, InterfaceError, TransientError) as exc:
-            logger.warning("could not record an outcome (%r); again in %.1fs", exc, delay)
-            time.sleep(delay)
-    return write(*args, **kwargs)
+            return write()
+        except UNREACHABLE as exc:
+            logger.warning("could not %s (%r); again in %.1fs", what, exc, delay)
+            wait(delay)
+    return write()
+
+
+def delays_within(seconds: float) -> tuple[float, ...]:
+    """The first `RECORD_RETRY_DELAYS` that add up to at most `seconds`."""
+    total, kept = 0.0, []
+    for delay in RECORD_RETRY_DELAYS:
+        total += delay
+        if total > seconds:
+            break
+        kept.append(delay)
+    return tuple(kept)
+
+
+def store_progress(
+    db: sessionmaker[Session],
+    job_id: uuid.UUID,
+    attempt: int,
+    fraction: float,
+    message: str | None,
+    *,
+    within: float,
+    wait: Callable[[float], object] = time.sleep,
+) -> bool:
+    """`report_progress`, riding out a database blip: tried again for up to `within` seconds
+    (the lease), then dropped with a warning (progress is advisory, and the heartbeat keeps
+    renewing the lease on its own). Returns whether the job must stop."""
+    try:
+        return persistently(
+            functools.partial(report_progress, db, job_id, attempt, fraction, message),
+            what="store progress",
+            delays=delays_within(within),
+            wait=wait,
+        )
+    except UNREACHABLE as exc:
+        logger.warning("progress %.3f of job %s dropped: %r", fraction, job_id, exc)
+        return False
 
 
 def report_progress(

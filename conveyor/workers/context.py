@@ -112,13 +112,22 @@ class RunningJob:
 
     def _progress(self, fraction: float, message: str | None) -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
-        if runs.report_progress(self.db, self.job_id, self.attempt, fraction, message):
+        # A database blip is ridden out within the lease, and past that the report is
+        # dropped: progress is advisory, and never fails the job.
+        lease = self.settings.lease_seconds
+        stop = runs.store_progress(
+            self.db, self.job_id, self.attempt, fraction, message, within=lease, wait=self._pause
+        )
+        if stop:
             self.interrupt(JobCancelledError)
         self.container.announcements.announce(self.job_id, JobStatus.RUNNING)
         self.raise_if_stopped()
 
     def sleep(self, seconds: float) -> None:
         self._refuse_on_the_loop("sleep")
+        self._pause(seconds)
+
+    def _pause(self, seconds: float) -> None:
         self.stop.wait(seconds)
         self.raise_if_stopped()
 

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 #: When the database cannot be reached to claim a job, its message comes back after this.
 CLAIM_RETRY_MS = 5_000
+#: The broker's errors that mean it could not be reached (the outcome policy does not know
+#: Dramatiq): a job that meets one was cut short by infrastructure, not failed.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (dramatiq.errors.BrokerConnectionError,)
 
 
 class _Heartbeat(threading.Thread):
@@ -67,6 +70,9 @@ class _Heartbeat(threading.Thread):
                         {job.job_id: job.attempt for job in running},
                         self.lifecycle.lease,
                     )
+                except runs.UNREACHABLE as exc:  # the next renewal reconnects
+                    logger.warning("could not renew job leases (%r); trying again", exc)
+                    continue
                 except Exception:
                     logger.warning("could not renew job leases", exc_info=True)
                     continue
@@ -193,13 +199,29 @@ class JobLifecycle(Middleware):
         return outcomes.returned(value)
 
     def _judge(self, job_type: JobType, running: RunningJob, exc: BaseException) -> Outcome:
-        attempt = Attempt(running.attempt, running.worker_losses, running.max_retries)
-        return outcomes.raised(job_type, attempt, exc, time_limit=running.time_limit)
+        attempt = Attempt(
+            running.attempt,
+            running.worker_losses,
+            running.max_retries,
+            self.container.settings.max_worker_losses,
+        )
+        return outcomes.raised(
+            job_type, attempt, exc, time_limit=running.time_limit, infrastructure=BROKER_ERRORS
+        )
 
     def _record(self, job_type: JobType, running: RunningJob, outcome: Outcome) -> None:
         job_id, attempt = running.job_id, running.attempt
         message = JobMessage(job_id, job_type.name, job_type.queue)
-        if outcome.status == JobStatus.RETRYING:
+        if outcome.interrupted and outcome.status == JobStatus.RETRYING:
+            logger.warning(
+                "job %s attempt %d was cut short by a service failure (%s); runs again in "
+                "%.1fs, not counted as a failure",
+                job_id,
+                attempt,
+                outcome.error["message"] if outcome.error else "",
+                (outcome.retry_in or dt.timedelta(0)).total_seconds(),
+            )
+        elif outcome.status == JobStatus.RETRYING:
             logger.info(
                 "job %s attempt %d failed (%s); retry in %.1fs",
                 job_id,

@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import random
 
+import psycopg.errors
 import pytest
+import redis.exceptions
+import sqlalchemy.exc
 from pydantic import Field, ValidationError
 
 from conveyor.errors import (
+    InfrastructureError,
     JobCancelledError,
     JobTimeLimitError,
     OutboundHttpError,
@@ -58,16 +62,48 @@ def short_backoff(payload: Numbers) -> None:
     raise NotImplementedError
 
 
+@job(
+    queue="tests",
+    name="tests.database_errors_are_permanent",
+    permanent=(sqlalchemy.exc.OperationalError,),
+    registry=REGISTRY,
+)
+def database_errors_are_permanent(payload: Numbers) -> None:
+    raise NotImplementedError
+
+
 POLICY = REGISTRY.get("tests.policy")
 SHORT = REGISTRY.get("tests.short_backoff")
+DB_PERMANENT = REGISTRY.get("tests.database_errors_are_permanent")
 
 
-def attempt(number: int, *, losses: int = 0, max_retries: int = 3) -> Attempt:
-    return Attempt(number=number, worker_losses=losses, max_retries=max_retries)
+def attempt(number: int, *, losses: int = 0, max_retries: int = 3, max_losses: int = 2) -> Attempt:
+    return Attempt(
+        number=number, worker_losses=losses, max_retries=max_retries, max_worker_losses=max_losses
+    )
 
 
-def raised(exc: BaseException, at: Attempt, job_type: JobType = POLICY) -> outcomes.Outcome:
-    return outcomes.raised(job_type, at, exc, rng=random.Random(7))
+def raised(
+    exc: BaseException,
+    at: Attempt,
+    job_type: JobType = POLICY,
+    infrastructure: tuple[type[BaseException], ...] = (),
+) -> outcomes.Outcome:
+    return outcomes.raised(job_type, at, exc, infrastructure=infrastructure, rng=random.Random(7))
+
+
+def dead_database() -> sqlalchemy.exc.OperationalError:
+    """What a pooled connection raises after a database restart."""
+    return sqlalchemy.exc.OperationalError(
+        "UPDATE jobs SET progress = 0.5",
+        {},
+        psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+        connection_invalidated=True,
+    )
+
+
+class BrokerDownError(Exception):
+    """Stands for the broker library's connection error, which the caller names."""
 
 
 def validation_error() -> ValidationError:
@@ -314,3 +350,64 @@ def test_a_job_that_lost_too_many_workers_fails() -> None:
 def test_with_no_worker_losses_allowed_the_first_loss_fails_the_job() -> None:
     outcome = outcomes.lost_worker(1, 0, cancel_requested=False, max_worker_losses=0)
     assert outcome.status == JobStatus.FAILED
+
+
+# --- infrastructure failures ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        dead_database(),
+        InfrastructureError("database unavailable: connection refused"),
+        redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379"),
+    ],
+    ids=["database", "direct-connection", "redis"],
+)
+def test_an_infrastructure_error_runs_the_job_again_without_using_a_retry(
+    exc: BaseException,
+) -> None:
+    outcome = raised(exc, attempt(4))  # the job's retries are all spent: 4 = 1 + 3
+    assert outcome.status == JobStatus.RETRYING
+    assert outcome.interrupted is True
+    assert outcome.error is not None and outcome.error["type"] == type(exc).__name__
+    assert MIN_BACKOFF / 2 <= (outcome.retry_in or dt.timedelta(0)) <= MIN_BACKOFF
+
+
+def test_the_delay_after_an_infrastructure_error_grows_with_the_runs_cut_short() -> None:
+    first = raised(dead_database(), attempt(1, losses=0, max_losses=5)).retry_in
+    third = raised(dead_database(), attempt(3, losses=2, max_losses=5)).retry_in
+    assert first is not None and first <= MIN_BACKOFF
+    assert third is not None and third >= 2 * MIN_BACKOFF
+
+
+def test_a_job_that_keeps_meeting_a_dead_service_fails_once_its_worker_losses_are_spent() -> None:
+    outcome = raised(dead_database(), attempt(3, losses=2, max_losses=2))
+    assert outcome.status == JobStatus.FAILED
+    assert outcome.interrupted is True
+    assert outcome.permanent is False
+    assert outcome.error is not None and outcome.error["type"] == "OperationalError"
+    assert "3 runs cut short" in outcome.error["message"]
+    assert raised(dead_database(), attempt(1, max_losses=0)).status == JobStatus.FAILED
+
+
+def test_the_broker_errors_the_caller_names_are_infrastructure_errors() -> None:
+    named = raised(
+        BrokerDownError("connection closed"), attempt(1), infrastructure=(BrokerDownError,)
+    )
+    assert (named.status, named.interrupted) == (JobStatus.RETRYING, True)
+    unnamed = raised(BrokerDownError("connection closed"), attempt(1))
+    assert (unnamed.status, unnamed.interrupted) == (JobStatus.RETRYING, False)
+
+
+def test_a_statements_own_database_error_is_the_jobs_failure() -> None:
+    unique = sqlalchemy.exc.IntegrityError(
+        "INSERT INTO reports", {}, psycopg.errors.UniqueViolation("duplicate key value")
+    )
+    outcome = raised(unique, attempt(4))
+    assert (outcome.status, outcome.interrupted) == (JobStatus.FAILED, False)
+
+
+def test_a_database_error_the_job_type_declares_permanent_stays_permanent() -> None:
+    declared = raised(dead_database(), attempt(1), DB_PERMANENT)
+    assert (declared.status, declared.permanent) == (JobStatus.FAILED, True)

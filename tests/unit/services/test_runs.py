@@ -6,12 +6,17 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.errors import JobCancelledError
 from conveyor.ids import uuid7
 from conveyor.models import Job, JobStatus, User
 from conveyor.models.base import utcnow
 from conveyor.services import jobs, outbox, runs
+from conveyor.services.jobs import JobMessage
+from conveyor.services.outcomes import Outcome
 from tests.unit.support import MakeJob, RecordingAnnouncer, RecordingEnqueuer
 
 LEASE = dt.timedelta(seconds=30)
@@ -304,6 +309,51 @@ def test_a_stale_attempt_cannot_schedule_a_retry(
     assert load(job.id).status == JobStatus.RUNNING
 
 
+def test_an_interrupted_attempt_is_retried_as_a_worker_loss_not_a_failure(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    status = runs.retry_later(
+        db, job.id, 1, error=ERROR, next_attempt_at=utcnow(), interrupted=True
+    )
+    assert status == JobStatus.RETRYING
+    row = load(job.id)
+    assert (row.attempts, row.worker_losses) == (1, 1)
+    assert history(job.id)[-1] == ("status", "retrying", 1)
+
+
+def test_an_interrupted_attempt_that_ends_the_job_counts_as_a_worker_loss(
+    make_job: MakeJob, db: sessionmaker[Session], load: Callable[..., Job]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    assert runs.finish(db, job.id, 1, JobStatus.FAILED, error=ERROR, interrupted=True)
+    row = load(job.id)
+    assert (row.status, row.attempts, row.worker_losses) == (JobStatus.FAILED, 1, 1)
+
+
+def test_recording_an_interrupted_attempt_adds_a_worker_loss_and_sends_the_retry(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    announcer: RecordingAnnouncer,
+    enqueuer: RecordingEnqueuer,
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    outcome = Outcome(
+        JobStatus.RETRYING, error=ERROR, retry_in=dt.timedelta(seconds=1), interrupted=True
+    )
+    message = JobMessage(job.id, job.type, job.queue)
+    assert runs.record(db, enqueuer, announcer, message, 1, outcome) == JobStatus.RETRYING
+    assert load(job.id).worker_losses == 1
+    assert enqueuer.messages == [JobMessage(job.id, job.type, job.queue, 1000)]
+
+
 # --- progress and leases ---------------------------------------------------------------------
 
 
@@ -338,6 +388,72 @@ def test_progress_of_a_stale_attempt_says_stop(
     assert runs.report_progress(db, job.id, 1, 0.5, None) is True  # requeued: not running
     assert runs.claim(db, job.id, worker="b", lease=LEASE) is not None
     assert runs.report_progress(db, job.id, 1, 0.5, None) is True  # attempt 2 holds it
+
+
+def _unreachable(times: int, then: Callable[..., bool]) -> Callable[..., bool]:
+    """`report_progress` as it behaves while the database is down for `times` calls."""
+    calls = iter(range(times))
+
+    def report(*args: Any) -> bool:
+        if next(calls, None) is not None:
+            raise OperationalError("UPDATE jobs", {}, Exception("connection refused"))
+        return then(*args)
+
+    return report
+
+
+def test_stored_progress_rides_out_a_database_blip(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    monkeypatch.setattr(runs, "report_progress", _unreachable(2, runs.report_progress))
+    waits: list[float] = []
+    stop = runs.store_progress(db, job.id, 1, 0.5, "half", within=30, wait=waits.append)
+    assert stop is False
+    assert waits == [0.1, 0.5]
+    assert load(job.id).progress == 0.5
+
+
+def test_progress_is_dropped_once_the_database_stays_down_for_the_lease(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    load: Callable[..., Job],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    monkeypatch.setattr(runs, "report_progress", _unreachable(100, runs.report_progress))
+    waits: list[float] = []
+    stop = runs.store_progress(db, job.id, 1, 0.5, "half", within=2, wait=waits.append)
+    assert stop is False  # the job goes on
+    assert waits == [0.1, 0.5, 1.0]  # 1.6 s: within the 2 s lease
+    assert f"progress 0.500 of job {job.id} dropped" in caplog.text
+    assert load(job.id).progress is None
+
+
+def test_a_cancel_during_a_progress_retry_stops_the_wait(
+    make_job: MakeJob, db: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    monkeypatch.setattr(runs, "report_progress", _unreachable(100, runs.report_progress))
+
+    def cancelled(seconds: float) -> None:
+        raise JobCancelledError()
+
+    with pytest.raises(JobCancelledError):
+        runs.store_progress(db, job.id, 1, 0.5, None, within=30, wait=cancelled)
+
+
+def test_retries_within_a_lease_add_up_to_no_more_than_the_lease() -> None:
+    assert runs.delays_within(0.05) == ()
+    assert runs.delays_within(2) == (0.1, 0.5, 1.0)
+    assert runs.delays_within(30) == runs.RECORD_RETRY_DELAYS
 
 
 def test_renew_leases_extends_the_leases_and_returns_the_cancel_requested_jobs(

@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from psycopg.errors import AdminShutdown
 from pydantic import Field
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor import bootstrap
@@ -377,3 +379,92 @@ def test_a_job_cancelled_while_its_attempt_fails_ends_cancelled(
     assert load(row.id).status == JobStatus.CANCELLED
     assert announcer.announced[-1] == (row.id, "cancelled")
     assert enqueuer.messages == []
+
+
+# --- infrastructure failures -----------------------------------------------------------------
+
+
+def dead_database() -> OperationalError:
+    """What a pooled connection raises in the job's code after a database restart."""
+    return OperationalError(
+        "SELECT 1", {}, AdminShutdown("terminating connection"), connection_invalidated=True
+    )
+
+
+def test_a_database_failure_in_the_jobs_code_is_not_charged_to_the_job(
+    lifecycle: JobLifecycle,
+    make: Callable[..., Job],
+    load: Callable[..., Job],
+    set_job: Callable[..., None],
+    history: Callable[..., Any],
+) -> None:
+    row = make("tests.hook", max_retries=0)  # no retries: its own failure would end it
+
+    def meets_a_restart_once(ctx: JobContext) -> None:
+        if ctx.attempt == 1:
+            raise dead_database()
+
+    HOOK.append(meets_a_restart_once)
+    run(lifecycle, row)
+    interrupted = load(row.id)
+    assert interrupted.status == JobStatus.RETRYING
+    assert (interrupted.attempts, interrupted.worker_losses) == (1, 1)
+    assert interrupted.error is not None and interrupted.error["type"] == "OperationalError"
+    set_job(row.id, next_attempt_at=utcnow())  # due now rather than after the backoff
+    run(lifecycle, row)
+    done = load(row.id)
+    assert (done.status, done.attempts, done.worker_losses) == (JobStatus.SUCCEEDED, 2, 1)
+    assert done.error is None
+    assert [h for h in history(row.id) if h[0] == "status"][-3:] == [
+        ("status", "retrying", 1),
+        ("status", "running", 2),
+        ("status", "succeeded", 2),
+    ]
+
+
+def test_a_job_that_always_meets_a_dead_database_ends_once_its_worker_losses_are_spent(
+    lifecycle: JobLifecycle,
+    make: Callable[..., Job],
+    load: Callable[..., Job],
+    set_job: Callable[..., None],
+) -> None:
+    row = make("tests.hook", max_retries=5)
+
+    def meets_a_dead_database(ctx: JobContext) -> None:
+        raise dead_database()
+
+    HOOK.append(meets_a_dead_database)
+    losses = lifecycle.container.settings.max_worker_losses
+    for _ in range(losses + 1):
+        set_job(row.id, next_attempt_at=utcnow())
+        run(lifecycle, row)
+    failed = load(row.id)
+    assert (failed.status, failed.attempts) == (JobStatus.FAILED, losses + 1)
+    assert failed.worker_losses == losses + 1
+    assert failed.error is not None and "runs cut short" in failed.error["message"]
+
+
+@pytest.mark.parametrize("failures", [2, 1000], ids=["blip", "outage-longer-than-the-lease"])
+def test_progress_rides_out_the_database_or_is_dropped_without_failing_the_job(
+    failures: int,
+    lifecycle: JobLifecycle,
+    make: Callable[..., Job],
+    load: Callable[..., Job],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    row = make("tests.hook", max_retries=0)
+    real = runs.report_progress
+    calls = iter(range(failures))
+
+    def unreachable_for_a_while(*args: Any) -> bool:
+        if next(calls, None) is not None:
+            raise dead_database()
+        return real(*args)
+
+    monkeypatch.setattr(runs, "RECORD_RETRY_DELAYS", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(runs, "report_progress", unreachable_for_a_while)
+    HOOK.append(lambda ctx: ctx.progress(0.5, "half way"))
+    run(lifecycle, row)
+    done = load(row.id)
+    assert (done.status, done.attempts, done.worker_losses) == (JobStatus.SUCCEEDED, 1, 0)
+    assert done.error is None
