@@ -111,7 +111,11 @@ class TransientError(ConveyorError):
     title = "Service unavailable"
 
 
-class BrokerUnavailableError(TransientError):
+class InfrastructureError(TransientError):
+    """A service Conveyor runs on (the database, the broker, Redis) failed: not the job's fault."""
+
+
+class BrokerUnavailableError(InfrastructureError):
     """The broker did not take or confirm a message (unreachable, blocked or refusing)."""
 
 
@@ -121,10 +125,6 @@ class OutboundHttpError(TransientError):
 
 class UnknownResourceError(ConveyorError):
     """A job asked for a resource its pool did not register."""
-
-
-class InfrastructureError(TransientError):
-    """A service Conveyor runs on (the database, the broker, Redis) failed: not the job's fault."""
 
 
 #: SQLSTATEs that say the server ended or refused the session, not that a statement failed:
