@@ -11,9 +11,11 @@ import dramatiq
 import pytest
 import redis
 from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.errors import BrokerConnectionError
 
 from conveyor.broker import build_broker
 from tests.conftest import REDIS_URL
+from tests.servers import free_port
 from tests.stack import wait_until
 
 pytestmark = pytest.mark.integration
@@ -181,3 +183,14 @@ def test_after_losing_its_connection_a_worker_waits_a_heartbeat_timeout_before_m
     assert again.args == held.args
     other.close()
     back.close()
+
+
+def test_a_put_back_that_cannot_reach_redis_raises_the_error_dramatiq_expects() -> None:
+    # Dramatiq's consumer thread, closing a consumer after a connection error, puts back the
+    # delayed messages it held and ignores a BrokerConnectionError; Redis's own error ended
+    # the thread, and with it the process's delay queue.
+    broker = build_broker(f"redis://127.0.0.1:{free_port()}/0", namespace="unreachable")
+    consumer = broker.consume(f"{QUEUE}.DQ")
+    held = MessageProxy(message(1).copy(options={"redis_message_id": "m-1"}))
+    with pytest.raises(BrokerConnectionError):
+        consumer.requeue([held])
