@@ -15,6 +15,10 @@ Here every consumer runs maintenance on its own queue on a schedule (`maintenanc
 against a short `heartbeat_timeout`, and never by chance; and a consumer that starts (again)
 first puts back the messages of its process's ack set that the process does not hold. A
 message put back that was in fact handled is a duplicate, which the job's guarded claim skips.
+
+This builds on Dramatiq 2's Redis internals (its consumer class, its dispatch script's
+maintenance flag and key names), hence the `<3` pin; tests/integration/test_redis_broker.py
+fails if they change.
 """
 
 from __future__ import annotations
