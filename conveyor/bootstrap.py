@@ -161,7 +161,12 @@ class Container:
         settings = self.settings
         return self._get(
             "broker",
-            lambda: build_broker(settings.broker_url, namespace=settings.broker_namespace),
+            lambda: build_broker(
+                settings.broker_url,
+                namespace=settings.broker_namespace,
+                redis_heartbeat_timeout=settings.redis_heartbeat_timeout_seconds,
+                redis_maintenance_interval=settings.redis_maintenance_interval_seconds,
+            ),
             close_broker,
             Stage.FOUNDATIONS,
         )

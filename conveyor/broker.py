@@ -33,11 +33,18 @@ BLOCKED_TIMEOUT_SECONDS = 30
 MAX_CONFIRMED = 100_000
 
 
-def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
+def build_broker(
+    url: str,
+    *,
+    namespace: str = "conveyor",
+    redis_heartbeat_timeout: float = 10.0,
+    redis_maintenance_interval: float = 1.0,
+) -> dramatiq.Broker:
     """RabbitMQ (publisher confirms on), Redis or the in-process stub, by the URL's scheme.
 
     Dramatiq's own retry, time-limit and age-limit middleware are left out: the job row
-    drives retries and limits (see `conveyor.workers.lifecycle`).
+    drives retries and limits (see `conveyor.workers.lifecycle`). Redis gets our broker,
+    which puts back the messages of dead workers and lost connections (`conveyor.redisbroker`).
     """
     middleware: list[Middleware] = [CurrentMessage()]
     scheme = urlsplit(url).scheme
@@ -52,10 +59,14 @@ def build_broker(url: str, *, namespace: str = "conveyor") -> dramatiq.Broker:
                 params.blocked_connection_timeout = BLOCKED_TIMEOUT_SECONDS
         return broker
     if scheme in ("redis", "rediss", "unix"):
-        from dramatiq.brokers.redis import RedisBroker
+        from conveyor.redisbroker import RedisBroker
 
-        return RedisBroker(  # type: ignore[no-untyped-call]
-            url=url, namespace=namespace, middleware=middleware
+        return RedisBroker(
+            url=url,
+            namespace=namespace,
+            middleware=middleware,
+            heartbeat_timeout=redis_heartbeat_timeout,
+            maintenance_interval=redis_maintenance_interval,
         )
     if scheme == "stub":
         return StubBroker(middleware=middleware)

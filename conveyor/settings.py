@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, HttpUrl, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,18 @@ class Settings(BaseSettings):
     )
     broker_namespace: str = Field(
         "conveyor", description="Key prefix of the Redis broker (ignored by RabbitMQ)."
+    )
+    redis_heartbeat_timeout_seconds: float = Field(
+        10.0,
+        ge=1.0,
+        description="Redis broker: a worker process not heard from for this long is taken for "
+        "dead, and the messages it had fetched go back to their queue.",
+    )
+    redis_maintenance_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Redis broker: how often each worker puts back the messages of dead workers "
+        "(and sends its heartbeat).",
     )
     redis_url: str | None = Field(
         "redis://127.0.0.1:6379/0",
@@ -129,6 +141,17 @@ class Settings(BaseSettings):
         if url is not None and (url.query or url.fragment):
             raise ValueError("give the base URL only, without a ?query or #fragment")
         return url
+
+    @model_validator(mode="after")
+    def _heartbeats_fit_in_their_timeout(self) -> Settings:
+        if self.redis_heartbeat_timeout_seconds < 3 * self.redis_maintenance_interval_seconds:
+            # Each worker's maintenance is its heartbeat: a live worker must beat a few times
+            # within the timeout, or the others take its messages for a dead worker's.
+            raise ValueError(
+                "redis_heartbeat_timeout_seconds must be at least 3 times "
+                "redis_maintenance_interval_seconds"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)
