@@ -117,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
         "--days",
         type=float,
         default=None,
-        help="lifetime in days (default: CONVEYOR_TOKEN_TTL_SECONDS)",
+        help="lifetime in days (default: CONVEYOR_TOKEN_TTL_SECONDS; at most "
+        "CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS)",
     )
     issue.set_defaults(run=cmd_tokens_issue)
     return root

@@ -29,6 +29,8 @@ from conveyor.workers.lifecycle import install_lifecycle
 logger = logging.getLogger(__name__)
 
 ADMIN_EMAIL = "admin@localhost"
+#: Lifetime of the admin token printed at each start (a new one: restart `conveyor dev`).
+ADMIN_TOKEN_TTL = dt.timedelta(hours=24)
 #: How long Ctrl-C waits for running jobs before leaving them to the next start.
 SHUTDOWN_GRACE_MS = 5_000
 
@@ -75,7 +77,8 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
                 requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
             )
             admin = ensure_user(container.db, ADMIN_EMAIL, Role.ADMIN)
-            token = issue_token(TokenConfig.of(settings), admin.id)
+            tokens = TokenConfig.of(settings)
+            token = issue_token(tokens, admin.id, ttl=min(ADMIN_TOKEN_TTL, tokens.max_lifetime))
             asyncio.run(_serve(create_app(container), host, port, token))
         finally:
             worker.stop(timeout=SHUTDOWN_GRACE_MS)  # unfinished jobs resume at the next start

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, HttpUrl, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     jwt_audience: str = Field("conveyor-api", description="`aud` claim of issued tokens, checked.")
     token_ttl_seconds: int = Field(
         30 * 24 * 3600, gt=0, description="Lifetime of tokens from `conveyor tokens issue`."
+    )
+    token_max_lifetime_seconds: int = Field(
+        90 * 24 * 3600,
+        gt=0,
+        description="Longest token lifetime accepted (`exp` after `iat`, and after now); "
+        "a longer-lived token is refused.",
     )
     host: str = Field("127.0.0.1", description="Address `conveyor web` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `conveyor web` listens on.")
@@ -129,6 +135,15 @@ class Settings(BaseSettings):
         if url is not None and (url.query or url.fragment):
             raise ValueError("give the base URL only, without a ?query or #fragment")
         return url
+
+    @model_validator(mode="after")
+    def _issued_tokens_are_accepted(self) -> Settings:
+        if self.token_ttl_seconds > self.token_max_lifetime_seconds:
+            raise ValueError(
+                "CONVEYOR_TOKEN_TTL_SECONDS is longer than CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS: "
+                "the tokens it issues would be refused"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)
