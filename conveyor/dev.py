@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import secrets
 import signal
+import stat
+from pathlib import Path
 
 import dramatiq
 from aiohttp import web
@@ -31,26 +34,58 @@ logger = logging.getLogger(__name__)
 ADMIN_EMAIL = "admin@localhost"
 #: Lifetime of the admin token printed at each start (a new one: restart `conveyor dev`).
 ADMIN_TOKEN_TTL = dt.timedelta(hours=24)
+DATABASE_FILE = "conveyor.db"
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 #: How long Ctrl-C waits for running jobs before leaving them to the next start.
 SHUTDOWN_GRACE_MS = 5_000
 
 
 def embedded_settings(settings: Settings) -> Settings:
-    """The settings with the embedded defaults: SQLite, stub broker, in-process announcements."""
-    data = settings.data_dir.resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    key_file = data / "secret_key"
+    """The settings with the embedded defaults: SQLite, stub broker, in-process announcements.
+
+    The data directory and its files are private to the user (0700 and 0600): they hold
+    the signing key and every job's payload and result."""
+    data = private_directory(settings.data_dir.resolve())
+    key_file, database = data / "secret_key", data / DATABASE_FILE
     if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(48))
-        key_file.chmod(0o600)
+        private_file(key_file, secrets.token_urlsafe(48))
+    if not database.exists():
+        private_file(database)  # SQLite gives its -wal and -shm files the database's mode
+    sidecars = (data / f"{DATABASE_FILE}{suffix}" for suffix in SQLITE_SIDECARS)
+    for path in (key_file, database, *sidecars):
+        if path.exists():  # the files of a data directory made before they were private
+            path.chmod(0o600)
     return settings.model_copy(
         update={
-            "database_url": f"sqlite:///{data / 'conveyor.db'}",
+            "database_url": f"sqlite:///{database}",
             "broker_url": "stub://",
             "redis_url": None,
             "secret_key": settings.secret_key or SecretStr(key_file.read_text().strip()),
         }
     )
+
+
+def private_directory(path: Path) -> Path:
+    """`path`, created with mode 0700, or made 0700 if others may read it (unless it is
+    a shared sticky directory such as /tmp, which is left alone with a warning)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        if mode & stat.S_ISVTX:
+            logger.warning(
+                "%s is a shared directory: keep conveyor dev's data in one of its own", path
+            )
+        else:
+            path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path, content: str = "") -> None:
+    """Create `path` holding `content`, with mode 0600 from the start: there is no moment
+    when others may read it. FileExistsError if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(content)
 
 
 def run_dev(settings: Settings, *, host: str, port: int) -> int:
