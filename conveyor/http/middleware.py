@@ -23,6 +23,13 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBLEM_TYPE = "application/problem+json"
 BEARER_CHALLENGE = 'Bearer realm="conveyor"'
+#: On every response: no version for fingerprinting, no content sniffing, no caching (every
+#: answer is about a moment of some job's life, and most are some user's own).
+SECURITY_HEADERS = {
+    "Server": "conveyor",
+    "X-Content-Type-Options": "nosniff",
+}
+NO_STORE = "no-store"
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,15 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.requests.labels(route, request.method, str(status)).inc()
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
         logs.request_id.reset(token)
+
+
+async def secure_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the headers of SECURITY_HEADERS, and `Cache-Control: no-store`
+    unless the handler chose a policy (the event stream's `no-cache`)."""
+    headers = response.headers
+    headers.update(SECURITY_HEADERS)
+    if "Cache-Control" not in headers:
+        headers["Cache-Control"] = NO_STORE
 
 
 def failure_of(request: web.Request, exc: Exception) -> Failure:
