@@ -11,12 +11,11 @@ import datetime as dt
 import logging
 import os
 import secrets
-import signal
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import dramatiq
-from aiohttp import web
 from pydantic import SecretStr
 
 from conveyor import bootstrap
@@ -38,6 +37,8 @@ DATABASE_FILE = "conveyor.db"
 SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 #: How long Ctrl-C waits for running jobs before leaving them to the next start.
 SHUTDOWN_GRACE_MS = 5_000
+#: How long the server drains open requests (long polls, event streams) at Ctrl-C.
+SHUTDOWN_TIMEOUT_SECONDS = 60.0
 
 
 def embedded_settings(settings: Settings) -> Settings:
@@ -92,6 +93,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     """Serve until interrupted; a restart keeps the jobs, and queued ones run."""
     import conveyor.actors.all  # noqa: F401  (every job type: this process runs them all)
     from conveyor.http.app import create_app
+    from conveyor.http.server import serve
 
     settings = embedded_settings(settings)
     configure_logging(settings.log_level, settings.log_format)
@@ -114,7 +116,17 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
             admin = ensure_user(container.db, ADMIN_EMAIL, Role.ADMIN)
             tokens = TokenConfig.of(settings)
             token = issue_token(tokens, admin.id, ttl=min(ADMIN_TOKEN_TTL, tokens.max_lifetime))
-            asyncio.run(_serve(create_app(container), host, port, token))
+            asyncio.run(
+                serve(
+                    create_app(container),
+                    settings,
+                    host,
+                    port,
+                    shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+                    started=_started(host, token),
+                    stopping=lambda: print("stopping…", flush=True),
+                )
+            )
         finally:
             worker.stop(timeout=SHUTDOWN_GRACE_MS)  # unfinished jobs resume at the next start
     finally:
@@ -122,18 +134,9 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     return 0
 
 
-async def _serve(app: web.Application, host: str, port: int, token: str) -> None:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    print(f"url: http://{host}:{bound}", flush=True)
-    print(f"token: {token}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("stopping…", flush=True)
-    await runner.cleanup()
+def _started(host: str, token: str) -> Callable[[int], None]:
+    def started(port: int) -> None:
+        print(f"url: http://{host}:{port}", flush=True)
+        print(f"token: {token}", flush=True)
+
+    return started

@@ -40,6 +40,12 @@ class Metrics:
             ),
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "conveyor_http_rejected",
+            "Requests refused before reaching a route: malformed (refused by the parser).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.submitted = Counter(
             "conveyor_jobs_submitted",
             "Jobs accepted by this process, by type.",
