@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
     )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a request's headers, from its first byte "
+        "(or from connecting); the connection is closed after it.",
+    )
+    http_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Time a client has to send a request's body, from the end of its "
+        "headers (408 after it).",
+    )
     max_wait_seconds: float = Field(
         60.0, gt=0, description="Upper bound of `?wait=` and `Prefer: wait=`."
     )

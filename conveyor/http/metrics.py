@@ -42,7 +42,8 @@ class Metrics:
         )
         self.rejected = Counter(
             "conveyor_http_rejected",
-            "Requests refused before reaching a route: malformed (refused by the parser).",
+            "Requests refused before reaching a route: malformed (aiohttp's parser refused "
+            "them) or header_timeout (headers not complete in time; the connection closed).",
             ["reason"],
             registry=self.registry,
         )

@@ -108,6 +108,8 @@ def failure_of(request: web.Request, exc: Exception) -> Failure:
     """What to answer for an error a handler raised (an unexpected one is logged, once)."""
     if isinstance(exc, ConveyorError):
         headers = {"WWW-Authenticate": BEARER_CHALLENGE} if exc.status == 401 else {}
+        if exc.status == 408:  # the request was not read whole: the connection closes
+            headers = {"Connection": "close"}
         return Failure(exc.status, exc.title, exc.detail, exc.errors, headers)
     if isinstance(exc, ValidationError):
         return Failure(

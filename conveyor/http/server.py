@@ -1,10 +1,11 @@
-"""The HTTP server under the app: the requests that aiohttp's parser refuses answered as
-problems.
+"""The HTTP server under the app: time limits on receiving a request, and the requests that
+aiohttp's parser refuses answered as problems.
 
-aiohttp's own protocol answers what its parser refuses (a header over 8 KB, a control
-character, an unknown method) with text/plain that echoes the offending bytes, and logs each
-with a traceback. `GuardedRequestHandler` answers those requests with a problem document and
-one log line; `conveyor web` and `conveyor dev` serve through `make_runner`, which uses it.
+aiohttp's own protocol gives a client any time to send its headers and its body, answers
+what its parser refuses (a header over 8 KB, a control character, an unknown method) with
+text/plain that echoes the offending bytes, and logs each with a traceback. `GuardedRequestHandler`
+bounds both times and answers those requests with a problem document and one log line;
+`conveyor web` and `conveyor dev` serve through `make_runner`, which uses it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from aiohttp.http_exceptions import (
     LineTooLong,
     PayloadEncodingError,
 )
+from aiohttp.streams import StreamReader
 from prometheus_client import Counter
 
-from conveyor.errors import BadRequestError
+from conveyor.errors import BadRequestError, ConveyorError
 from conveyor.http.keys import METRICS
 from conveyor.http.middleware import SECURITY_HEADERS, problem
 from conveyor.settings import Settings
@@ -56,6 +58,13 @@ PARSE_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
 )
 
 
+class RequestTimeoutError(ConveyorError):
+    """The client did not send the request body within the time allowed."""
+
+    status = 408
+    title = "Request timeout"
+
+
 def parse_error(exc: BaseException | None) -> tuple[str, str]:
     """(part of the request, reason) for an error of aiohttp's request parser."""
     for kind, part, reason in PARSE_ERRORS:
@@ -65,15 +74,119 @@ def parse_error(exc: BaseException | None) -> tuple[str, str]:
 
 
 class GuardedRequestHandler(web.RequestHandler):
-    """aiohttp's protocol with problem answers for parser errors."""
+    """aiohttp's protocol with two time limits and problem answers for parser errors.
 
-    __slots__ = ("_rejected",)
+    - Headers: a connection must complete a request's headers within `header_timeout`
+      seconds of connecting, or of the request's first byte; otherwise it is closed.
+    - Body: a request's body must arrive within `body_timeout` seconds of its headers;
+      otherwise reading it raises RequestTimeoutError (answered 408) and the connection
+      closes after the answer.
+
+    A timer exists only while headers or a body are incomplete, so a request that arrives
+    whole costs nothing but the count of parsed requests compared."""
+
+    __slots__ = (
+        "_body",
+        "_body_timeout",
+        "_body_timer",
+        "_header_timeout",
+        "_header_timer",
+        "_rejected",
+    )
 
     def __init__(
-        self, manager: web.Server, *, rejected: Counter | None = None, **kwargs: Any
+        self,
+        manager: web.Server,
+        *,
+        header_timeout: float,
+        body_timeout: float,
+        rejected: Counter | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
         self._rejected = rejected
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body: StreamReader | None = None  #: the body `_body_timer` waits for
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._header_timer = self._loop.call_later(self._header_timeout, self._headers_overdue)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._stop_body_timer()
+        super().connection_lost(exc)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._body = None
+
+    def data_received(self, data: bytes) -> None:
+        parsed = self._request_count
+        super().data_received(data)
+        if self._body is not None and self._body.is_eof():  # the body came in time
+            self._stop_body_timer()
+        if self._request_count != parsed:  # a request's headers are complete
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            # Only the last request parsed can still be waiting for its body.
+            payload = self._messages[-1][1] if self._messages else None
+            if isinstance(payload, StreamReader) and not payload.is_eof():
+                self._stop_body_timer()
+                self._body = payload
+                self._body_timer = self._loop.call_later(self._body_timeout, self._body_overdue)
+        elif data and self._header_timer is None and self._awaiting_request():
+            # The first bytes of the next request on a kept-alive connection.
+            self._header_timer = self._loop.call_later(self._header_timeout, self._headers_overdue)
+
+    def _awaiting_request(self) -> bool:
+        return self._waiter is not None and not self._waiter.done()
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return str(peer[0]) if isinstance(peer, tuple) else "unknown"
+
+    def _headers_overdue(self) -> None:
+        self._header_timer = None
+        if not self._awaiting_request():  # its headers came: a request is being handled
+            return
+        logger.info(
+            "closed a connection from %s: no complete request headers within %gs",
+            self._peer(),
+            self._header_timeout,
+        )
+        if self._rejected is not None:
+            self._rejected.labels("header_timeout").inc()
+        self.force_close()
+
+    def _body_overdue(self) -> None:
+        payload, self._body, self._body_timer = self._body, None, None
+        if payload is None or payload.is_eof() or self.transport is None:
+            return
+        logger.info(
+            "request body from %s not received within %gs", self._peer(), self._body_timeout
+        )
+        request = self._current_request
+        if request is not None and request.content is payload:
+            # Its handler runs: reading the body raises, and the error middleware answers
+            # 408. Nothing waits for the rest of the body after that answer.
+            self._lingering_time = 0.0
+            self.close()
+            payload.set_exception(
+                RequestTimeoutError(
+                    f"the request body did not arrive within {self._body_timeout:g} seconds"
+                )
+            )
+        else:  # queued behind another request, or answered already: nobody to answer
+            self.force_close()
 
     def handle_error(
         self,
@@ -143,12 +256,14 @@ class GuardedRunner(web.AppRunner):
 
 
 def make_runner(app: web.Application, settings: Settings, **kwargs: Any) -> web.AppRunner:
-    """The runner of `conveyor web` and `conveyor dev`: no access log, and keep-alive for
-    KEEPALIVE_SECONDS."""
+    """The runner of `conveyor web` and `conveyor dev`: no access log, keep-alive for
+    KEEPALIVE_SECONDS, and the time limits of `settings`."""
     return GuardedRunner(
         app,
         access_log=None,
         keepalive_timeout=KEEPALIVE_SECONDS,
+        header_timeout=settings.http_header_timeout_seconds,
+        body_timeout=settings.http_body_timeout_seconds,
         rejected=app[METRICS].rejected,
         **kwargs,
     )

@@ -1,12 +1,13 @@
 """`conveyor web` and `conveyor dev` at the edge: they serve through the guarded server
-(malformed requests answered as problems), and `conveyor dev` keeps its data private and
-prints a short-lived admin token."""
+(malformed requests answered as problems, slow headers cut off), and `conveyor dev` keeps
+its data private and prints a short-lived admin token."""
 
 from __future__ import annotations
 
 import json
 import socket
 import stat
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from tests.e2e.processes import Api, Processes, environment
 
 pytestmark = pytest.mark.e2e
 
+HEADER_TIMEOUT = 1.0
 SECRET = b"eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2VuLXN0YXJ0"
 
 
@@ -36,6 +38,26 @@ def _exchange(port: int, data: bytes) -> bytes:
         return received
 
 
+def _seconds_until_closed(port: int, data: bytes, at_most: float) -> float | None:
+    """Send `data` a byte every 0.1 s; the seconds until the server closed the connection,
+    or None if it was still open after `at_most` seconds."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(0.1)
+        for byte in data:
+            if time.monotonic() - started > at_most:
+                return None
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(1) == b"":
+                    return time.monotonic() - started
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                return time.monotonic() - started
+    return None
+
+
 def _check_the_guarded_server(port: int) -> None:
     raw = _exchange(
         port,
@@ -48,11 +70,17 @@ def _check_the_guarded_server(port: int) -> None:
     assert SECRET not in raw
     assert json.loads(body)["errors"][0]["field"] == "headers"
 
+    slow = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Padding: " + b"a" * 200 + b"\r\n\r\n"
+    closed_after = _seconds_until_closed(port, slow, at_most=HEADER_TIMEOUT + 8)
+    assert closed_after is not None, "a trickling connection stayed open"
+    assert closed_after < HEADER_TIMEOUT + 2
+
 
 def test_conveyor_web_serves_through_the_guarded_server(
     procs: Processes, platform_env: dict[str, str]
 ) -> None:
-    web, api = procs.web(platform_env)
+    env = {**platform_env, "CONVEYOR_HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT)}
+    web, api = procs.web(env)
     _check_the_guarded_server(_port(api))
     output = web.output()
     assert "Traceback" not in output and SECRET.decode() not in output, output
@@ -63,7 +91,8 @@ def test_conveyor_dev_serves_through_the_guarded_server_and_keeps_its_data_priva
 ) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    dev, api = procs.dev(environment({}), project)
+    env = environment({"CONVEYOR_HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT)})
+    dev, api = procs.dev(env, project)
     _check_the_guarded_server(_port(api))
     output = dev.output()
     assert "Traceback" not in output and SECRET.decode() not in output, output
