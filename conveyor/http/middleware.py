@@ -30,6 +30,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 NO_STORE = "no-store"
+#: The status counted (and logged at INFO) for a request whose client went away mid-request:
+#: nginx's "client closed request". No answer reaches the client.
+CLIENT_CLOSED_REQUEST = 499
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,16 @@ def failure_of(request: web.Request, exc: Exception) -> Failure:
         if exc.status == 408:  # the request was not read whole: the connection closes
             headers = {"Connection": "close"}
         return Failure(exc.status, exc.title, exc.detail, exc.errors, headers)
+    if isinstance(exc, ConnectionError) and request.transport is None:
+        # The client went away (while sending its body, say): not a server error.
+        logger.info(
+            "client closed the connection during %s %s: %r", request.method, request.path, exc
+        )
+        return Failure(
+            CLIENT_CLOSED_REQUEST,
+            "Client closed request",
+            "the client closed the connection before the request was handled",
+        )
     if isinstance(exc, ValidationError):
         return Failure(
             422, "Unprocessable content", "the request has invalid fields", field_errors(exc)

@@ -1,5 +1,5 @@
 """On the wire, through the server of `conveyor web` and `conveyor dev`: requests the parser
-refuses, and slow headers and bodies."""
+refuses, slow headers and bodies, and clients that leave mid-request."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.stack import wait_until
 from tests.unit.http.wire import Connection, Served, exchange, request, served_app
 
 HEADER_TIMEOUT = 1.0
@@ -200,3 +201,28 @@ async def test_a_body_in_pieces_within_the_bound_is_accepted_even_if_the_answer_
         assert connection.answer().status == 202, connection.answer().raw
     finally:
         await connection.close()
+
+
+# --- clients that leave ------------------------------------------------------------------------
+
+
+async def test_a_client_that_leaves_while_sending_its_body_is_counted_apart_and_logged_at_info(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    connection = await Connection.open(served.port)
+    connection.send(submission(served, ECHO[:10], length=len(ECHO)))
+    await asyncio.sleep(0.2)
+    await connection.close()
+
+    def counted() -> float:
+        return served.sample(
+            "conveyor_http_requests_total", route="/v1/jobs", method="POST", status="499"
+        )
+
+    await asyncio.to_thread(wait_until, counted, 5)
+    assert not served.sample(
+        "conveyor_http_requests_total", route="/v1/jobs", method="POST", status="500"
+    )
+    assert [r.levelname for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("client closed the connection" in r.getMessage() for r in caplog.records)
