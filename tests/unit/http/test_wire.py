@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.stack import wait_until
+from tests.stack import Stack, wait_until
 from tests.unit.http.wire import Connection, Served, exchange, request, served_app
 
 HEADER_TIMEOUT = 1.0
@@ -226,3 +226,13 @@ async def test_a_client_that_leaves_while_sending_its_body_is_counted_apart_and_
     )
     assert [r.levelname for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert any("client closed the connection" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_openapi_document_states_the_408_of_operations_with_a_body(
+    embedded_stack: Stack,
+) -> None:
+    document = await (await embedded_stack.client.get("/openapi.json")).json()
+    submit = document["paths"]["/v1/jobs"]["post"]
+    assert "408" in submit["responses"]
+    assert "30 seconds" in submit["requestBody"]["description"]
+    assert "408" not in document["paths"]["/v1/jobs"]["get"]["responses"]
