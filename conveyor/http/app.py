@@ -16,6 +16,7 @@ from conveyor.http.keys import (
     METRICS,
     OPENAPI,
     PROBE_EXECUTOR,
+    READINESS,
     ROUTE_TABLES,
     TOKENS,
     USER_CACHE,
@@ -48,6 +49,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[ROUTE_TABLES] = tables
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
     app[USER_CACHE] = UserCache()
+    app[READINESS] = {}
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[PROBE_EXECUTOR] = ThreadPoolExecutor(3, thread_name_prefix="conveyor-probe")

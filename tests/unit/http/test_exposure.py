@@ -55,7 +55,7 @@ def _failing(message: str) -> Callable[[], None]:
     return check
 
 
-async def test_readyz_names_the_failing_checks_and_logs_their_errors(
+async def test_readyz_names_the_failing_checks_and_logs_their_errors_once(
     embedded_stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret_host = 'connection to server at "db.internal.example" (10.1.2.3), port 5432 failed'
@@ -66,19 +66,30 @@ async def test_readyz_names_the_failing_checks_and_logs_their_errors(
     }
     monkeypatch.setattr(embedded_stack.container, "readiness_checks", lambda: checks)
     caplog.set_level(logging.INFO)
+    for _ in range(3):  # a load balancer probes again and again
+        response = await embedded_stack.client.get("/readyz")
+        assert response.status == 503
+        text = await response.text()
+        assert await response.json() == {
+            "status": "unavailable",
+            "checks": {"database": "failed", "broker": "failed", "redis": "ok"},
+        }
+        for secret in ("internal.example", "10.1.2.3", "hunter2", "OperationalError"):
+            assert secret not in text
+
+    # Each failure is logged once, with its error, when it starts: not at every probe.
+    lines = [r.getMessage() for r in caplog.records if r.name == "conveyor.http.system"]
+    assert len(lines) == 2, lines
+    assert any("database" in line and "db.internal.example" in line for line in lines)
+    assert any("broker" in line and "mq.internal.example" in line for line in lines)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    checks["broker"] = lambda: None
+    caplog.clear()
     response = await embedded_stack.client.get("/readyz")
-    assert response.status == 503
-    text = await response.text()
-    assert await response.json() == {
-        "status": "unavailable",
-        "checks": {"database": "failed", "broker": "failed", "redis": "ok"},
-    }
-    for secret in ("internal.example", "10.1.2.3", "hunter2", "OperationalError"):
-        assert secret not in text
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2, warnings
-    assert any("database" in w and "db.internal.example" in w for w in warnings)
-    assert any("broker" in w and "mq.internal.example" in w for w in warnings)
+    assert (await response.json())["checks"]["broker"] == "ok"
+    lines = [r.getMessage() for r in caplog.records if r.name == "conveyor.http.system"]
+    assert lines == ["readiness check broker passes again"]
 
 
 async def test_readyz_is_ok_when_every_check_passes(embedded_stack: Stack) -> None:
