@@ -23,12 +23,13 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBLEM_TYPE = "application/problem+json"
 BEARER_CHALLENGE = 'Bearer realm="conveyor"'
-#: On every response: no version for fingerprinting, no content sniffing, no caching (every
-#: answer is about a moment of some job's life, and most are some user's own).
+#: On every response: no version for fingerprinting, and no content sniffing.
 SECURITY_HEADERS = {
     "Server": "conveyor",
     "X-Content-Type-Options": "nosniff",
 }
+#: The cache policy of every response that sets none: each answer is about a moment of some
+#: job's life, and most are some user's own.
 NO_STORE = "no-store"
 #: The status counted (and logged at INFO) for a request whose client went away mid-request:
 #: nginx's "client closed request". No answer reaches the client.

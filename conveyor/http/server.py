@@ -32,7 +32,7 @@ from prometheus_client import Counter
 
 from conveyor.errors import BadRequestError, ConveyorError
 from conveyor.http.keys import METRICS
-from conveyor.http.middleware import SECURITY_HEADERS, problem
+from conveyor.http.middleware import NO_STORE, SECURITY_HEADERS, problem
 from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -223,6 +223,7 @@ class GuardedRequestHandler(web.RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("a response was partly sent; cannot send an error after it")
         response.headers.update(SECURITY_HEADERS)
+        response.headers["Cache-Control"] = NO_STORE
         response.force_close()
         return response
 

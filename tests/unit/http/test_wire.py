@@ -88,6 +88,7 @@ async def test_a_request_the_parser_refuses_is_a_problem_that_echoes_nothing_in_
     assert answer.headers["content-type"].startswith("application/problem+json")
     assert answer.headers["server"] == "conveyor"
     assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["cache-control"] == "no-store"
     body = answer.json()
     assert (body["status"], body["title"]) == (400, "Bad request")
     assert [error["field"] for error in body["errors"]] == [part]
