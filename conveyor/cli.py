@@ -24,10 +24,11 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
+    import asyncio
 
     import conveyor.actors.all  # noqa: F401  (every job type, to validate submissions)
     from conveyor.http.app import create_app
+    from conveyor.http.server import serve
     from conveyor.logs import configure_logging
     from conveyor.services.auth import TokenConfig
 
@@ -37,14 +38,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     port = settings.port if args.port is None else args.port
     container = bootstrap.Container(settings, bootstrap.ProcessRole.WEB)
     try:
-        web.run_app(
-            create_app(container),
-            host=host,
-            port=port,
-            print=None,
-            access_log=None,
-            shutdown_timeout=10,
-        )
+        asyncio.run(serve(create_app(container), settings, host, port, shutdown_timeout=10))
     finally:
         container.close()
     return 0
@@ -117,7 +111,8 @@ def parser() -> argparse.ArgumentParser:
         "--days",
         type=float,
         default=None,
-        help="lifetime in days (default: CONVEYOR_TOKEN_TTL_SECONDS)",
+        help="lifetime in days (default: CONVEYOR_TOKEN_TTL_SECONDS; at most "
+        "CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS)",
     )
     issue.set_defaults(run=cmd_tokens_issue)
     return root

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import secrets
-import signal
+import stat
+from collections.abc import Callable
+from pathlib import Path
 
 import dramatiq
-from aiohttp import web
 from pydantic import SecretStr
 
 from conveyor import bootstrap
@@ -29,21 +31,34 @@ from conveyor.workers.lifecycle import install_lifecycle
 logger = logging.getLogger(__name__)
 
 ADMIN_EMAIL = "admin@localhost"
+#: Lifetime of the admin token printed at each start (a new one: restart `conveyor dev`).
+ADMIN_TOKEN_TTL = dt.timedelta(hours=24)
+DATABASE_FILE = "conveyor.db"
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 #: How long Ctrl-C waits for running jobs before leaving them to the next start.
 SHUTDOWN_GRACE_MS = 5_000
+#: How long the server drains open requests (long polls, event streams) at Ctrl-C.
+SHUTDOWN_TIMEOUT_SECONDS = 60.0
 
 
 def embedded_settings(settings: Settings) -> Settings:
-    """The settings with the embedded defaults: SQLite, stub broker, in-process announcements."""
-    data = settings.data_dir.resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    key_file = data / "secret_key"
+    """The settings with the embedded defaults: SQLite, stub broker, in-process announcements.
+
+    The data directory and its files are private to the user (0700 and 0600): they hold
+    the signing key and every job's payload and result."""
+    data = private_directory(settings.data_dir.resolve())
+    key_file, database = data / "secret_key", data / DATABASE_FILE
     if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(48))
-        key_file.chmod(0o600)
+        private_file(key_file, secrets.token_urlsafe(48))
+    if not database.exists():
+        private_file(database)  # SQLite gives its -wal and -shm files the database's mode
+    sidecars = (data / f"{DATABASE_FILE}{suffix}" for suffix in SQLITE_SIDECARS)
+    for path in (key_file, database, *sidecars):
+        if path.exists():  # the files of a data directory made before they were private
+            path.chmod(0o600)
     return settings.model_copy(
         update={
-            "database_url": f"sqlite:///{data / 'conveyor.db'}",
+            "database_url": f"sqlite:///{database}",
             "broker_url": "stub://",
             "redis_url": None,
             "secret_key": settings.secret_key or SecretStr(key_file.read_text().strip()),
@@ -51,10 +66,34 @@ def embedded_settings(settings: Settings) -> Settings:
     )
 
 
+def private_directory(path: Path) -> Path:
+    """`path`, created with mode 0700, or made 0700 if others may read it (unless it is
+    a shared sticky directory such as /tmp, which is left alone with a warning)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        if mode & stat.S_ISVTX:
+            logger.warning(
+                "%s is a shared directory: keep conveyor dev's data in one of its own", path
+            )
+        else:
+            path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path, content: str = "") -> None:
+    """Create `path` holding `content`, with mode 0600 from the start: there is no moment
+    when others may read it. FileExistsError if it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(content)
+
+
 def run_dev(settings: Settings, *, host: str, port: int) -> int:
     """Serve until interrupted; a restart keeps the jobs, and queued ones run."""
     import conveyor.actors.all  # noqa: F401  (every job type: this process runs them all)
     from conveyor.http.app import create_app
+    from conveyor.http.server import serve
 
     settings = embedded_settings(settings)
     configure_logging(settings.log_level, settings.log_format)
@@ -75,8 +114,19 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
                 requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
             )
             admin = ensure_user(container.db, ADMIN_EMAIL, Role.ADMIN)
-            token = issue_token(TokenConfig.of(settings), admin.id)
-            asyncio.run(_serve(create_app(container), host, port, token))
+            tokens = TokenConfig.of(settings)
+            token = issue_token(tokens, admin.id, ttl=min(ADMIN_TOKEN_TTL, tokens.max_lifetime))
+            asyncio.run(
+                serve(
+                    create_app(container),
+                    settings,
+                    host,
+                    port,
+                    shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+                    started=_started(host, token),
+                    stopping=lambda: print("stopping…", flush=True),
+                )
+            )
         finally:
             worker.stop(timeout=SHUTDOWN_GRACE_MS)  # unfinished jobs resume at the next start
     finally:
@@ -84,18 +134,9 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     return 0
 
 
-async def _serve(app: web.Application, host: str, port: int, token: str) -> None:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    print(f"url: http://{host}:{bound}", flush=True)
-    print(f"token: {token}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("stopping…", flush=True)
-    await runner.cleanup()
+def _started(host: str, token: str) -> Callable[[int], None]:
+    def started(port: int) -> None:
+        print(f"url: http://{host}:{port}", flush=True)
+        print(f"token: {token}", flush=True)
+
+    return started

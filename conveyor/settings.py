@@ -53,10 +53,28 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(
         30 * 24 * 3600, gt=0, description="Lifetime of tokens from `conveyor tokens issue`."
     )
+    token_max_lifetime_seconds: int = Field(
+        90 * 24 * 3600,
+        gt=0,
+        description="Longest token lifetime accepted (`exp` after `iat`, and after now); "
+        "a longer-lived token is refused.",
+    )
     host: str = Field("127.0.0.1", description="Address `conveyor web` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `conveyor web` listens on.")
     max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a request's headers, from its first byte "
+        "(or from connecting); the connection is closed after it.",
+    )
+    http_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Time a client has to send a request's body, from the end of its "
+        "headers (408 after it).",
     )
     max_wait_seconds: float = Field(
         60.0, gt=0, description="Upper bound of `?wait=` and `Prefer: wait=`."
@@ -150,6 +168,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "redis_heartbeat_timeout_seconds must be at least 3 times "
                 "redis_maintenance_interval_seconds"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _issued_tokens_are_accepted(self) -> Settings:
+        if self.token_ttl_seconds > self.token_max_lifetime_seconds:
+            raise ValueError(
+                "CONVEYOR_TOKEN_TTL_SECONDS is longer than CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS: "
+                "the tokens it issues would be refused"
             )
         return self
 

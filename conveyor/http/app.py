@@ -16,12 +16,13 @@ from conveyor.http.keys import (
     METRICS,
     OPENAPI,
     PROBE_EXECUTOR,
+    READINESS,
     ROUTE_TABLES,
     TOKENS,
     USER_CACHE,
 )
 from conveyor.http.metrics import Metrics
-from conveyor.http.middleware import observe, problems
+from conveyor.http.middleware import observe, problems, secure_headers
 from conveyor.http.openapi import build_openapi
 from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import UserCache
@@ -48,6 +49,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[ROUTE_TABLES] = tables
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
     app[USER_CACHE] = UserCache()
+    app[READINESS] = {}
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[PROBE_EXECUTOR] = ThreadPoolExecutor(3, thread_name_prefix="conveyor-probe")
@@ -59,6 +61,8 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
         app[PROBE_EXECUTOR].shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(resources)
+    # Every answer of the three apps: root's signal runs for sub-apps' responses too.
+    app.on_response_prepare.append(secure_headers)
     system.routes.install(app, authenticate=None)
     app.add_subapp(api.PREFIX, api.build_api())
     app.add_subapp(admin.PREFIX, admin.build_admin())

@@ -21,6 +21,9 @@ TOKENS = web.AppKey("tokens", TokenVerifier)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI = web.AppKey("openapi", bytes)
 USER_CACHE = web.AppKey("user_cache", UserCache)
+#: The last result of each readiness check ("ok" or "failed"), so a failure is logged when
+#: it starts and when it ends, not at every probe.
+READINESS: web.AppKey[dict[str, str]] = web.AppKey("readiness")
 #: The route table of each app by its mount prefix ("" for the root app).
 ROUTE_TABLES: web.AppKey[dict[str, RouteTable]] = web.AppKey("route_tables")
 

@@ -40,6 +40,13 @@ class Metrics:
             ),
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "conveyor_http_rejected",
+            "Requests refused before reaching a route: malformed (aiohttp's parser refused "
+            "them) or header_timeout (headers not complete in time; the connection closed).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.submitted = Counter(
             "conveyor_jobs_submitted",
             "Jobs accepted by this process, by type.",

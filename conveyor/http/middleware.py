@@ -23,6 +23,17 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBLEM_TYPE = "application/problem+json"
 BEARER_CHALLENGE = 'Bearer realm="conveyor"'
+#: On every response: no version for fingerprinting, and no content sniffing.
+SECURITY_HEADERS = {
+    "Server": "conveyor",
+    "X-Content-Type-Options": "nosniff",
+}
+#: The cache policy of every response that sets none: each answer is about a moment of some
+#: job's life, and most are some user's own.
+NO_STORE = "no-store"
+#: The status counted (and logged at INFO) for a request whose client went away mid-request:
+#: nginx's "client closed request". No answer reaches the client.
+CLIENT_CLOSED_REQUEST = 499
 
 
 @dataclass(frozen=True)
@@ -88,11 +99,32 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         logs.request_id.reset(token)
 
 
+async def secure_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the headers of SECURITY_HEADERS, and `Cache-Control: no-store`
+    unless the handler chose a policy (the event stream's `no-cache`)."""
+    headers = response.headers
+    headers.update(SECURITY_HEADERS)
+    if "Cache-Control" not in headers:
+        headers["Cache-Control"] = NO_STORE
+
+
 def failure_of(request: web.Request, exc: Exception) -> Failure:
     """What to answer for an error a handler raised (an unexpected one is logged, once)."""
     if isinstance(exc, ConveyorError):
         headers = {"WWW-Authenticate": BEARER_CHALLENGE} if exc.status == 401 else {}
+        if exc.status == 408:  # the request was not read whole: the connection closes
+            headers = {"Connection": "close"}
         return Failure(exc.status, exc.title, exc.detail, exc.errors, headers)
+    if isinstance(exc, ConnectionError) and request.transport is None:
+        # The client went away (while sending its body, say): not a server error.
+        logger.info(
+            "client closed the connection during %s %s: %r", request.method, request.path, exc
+        )
+        return Failure(
+            CLIENT_CLOSED_REQUEST,
+            "Client closed request",
+            "the client closed the connection before the request was handled",
+        )
     if isinstance(exc, ValidationError):
         return Failure(
             422, "Unprocessable content", "the request has invalid fields", field_errors(exc)

@@ -111,9 +111,11 @@ def _operation(route: Route, table: RouteTable, context: Context) -> dict[str, A
             schema: Mapping[str, Any] = context.components.model(route.body)
         else:
             schema = route.body(context)
+        settings = context.settings
         operation["requestBody"] = {
             "required": True,
-            "description": f"At most {context.settings.max_body_bytes} bytes (larger: 413).",
+            "description": f"At most {settings.max_body_bytes} bytes (larger: 413), sent within "
+            f"{settings.http_body_timeout_seconds:g} seconds of the headers (later: 408).",
             "content": {"application/json": {"schema": schema}},
         }
     responses = {str(status): _answer(a, context) for status, a in sorted(route.answers.items())}
@@ -121,6 +123,8 @@ def _operation(route: Route, table: RouteTable, context: Context) -> dict[str, A
     if table.known_query_only:
         known = errors.get(422)
         errors[422] = f"{known}; or {UNKNOWN_QUERY}" if known else UNKNOWN_QUERY.capitalize()
+    if route.body is not None:  # the server's limit on receiving it (conveyor/http/server.py)
+        errors.setdefault(408, "The body did not arrive in time; the connection is closed")
     if 413 in errors:  # the real limit, which the settings decide
         errors[413] = f"{errors[413]} ({context.settings.max_body_bytes} bytes)"
     for status, description in sorted(errors.items()):

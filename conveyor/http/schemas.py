@@ -246,7 +246,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Whether each dependency answered: `ok`, or the error."""
+    """Whether each dependency answered: `ok` or `failed` (the log has the error)."""
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(examples=[{"database": "ok", "broker": "ok", "redis": "ok"}])

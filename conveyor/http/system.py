@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR
+from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR, READINESS
 from conveyor.http.routes import JSON, Answer, RouteTable
 from conveyor.http.runtime import run_db
 from conveyor.http.schemas import Health, Readiness
 from conveyor.services import jobs
+
+logger = logging.getLogger(__name__)
 
 #: The root app's routes; it authenticates nobody, so each of them must be public.
 routes = RouteTable(tag="operations")
@@ -32,22 +35,34 @@ async def healthz(request: web.Request) -> web.Response:
     public=True,
     answers={
         200: Answer("Ready: every check passed", Readiness),
-        503: Answer("Not ready: the failing checks name their error", Readiness),
+        503: Answer("Not ready: the failing checks say `failed` (the log has why)", Readiness),
     },
 )
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database, the broker and Redis answer; 503 naming what does not."""
+    """Ready when the database, the broker and Redis answer; 503 naming what does not (the
+    errors themselves go to the log: they name internal hosts)."""
     state = request.config_dict
     checks = state[CONTAINER].readiness_checks()
     loop = asyncio.get_running_loop()
     futures = {name: loop.run_in_executor(state[PROBE_EXECUTOR], fn) for name, fn in checks.items()}
     results = {}
+    last = state[READINESS]
     for name, future in futures.items():
         try:
             await asyncio.wait_for(future, READY_TIMEOUT_SECONDS)
             results[name] = "ok"
+            if last.get(name) == "failed":
+                logger.info("readiness check %s passes again", name)
         except Exception as exc:
-            results[name] = f"error: {exc!r}"[:300]
+            # The error names hosts and users: for the log, never for an anonymous caller.
+            # Logged when the check starts failing (INFO: the dependency's own outage is the
+            # WARNING), and at DEBUG while it goes on failing, so probes add no noise.
+            timed_out = isinstance(exc, TimeoutError) and not str(exc)
+            why = f"no answer within {READY_TIMEOUT_SECONDS:g}s" if timed_out else repr(exc)
+            level = logging.DEBUG if last.get(name) == "failed" else logging.INFO
+            logger.log(level, "readiness check %s failed: %s", name, why)
+            results[name] = "failed"
+        last[name] = results[name]
     ready = all(v == "ok" for v in results.values())
     return web.json_response(
         Readiness(status="ok" if ready else "unavailable", checks=results).model_dump(),

@@ -1,4 +1,4 @@
-"""API tokens: HS256 JWTs with pinned algorithm, expiry, issuer and audience."""
+"""API tokens: HS256 JWTs with pinned algorithm, issuer, audience and a bounded lifetime."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 import jwt
 
-from conveyor.errors import AuthenticationError, ConfigurationError
+from conveyor.errors import AuthenticationError, ConfigurationError, InvalidRequestError
 from conveyor.settings import Settings
 
 ALGORITHM = "HS256"
+#: Seconds of clock difference forgiven between the issuer and the verifier.
+LEEWAY_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,8 @@ class TokenConfig:
     issuer: str
     audience: str
     ttl: dt.timedelta
+    #: The longest lifetime a token may claim (`exp` after `iat`) and have left (`exp` after now).
+    max_lifetime: dt.timedelta
 
     @classmethod
     def of(cls, settings: Settings) -> TokenConfig:
@@ -32,11 +36,19 @@ class TokenConfig:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             ttl=dt.timedelta(seconds=settings.token_ttl_seconds),
+            max_lifetime=dt.timedelta(seconds=settings.token_max_lifetime_seconds),
         )
 
 
 def issue_token(config: TokenConfig, user_id: uuid.UUID, *, ttl: dt.timedelta | None = None) -> str:
-    """A signed bearer token for the user."""
+    """A signed bearer token for the user; InvalidRequestError for a lifetime longer than
+    `config.max_lifetime` (such a token would be refused)."""
+    ttl = config.ttl if ttl is None else ttl
+    if ttl > config.max_lifetime:
+        raise InvalidRequestError(
+            f"a token may live at most {config.max_lifetime.total_seconds():g} seconds "
+            "(CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS)"
+        )
     now = dt.datetime.now(dt.UTC)
     claims = {
         "sub": str(user_id),
@@ -44,7 +56,7 @@ def issue_token(config: TokenConfig, user_id: uuid.UUID, *, ttl: dt.timedelta | 
         "aud": config.audience,
         "iat": now,
         "nbf": now,
-        "exp": now + (ttl or config.ttl),
+        "exp": now + ttl,
         "jti": uuid.uuid4().hex,
     }
     return jwt.encode(claims, config.secret, algorithm=ALGORITHM)
@@ -81,11 +93,21 @@ def _decode(config: TokenConfig, token: str) -> tuple[uuid.UUID, float]:
             algorithms=[ALGORITHM],
             issuer=config.issuer,
             audience=config.audience,
-            options={"require": ["exp", "iss", "aud", "sub"]},
-            leeway=5,
+            options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            leeway=LEEWAY_SECONDS,
         )
-        return uuid.UUID(claims["sub"]), float(claims["exp"])
+        user_id = uuid.UUID(claims["sub"])
     except jwt.ExpiredSignatureError:
         raise AuthenticationError("the token has expired") from None
     except (jwt.InvalidTokenError, ValueError) as exc:
         raise AuthenticationError(f"invalid token: {exc}") from None
+    # PyJWT checked that `exp` is in the future and `iat` is not, but takes "123" and true.
+    expires, issued = claims["exp"], claims["iat"]
+    if not all(type(value) in (int, float) for value in (expires, issued)):
+        raise AuthenticationError("invalid token: exp and iat must be numbers")
+    limit = config.max_lifetime.total_seconds()
+    if expires - issued > limit or expires - time.time() > limit + LEEWAY_SECONDS:
+        raise AuthenticationError(
+            f"the token lives longer than this deployment accepts ({limit:g} seconds)"
+        )
+    return user_id, float(expires)
