@@ -12,6 +12,7 @@ from aiohttp import web
 from multidict import MultiDict
 from pydantic_core import from_json
 
+from conveyor.announcements import UNKNOWN
 from conveyor.errors import BadRequestError, InvalidRequestError
 from conveyor.http.api.params import (
     JOB_ID,
@@ -116,21 +117,26 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
     initial = job.status
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    async with request.config_dict[CONTAINER].announcements.listen(job.id) as statuses:
+    async with request.config_dict[CONTAINER].announcements.listen(job.id) as notices:
         job = await run_db(request.config_dict, jobs.get, job.id, viewer)
         while not (is_finished(job) or (not until_finished and job.status != initial)):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             try:
-                status = await asyncio.wait_for(statuses.get(), remaining)
+                async with asyncio.timeout(remaining):
+                    statuses = await notices.take()
             except TimeoutError:  # a notice may have been lost: answer with the row as it is
                 job = await run_db(request.config_dict, jobs.get, job.id, viewer)
                 break
-            if status and status not in FINISHED and (until_finished or status == initial):
+            if not any(s == UNKNOWN or _awaited(s, initial, until_finished) for s in statuses):
                 continue  # not what the client waits for (UNKNOWN: read the row again)
             job = await run_db(request.config_dict, jobs.get, job.id, viewer)
     return job
+
+
+def _awaited(status: str, initial: str, until_finished: bool) -> bool:
+    return status in FINISHED or (not until_finished and status != initial)
 
 
 @routes.post(

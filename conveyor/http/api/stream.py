@@ -62,12 +62,12 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     try:
         cursor = [after]
-        async with request.config_dict[CONTAINER].announcements.listen(job.id) as statuses:
+        async with request.config_dict[CONTAINER].announcements.listen(job.id) as notices:
             while not await _send_events(request, response, job.id, cursor):
                 if is_finished(job):
                     break  # it had finished before the stream began: its history is sent
                 try:
-                    await asyncio.wait_for(statuses.get(), SSE_KEEPALIVE_SECONDS)
+                    await asyncio.wait_for(notices.take(), SSE_KEEPALIVE_SECONDS)
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
         await response.write_eof()
