@@ -30,6 +30,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.announcements import UNKNOWN, Announcements, Notices
+from conveyor.errors import TooManyRequestsError
 from conveyor.models import Job, JobEvent, JobEventKind
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
@@ -46,6 +47,8 @@ RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)
 RETAINED_EVENTS = 500
 #: Events read at once (a stream's history; a feed that has more to catch up).
 EVENTS_PAGE = 500
+#: `Retry-After` of a stream refused because its user has too many open.
+STREAM_RETRY_AFTER_SECONDS = 5
 
 
 def retry_delay(failures: int) -> float:
@@ -88,7 +91,7 @@ class Cursor:
 
 
 class Feeds:
-    """The web process's feeds, by job."""
+    """The web process's feeds, by job, and its open event streams, by user."""
 
     def __init__(
         self, db: sessionmaker[Session], executor: Executor, announcements: Announcements
@@ -97,6 +100,7 @@ class Feeds:
         self.executor = executor
         self.announcements = announcements
         self._feeds: dict[uuid.UUID, JobFeed] = {}
+        self._streams: dict[uuid.UUID, int] = {}
         self._unavailable = False  # the last read failed (logged once per outage)
 
     def __len__(self) -> int:
@@ -104,6 +108,9 @@ class Feeds:
 
     def feed(self, job_id: uuid.UUID) -> JobFeed | None:
         return self._feeds.get(job_id)
+
+    def open_streams(self, user_id: uuid.UUID) -> int:
+        return self._streams.get(user_id, 0)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(db, *args, **kwargs)` on the database threads. An unavailable database raises
@@ -124,6 +131,27 @@ class Feeds:
             self._unavailable = False
             logger.info("database available again: event streams and waiting requests go on")
         return result
+
+    @contextlib.asynccontextmanager
+    async def streaming(self, user_id: uuid.UUID, *, limit: int) -> AsyncIterator[None]:
+        """Count an open event stream of the user; TooManyRequestsError past `limit`."""
+        count = self._streams.get(user_id, 0)
+        if count >= limit:
+            raise TooManyRequestsError(
+                f"this user has {count} open event streams, the most allowed: close one, or "
+                "retry later",
+                retry_after=STREAM_RETRY_AFTER_SECONDS,
+                errors=[{"field": "Authorization", "message": "too many open event streams"}],
+            )
+        self._streams[user_id] = count + 1
+        try:
+            yield
+        finally:
+            left = self._streams[user_id] - 1
+            if left:
+                self._streams[user_id] = left
+            else:
+                del self._streams[user_id]
 
     @contextlib.asynccontextmanager
     async def following(self, job_id: uuid.UUID, cursor: Cursor) -> AsyncIterator[JobFeed]:

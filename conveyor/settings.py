@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     )
     default_page_size: int = Field(50, gt=0, description="Jobs per page of `GET /v1/jobs`.")
     max_page_size: int = Field(500, gt=0, description="Largest `limit` of `GET /v1/jobs`.")
+    max_streams_per_user: int = Field(
+        20,
+        gt=0,
+        description="Event streams one user may hold open at once, per web process (429 above).",
+    )
     db_pool_size: int = Field(10, gt=0, description="Database connections per process.")
     db_threads: int = Field(8, gt=0, description="Threads the web process runs database calls on.")
     publish_threads: int = Field(

@@ -92,7 +92,7 @@ def failure_of(request: web.Request, exc: Exception) -> Failure:
     """What to answer for an error a handler raised (an unexpected one is logged, once)."""
     if isinstance(exc, ConveyorError):
         headers = {"WWW-Authenticate": BEARER_CHALLENGE} if exc.status == 401 else {}
-        return Failure(exc.status, exc.title, exc.detail, exc.errors, headers)
+        return Failure(exc.status, exc.title, exc.detail, exc.errors, {**headers, **exc.headers})
     if isinstance(exc, ValidationError):
         return Failure(
             422, "Unprocessable content", "the request has invalid fields", field_errors(exc)

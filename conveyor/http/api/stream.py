@@ -53,39 +53,46 @@ MAX_EVENT_ID = 2**63 - 1
             schema={"type": "string"},
         )
     },
-    errors={404: "No such job (or another member's)"},
+    errors={
+        404: "No such job (or another member's)",
+        429: "The user holds as many open event streams as allowed "
+        "(`CONVEYOR_MAX_STREAMS_PER_USER` per web process); retry after Retry-After seconds",
+    },
 )
 async def job_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the job's history (after `Last-Event-ID`), then live transitions
     and progress until it finishes. A finished job's stream ends once its history is sent,
-    also for a client that reconnects with the last id it saw."""
+    also for a client that reconnects with the last id it saw. A user may hold
+    `max_streams_per_user` streams open at once (429 past that)."""
     viewer = request[USER]
     state = request.config_dict
+    container = state[CONTAINER]
     job = await run_db(state, jobs.get, job_id_of(request), viewer)
     last = request.headers.get("Last-Event-ID", "")
     cursor = Cursor(bounded_int(last, 0, MAX_EVENT_ID) if last else 0)
-    feeds = state[CONTAINER].feeds
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            "X-Request-Id": logs.request_id.get() or "",
-        }
-    )
-    await response.prepare(request)
-    # Started: nothing may answer with an error any more, so the stream ends here.
-    try:
-        if is_finished(job):  # its history is all there is: no need to follow it
-            await _send(response, feeds, job.id, cursor, None)
-        else:
-            async with feeds.following(job.id, cursor) as feed:
-                await _send(response, feeds, job.id, cursor, feed)
-        await response.write_eof()
-    except (ConnectionResetError, ClientConnectionResetError):
-        pass  # the client went away
-    except Exception:  # a reconnecting client resumes after the last event it received
-        logger.exception("the event stream of job %s failed", job.id)
+    feeds = container.feeds
+    async with feeds.streaming(viewer.id, limit=container.settings.max_streams_per_user):
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                "X-Request-Id": logs.request_id.get() or "",
+            }
+        )
+        await response.prepare(request)
+        # Started: nothing may answer with an error any more, so the stream ends here.
+        try:
+            if is_finished(job):  # its history is all there is: no need to follow it
+                await _send(response, feeds, job.id, cursor, None)
+            else:
+                async with feeds.following(job.id, cursor) as feed:
+                    await _send(response, feeds, job.id, cursor, feed)
+            await response.write_eof()
+        except (ConnectionResetError, ClientConnectionResetError):
+            pass  # the client went away
+        except Exception:  # a reconnecting client resumes after the last event it received
+            logger.exception("the event stream of job %s failed", job.id)
     return response
 
 

@@ -1,5 +1,5 @@
 """Many event streams and waiting requests on one job: the web process reads each change once
-and fans it out; closed streams leave nothing behind."""
+and fans it out; a user's open streams are capped; closed streams leave nothing behind."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from conveyor.services.auth import TokenConfig, issue_token
 from conveyor.settings import Settings
 from tests.stack import test_settings as make_settings
 from tests.stack import wait_until
+from tests.unit.http.test_errors import problem
 
 STREAMS = 20
 WAITERS = 20
@@ -149,6 +150,22 @@ async def web(
 
 
 @pytest.fixture
+async def capped_web(
+    aiohttp_client: Callable[..., Any],
+    db: sessionmaker[Session],
+    sqlite_url: str,
+    member: User,
+    other: User,
+) -> AsyncIterator[Web]:
+    settings = make_settings(
+        database_url=sqlite_url, broker_url="stub://", redis_url=None, max_streams_per_user=2
+    )
+    users = {"member": member, "other": other}
+    async for w in _web(aiohttp_client, db, sqlite_url, users, settings):
+        yield w
+
+
+@pytest.fixture
 def running_job(make_job: Callable[..., Job], db: sessionmaker[Session]) -> Job:
     """A job of the member's, claimed by a (pretend) worker: attempt 1 is running."""
     job = make_job(job_type="system.sleep", payload={"seconds": 1})
@@ -222,6 +239,35 @@ async def test_a_stream_that_falls_behind_gets_every_event_from_the_database(
     assert kinds == ["queued", "running", *(step / 100 for step in range(1, 31)), "succeeded"]
 
 
+# --- the cap on open streams ------------------------------------------------------------------
+
+
+async def test_a_user_past_the_stream_cap_gets_429_with_retry_after_until_one_closes(
+    capped_web: Web, running_job: Job, make_job: Callable[..., Job], other: User
+) -> None:
+    web = capped_web
+    first = await web.open_stream(running_job)
+    second = await web.open_stream(running_job)
+    for stream in (first, second):
+        await stream.statuses_until("running")
+
+    refused = await web.client.get(f"/v1/jobs/{running_job.id}/events", headers=web.headers())
+    body = await problem(refused, 429)
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "2 open event streams" in body["detail"]
+    assert [error["field"] for error in body["errors"]] == ["Authorization"]
+
+    others = make_job(other)  # another user has a cap of their own
+    await (await web.open_stream(others, "other")).statuses_until("queued")
+
+    first.response.close()
+    await web.progress(running_job, 0.5)  # its handler notices the closed connection
+    assert await second.next() is not None
+    feeds = web.container.feeds
+    await asyncio.to_thread(wait_until, lambda: feeds.open_streams(running_job.owner_id) == 1, 10)
+    await (await web.open_stream(running_job)).statuses_until("running")
+
+
 # --- releasing what closed streams held -------------------------------------------------------
 
 
@@ -232,13 +278,18 @@ async def test_closed_streams_leave_nothing_behind(web: Web, running_job: Job) -
     feeds = web.container.feeds
     feed = weakref.ref(feeds.feed(running_job.id))
     assert feed() is not None
+    assert feeds.open_streams(running_job.owner_id) == STREAMS
 
     for stream in streams:
         stream.response.close()
     await web.progress(running_job, 0.5)  # their handlers notice the closed connections
 
     def released() -> bool:
-        return len(feeds) == 0 and web.announcements.listening == 0
+        return (
+            len(feeds) == 0
+            and feeds.open_streams(running_job.owner_id) == 0
+            and web.announcements.listening == 0
+        )
 
     await asyncio.to_thread(wait_until, released, 10)
     gc.collect()
