@@ -1,9 +1,9 @@
 """Announcements: wake-ups for clients waiting on a job, over Redis pub/sub or in-process.
 
-Whoever commits a transition `announce`s it; the web process `listen`s per job while a request
-waits (`?wait=`, `Prefer: wait`, server-sent events). An announcement carries no state the
-answer relies on: the listener reads the row again. (A job's history is the `job_events`
-table; these are only wake-ups.)
+Whoever commits a transition `announce`s it; the web process `listen`s per job while requests
+wait on it (`?wait=`, `Prefer: wait`, server-sent events: see `conveyor.feeds`). An
+announcement carries no state the answer relies on: the listener reads the row again. (A job's
+history is the `job_events` table; these are only wake-ups.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from queue import Empty, SimpleQueue
 from typing import Any, Protocol
@@ -26,23 +25,34 @@ logger = logging.getLogger(__name__)
 UNKNOWN = ""
 PAUSE_AFTER_FAILURE = 2.0
 MAX_PENDING = 100_000
+#: While the channel is down, listeners are told to read their job again this often.
 POLL_SECONDS = 1.0
+#: A subscriber connection nobody has listened on for this long is closed.
+IDLE_SECONDS = 30.0
 
 
-@contextlib.asynccontextmanager
-async def _ticking(queue: asyncio.Queue[str]) -> AsyncIterator[None]:
-    """Feed `UNKNOWN` into the queue every second (when no change notices can arrive)."""
+class Notices:
+    """The statuses announced for one job since its listener last looked.
 
-    async def tick() -> None:
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            queue.put_nowait(UNKNOWN)
+    A set, not a queue: however many announcements arrive while the listener is busy (a job
+    reporting progress fifty times a second), it holds at most one entry per status.
+    """
 
-    task = asyncio.create_task(tick())
-    try:
-        yield
-    finally:
-        task.cancel()
+    def __init__(self) -> None:
+        self._statuses: set[str] = set()
+        self._arrived = asyncio.Event()
+
+    def put(self, status: str) -> None:
+        """Add a status (on the listener's loop)."""
+        self._statuses.add(status)
+        self._arrived.set()
+
+    async def take(self) -> set[str]:
+        """Everything announced since the last take; waits until there is something."""
+        await self._arrived.wait()
+        self._arrived.clear()
+        statuses, self._statuses = self._statuses, set()
+        return statuses
 
 
 class Announcer(Protocol):
@@ -55,11 +65,14 @@ class Announcer(Protocol):
 class Announcements(Announcer, Protocol):
     """Announcing and listening (the web process)."""
 
-    def listen(
-        self, job_id: uuid.UUID
-    ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue[str]]:
-        """Statuses of the job, as they are announced, while the context is open
-        (`UNKNOWN` when the status must be read again)."""
+    def listen(self, job_id: uuid.UUID) -> contextlib.AbstractAsyncContextManager[Notices]:
+        """Statuses of the job, as they are announced, while the context is open (`UNKNOWN`
+        when the job must be read again: while the channel is down, every `POLL_SECONDS`, and
+        once when it is back). Never fails: a channel that is down is waited out."""
+
+    @property
+    def listening(self) -> int:
+        """How many jobs this process listens on."""
 
     def ping(self) -> None:
         """Raise unless the channel answers (the readiness probe)."""
@@ -72,36 +85,49 @@ class Announcements(Announcer, Protocol):
 
 
 class _Subscribers:
-    """Local queues per job, fed from whatever thread learns of a change."""
+    """Local listeners per job, fed from whatever thread learns of a change."""
 
     def __init__(self) -> None:
-        self._queues: dict[uuid.UUID, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str]]]]
-        self._queues = defaultdict(set)
+        self._notices: dict[uuid.UUID, set[tuple[asyncio.AbstractEventLoop, Notices]]] = {}
         self._lock = threading.Lock()
 
-    def add(self, job_id: uuid.UUID, queue: asyncio.Queue[str]) -> bool:
-        """Register; True if it is the first subscriber of this job."""
-        with self._lock:
-            first = job_id not in self._queues
-            self._queues[job_id].add((asyncio.get_running_loop(), queue))
-            return first
+    def __len__(self) -> int:
+        return len(self._notices)
 
-    def remove(self, job_id: uuid.UUID, queue: asyncio.Queue[str]) -> bool:
-        """Unregister; True if it was the last subscriber of this job."""
+    def add(self, job_id: uuid.UUID, notices: Notices) -> bool:
+        """Register; True if it is the first listener of this job."""
         with self._lock:
-            entries = self._queues.get(job_id, set())
-            entries.discard((asyncio.get_running_loop(), queue))
+            entries = self._notices.setdefault(job_id, set())
+            entries.add((asyncio.get_running_loop(), notices))
+            return len(entries) == 1
+
+    def remove(self, job_id: uuid.UUID, notices: Notices) -> bool:
+        """Unregister; True if it was the last listener of this job."""
+        with self._lock:
+            entries = self._notices.get(job_id, set())
+            entries.discard((asyncio.get_running_loop(), notices))
             if not entries:
-                self._queues.pop(job_id, None)
+                self._notices.pop(job_id, None)
                 return True
             return False
 
+    def jobs(self) -> list[uuid.UUID]:
+        with self._lock:
+            return list(self._notices)
+
     def deliver(self, job_id: uuid.UUID, status: str) -> None:
         with self._lock:
-            targets = list(self._queues.get(job_id, ()))
-        for loop, queue in targets:
+            targets = list(self._notices.get(job_id, ()))
+        for loop, notices in targets:
             with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(queue.put_nowait, status)
+                loop.call_soon_threadsafe(notices.put, status)
+
+    def deliver_to_all(self, status: str) -> None:
+        with self._lock:
+            targets = [target for entries in self._notices.values() for target in entries]
+        for loop, notices in targets:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(notices.put, status)
 
 
 class MemoryAnnouncements:
@@ -114,13 +140,17 @@ class MemoryAnnouncements:
         self._subscribers.deliver(job_id, status)
 
     @contextlib.asynccontextmanager
-    async def listen(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[str]]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        self._subscribers.add(job_id, queue)
+    async def listen(self, job_id: uuid.UUID) -> AsyncIterator[Notices]:
+        notices = Notices()
+        self._subscribers.add(job_id, notices)
         try:
-            yield queue
+            yield notices
         finally:
-            self._subscribers.remove(job_id, queue)
+            self._subscribers.remove(job_id, notices)
+
+    @property
+    def listening(self) -> int:
+        return len(self._subscribers)
 
     def ping(self) -> None:
         return None
@@ -136,9 +166,14 @@ class RedisAnnouncements:
     """Announcements over Redis pub/sub, one channel per job (`<prefix>:job:<id>`).
 
     `announce` never blocks: a background thread sends what accumulated in one pipeline, so
-    announcing costs a worker thread next to nothing and Redis one round trip per batch. The
-    web process holds one subscriber connection and subscribes to a job's channel only while
-    someone waits on it.
+    announcing costs a worker thread next to nothing and Redis one round trip per batch.
+
+    The web process holds one subscriber connection, read by one task, and subscribes to a
+    job's channel only while someone listens on it. When that connection fails (Redis
+    restarted, stopped, unreachable), the task tells every listener to read its job again
+    every `POLL_SECONDS` and tries to connect again at the same pace; once connected, it
+    subscribes to every channel listened on and tells every listener to read its job once
+    more, since what was announced meanwhile is lost.
     """
 
     def __init__(self, url: str, prefix: str = "conveyor") -> None:
@@ -152,11 +187,11 @@ class RedisAnnouncements:
         self._announcer: threading.Thread | None = None
         self._announcer_lock = threading.Lock()
         self._subscribers = _Subscribers()
-        self._pubsub: Any = None
-        self._aclient: Any = None
+        self._pubsub: Any = None  # the subscriber connection, while it is up
         self._reader: asyncio.Task[None] | None = None
-        self._start_lock: asyncio.Lock | None = None
-        self._wake = asyncio.Event()
+        self._arrived: asyncio.Event | None = None  # a listener arrived (wakes an idle reader)
+        self._stale = False  # a (un)subscribe failed on the live connection: make a new one
+        self._down_since: float | None = None
 
     def channel(self, job_id: uuid.UUID) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -210,68 +245,138 @@ class RedisAnnouncements:
             self._announcer.join(timeout=5)
             self._announcer = None
 
-    async def _ensure_reader(self) -> Any:
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
-        async with self._start_lock:
-            if self._pubsub is None:
-                import redis.asyncio as aioredis
+    # --- the listening side (the web process's event loop) --------------------------------
 
-                # (typed Any: the redis stubs predate pubsub.connect and aclose)
-                client: Any = aioredis.Redis.from_url(self.url, socket_connect_timeout=2)
-                pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
-                try:
-                    await pubsub.connect()
-                except BaseException:
-                    await pubsub.aclose()
-                    await client.aclose()
-                    raise
-                self._pubsub, self._aclient = pubsub, client
-            if self._reader is None or self._reader.done():
-                self._reader = asyncio.create_task(self._read())
-        return self._pubsub
+    @contextlib.asynccontextmanager
+    async def listen(self, job_id: uuid.UUID) -> AsyncIterator[Notices]:
+        notices = Notices()
+        first = self._subscribers.add(job_id, notices)
+        self._start_reader()
+        pubsub = self._pubsub
+        if first and pubsub is not None:
+            try:
+                await pubsub.subscribe(self.channel(job_id))
+            except Exception as exc:  # the reader reconnects and subscribes it with the rest
+                logger.debug("could not subscribe to job %s: %r", job_id, exc)
+                self._stale = True
+        try:
+            yield notices
+        finally:
+            if self._subscribers.remove(job_id, notices):
+                pubsub = self._pubsub
+                if pubsub is not None:
+                    try:
+                        await pubsub.unsubscribe(self.channel(job_id))
+                    except Exception as exc:
+                        logger.debug("could not unsubscribe from job %s: %r", job_id, exc)
+                        self._stale = True
+
+    @property
+    def listening(self) -> int:
+        return len(self._subscribers)
+
+    def _start_reader(self) -> None:
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        self._arrived.set()
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read(), name="conveyor-announcements")
 
     async def _read(self) -> None:
-        prefix = f"{self.prefix}:job:"
+        """Connect, subscribe to every job listened on and hand out what arrives, until the
+        connection fails (listeners then read their jobs until it is back) or nobody has
+        listened for `IDLE_SECONDS`."""
         while True:
+            await self._until_someone_listens()
             try:
-                if not self._pubsub.subscribed:
-                    self._wake.clear()
-                    await self._wake.wait()  # until someone subscribes
-                    continue
-                message = await self._pubsub.get_message(timeout=1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("announcement subscription failed, reconnecting: %r", exc)
-                await asyncio.sleep(1.0)
+                pubsub = await self._connect()
+            except Exception as exc:  # Redis unreachable: listeners poll until it is back
+                self._lost(exc)
+                await asyncio.sleep(POLL_SECONDS)
                 continue
+            try:
+                self._found()
+                await self._receive(pubsub)
+            except Exception as exc:
+                self._lost(exc)
+            finally:
+                self._pubsub = None
+                await _discard(pubsub)
+
+    async def _until_someone_listens(self) -> None:
+        assert self._arrived is not None
+        self._arrived.clear()
+        if not len(self._subscribers):
+            await self._arrived.wait()
+
+    async def _connect(self) -> Any:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # No retries inside redis-py: a reconnection it made on its own would hide the gap in
+        # which announcements were lost. (Typed Any: the stubs predate pubsub.connect.)
+        client: Any = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=2, socket_keepalive=True, retry=Retry(NoBackoff(), 0)
+        )
+        pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.connect()
+            self._pubsub, self._stale = pubsub, False
+            # From here on, a new listener subscribes itself; these are the ones before it.
+            channels = [self.channel(job_id) for job_id in self._subscribers.jobs()]
+            if channels:
+                await pubsub.subscribe(*channels)
+        except BaseException:
+            self._pubsub = None
+            await _discard(pubsub)
+            raise
+        return pubsub
+
+    async def _receive(self, pubsub: Any) -> None:
+        prefix = f"{self.prefix}:job:"
+        loop = asyncio.get_running_loop()
+        idle_since: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if self._stale:
+                raise ConnectionError("a subscription failed on this connection")
             if message and message["type"] == "message":
                 channel = message["channel"].decode()
                 with contextlib.suppress(ValueError, KeyError):
                     job_id = uuid.UUID(channel.removeprefix(prefix))
                     self._subscribers.deliver(job_id, json.loads(message["data"])["status"])
+            if len(self._subscribers):
+                idle_since = None
+            elif idle_since is None:
+                idle_since = loop.time()
+            elif loop.time() - idle_since > IDLE_SECONDS:
+                return
 
-    @contextlib.asynccontextmanager
-    async def listen(self, job_id: uuid.UUID) -> AsyncIterator[asyncio.Queue[str]]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        try:
-            pubsub = await self._ensure_reader()
-            if self._subscribers.add(job_id, queue):
-                await pubsub.subscribe(self.channel(job_id))
-                self._wake.set()
-        except Exception as exc:
-            self._subscribers.remove(job_id, queue)
-            logger.warning("Redis unreachable (%r); waiters re-read jobs every second", exc)
-            async with _ticking(queue):
-                yield queue
-            return
-        try:
-            yield queue
-        finally:
-            if self._subscribers.remove(job_id, queue):
-                with contextlib.suppress(Exception):
-                    await pubsub.unsubscribe(self.channel(job_id))
+    def _lost(self, exc: Exception) -> None:
+        """The channel is down: every listener reads its job again (now, and every
+        `POLL_SECONDS` until it is back); one warning per outage."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            logger.warning(
+                "announcement channel down (%r): requests waiting on jobs read them every %g s "
+                "until Redis is back",
+                exc,
+                POLL_SECONDS,
+            )
+        self._subscribers.deliver_to_all(UNKNOWN)
+
+    def _found(self) -> None:
+        """Connected and subscribed: every listener reads its job once more (a change
+        announced while no connection listened is lost)."""
+        if self._down_since is not None:
+            logger.info(
+                "announcement channel back after %.1f s; listening on %d job(s) again",
+                time.monotonic() - self._down_since,
+                len(self._subscribers),
+            )
+            self._down_since = None
+        self._subscribers.deliver_to_all(UNKNOWN)
 
     def ping(self) -> None:
         self._client.ping()
@@ -286,7 +391,12 @@ class RedisAnnouncements:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
-        if self._pubsub is not None:
-            pubsub, self._pubsub = self._pubsub, None
-            await pubsub.aclose()
-            await self._aclient.aclose()
+        self._arrived = None
+
+
+async def _discard(pubsub: Any) -> None:
+    """Close a subscriber connection and its client, whatever state they are in."""
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()
+    with contextlib.suppress(Exception):
+        await pubsub.connection_pool.disconnect()

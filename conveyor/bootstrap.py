@@ -29,6 +29,7 @@ from conveyor.broker import BrokerEnqueuer, build_broker, check_broker, close_br
 from conveyor.db import close_direct, make_engine, make_sessionmaker
 from conveyor.db import ping as db_ping
 from conveyor.errors import UnknownResourceError
+from conveyor.feeds import Feeds
 from conveyor.httpclient import SharedHttpClient
 from conveyor.outbound import HttpClient
 from conveyor.registry import JOBS, Registry
@@ -207,6 +208,14 @@ class Container:
             "db_executor",
             lambda: ThreadPoolExecutor(self.settings.db_threads, thread_name_prefix="conveyor-db"),
             lambda pool: pool.shutdown(wait=True),
+        )
+
+    @property
+    def feeds(self) -> Feeds:
+        """The web process's watched jobs: each job's changes read once for all its event
+        streams and waiting requests (each feed ends with its last subscriber)."""
+        return self._get(
+            "feeds", lambda: Feeds(self.db, self.db_executor, self.announcements), None
         )
 
     @property

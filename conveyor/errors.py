@@ -28,6 +28,8 @@ class ConveyorError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.errors = errors or []
+        #: Headers of the HTTP answer (`Retry-After`...).
+        self.headers: dict[str, str] = {}
 
 
 class InvalidRequestError(ConveyorError):
@@ -70,6 +72,19 @@ class PermissionDeniedError(ConveyorError):
 
     status = 403
     title = "Forbidden"
+
+
+class TooManyRequestsError(ConveyorError):
+    """The caller holds as many of a limited resource as it may; retry after a while."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(
+        self, detail: str, *, retry_after: int, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(detail, errors=errors)
+        self.headers["Retry-After"] = str(retry_after)
 
 
 class ConfigurationError(ConveyorError):

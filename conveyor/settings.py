@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         description="The API's URL as clients reach it (`https://jobs.example.com`), for the "
         "full URLs of `Link` headers; unset or empty: the request's scheme and `Host`.",
     )
+    max_streams_per_user: int = Field(
+        20,
+        gt=0,
+        description="Event streams one user may hold open at once, per web process (429 above).",
+    )
     db_pool_size: int = Field(10, gt=0, description="Database connections per process.")
     db_threads: int = Field(8, gt=0, description="Threads the web process runs database calls on.")
     publish_threads: int = Field(

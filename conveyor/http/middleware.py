@@ -114,7 +114,7 @@ def failure_of(request: web.Request, exc: Exception) -> Failure:
         headers = {"WWW-Authenticate": BEARER_CHALLENGE} if exc.status == 401 else {}
         if exc.status == 408:  # the request was not read whole: the connection closes
             headers = {"Connection": "close"}
-        return Failure(exc.status, exc.title, exc.detail, exc.errors, headers)
+        return Failure(exc.status, exc.title, exc.detail, exc.errors, {**headers, **exc.headers})
     if isinstance(exc, ConnectionError) and request.transport is None:
         # The client went away (while sending its body, say): not a server error.
         logger.info(

@@ -33,6 +33,7 @@ SERVER_ERRORS = {
 }
 ERROR_HEADERS = {
     401: {"WWW-Authenticate": 'The scheme to use: Bearer realm="conveyor"'},
+    429: {"Retry-After": "Seconds to wait before retrying"},
     503: {"Retry-After": "Seconds to wait before retrying"},
 }
 

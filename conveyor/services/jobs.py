@@ -212,6 +212,45 @@ def events_after(
         )
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What a watcher of a job read after a change, in one session."""
+
+    job: Job | None  #: the row, if it was asked for (None too if the job is gone)
+    events: list[JobEvent]  #: the events after the given id, oldest first
+    newest: int  #: the id of the newest event read or asked for (0 if none)
+
+
+def changes(
+    db: sessionmaker[Session],
+    job_id: uuid.UUID,
+    *,
+    with_job: bool,
+    after: int | None = None,
+    newest: bool = False,
+    limit: int = 500,
+) -> Changes:
+    """In one session: the job's row if `with_job`; then its events after `after` (at most
+    `limit`, oldest first) if given, or with `newest` only the id of its newest event. No
+    visibility check: the web process shares this with requests that passed theirs."""
+    with db() as session:
+        job = session.get(Job, job_id) if with_job else None
+        if after is not None:
+            events = list(
+                session.scalars(
+                    select(JobEvent)
+                    .where(JobEvent.job_id == job_id, JobEvent.id > after)
+                    .order_by(JobEvent.id)
+                    .limit(limit)
+                )
+            )
+            return Changes(job, events, events[-1].id if events else after)
+        if newest:
+            found = session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
+            return Changes(job, [], int(found or 0))
+    return Changes(job, [], 0)
+
+
 def counts(db: sessionmaker[Session]) -> tuple[list[tuple[str, str, int]], int]:
     """Jobs by (type, status), and how many waiting jobs are still unpublished."""
     with db() as session:

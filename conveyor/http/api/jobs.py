@@ -36,7 +36,6 @@ from conveyor.http.schemas import (
 )
 from conveyor.models import Job, JobStatus
 from conveyor.models.base import utcnow
-from conveyor.models.job import FINISHED
 from conveyor.services import jobs
 from conveyor.services.cursors import Cursors
 from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
@@ -118,30 +117,30 @@ def _poll_after(job: Job) -> str:
 async def _wait(request: web.Request, job: Job, seconds: float, *, until_finished: bool) -> Job:
     """The job once it changes status (or finishes), or as it is after `seconds`.
 
-    Woken by announcements; the row is read again once subscribed (so no change
-    between the first read and the subscription is missed) and after each relevant event.
+    The job's feed, shared with every request and stream watching it in this process, reads
+    the row once after this request joins (so no change since the first read is missed) and
+    again after each announced change of status; while the announcement channel is down,
+    every second. At the deadline the row is read again, in case a notice was lost.
     """
     if seconds <= 0 or is_finished(job):
         return job
-    viewer = request[USER]
     initial = job.status
+    state = request.config_dict
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    async with request.config_dict[CONTAINER].announcements.listen(job.id) as statuses:
-        job = await run_db(request.config_dict, jobs.get, job.id, viewer)
-        while not (is_finished(job) or (not until_finished and job.status != initial)):
+    async with state[CONTAINER].feeds.watching(job.id) as feed:
+        fresh = feed.refresh()
+        while True:
+            seen = feed.row_since(fresh)
+            if seen is not None:
+                if is_finished(seen) or (not until_finished and seen.status != initial):
+                    return seen
+            elif feed.finished or feed.failed:
+                break  # the feed cannot say (the job is gone, or it failed): read it below
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or not await feed.changed(remaining):
                 break
-            try:
-                status = await asyncio.wait_for(statuses.get(), remaining)
-            except TimeoutError:  # a notice may have been lost: answer with the row as it is
-                job = await run_db(request.config_dict, jobs.get, job.id, viewer)
-                break
-            if status and status not in FINISHED and (until_finished or status == initial):
-                continue  # not what the client waits for (UNKNOWN: read the row again)
-            job = await run_db(request.config_dict, jobs.get, job.id, viewer)
-    return job
+    return await run_db(state, jobs.get, job.id, request[USER])
 
 
 @routes.post(

@@ -148,7 +148,7 @@ async def test_the_documented_errors_of_the_jobs_api(embedded_stack: Stack) -> N
         ("GET", "/v1/jobs"): {"400", "401", "422"},
         ("GET", "/v1/jobs/{job_id}"): {"401", "404", "422"},
         ("POST", "/v1/jobs/{job_id}/cancel"): {"401", "404", "409", "422"},
-        ("GET", "/v1/jobs/{job_id}/events"): {"401", "404", "422"},
+        ("GET", "/v1/jobs/{job_id}/events"): {"401", "404", "422", "429"},
         ("GET", "/v1/job-types"): {"401", "422"},
     }
     for key, statuses in expected.items():
