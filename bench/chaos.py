@@ -24,7 +24,7 @@ Standard output: a `#` header with the configuration, then `<broker>_<name>: val
 per broker. Progress and diagnostics go to standard error. The exit status is 1 when a broker
 lost, wrongly failed, duplicated or finished late a job; 2 when the run itself failed.
 
-    .venv/bin/python bench/chaos.py [--broker rabbitmq|redis|both] [--duration 90] [--rate 10]
+    .venv/bin/python bench/chaos.py [--broker rabbitmq|redis|both] [--duration 90] [--rate 5]
         [--clients 4] [--bound 60] [--drain 120] [--seed 1] [--set CONVEYOR_NAME=value]
 """
 
@@ -322,7 +322,7 @@ class Platform:
         broker_restart: tuple[str, Callable[[], None]]
         if self.rabbit is not None:
             rabbit = self.rabbit
-            broker_kill = ("rabbitmq SIGKILL and boot", lambda: _kill_resume(rabbit))
+            broker_kill = ("rabbitmq SIGKILL and boot", lambda: self.kill_rabbitmq(rabbit))
             broker_restart = ("rabbitmq stop_app and start_app", rabbit.restart)
         else:
             assert self.broker_redis is not None
@@ -362,6 +362,19 @@ class Platform:
             self.procs.signal(name, signal.SIGCONT)
             self.frozen.discard(name)
 
+    def kill_rabbitmq(self, rabbit: PrivateRabbitMQ) -> None:
+        """SIGKILL the node and boot it again; a boot that fails (seen once in many: the node
+        up, its application not) is tried once more, its logs kept with the run's."""
+        rabbit.kill()
+        try:
+            rabbit.resume()
+        except RuntimeError as exc:
+            kept = self.directory / f"rabbitmq-log-{len(self.counts.faults)}"
+            shutil.copytree(rabbit.directory / "log", kept, dirs_exist_ok=True)
+            log(f"  RabbitMQ did not boot ({exc}); its log is in {kept}; booting it again")
+            rabbit.kill()
+            rabbit.resume()
+
     async def server_faults(self, until: float) -> None:
         """Apply the schedule's faults one after another, a gap apart, until `until`."""
         loop = asyncio.get_running_loop()
@@ -374,11 +387,6 @@ class Platform:
             await apply()
             self.counts.faults.append(label)
             log(f"  {label}: done in {loop.time() - t:.1f}s")
-
-
-def _kill_resume(rabbit: PrivateRabbitMQ) -> None:
-    rabbit.kill()
-    rabbit.resume()
 
 
 # --- the clients ----------------------------------------------------------------------------
@@ -396,6 +404,7 @@ class Clients:
             "Content-Type": "application/json",
         }
         self.records: list[Submission] = []
+        self.answers: Counter[str] = Counter()  # tries by HTTP status or exception
         self.seq = itertools.count(1)
         self.tag = f"{platform.broker}-{uuid.uuid4().hex[:8]}"
         self.in_flight = 0
@@ -457,20 +466,21 @@ class Clients:
             url = self.urls[(turn + sub.tries) % len(self.urls)]
             sub.tries += 1
             delay = min(0.1 * 2**sub.tries, 2.0) * random.uniform(0.5, 1.0)
+            answer = "interrupted"
             try:
                 async with session.post(f"{url}/v1/jobs", data=body, headers=headers) as r:
                     raw, status = await r.read(), r.status
                     retry_after = r.headers.get("Retry-After", "")
             except aiohttp.ClientConnectorError as exc:  # not connected: nothing was sent
                 sub.connection_errors += 1
-                sub.last_error = type(exc).__name__
+                answer = type(exc).__name__
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 sub.connection_errors += 1
-                sub.last_error = type(exc).__name__
+                answer = type(exc).__name__
                 if sub.key is None:
                     return
             else:
-                sub.last_error = str(status)
+                answer = str(status)
                 if status in (200, 202):
                     try:
                         sub.job_id = uuid.UUID(json.loads(raw)["id"])
@@ -488,6 +498,9 @@ class Clients:
                 elif status != 429:
                     sub.rejected = f"{status} {raw[:300].decode(errors='replace')}"
                     return
+            finally:
+                sub.last_error = answer
+                self.answers[answer] += 1
             if loop.time() + delay > give_up:
                 return
             await asyncio.sleep(delay)
@@ -499,14 +512,14 @@ class Clients:
 @dataclass
 class Outcome:
     broker: str
-    records: list[Submission]
+    clients: Clients
     tally: Tally
     counts: Counts
     drained: bool
     errors: Counter[str]
 
 
-async def exercise(opts: Options, platform: Platform) -> tuple[list[Submission], bool]:
+async def exercise(opts: Options, platform: Platform) -> tuple[Clients, bool]:
     """Load and faults for `opts.duration` s, then retries finished and the jobs drained."""
     loop = asyncio.get_running_loop()
     rng = random.Random(f"{opts.seed}-{platform.broker}-faults")
@@ -547,7 +560,7 @@ async def exercise(opts: Options, platform: Platform) -> tuple[list[Submission],
         await asyncio.gather(*tasks, return_exceptions=True)
         for name in list(platform.frozen):
             platform.procs.signal(name, signal.SIGCONT)
-    return clients.records, drained
+    return clients, drained
 
 
 def wait_ready(platform: Platform) -> None:
@@ -587,15 +600,15 @@ async def drain(platform: Platform, bound: float) -> bool:
         while True:
             cursor = await conn.execute(PENDING_COUNT, (sorted(PENDING),))
             row = await cursor.fetchone()
-            pending = int(row[0]) if row else 0
-            if pending == 0:
+            left = int(row[0]) if row else 0
+            if left == 0:
                 log("drained: no job waits or runs")
                 return True
             if loop.time() >= next_report:
-                log(f"  draining: {pending} jobs wait or run")
+                log(f"  draining: {left} jobs wait or run")
                 next_report = loop.time() + 5.0
             if loop.time() >= deadline:
-                log(f"drain gave up after {bound:g}s with {pending} jobs waiting or running")
+                log(f"drain gave up after {bound:g}s with {left} jobs waiting or running")
                 return False
             await asyncio.sleep(0.5)
 
@@ -644,12 +657,12 @@ def run_broker(opts: Options, broker: str, log_dir: Path) -> Outcome:
         platform = Platform(opts, broker, directory, stack)
         platform.start()
         log(f"{broker}: {opts.duration:g}s of faults at {opts.rate:g} jobs/s")
-        records, drained = asyncio.run(exercise(opts, platform))
+        clients, drained = asyncio.run(exercise(opts, platform))
         rows = read_rows(platform)
         log(f"{broker}: stopping processes and servers")
     errors = Counter(row.error_type or "?" for row in rows if row.status == "failed")
-    verdict = tally(records, rows, opts.bound)
-    return Outcome(broker, records, verdict, platform.counts, drained, errors)
+    verdict = tally(clients.records, rows, opts.bound)
+    return Outcome(broker, clients, verdict, platform.counts, drained, errors)
 
 
 # --- output and main ------------------------------------------------------------------------
@@ -669,7 +682,8 @@ def report(outcome: Outcome) -> None:
             log(f"  {b} {what}: {case}")
         if len(cases) > 5:
             log(f"  {b} {what}: … and {len(cases) - 5} more")
-    abandoned = Counter(s.last_error for s in outcome.records if s.job_id is None)
+    log(f"  {b} tries by answer: {dict(outcome.clients.answers.most_common())}")
+    abandoned = Counter(s.last_error for s in outcome.clients.records if s.job_id is None)
     if abandoned:
         log(f"  {b} unacknowledged submissions by their last error: {dict(abandoned)}")
     if outcome.errors:
@@ -741,7 +755,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--broker", choices=(*BROKERS, "both"), default="both", help="default: both, in turn"
     )
     p.add_argument("--duration", type=float, default=90.0, help="seconds of faults (default 90)")
-    p.add_argument("--rate", type=float, default=10.0, help="jobs submitted per second (10)")
+    p.add_argument("--rate", type=float, default=5.0, help="jobs submitted per second (5)")
     p.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (default 4)")
     p.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
     p.add_argument(
