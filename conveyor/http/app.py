@@ -10,6 +10,7 @@ from aiohttp import web
 from conveyor.bootstrap import Container
 from conveyor.broker import outage_of
 from conveyor.http import admin, api, system
+from conveyor.http.api.stream import end_streams
 from conveyor.http.broker_metrics import register_broker_metrics
 from conveyor.http.keys import (
     CONTAINER,
@@ -18,6 +19,7 @@ from conveyor.http.keys import (
     PROBE_EXECUTOR,
     READINESS,
     ROUTE_TABLES,
+    STREAMS,
     TOKENS,
     USER_CACHE,
 )
@@ -50,6 +52,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
     app[USER_CACHE] = UserCache()
     app[READINESS] = {}
+    app[STREAMS] = set()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[PROBE_EXECUTOR] = ThreadPoolExecutor(3, thread_name_prefix="conveyor-probe")
@@ -61,6 +64,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
         app[PROBE_EXECUTOR].shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(resources)
+    app.on_shutdown.append(end_streams)
     # Every answer of the three apps: root's signal runs for sub-apps' responses too.
     app.on_response_prepare.append(secure_headers)
     system.routes.install(app, authenticate=None)

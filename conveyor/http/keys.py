@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -26,5 +27,8 @@ USER_CACHE = web.AppKey("user_cache", UserCache)
 READINESS: web.AppKey[dict[str, str]] = web.AppKey("readiness")
 #: The route table of each app by its mount prefix ("" for the root app).
 ROUTE_TABLES: web.AppKey[dict[str, RouteTable]] = web.AppKey("route_tables")
+
+#: The tasks of the open event streams, ended when the web process stops.
+STREAMS: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("streams")
 
 USER = web.RequestKey("user", User)

@@ -6,6 +6,7 @@ however many streams send it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 
@@ -23,7 +24,7 @@ from conveyor.feeds import (
     retry_delay,
 )
 from conveyor.http.api.params import JOB_ID, bounded_int, is_finished, job_id_of, routes
-from conveyor.http.keys import CONTAINER, USER
+from conveyor.http.keys import CONTAINER, STREAMS, USER
 from conveyor.http.routes import EVENT_STREAM, Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.services import jobs
@@ -82,6 +83,10 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         )
         await response.prepare(request)
         # Started: nothing may answer with an error any more, so the stream ends here.
+        task = asyncio.current_task()
+        assert task is not None
+        streams = state[STREAMS]
+        streams.add(task)
         try:
             if is_finished(job):  # its history is all there is: no need to follow it
                 await _send(response, feeds, job.id, cursor, None)
@@ -91,9 +96,28 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             await response.write_eof()
         except (ConnectionResetError, ClientConnectionResetError):
             pass  # the client went away
+        except asyncio.CancelledError:
+            if task not in streams:  # the web process stops (see end_streams)
+                task.uncancel()
+                with contextlib.suppress(ConnectionResetError, ClientConnectionResetError):
+                    await response.write_eof()
+                return response
+            raise
         except Exception:  # a reconnecting client resumes after the last event it received
             logger.exception("the event stream of job %s failed", job.id)
+        finally:
+            streams.discard(task)
     return response
+
+
+async def end_streams(app: web.Application) -> None:
+    """End every open event stream, at once, when the web process stops (aiohttp would
+    otherwise wait for them); a reconnecting client resumes after its last event, on another
+    web process or this one once it is back."""
+    streams = app[STREAMS]
+    for task in list(streams):
+        streams.discard(task)
+        task.cancel()
 
 
 async def _send(

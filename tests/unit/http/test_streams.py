@@ -294,3 +294,25 @@ async def test_closed_streams_leave_nothing_behind(web: Web, running_job: Job) -
     await asyncio.to_thread(wait_until, released, 10)
     gc.collect()
     assert feed() is None
+
+
+# --- stopping ---------------------------------------------------------------------------------
+
+
+async def test_a_stopping_web_process_ends_its_open_streams_at_once(
+    web: Web, running_job: Job
+) -> None:
+    streams = [await web.open_stream(running_job) for _ in range(3)]
+    for stream in streams:
+        assert await stream.statuses_until("running") == ["queued", "running"]
+
+    # What aiohttp's runner does first when the process stops: the app's on_shutdown signal.
+    await asyncio.wait_for(web.client.app.shutdown(), 2)
+    for stream in streams:
+        assert await asyncio.wait_for(stream.next(), 2) is None  # ended, not cut by a timeout
+    wait_until(
+        lambda: (
+            not web.container.feeds and web.container.feeds.open_streams(running_job.owner_id) == 0
+        ),
+        timeout=5,
+    )
