@@ -61,13 +61,15 @@ def build_broker(
     if scheme in ("redis", "rediss", "unix"):
         from conveyor.redisbroker import RedisBroker
 
-        return RedisBroker(
+        redis_broker = RedisBroker(
             url=url,
             namespace=namespace,
             middleware=middleware,
             heartbeat_timeout=redis_heartbeat_timeout,
             maintenance_interval=redis_maintenance_interval,
         )
+        redis_broker.outage = outage_of(redis_broker)  # its consumers report to it
+        return redis_broker
     if scheme == "stub":
         return StubBroker(middleware=middleware)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}; use amqp://, redis:// or stub://")

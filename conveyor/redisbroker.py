@@ -36,6 +36,8 @@ from dramatiq.brokers.redis import _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware
 
+from conveyor.logs import Outage
+
 logger = logging.getLogger(__name__)
 
 #: Put back, first in line, the messages of an ack set that its process does not hold (ARGV).
@@ -86,6 +88,8 @@ class RedisBroker(DramatiqRedisBroker):
         self._lock = threading.Lock()
         self._held: defaultdict[str, set[str]] = defaultdict(set)
         self._quiet_until = 0.0
+        #: The process's broker `Outage`, which the consumers report to (set by build_broker).
+        self.outage: Outage | None = None
 
     @property
     def consumer_class(self) -> type[_Consumer]:
@@ -102,8 +106,10 @@ class RedisBroker(DramatiqRedisBroker):
         from `queue_name`, and drop its expired dead letters (Dramatiq's maintenance)."""
         self._dispatch("maintain")(queue_name)  # type: ignore[no-untyped-call]
 
-    def connection_lost(self) -> None:
+    def connection_lost(self, exc: BaseException) -> None:
         self._quiet_until = time.monotonic() + self.heartbeat_timeout / 1000
+        if self.outage is not None:
+            self.outage.failed(exc)
 
     def reclaim(self, queue_name: str) -> int:
         """Put back the messages of this process's ack set of `queue_name` that it does not
@@ -165,11 +171,13 @@ class _Consumer(_RedisConsumer):
                 self.next_maintenance = now + broker.maintenance_interval
             message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
         except redis.ConnectionError as exc:
-            broker.connection_lost()
+            broker.connection_lost(exc)
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
-        except ConnectionClosed:
-            broker.connection_lost()
+        except ConnectionClosed as exc:
+            broker.connection_lost(exc)
             raise
+        if broker.outage is not None:
+            broker.outage.succeeded()
         if message is not None:
             broker.hold(self.queue_name, message)
         return message

@@ -3,9 +3,11 @@ and of a live worker's consumer that lost its connection, go back to their queue
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import dramatiq
 import pytest
@@ -13,9 +15,9 @@ import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.errors import BrokerConnectionError
 
-from conveyor.broker import build_broker
+from conveyor.broker import build_broker, close_broker, outage_of
 from tests.conftest import REDIS_URL
-from tests.servers import free_port
+from tests.servers import PrivateRedis, free_port
 from tests.stack import wait_until
 
 pytestmark = pytest.mark.integration
@@ -175,7 +177,7 @@ def test_after_losing_its_connection_a_worker_waits_a_heartbeat_timeout_before_m
     other.client.zadd(heartbeats, {other.broker_id: 1})  # type: ignore[attr-defined]
 
     back = make_broker(namespace, heartbeat_timeout=1.0)
-    back.connection_lost()  # type: ignore[attr-defined]  (its consumer saw the outage too)
+    back.connection_lost(ConnectionError("lost"))  # type: ignore[attr-defined]  (its consumer saw the outage too)
     consumer = back.consume(QUEUE, prefetch=4, timeout=100)
     nothing_more(consumer, during=0.7)  # the other worker has time to send a heartbeat
     # It did not (it is dead after all): its message goes back once the wait is over.
@@ -194,3 +196,27 @@ def test_a_put_back_that_cannot_reach_redis_raises_the_error_dramatiq_expects() 
     held = MessageProxy(message(1).copy(options={"redis_message_id": "m-1"}))
     with pytest.raises(BrokerConnectionError):
         consumer.requeue([held])
+
+
+def test_a_consumer_reports_an_outage_once_when_it_starts_and_once_when_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with PrivateRedis(tmp_path / "redis") as server:
+        broker = build_broker(server.url, namespace="outage")
+        outage = outage_of(broker)
+        consumer = broker.consume(QUEUE, prefetch=1, timeout=100)
+        next(consumer)
+        server.stop()
+        with caplog.at_level(logging.INFO, logger="conveyor.broker"):
+            for _ in range(3):  # Dramatiq's consumer thread restarts it after each error
+                with pytest.raises(BrokerConnectionError):
+                    next(broker.consume(QUEUE, prefetch=1, timeout=100))
+            assert outage.down
+            server.start()
+            next(broker.consume(QUEUE, prefetch=1, timeout=100))
+        assert not outage.down
+        said = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+        assert said[0] == ("WARNING", "broker unreachable"), said
+        assert [level for level, _ in said] == ["WARNING", "INFO"], said
+        assert said[1][1].startswith("broker reachable again"), said
+        close_broker(broker)
