@@ -60,6 +60,14 @@ def _run(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: flo
     return done.stdout
 
 
+def _read_pid(path: Path) -> int | None:
+    """The pid on the first line of `path` (a server's pid file), if it is there."""
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -146,11 +154,7 @@ class PrivatePostgres:
 
     @property
     def pid(self) -> int | None:
-        pidfile = self.data / "postmaster.pid"
-        try:
-            return int(pidfile.read_text().split()[0])
-        except (FileNotFoundError, IndexError, ValueError):
-            return None
+        return _read_pid(self.data / "postmaster.pid")
 
     def kill(self) -> None:
         """SIGKILL the postmaster, as a crash would (its backends end with it)."""
@@ -202,10 +206,7 @@ class PrivateRedis:
 
     @property
     def pid(self) -> int | None:
-        try:
-            return int(self.pidfile.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        return _read_pid(self.pidfile)
 
     def stop(self) -> None:
         """A graceful shutdown (the append-only file keeps every write)."""
@@ -313,10 +314,7 @@ class PrivateRabbitMQ:
 
     @property
     def pid(self) -> int | None:
-        try:
-            return int((self.directory / "rabbitmq.pid").read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        return _read_pid(self.directory / "rabbitmq.pid")
 
     def kill(self) -> None:
         """SIGKILL the node, as a crash would."""
