@@ -20,6 +20,9 @@ A process that exits by itself is started again, as a supervisor would. When the
 the faults stop, the clients finish their retries, and the run waits (bounded) until no job is
 waiting or running. Then every row is checked (bench/chaos_tally.py).
 
+The platform and its faults are in bench/chaos_platform.py, the clients in
+bench/chaos_clients.py, the verdict in bench/chaos_tally.py.
+
 Standard output: a `#` header with the configuration, then `<broker>_<name>: value unit` lines
 per broker. Progress and diagnostics go to standard error. The exit status is 1 when a broker
 lost, wrongly failed, duplicated or finished late a job; 2 when the run itself failed.
@@ -34,74 +37,47 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import itertools
-import json
-import os
 import random
-import secrets
 import shutil
 import signal
 import sys
 import tempfile
-import time
 import traceback
-import urllib.request
-import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/chaos.py`
     sys.path.insert(0, str(ROOT))
 
-from bench.chaos_tally import PENDING, JobRow, Submission, Tally, tally  # noqa: E402
+from bench.chaos_clients import (  # noqa: E402
+    DELAY_SECONDS,
+    ECHO,
+    KEYED,
+    RETRY_FOR,
+    SLEEP,
+    SLEEP_SECONDS,
+    SLEEP_STEPS,
+    Clients,
+)
+from bench.chaos_platform import FAST, START_TIMEOUT, WEBS, WORKERS, Counts, Platform  # noqa: E402
+from bench.chaos_tally import PENDING, JobRow, Tally, tally  # noqa: E402
 from bench.harness import (  # noqa: E402
     BenchError,
-    Processes,
-    cleanup,
-    executable,
     fmt,
-    free_port,
     interrupt_on_sigterm,
     log,
     percentile,
-    run_cli,
     source_version,
     wait_for,
 )
-from tests.servers import PrivatePostgres, PrivateRabbitMQ, PrivateRedis  # noqa: E402
 
 BROKERS = ("rabbitmq", "redis")
-WEBS, WORKERS = 2, 2
-#: Short leases and sweeps, as the e2e tests use (tests/e2e/processes.py: FAST).
-FAST = {
-    "CONVEYOR_LEASE_SECONDS": "2",
-    "CONVEYOR_SWEEP_INTERVAL_SECONDS": "0.2",
-    "CONVEYOR_PUBLISH_GRACE_SECONDS": "0.5",
-    "CONVEYOR_DB_POOL_SIZE": "5",
-    "CONVEYOR_LOG_LEVEL": "INFO",
-    # A worker is killed every ~2 s: a job may lose 3 in a row by sheer bad luck, and the
-    # default (2) would then fail it as a job that kills its workers. Only a defect fails a
-    # system job now (a loss counted twice, say).
-    "CONVEYOR_MAX_WORKER_LOSSES": "10",
-}
-#: The job mix: shares of echo, short sleep and delayed echo; the share with a key.
-ECHO, SLEEP = 0.5, 0.4  # the rest: echo with delay_seconds
-KEYED = 0.5
-SLEEP_SECONDS, SLEEP_STEPS, DELAY_SECONDS = (0.1, 0.5), (2, 10), (1.0, 5.0)
-#: How long a keyed submission is retried before its client gives up on it.
-RETRY_FOR = 60.0
-FREEZE_MARGIN = 3.0  # a frozen worker stays frozen for its lease plus this
-START_TIMEOUT = 60.0
-READY_LINE = "Worker process is ready for action"
 PENDING_COUNT = "SELECT count(*) FROM jobs WHERE status = ANY(%s)"
 
 
@@ -120,390 +96,6 @@ class Options:
     seed: int
     settings: dict[str, str]
     keep_logs: bool
-
-
-# --- the platform: private servers and supervised processes ---------------------------------
-
-
-@dataclass
-class Counts:
-    """What the fault schedule did (and what happened on its own)."""
-
-    faults: list[str] = field(default_factory=list)
-    worker_kills: int = 0
-    web_kills: int = 0
-    exits: int = 0  # processes that exited by themselves (started again)
-
-
-class Platform:
-    """One broker's run: its servers, two web processes and two workers, kept running."""
-
-    def __init__(self, opts: Options, broker: str, directory: Path, stack: contextlib.ExitStack):
-        self.opts = opts
-        self.broker = broker
-        self.directory = directory
-        self.procs = Processes(directory)
-        self.pg = PrivatePostgres()
-        self.events = PrivateRedis(directory / "redis-events")
-        self.rabbit = PrivateRabbitMQ() if broker == "rabbitmq" else None
-        self.broker_redis = PrivateRedis(directory / "redis-broker") if broker == "redis" else None
-        stack.callback(cleanup("PostgreSQL", self.pg.close))
-        stack.callback(cleanup("the announcements Redis", self.events.close))
-        if self.rabbit is not None:
-            stack.callback(cleanup("RabbitMQ", self.rabbit.close))
-        if self.broker_redis is not None:
-            stack.callback(cleanup("the broker Redis", self.broker_redis.close))
-        stack.callback(self.procs.stop_all)  # before the servers go
-        self.ports = [free_port() for _ in range(WEBS)]
-        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
-        self.argv: dict[str, list[str]] = {}
-        for i, port in enumerate(self.ports, 1):
-            web = executable("conveyor", "conveyor.cli")
-            self.argv[f"web-{i}"] = [*web, "web", "--host", "127.0.0.1", "--port", str(port)]
-        for i in range(1, WORKERS + 1):
-            self.argv[f"worker-{i}"] = [
-                *executable("dramatiq", "dramatiq"),
-                "conveyor.workers.system",
-                "--processes",
-                "1",
-                "--threads",
-                str(opts.threads),
-            ]
-        self.env: dict[str, str] = {}
-        self.token = ""
-        self.counts = Counts()
-        self.frozen: set[str] = set()
-        self.started_at: dict[str, float] = {}
-        self.locks = {name: asyncio.Lock() for name in self.argv}
-        self.exit_reports = 0
-
-    @property
-    def lease(self) -> float:
-        return float(self.env["CONVEYOR_LEASE_SECONDS"])
-
-    def start(self) -> None:
-        """Servers, schema, member and token, then every process, once ready."""
-        t = time.monotonic()
-        with ThreadPoolExecutor(1) as pool:  # RabbitMQ boots for 10-25 s: meanwhile the rest
-            booting = pool.submit(self.rabbit.start) if self.rabbit is not None else None
-            self.pg.start()
-            self.events.start()
-            if self.broker_redis is not None:
-                self.broker_redis.start()
-            if booting is not None:
-                booting.result()
-        if self.rabbit is not None:
-            broker_url, broker_port = self.rabbit.url(), self.rabbit.port
-        else:
-            assert self.broker_redis is not None
-            broker_url, broker_port = self.broker_redis.url, self.broker_redis.port
-        log(
-            f"{self.broker}: servers up in {time.monotonic() - t:.1f}s: PostgreSQL on port "
-            f"{self.pg.port} (database conveyor), {self.broker} on {broker_port}, "
-            f"announcements Redis on {self.events.port}"
-        )
-        database_url = self.pg.url("conveyor")
-        # The private server runs with synchronous_commit=off (fast tests); an immediate
-        # restart would then drop commits that clients were told about. Not in this run.
-        with psycopg.connect(self.pg.dsn(), autocommit=True) as conn:
-            conn.execute("ALTER DATABASE conveyor SET synchronous_commit = on")
-        settings = {
-            **FAST,
-            "CONVEYOR_SECRET_KEY": secrets.token_urlsafe(48),
-            "CONVEYOR_DATABASE_URL": database_url,
-            "CONVEYOR_BROKER_URL": broker_url,
-            "CONVEYOR_BROKER_NAMESPACE": "conveyor-chaos",
-            "CONVEYOR_REDIS_URL": self.events.url,
-            "CONVEYOR_REDIS_PREFIX": "conveyor-chaos",
-            **self.opts.settings,
-        }
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        self.env.update(settings, PYTHONUNBUFFERED="1")
-        cli = executable("conveyor", "conveyor.cli")
-        run_cli([*cli, "db", "upgrade"], self.env, self.directory)
-        run_cli([*cli, "users", "create", "chaos@example.com"], self.env, self.directory)
-        issued = run_cli([*cli, "tokens", "issue", "chaos@example.com"], self.env, self.directory)
-        self.token = issued.strip()
-        for name in self.argv:
-            self.launch(name, quiet=False)
-        for name in self.argv:
-            wait_for(
-                f"{name} to be ready",
-                partial(self.ready_now, name),
-                START_TIMEOUT,
-                alive=partial(self.procs.check, name),
-            )
-
-    def launch(self, name: str, *, quiet: bool = True) -> None:
-        self.procs.start(name, self.argv[name], self.env, self.directory, quiet=quiet)
-        self.started_at[name] = time.monotonic()
-
-    def ready_now(self, name: str) -> bool:
-        """Whether the process serves: a web process answers /healthz, a worker said so."""
-        started = self.procs.running.get(name)
-        if started is None or started.proc.poll() is not None:
-            return False
-        if name.startswith("worker"):
-            return READY_LINE in started.output()
-        url = self.urls[int(name.rsplit("-", 1)[1]) - 1]
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-            return bool(response.status == 200)
-
-    async def restart(self, name: str) -> None:
-        """SIGKILL the process's group (if alive) and start it again."""
-        async with self.locks[name]:
-            self.frozen.discard(name)
-            await asyncio.to_thread(self.procs.kill, name)
-            self.launch(name)
-
-    async def supervise(self, stop: asyncio.Event) -> None:
-        """Start again whatever exited by itself (a supervisor's job), at most once a second."""
-        while not stop.is_set():
-            for name in self.argv:
-                started = self.procs.running.get(name)
-                if self.locks[name].locked() or started is None:
-                    continue
-                code = started.proc.poll()
-                if code is None or time.monotonic() - self.started_at[name] < 1.0:
-                    continue
-                self.counts.exits += 1
-                self.exit_reports += 1
-                if self.exit_reports <= 5:
-                    log(
-                        f"{name} exited by itself (code {code}); starting it again. Its last lines:"
-                    )
-                    print(self.procs.tail(name, 8), file=sys.stderr)
-                await self.restart(name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.25)
-
-    def victims(self, prefix: str) -> list[str]:
-        """Processes of that kind that are up and ready, not frozen, oldest first."""
-        names = [
-            name
-            for name in self.argv
-            if name.startswith(prefix) and name not in self.frozen and not self.locks[name].locked()
-        ]
-        ready = []
-        for name in names:
-            with contextlib.suppress(Exception):
-                if name.startswith("worker") and self.ready_now(name):
-                    ready.append(name)
-                elif name.startswith("web"):
-                    started = self.procs.running.get(name)
-                    if started is not None and started.proc.poll() is None:
-                        ready.append(name)
-        return sorted(ready, key=lambda name: self.started_at[name])
-
-    # --- faults ---
-
-    async def kill_every(
-        self, prefix: str, period: float, until: float, rng: random.Random
-    ) -> None:
-        """SIGKILL the longest-running ready process of a kind every ~`period` s; restart it."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(min(period * rng.uniform(0.75, 1.25), until - loop.time()))
-            if loop.time() >= until:
-                return
-            victims = self.victims(prefix)
-            if not victims:
-                continue
-            await self.restart(victims[0])
-            if prefix == "worker":
-                self.counts.worker_kills += 1
-            else:
-                self.counts.web_kills += 1
-
-    def schedule(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-        """The server faults and the freeze, in the order they are applied (then again)."""
-        pg, events = self.pg, self.events
-        broker_kill: tuple[str, Callable[[], None]]
-        broker_restart: tuple[str, Callable[[], None]]
-        if self.rabbit is not None:
-            rabbit = self.rabbit
-            broker_kill = ("rabbitmq SIGKILL and boot", lambda: self.kill_rabbitmq(rabbit))
-            broker_restart = ("rabbitmq stop_app and start_app", rabbit.restart)
-        else:
-            assert self.broker_redis is not None
-            broker = self.broker_redis
-            broker_kill = ("broker redis SIGKILL and start", lambda: broker.restart(hard=True))
-            broker_restart = ("broker redis restart", lambda: broker.restart(hard=False))
-
-        def blocking(
-            label: str, fn: Callable[[], None]
-        ) -> tuple[str, Callable[[], Awaitable[None]]]:
-            return label, lambda: asyncio.to_thread(fn)
-
-        return [
-            blocking("postgres restart -m fast", lambda: pg.restart("fast")),
-            blocking(*broker_kill),
-            blocking("events redis restart", lambda: events.restart(hard=False)),
-            ("worker frozen past its lease", self.freeze),
-            blocking("postgres restart -m immediate", lambda: pg.restart("immediate")),
-            blocking(*broker_restart),
-            blocking("events redis SIGKILL and start", lambda: events.restart(hard=True)),
-        ]
-
-    async def freeze(self) -> None:
-        """SIGSTOP a ready worker for its lease plus a margin, then SIGCONT it."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (victims := self.victims("worker")):  # both may be starting after kills
-            if time.monotonic() > deadline:
-                log("  no worker was ready to be frozen")
-                return
-            await asyncio.sleep(0.1)
-        name = victims[-1]
-        self.frozen.add(name)
-        try:
-            self.procs.signal(name, signal.SIGSTOP)
-            await asyncio.sleep(self.lease + FREEZE_MARGIN)
-        finally:
-            self.procs.signal(name, signal.SIGCONT)
-            self.frozen.discard(name)
-
-    def kill_rabbitmq(self, rabbit: PrivateRabbitMQ) -> None:
-        """SIGKILL the node and boot it again; a boot that fails (seen once in many: the node
-        up, its application not) is tried once more, its logs kept with the run's."""
-        rabbit.kill()
-        try:
-            rabbit.resume()
-        except RuntimeError as exc:
-            kept = self.directory / f"rabbitmq-log-{len(self.counts.faults)}"
-            shutil.copytree(rabbit.directory / "log", kept, dirs_exist_ok=True)
-            log(f"  RabbitMQ did not boot ({exc}); its log is in {kept}; booting it again")
-            rabbit.kill()
-            rabbit.resume()
-
-    async def server_faults(self, until: float) -> None:
-        """Apply the schedule's faults one after another, a gap apart, until `until`."""
-        loop = asyncio.get_running_loop()
-        for label, apply in itertools.cycle(self.schedule()):
-            await asyncio.sleep(max(min(self.opts.fault_gap, until - loop.time()), 0))
-            if loop.time() >= until:
-                return
-            t = loop.time()
-            log(f"fault: {label}")
-            await apply()
-            self.counts.faults.append(label)
-            log(f"  {label}: done in {loop.time() - t:.1f}s")
-
-
-# --- the clients ----------------------------------------------------------------------------
-
-
-class Clients:
-    """`opts.clients` HTTP clients submitting at `opts.rate` jobs/s in all, over the web
-    processes in turn; every submission is recorded before its first try."""
-
-    def __init__(self, opts: Options, platform: Platform) -> None:
-        self.opts = opts
-        self.urls = platform.urls
-        self.headers = {
-            "Authorization": f"Bearer {platform.token}",
-            "Content-Type": "application/json",
-        }
-        self.records: list[Submission] = []
-        self.answers: Counter[str] = Counter()  # tries by HTTP status or exception
-        self.seq = itertools.count(1)
-        self.tag = f"{platform.broker}-{uuid.uuid4().hex[:8]}"
-        self.in_flight = 0
-
-    def new(self, rng: random.Random) -> tuple[Submission, bytes]:
-        seq = next(self.seq)
-        key = f"chaos-{self.tag}-{seq}" if rng.random() < KEYED else None
-        draw = rng.random()
-        document: dict[str, Any]
-        if draw < ECHO:
-            document = {"type": "system.echo", "payload": {"chaos": self.tag, "seq": seq}}
-        elif draw < ECHO + SLEEP:
-            seconds = round(rng.uniform(*SLEEP_SECONDS), 2)
-            payload = {"seconds": seconds, "steps": rng.randint(*SLEEP_STEPS)}
-            document = {"type": "system.sleep", "payload": payload}
-        else:
-            document = {
-                "type": "system.echo",
-                "payload": {"chaos": self.tag, "seq": seq},
-                "delay_seconds": round(rng.uniform(*DELAY_SECONDS), 2),
-            }
-        sub = Submission(seq=seq, job_type=document["type"], key=key)
-        self.records.append(sub)
-        return sub, json.dumps(document).encode()
-
-    async def client(self, index: int, until: float) -> None:
-        """Submit at this client's share of the rate until `until` (no burst after a stall)."""
-        loop = asyncio.get_running_loop()
-        rng = random.Random(f"{self.opts.seed}-{index}")  # the same mix on each broker
-        interval = self.opts.clients / self.opts.rate
-        next_at = loop.time() + rng.uniform(0, interval)
-        timeout = aiohttp.ClientTimeout(total=20, sock_connect=2)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            for turn in itertools.count(index):
-                await asyncio.sleep(max(next_at - loop.time(), 0))
-                if loop.time() >= until:
-                    return
-                next_at = max(next_at + interval, loop.time() - interval)
-                sub, body = self.new(rng)
-                self.in_flight += 1
-                try:
-                    await self.submit(session, sub, body, turn)
-                finally:
-                    self.in_flight -= 1
-
-    async def submit(
-        self, session: aiohttp.ClientSession, sub: Submission, body: bytes, turn: int
-    ) -> None:
-        """POST until a 202; a keyed submission is tried again (on the other web process)
-        after no answer, a 5xx or a 409, for up to RETRY_FOR s. Without a key, only a try
-        that could not connect (or got a 429) is repeated: a try that got no answer may have
-        created the job, and so may one that got a 5xx."""
-        loop = asyncio.get_running_loop()
-        headers = dict(self.headers)
-        if sub.key is not None:
-            headers["Idempotency-Key"] = sub.key
-        give_up = loop.time() + RETRY_FOR
-        while True:
-            url = self.urls[(turn + sub.tries) % len(self.urls)]
-            sub.tries += 1
-            delay = min(0.1 * 2**sub.tries, 2.0) * random.uniform(0.5, 1.0)
-            answer = "interrupted"
-            try:
-                async with session.post(f"{url}/v1/jobs", data=body, headers=headers) as r:
-                    raw, status = await r.read(), r.status
-                    retry_after = r.headers.get("Retry-After", "")
-            except aiohttp.ClientConnectorError as exc:  # not connected: nothing was sent
-                sub.connection_errors += 1
-                answer = type(exc).__name__
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                sub.connection_errors += 1
-                answer = type(exc).__name__
-                if sub.key is None:
-                    return
-            else:
-                answer = str(status)
-                if status in (200, 202):
-                    try:
-                        sub.job_id = uuid.UUID(json.loads(raw)["id"])
-                    except (ValueError, KeyError, TypeError):
-                        sub.rejected = f"{status} without a job id: {raw[:200]!r}"
-                    return
-                if status == 409 and sub.key is not None:
-                    sub.conflicts += 1
-                elif status >= 500:
-                    sub.server_errors += 1
-                    if sub.key is None:
-                        return
-                    with contextlib.suppress(ValueError):
-                        delay = min(float(retry_after), 5.0)
-                elif status != 429:
-                    sub.rejected = f"{status} {raw[:300].decode(errors='replace')}"
-                    return
-            finally:
-                sub.last_error = answer
-                self.answers[answer] += 1
-            if loop.time() + delay > give_up:
-                return
-            await asyncio.sleep(delay)
 
 
 # --- one broker's run -----------------------------------------------------------------------
@@ -526,7 +118,7 @@ async def exercise(opts: Options, platform: Platform) -> tuple[Clients, bool]:
     start = loop.time()
     until = start + opts.duration
     stop = asyncio.Event()
-    clients = Clients(opts, platform)
+    clients = Clients(platform, clients=opts.clients, rate=opts.rate, seed=opts.seed)
     supervisor = asyncio.create_task(platform.supervise(stop))
     faults = [
         asyncio.create_task(platform.kill_every("worker", opts.worker_kill_every, until, rng)),
@@ -654,7 +246,14 @@ def run_broker(opts: Options, broker: str, log_dir: Path) -> Outcome:
     directory.mkdir()
     log(f"{broker}: starting private servers and processes (logs in {directory})")
     with contextlib.ExitStack() as stack:
-        platform = Platform(opts, broker, directory, stack)
+        platform = Platform(
+            broker,
+            directory,
+            stack,
+            threads=opts.threads,
+            settings=opts.settings,
+            fault_gap=opts.fault_gap,
+        )
         platform.start()
         log(f"{broker}: {opts.duration:g}s of faults at {opts.rate:g} jobs/s")
         clients, drained = asyncio.run(exercise(opts, platform))
