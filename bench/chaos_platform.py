@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import psycopg
-
 from bench.harness import (
     Processes,
     cleanup,
@@ -141,10 +139,6 @@ class Platform:
             f"announcements Redis on {self.events.port}"
         )
         database_url = self.pg.url("conveyor")
-        # The private server runs with synchronous_commit=off (fast tests); an immediate
-        # restart would then drop commits that clients were told about. Not in this run.
-        with psycopg.connect(self.pg.dsn(), autocommit=True) as conn:
-            conn.execute("ALTER DATABASE conveyor SET synchronous_commit = on")
         settings = {
             **FAST,
             "CONVEYOR_SECRET_KEY": secrets.token_urlsafe(48),

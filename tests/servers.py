@@ -114,9 +114,12 @@ class PrivatePostgres:
         return self
 
     def _options(self) -> str:
+        # fsync off: what a test's server wrote survives its processes' crash (the kernel
+        # keeps it), not the machine's, which no test simulates. Commits stay synchronous,
+        # or an immediate restart would lose transactions already answered.
         return (
             f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c fsync=off -c full_page_writes=off "
             "-c max_connections=200"
         )
 
