@@ -146,7 +146,13 @@ class Platform:
         self.pg = PrivatePostgres()
         self.events = PrivateRedis(directory / "redis-events")
         self.rabbit = PrivateRabbitMQ() if broker == "rabbitmq" else None
-        self.broker_redis = PrivateRedis(directory / "redis-broker") if broker == "redis" else None
+        # The broker's Redis fsyncs its append-only file every second, as in production
+        # (docker-compose): a SIGKILL may lose the last second of messages.
+        self.broker_redis = (
+            PrivateRedis(directory / "redis-broker", appendfsync="everysec")
+            if broker == "redis"
+            else None
+        )
         stack.callback(cleanup("PostgreSQL", self.pg.close))
         stack.callback(cleanup("the announcements Redis", self.events.close))
         if self.rabbit is not None:
