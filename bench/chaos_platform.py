@@ -82,7 +82,11 @@ class Platform:
         self.pg = PrivatePostgres()
         self.events = PrivateRedis(directory / "redis-events")
         self.rabbit = PrivateRabbitMQ() if broker == "rabbitmq" else None
-        self.broker_redis = PrivateRedis(directory / "redis-broker") if broker == "redis" else None
+        self.broker_redis = (
+            PrivateRedis(directory / "redis-broker", appendfsync="everysec")
+            if broker == "redis"
+            else None
+        )
         stack.callback(cleanup("PostgreSQL", self.pg.close))
         stack.callback(cleanup("the announcements Redis", self.events.close))
         if self.rabbit is not None:

@@ -8,9 +8,9 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import dramatiq
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BLOCKED_TIMEOUT_SECONDS = 30
 #: Confirmed ids kept for `take_confirmed`; past that, the sweeper publishes them again.
@@ -194,6 +196,10 @@ class BrokerEnqueuer:
         self._paused_until = 0.0
         self._confirmed: list[uuid.UUID] = []
         self._closed = False
+        from conveyor.redisbroker import RedisBroker
+
+        # Only a Redis broker can lose the messages it confirmed: RabbitMQ keeps persistent ones.
+        self._redis = broker if isinstance(broker, RedisBroker) else None
 
     def publish(self, messages: Sequence[JobMessage]) -> None:
         """Publish and wait for the confirmations; BrokerUnavailableError when the broker
@@ -254,6 +260,37 @@ class BrokerEnqueuer:
             return None
         self.outage.succeeded()
         return count
+
+    def broker_restarted(self) -> str | None:
+        if self._redis is None:
+            return None
+        return self._ask(self._redis.restarted)
+
+    def held_jobs(self, queue: str) -> set[uuid.UUID]:
+        if self._redis is None:
+            return set()
+        ids = set()
+        for job_id in self._ask(functools.partial(self._redis.held_job_ids, queue)):
+            try:
+                ids.add(uuid.UUID(job_id))
+            except ValueError:
+                continue  # not a job's message
+        return ids
+
+    def restart_handled(self, token: str) -> None:
+        if self._redis is not None:
+            self._ask(functools.partial(self._redis.checked, token))
+
+    def _ask(self, call: Callable[[], T]) -> T:
+        """`call()`, reporting an unreachable broker to the `Outage` as a
+        BrokerUnavailableError."""
+        try:
+            answer = call()
+        except unreachable_errors() as exc:
+            self.outage.failed(exc)
+            raise BrokerUnavailableError(f"the broker did not answer: {exc!r}") from exc
+        self.outage.succeeded()
+        return answer
 
     def take_confirmed(self) -> list[uuid.UUID]:
         """Job ids confirmed since the last call (`outbox.flush_confirmed` marks them

@@ -16,6 +16,11 @@ against a short `heartbeat_timeout`, and never by chance; and a consumer that st
 first puts back the messages of its process's ack set that the process does not hold. A
 message put back that was in fact handled is a duplicate, which the job's guarded claim skips.
 
+The broker also tells whether Redis may have lost messages it had confirmed (it restarted, so
+its `run_id` changed, or it was emptied) and which jobs' messages it holds, so that the web
+process's sweeper can publish again the waiting jobs whose message is gone
+(`conveyor.services.outbox.republish_lost`).
+
 This builds on Dramatiq 2's Redis internals (its consumer class, its dispatch script's
 maintenance flag and key names), hence the `<3` pin; tests/integration/test_redis_broker.py
 fails if they change.
@@ -33,7 +38,9 @@ import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker as DramatiqRedisBroker
 from dramatiq.brokers.redis import _RedisConsumer
-from dramatiq.errors import ConnectionClosed
+from dramatiq.common import dq_name
+from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.message import Message
 from dramatiq.middleware import Middleware
 
 from conveyor.logs import Outage
@@ -122,6 +129,46 @@ class RedisBroker(DramatiqRedisBroker):
             f"{self.namespace}:{queue_name}.msgs",
         ]
         return int(self._reclaim(keys=keys, args=held))
+
+    @property
+    def checked_key(self) -> str:
+        """Holds the `run_id` of the Redis whose messages the job rows were last checked
+        against; a restart changes the run id, and a flush takes the key with it."""
+        return f"{self.namespace}:__checked__"
+
+    def restarted(self) -> str | None:
+        """This Redis's run id, if it may have lost messages since `checked` was last given
+        it (it restarted or was emptied); None otherwise. One round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.info("server")
+            pipe.get(self.checked_key)
+            info, checked = pipe.execute()
+        run_id = str(info["run_id"])
+        return None if checked == run_id.encode() else run_id
+
+    def checked(self, run_id: str) -> None:
+        """Note that the job rows were checked against this Redis (run `run_id`). Written
+        after the check, so a web process that dies during it leaves the check to the next;
+        if Redis restarted meanwhile, its new run id differs and it is checked again."""
+        self.client.set(self.checked_key, run_id)
+
+    def held_job_ids(self, queue_name: str) -> set[str]:
+        """The first argument (a job id) of each message Redis holds for `queue_name`:
+        delayed, waiting, or fetched and not yet acknowledged. Read in pages (HSCAN), so
+        Redis is never blocked for long, at the cost of a consistent view."""
+        ids: set[str] = set()
+        # The delay queue first: a due message moves from it to the queue, where it is
+        # found next; read in the other order, it could slip between the two reads.
+        for name in (dq_name(queue_name), queue_name):
+            key = f"{self.namespace}:{name}.msgs"
+            for _, data in self.client.hscan_iter(key, count=1000):
+                try:
+                    args = Message.decode(data).args
+                except DecodeError:
+                    continue
+                if args:
+                    ids.add(str(args[0]))
+        return ids
 
     def hold(self, queue_name: str, message: MessageProxy) -> None:
         with self._lock:

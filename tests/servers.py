@@ -183,10 +183,18 @@ class PrivatePostgres:
 
 
 class PrivateRedis:
-    """A Redis server of its own on 127.0.0.1:`port`, with an append-only file."""
+    """A Redis server of its own on 127.0.0.1:`port`, with an append-only file.
 
-    def __init__(self, directory: Path) -> None:
+    `appendfsync` is Redis's: `always` (the default here: a SIGKILL loses no acknowledged
+    write, which some tests rely on) or `everysec` (Redis's default and docker-compose's:
+    a SIGKILL may lose the last second of writes).
+    """
+
+    def __init__(self, directory: Path, *, appendfsync: str = "always") -> None:
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         self.directory = directory
+        self.appendfsync = appendfsync
         self.port = free_port()
         self.pidfile = directory / "redis.pid"
 
@@ -200,7 +208,7 @@ class PrivateRedis:
             [
                 "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--daemonize", "yes", "--dir", str(self.directory), "--appendonly", "yes",
-                "--appendfsync", "always", "--pidfile", str(self.pidfile),
+                "--appendfsync", self.appendfsync, "--pidfile", str(self.pidfile),
                 "--logfile", str(self.directory / "redis.log"), "--save", "",
             ]
         )  # fmt: skip

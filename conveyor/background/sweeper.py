@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,11 +23,14 @@ logger = logging.getLogger(__name__)
 
 #: The shortest pause between passes, however soon the next scheduled job is due.
 MIN_PAUSE = dt.timedelta(milliseconds=50)
+#: How often, at most, to ask the broker whether it lost messages (a Redis restart).
+RESTART_CHECK_SECONDS = 1.0
 
 
 class Sweeper(threading.Thread):
     """Every `interval`, or sooner when a scheduled job comes due: mark confirmed publishes,
-    expire leases, queue due scheduled jobs, publish the outbox."""
+    expire leases, queue due scheduled jobs, publish the outbox; and at most every second,
+    publish again what a broker that lost its data no longer holds."""
 
     def __init__(
         self,
@@ -52,6 +56,7 @@ class Sweeper(threading.Thread):
         self._lock = threading.Lock()
         self._next_pass = utcnow()
         self._requested: dt.datetime | None = None
+        self._next_restart_check = 0.0
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -103,6 +108,10 @@ class Sweeper(threading.Thread):
                 self.db, self.enqueuer, grace=self.grace, requeue_after=self.requeue_after
             ):
                 pass
+            # Last, so a failure here never holds up the passes above.
+            if time.monotonic() >= self._next_restart_check:
+                self._next_restart_check = time.monotonic() + RESTART_CHECK_SECONDS
+                outbox.republish_lost(self.db, self.enqueuer)
         except BrokerUnavailableError as exc:  # the enqueuer logged the outage once
             logger.debug("sweep stopped at the broker (will retry): %r", exc)
         except Exception as exc:

@@ -70,6 +70,18 @@ class Enqueuer(Protocol):
     def take_confirmed(self) -> list[uuid.UUID]:
         """Ids of jobs whose `publish_soon` was confirmed since the last call."""
 
+    def broker_restarted(self) -> str | None:
+        """A token when the broker may have lost messages it had confirmed since the last
+        `restart_handled` (a Redis broker that restarted or was emptied); None otherwise, and
+        always for a broker that keeps confirmed messages (RabbitMQ, the stub)."""
+
+    def held_jobs(self, queue: str) -> set[uuid.UUID]:
+        """Ids of the jobs whose messages the broker holds for `queue`: waiting, delayed, or
+        fetched by a worker and not yet acknowledged."""
+
+    def restart_handled(self, token: str) -> None:
+        """Note that the waiting jobs were checked against the broker after that restart."""
+
 
 @dataclass(frozen=True)
 class Page:

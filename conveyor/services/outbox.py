@@ -2,9 +2,10 @@
 message.
 
 `publish_pending` publishes jobs whose message was never confirmed (a crash between commit
-and publish, a broker outage, a lost retry message); `promote_due` queues and publishes the
-scheduled jobs whose time has come; `expire_leases` returns the jobs of dead workers to the
-queue, or fails them once they lost too many.
+and publish, a broker outage, a lost retry message); `republish_lost` those whose confirmed
+message a broker lost with its data (a Redis broker restarted or emptied); `promote_due`
+queues and publishes the scheduled jobs whose time has come; `expire_leases` returns the jobs
+of dead workers to the queue, or fails them once they lost too many.
 """
 
 from __future__ import annotations
@@ -92,6 +93,64 @@ def publish_pending(
         mark_published(session, [r.id for r in rows])  # published, or to look at again later
     logger.info("published %d job(s) from the outbox", len(due))
     return len(rows) == limit
+
+
+def republish_lost(db: sessionmaker[Session], enqueuer: Enqueuer, *, limit: int = 500) -> int:
+    """If the broker may have lost messages it had confirmed (`Enqueuer.broker_restarted`),
+    publish again each waiting job whose message it no longer holds; how many.
+
+    Only jobs marked published before the loss was noticed are compared: a later one was
+    published to the broker as it is now. A job claimed while this runs may get a message
+    it no longer needs, which the claim drops. Several web processes may run this at once:
+    rows are taken FOR UPDATE SKIP LOCKED and stamped published, so a job that one of them
+    published again is newer than what the other noticed, and is left alone (at worst a
+    duplicate message). The restart counts as handled only once every queue was checked;
+    a failure leaves it to the next pass.
+    """
+    restart = enqueuer.broker_restarted()
+    if restart is None:
+        return 0
+    noticed = utcnow()
+    waiting = (jobs_t.c.status.in_(OUTBOX), jobs_t.c.published_at <= noticed)
+    with db() as session:
+        queues = sorted(session.scalars(select(jobs_t.c.queue).where(*waiting).distinct()))
+    lost = 0
+    for queue in queues:
+        held = enqueuer.held_jobs(queue)
+        after: uuid.UUID | None = None
+        while True:
+            stmt = select(
+                jobs_t.c.id, jobs_t.c.type, jobs_t.c.queue, jobs_t.c.next_attempt_at
+            ).where(*waiting, jobs_t.c.queue == queue)
+            if after is not None:
+                stmt = stmt.where(jobs_t.c.id > after)
+            stmt = stmt.order_by(jobs_t.c.id).limit(limit)
+            with transaction(db) as session:
+                rows = session.execute(_locked(session, stmt)).all()  # type: ignore[call-overload]
+                gone = [r for r in rows if r.id not in held]
+                if gone:
+                    now = utcnow()
+                    enqueuer.publish(
+                        [
+                            JobMessage.due_at(r.id, r.type, r.queue, r.next_attempt_at, now)
+                            for r in gone
+                        ]
+                    )
+                    mark_published(session, [r.id for r in gone])
+            lost += len(gone)
+            if len(rows) < limit:
+                break
+            after = rows[-1].id
+    enqueuer.restart_handled(restart)
+    if lost:
+        logger.warning(
+            "the broker lost the messages of %d waiting job(s) (it restarted without them, or "
+            "was emptied); published them again",
+            lost,
+        )
+    else:
+        logger.info("the broker restarted or is new; it holds the message of every waiting job")
+    return lost
 
 
 def publish_now(

@@ -35,12 +35,16 @@ class RecordingAnnouncer:
 
 class RecordingEnqueuer:
     """A broker stand-in that records the messages; `fail` makes it raise like a broker
-    that cannot be reached."""
+    that cannot be reached. `restart` plays a broker that lost its data (a token until
+    handled), `held` the jobs whose messages it still holds."""
 
     def __init__(self) -> None:
         self.messages: list[JobMessage] = []
         self.fail = False
         self.depth: dict[str, int] = {}  # messages waiting per queue, as the broker says
+        self.restart: str | None = None
+        self.held: dict[str, set[uuid.UUID]] = {}
+        self.restart_checks = 0
 
     def publish(self, messages: Sequence[JobMessage]) -> None:
         if self.fail:
@@ -55,6 +59,17 @@ class RecordingEnqueuer:
 
     def take_confirmed(self) -> list[uuid.UUID]:
         return []
+
+    def broker_restarted(self) -> str | None:
+        self.restart_checks += 1
+        return self.restart
+
+    def held_jobs(self, queue: str) -> set[uuid.UUID]:
+        return set(self.held.get(queue, ()))
+
+    def restart_handled(self, token: str) -> None:
+        if token == self.restart:
+            self.restart = None
 
 
 #: SQLite's busy timeout in these tests: a write that waits on a lock this long is a bug
