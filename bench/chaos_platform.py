@@ -82,6 +82,8 @@ class Platform:
         self.pg = PrivatePostgres()
         self.events = PrivateRedis(directory / "redis-events")
         self.rabbit = PrivateRabbitMQ() if broker == "rabbitmq" else None
+        # The broker's Redis fsyncs its append-only file every second, as in production
+        # (docker-compose): a SIGKILL may lose the last second of messages.
         self.broker_redis = (
             PrivateRedis(directory / "redis-broker", appendfsync="everysec")
             if broker == "redis"
