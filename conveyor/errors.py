@@ -95,6 +95,12 @@ class JobCancelledError(ConveyorError):
     """Raised inside a running job when its cancellation was requested."""
 
 
+class AttemptLostError(ConveyorError):
+    """Raised inside a running job whose attempt no longer holds the job: its lease was taken
+    back, or the job ended or runs elsewhere. The attempt stops and records nothing (the
+    reconciler, or the attempt that holds the job, decides); it is not a cancel."""
+
+
 class JobTimeLimitError(ConveyorError):
     """Raised inside a running job that ran past its time limit."""
 

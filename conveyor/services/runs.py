@@ -11,6 +11,7 @@ and the event INSERT in one CTE) committed on its own: one round trip, one commi
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import functools
 import logging
 import time
@@ -82,6 +83,16 @@ WITH done AS (
 )
 SELECT count(*) AS n FROM done
 """
+
+
+class Stop(enum.Enum):
+    """Why a running attempt must stop (what `report_progress` and `renew_leases` found)."""
+
+    #: A cancel was requested while this attempt holds the job: it ends the job `cancelled`.
+    CANCEL = "cancel"
+    #: This attempt no longer holds the job (its lease was taken back, or the job ended or
+    #: runs again): it records nothing, whatever holds the job decides. Never a cancel.
+    LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -206,7 +217,10 @@ def _finish_in(
     result: Any = None,
     error: dict[str, Any] | None = None,
     interrupted: bool = False,
+    cancel_requested: bool = False,
 ) -> bool:
+    """`finish` in `session`. `cancel_requested`: only if a cancel was requested (the one way
+    a job that nobody cancelled cannot end `cancelled` by mistake)."""
     now = utcnow()
     values: dict[str, Any] = {
         "status": status.value,
@@ -221,7 +235,10 @@ def _finish_in(
     if interrupted:
         values["worker_losses"] = jobs_t.c.worker_losses + 1
     message = error["message"] if error else None
-    if rowcount(session.execute(_guarded(job_id, attempt).values(**values))) != 1:
+    stmt = _guarded(job_id, attempt)
+    if cancel_requested:
+        stmt = stmt.where(jobs_t.c.cancel_requested.is_(True))
+    if rowcount(session.execute(stmt.values(**values))) != 1:
         return False
     session.execute(insert(events_t), [new_event(job_id, status, attempt, now, message=message)])
     return True
@@ -240,7 +257,7 @@ def retry_later(
     `interrupted`: infrastructure cut it short, which counts in `worker_losses`.
 
     Returns `retrying`; `cancelled` when a cancel was requested meanwhile (the job will not
-    run again); None when this attempt no longer holds the job.
+    run again); None when this attempt no longer holds the job (nothing is recorded then).
     """
     now = utcnow()
     values: dict[str, Any] = {
@@ -257,7 +274,13 @@ def retry_later(
         stmt = _guarded(job_id, attempt).where(jobs_t.c.cancel_requested.is_(False))
         if rowcount(session.execute(stmt.values(**values))) != 1:
             cancelled = _finish_in(
-                session, job_id, attempt, JobStatus.CANCELLED, error=error, interrupted=interrupted
+                session,
+                job_id,
+                attempt,
+                JobStatus.CANCELLED,
+                error=error,
+                interrupted=interrupted,
+                cancel_requested=True,
             )
             return JobStatus.CANCELLED if cancelled else None
         session.execute(
@@ -375,10 +398,10 @@ def store_progress(
     *,
     within: float,
     wait: Callable[[float], object] = time.sleep,
-) -> bool:
+) -> Stop | None:
     """`report_progress`, riding out a database blip: tried again for up to `within` seconds
     (the lease), then dropped with a warning (progress is advisory, and the heartbeat keeps
-    renewing the lease on its own). Returns whether the job must stop."""
+    renewing the lease on its own). Returns why the job must stop, or None."""
     try:
         return persistently(
             functools.partial(report_progress, db, job_id, attempt, fraction, message),
@@ -388,7 +411,7 @@ def store_progress(
         )
     except UNREACHABLE as exc:
         logger.warning("progress %.3f of job %s dropped: %r", fraction, job_id, exc)
-        return False
+        return None
 
 
 def report_progress(
@@ -397,8 +420,9 @@ def report_progress(
     attempt: int,
     fraction: float,
     message: str | None,
-) -> bool:
-    """Store progress; returns whether cancellation was requested meanwhile."""
+) -> Stop | None:
+    """Store progress; returns why the attempt must stop (a cancel was requested meanwhile,
+    or the attempt no longer holds the job), or None."""
     now = utcnow()
     stmt = (
         _guarded(job_id, attempt)
@@ -407,8 +431,8 @@ def report_progress(
     )
     with transaction(db) as session:
         cancel_requested = session.execute(stmt).scalar()
-        if cancel_requested is None:  # no longer ours: stop as if cancelled
-            return True
+        if cancel_requested is None:  # no longer ours: stop, and record nothing
+            return Stop.LOST
         session.execute(
             insert(events_t),
             [
@@ -423,16 +447,17 @@ def report_progress(
                 )
             ],
         )
-    return bool(cancel_requested)
+    return Stop.CANCEL if cancel_requested else None
 
 
 def renew_leases(
     db: sessionmaker[Session], running: dict[uuid.UUID, int], lease: dt.timedelta
-) -> set[uuid.UUID]:
-    """Extend the leases this worker holds; returns the jobs asked to stop (cancelled, or
-    no longer held by this attempt)."""
+) -> dict[uuid.UUID, Stop]:
+    """Extend the leases this worker holds; returns the jobs that must stop, and why: no
+    longer held by this attempt (`Stop.LOST`, even if a cancel was requested: whatever holds
+    the job decides), or held and asked to cancel (`Stop.CANCEL`)."""
     if not running:
-        return set()
+        return {}
     now = utcnow()
     with transaction(db) as session:
         session.execute(
@@ -448,10 +473,10 @@ def renew_leases(
                 jobs_t.c.id, jobs_t.c.status, jobs_t.c.attempts, jobs_t.c.cancel_requested
             ).where(jobs_t.c.id.in_(running))
         ).all()
-    return {
-        row.id
-        for row in rows
-        if row.cancel_requested
-        or row.status != JobStatus.RUNNING
-        or row.attempts != running[row.id]
-    }
+    stops: dict[uuid.UUID, Stop] = {}
+    for row in rows:
+        if row.status != JobStatus.RUNNING or row.attempts != running[row.id]:
+            stops[row.id] = Stop.LOST
+        elif row.cancel_requested:
+            stops[row.id] = Stop.CANCEL
+    return stops

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.bootstrap import Container
 from conveyor.errors import (
+    AttemptLostError,
     BadRequestError,
     InvalidRequestError,
     JobCancelledError,
@@ -27,6 +28,13 @@ from conveyor.registry import Payload
 from conveyor.services import runs
 from conveyor.settings import Settings
 
+#: What is raised in a job told to stop, by why: a cancel ends it `cancelled`; an attempt that
+#: no longer holds its job records nothing (see `JobLifecycle._run`).
+STOP_REASONS: dict[runs.Stop, type[BaseException]] = {
+    runs.Stop.CANCEL: JobCancelledError,
+    runs.Stop.LOST: AttemptLostError,
+}
+
 
 @dataclass(eq=False)
 class RunningJob:
@@ -34,7 +42,7 @@ class RunningJob:
 
     Besides the attempt's own state, it holds the way to stop it: `interrupt` sets the stop
     event (waking `ctx.sleep`) and raises the reason in the job's thread while it is in the
-    job's code (the heartbeat does that on a cancel or a time limit).
+    job's code (the heartbeat does that on a cancel, a lost lease or a time limit).
     """
 
     job_id: uuid.UUID
@@ -118,8 +126,8 @@ class RunningJob:
         stop = runs.store_progress(
             self.db, self.job_id, self.attempt, fraction, message, within=lease, wait=self._pause
         )
-        if stop:
-            self.interrupt(JobCancelledError)
+        if stop is not None:
+            self.interrupt(STOP_REASONS[stop])
         self.container.announcements.announce(self.job_id, JobStatus.RUNNING)
         self.raise_if_stopped()
 
@@ -142,7 +150,8 @@ class RunningJob:
     # --- stopping ---------------------------------------------------------------------------
 
     def stopping(self) -> type[BaseException] | None:
-        """Why the job must stop (a cancel, the time limit), or None while it may go on."""
+        """Why the job must stop (a cancel, a lost lease, the time limit), or None while it
+        may go on."""
         return self.stop_reason if self.stop.is_set() else None
 
     def raise_if_stopped(self) -> None:

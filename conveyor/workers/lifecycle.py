@@ -26,13 +26,13 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from conveyor import logs
 from conveyor.bootstrap import Container
-from conveyor.errors import JobCancelledError, JobTimeLimitError
+from conveyor.errors import AttemptLostError, JobTimeLimitError
 from conveyor.models import JobStatus
 from conveyor.registry import JobType
 from conveyor.services import outcomes, runs
 from conveyor.services.jobs import JobMessage
 from conveyor.services.outcomes import Attempt, Outcome
-from conveyor.workers.context import RunningJob
+from conveyor.workers.context import STOP_REASONS, RunningJob
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (dramatiq.errors.BrokerConnecti
 
 
 class _Heartbeat(threading.Thread):
-    """Renews the leases of this process's running jobs, enforces time limits and delivers
-    cancellations."""
+    """Renews the leases of this process's running jobs, enforces time limits and stops the
+    jobs that were cancelled or whose attempt no longer holds them."""
 
     def __init__(self, lifecycle: JobLifecycle) -> None:
         super().__init__(name="conveyor-heartbeat", daemon=True)
@@ -78,7 +78,7 @@ class _Heartbeat(threading.Thread):
                     continue
                 for job in running:
                     if job.job_id in stop:
-                        job.interrupt(JobCancelledError)
+                        job.interrupt(STOP_REASONS[stop[job.job_id]])
 
 
 class JobLifecycle(Middleware):
@@ -169,7 +169,16 @@ class JobLifecycle(Middleware):
             self._running[job_id] = running
         try:
             outcome = self._execute(job_type, running, job.payload)
-            if outcome is not None:
+            if running.stopping() is AttemptLostError:
+                # Not a cancel: whatever holds the job now (the reconciler, another attempt)
+                # decides its outcome, so this attempt records nothing.
+                logger.warning(
+                    "job %s attempt %d no longer holds the job (its lease was taken back, or "
+                    "it ended or runs elsewhere); stopped, nothing recorded",
+                    job_id,
+                    running.attempt,
+                )
+            elif outcome is not None:
                 self._record(job_type, running, outcome)
         finally:
             with self._running_lock:  # a later attempt of the same job may have replaced it

@@ -365,7 +365,7 @@ def test_progress_is_stored_with_an_event(
 ) -> None:
     job = make_job()
     assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
-    assert runs.report_progress(db, job.id, 1, 0.25, "a quarter") is False
+    assert runs.report_progress(db, job.id, 1, 0.25, "a quarter") is None
     assert load(job.id).progress == 0.25
     assert history(job.id)[-1] == ("progress", "running", 1)
 
@@ -376,7 +376,7 @@ def test_progress_reports_a_cancel_request(
     job = make_job()
     assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
     jobs.cancel(db, announcer, job.id, member)
-    assert runs.report_progress(db, job.id, 1, 0.5, None) is True
+    assert runs.report_progress(db, job.id, 1, 0.5, None) is runs.Stop.CANCEL
 
 
 def test_progress_of_a_stale_attempt_says_stop(
@@ -385,16 +385,16 @@ def test_progress_of_a_stale_attempt_says_stop(
     job = make_job()
     assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
     _lose_worker(db, set_job, job)
-    assert runs.report_progress(db, job.id, 1, 0.5, None) is True  # requeued: not running
+    assert runs.report_progress(db, job.id, 1, 0.5, None) is runs.Stop.LOST  # requeued
     assert runs.claim(db, job.id, worker="b", lease=LEASE) is not None
-    assert runs.report_progress(db, job.id, 1, 0.5, None) is True  # attempt 2 holds it
+    assert runs.report_progress(db, job.id, 1, 0.5, None) is runs.Stop.LOST  # attempt 2 has it
 
 
-def _unreachable(times: int, then: Callable[..., bool]) -> Callable[..., bool]:
+def _unreachable(times: int, then: Callable[..., Any]) -> Callable[..., Any]:
     """`report_progress` as it behaves while the database is down for `times` calls."""
     calls = iter(range(times))
 
-    def report(*args: Any) -> bool:
+    def report(*args: Any) -> Any:
         if next(calls, None) is not None:
             raise OperationalError("UPDATE jobs", {}, Exception("connection refused"))
         return then(*args)
@@ -413,7 +413,7 @@ def test_stored_progress_rides_out_a_database_blip(
     monkeypatch.setattr(runs, "report_progress", _unreachable(2, runs.report_progress))
     waits: list[float] = []
     stop = runs.store_progress(db, job.id, 1, 0.5, "half", within=30, wait=waits.append)
-    assert stop is False
+    assert stop is None
     assert waits == [0.1, 0.5]
     assert load(job.id).progress == 0.5
 
@@ -430,7 +430,7 @@ def test_progress_is_dropped_once_the_database_stays_down_for_the_lease(
     monkeypatch.setattr(runs, "report_progress", _unreachable(100, runs.report_progress))
     waits: list[float] = []
     stop = runs.store_progress(db, job.id, 1, 0.5, "half", within=2, wait=waits.append)
-    assert stop is False  # the job goes on
+    assert stop is None  # the job goes on
     assert waits == [0.1, 0.5, 1.0]  # 1.6 s: within the 2 s lease
     assert f"progress 0.500 of job {job.id} dropped" in caplog.text
     assert load(job.id).progress is None
@@ -470,7 +470,7 @@ def test_renew_leases_extends_the_leases_and_returns_the_cancel_requested_jobs(
     jobs.cancel(db, announcer, stop.id, member)
     before = utcnow()
     asked = runs.renew_leases(db, {keep.id: 1, stop.id: 1}, dt.timedelta(minutes=10))
-    assert asked == {stop.id}
+    assert asked == {stop.id: runs.Stop.CANCEL}
     for job in (keep, stop):
         lease = load(job.id).lease_expires_at
         assert lease is not None and lease >= before + dt.timedelta(minutes=9)
@@ -488,13 +488,29 @@ def test_renew_leases_returns_jobs_no_longer_held_by_the_attempt(
     _lose_worker(db, set_job, taken)
     assert runs.claim(db, taken.id, worker="b", lease=LEASE) is not None
     assert runs.renew_leases(db, {finished.id: 1, taken.id: 1}, LEASE) == {
-        finished.id,
-        taken.id,
+        finished.id: runs.Stop.LOST,
+        taken.id: runs.Stop.LOST,
     }
 
 
+def test_renew_leases_says_lost_not_cancel_for_a_cancelled_job_this_attempt_no_longer_holds(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+    member: User,
+    announcer: RecordingAnnouncer,
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    _lose_worker(db, set_job, job)
+    assert runs.claim(db, job.id, worker="b", lease=LEASE) is not None
+    jobs.cancel(db, announcer, job.id, member)  # attempt 2 is asked to stop; attempt 1 holds none
+    assert runs.renew_leases(db, {job.id: 1}, LEASE) == {job.id: runs.Stop.LOST}
+    assert runs.renew_leases(db, {job.id: 2}, LEASE) == {job.id: runs.Stop.CANCEL}
+
+
 def test_renew_leases_of_nothing_is_nothing(db: sessionmaker[Session]) -> None:
-    assert runs.renew_leases(db, {}, LEASE) == set()
+    assert runs.renew_leases(db, {}, LEASE) == {}
 
 
 def test_renew_leases_leaves_finished_jobs_alone(
@@ -519,6 +535,6 @@ def test_renew_leases_does_not_extend_the_lease_of_another_attempt(
     assert runs.claim(db, job.id, worker="died", lease=LEASE) is not None
     _expire(set_job, job)  # attempt 2's worker died
     # the hung worker's heartbeat still renews what it believes is attempt 1
-    assert runs.renew_leases(db, {job.id: 1}, LEASE) == {job.id}
+    assert runs.renew_leases(db, {job.id: 1}, LEASE) == {job.id: runs.Stop.LOST}
     lease = load(job.id).lease_expires_at
     assert lease is not None and lease < utcnow()

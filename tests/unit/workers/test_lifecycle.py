@@ -381,6 +381,79 @@ def test_a_job_cancelled_while_its_attempt_fails_ends_cancelled(
     assert enqueuer.messages == []
 
 
+def test_an_attempt_that_no_longer_holds_its_job_stops_and_never_cancels_it(
+    lifecycle: JobLifecycle,
+    make: Callable[..., Job],
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+    set_job: Callable[..., None],
+    db: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen once in the database-restart e2e test: a `system.sleep` that nobody cancelled
+    ended `cancelled`. Its progress report found the row no longer running for its attempt,
+    which stopped it as if cancelled; by the time it recorded that, attempt 1 was held again
+    (here: the restart lost the claim's commit, and the job was claimed anew), so the guarded
+    write matched and the job ended `cancelled`."""
+    row = make("tests.hook")
+    reached: list[str] = []
+
+    def lose_the_claim(ctx: JobContext) -> None:
+        # The database came back without this attempt's claim (asynchronous commits).
+        set_job(row.id, status=JobStatus.QUEUED.value, attempts=0, lease_expires_at=None)
+        ctx.progress(0.5)  # finds the row not running for attempt 1: stops
+        reached.append("after the progress report")
+
+    execute = lifecycle._execute
+
+    def then_claimed_again(*args: Any) -> Any:
+        outcome = execute(*args)
+        # The job's message, delivered again, is claimed by another worker: attempt 1 again.
+        assert runs.claim(db, row.id, worker="other", lease=LEASE) is not None
+        return outcome
+
+    HOOK.append(lose_the_claim)
+    monkeypatch.setattr(lifecycle, "_execute", then_claimed_again)
+    run(lifecycle, row)
+    assert reached == []
+    now = load(row.id)
+    assert (now.status, now.attempts, now.worker) == (JobStatus.RUNNING, 1, "other")
+    assert not now.cancel_requested and now.error is None
+    assert ("status", "cancelled", 1) not in history(row.id)
+
+
+def test_a_run_whose_lease_was_taken_back_is_stopped_by_the_heartbeat_and_records_nothing(
+    lifecycle: JobLifecycle,
+    make: Callable[..., Job],
+    load: Callable[..., Job],
+    history: Callable[..., Any],
+    set_job: Callable[..., None],
+    db: sessionmaker[Session],
+    announcer: RecordingAnnouncer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    row = make("tests.hook")
+    recorded: list[Any] = []
+    monkeypatch.setattr(runs, "record", lambda *args: recorded.append(args))
+
+    def taken_back_then_sleep(ctx: JobContext) -> None:
+        # The worker was taken for dead (its lease ran out): the reconciler requeued the job.
+        set_job(row.id, lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+        assert outbox.expire_leases(db, RecordingEnqueuer(), announcer, max_worker_losses=2) == 1
+        ctx.sleep(10)  # woken by the heartbeat's lease renewal
+
+    HOOK.append(taken_back_then_sleep)
+    lifecycle.before_worker_boot(None, None)  # type: ignore[arg-type]
+    started = time.monotonic()
+    run(lifecycle, row)
+    assert time.monotonic() - started < 5
+    assert recorded == []  # nothing: the reconciler decided
+    now = load(row.id)
+    assert (now.status, now.attempts, now.worker_losses) == (JobStatus.RETRYING, 1, 1)
+    assert now.error is not None and now.error["type"] == "WorkerLost"
+    assert history(row.id)[-1] == ("status", "retrying", 1)
+
+
 # --- infrastructure failures -----------------------------------------------------------------
 
 
@@ -456,7 +529,7 @@ def test_progress_rides_out_the_database_or_is_dropped_without_failing_the_job(
     real = runs.report_progress
     calls = iter(range(failures))
 
-    def unreachable_for_a_while(*args: Any) -> bool:
+    def unreachable_for_a_while(*args: Any) -> Any:
         if next(calls, None) is not None:
             raise dead_database()
         return real(*args)
