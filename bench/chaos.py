@@ -28,7 +28,7 @@ per broker. Progress and diagnostics go to standard error. The exit status is 1 
 lost, wrongly failed, duplicated or finished late a job; 2 when the run itself failed.
 
     .venv/bin/python bench/chaos.py [--broker rabbitmq|redis|both] [--duration 90] [--rate 5]
-        [--clients 4] [--bound 60] [--drain 120] [--seed 1] [--set CONVEYOR_NAME=value]
+        [--clients 4] [--bound 30] [--drain 120] [--seed 1] [--set CONVEYOR_NAME=value]
 """
 
 from __future__ import annotations
@@ -358,7 +358,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (default 4)")
     p.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
     p.add_argument(
-        "--bound", type=float, default=60.0, help="seconds from due to finished (default 60)"
+        "--bound", type=float, default=30.0, help="seconds from due to finished (default 30)"
     )
     p.add_argument(
         "--drain", type=float, default=120.0, help="longest wait for the jobs after (120)"
