@@ -3,13 +3,14 @@ fails), the environment of the production processes, and an API token."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 
 import pika
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.db import make_engine, make_sessionmaker
 from conveyor.models.migrate import upgrade
 from tests.conftest import REDIS_URL
 from tests.e2e.processes import FAST, Processes, environment, run_cli
@@ -77,8 +78,22 @@ def platform_env(
 @pytest.fixture
 def token(platform_env: dict[str, str], tmp_path: Path) -> str:
     """A member's bearer token, made with `conveyor users create` and `conveyor tokens issue`."""
-    run_cli("users", "create", "e2e@example.com", env=platform_env, cwd=tmp_path)
-    return run_cli("tokens", "issue", "e2e@example.com", env=platform_env, cwd=tmp_path).strip()
+    return member_token(platform_env, tmp_path)
+
+
+def member_token(env: Mapping[str, str], cwd: Path, email: str = "e2e@example.com") -> str:
+    """A new member's bearer token on `env`'s database, made with `conveyor users create` and
+    `conveyor tokens issue`."""
+    run_cli("users", "create", email, env=env, cwd=cwd)
+    return run_cli("tokens", "issue", email, env=env, cwd=cwd).strip()
+
+
+@pytest.fixture
+def env_db(env: dict[str, str]) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the database of the test module's `env` fixture (private servers)."""
+    engine = make_engine(env["CONVEYOR_DATABASE_URL"], pool_size=2)
+    yield make_sessionmaker(engine)
+    engine.dispose()
 
 
 # -- private servers, for the tests that restart or kill one ------------------------------

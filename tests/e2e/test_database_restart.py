@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.db import make_engine, make_sessionmaker
 from conveyor.models import JobEvent
-from tests.e2e.conftest import private_platform_env
-from tests.e2e.processes import BIN, Api, Processes, free_port, run_cli
+from tests.e2e.conftest import member_token, private_platform_env
+from tests.e2e.processes import BIN, Api, Processes, free_port
 from tests.servers import PrivatePostgres, PrivateRedis
 from tests.stack import wait_until
 
@@ -53,17 +51,9 @@ def env(
     )
 
 
-@pytest.fixture
-def db(env: dict[str, str]) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(env["CONVEYOR_DATABASE_URL"], pool_size=1)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
 def _api(procs: Processes, env: dict[str, str], tmp_path: Path) -> Api:
     """`conveyor web` and a worker, both knowing the test-only job types; the API client."""
-    run_cli("users", "create", "e2e@example.com", env=env, cwd=tmp_path)
-    token = run_cli("tokens", "issue", "e2e@example.com", env=env, cwd=tmp_path).strip()
+    token = member_token(env, tmp_path)
     port = free_port()
     web = "import sys, tests.jobs; from conveyor.cli import main; sys.exit(main())"
     argv = [sys.executable, "-c", web, "web", "--host", "127.0.0.1", "--port", str(port)]
@@ -106,8 +96,8 @@ def _finished(api: Api, job_id: str) -> dict[str, Any] | None:
     return job if job["status"] in FINISHED else None
 
 
-def _statuses(db: sessionmaker[Session], job_id: str) -> list[tuple[str, int]]:
-    with db() as session:
+def _statuses(env_db: sessionmaker[Session], job_id: str) -> list[tuple[str, int]]:
+    with env_db() as session:
         rows = session.execute(
             select(JobEvent.status, JobEvent.attempt)
             .where(JobEvent.job_id == uuid.UUID(job_id), JobEvent.kind == "status")
@@ -119,7 +109,7 @@ def _statuses(db: sessionmaker[Session], job_id: str) -> list[tuple[str, int]]:
 def test_running_jobs_ride_out_a_database_restart_and_are_charged_nothing(
     restart: tuple[str, str],
     env: dict[str, str],
-    db: sessionmaker[Session],
+    env_db: sessionmaker[Session],
     procs: Processes,
     private_pg: PrivatePostgres,
     tmp_path: Path,
@@ -138,13 +128,13 @@ def test_running_jobs_ride_out_a_database_restart_and_are_charged_nothing(
         # The progress reports and lease renewals during the outage were retried (or a
         # report dropped); the attempt went on: one run, no loss, no retry.
         assert (done["attempts"], done["worker_losses"]) == (1, 0), (downtime, done)
-        assert _statuses(db, job["id"]) == [("queued", 0), ("running", 1), ("succeeded", 1)]
+        assert _statuses(env_db, job["id"]) == [("queued", 0), ("running", 1), ("succeeded", 1)]
 
 
 def test_a_job_whose_own_query_meets_a_database_restart_runs_again_without_using_a_retry(
     restart: tuple[str, str],
     env: dict[str, str],
-    db: sessionmaker[Session],
+    env_db: sessionmaker[Session],
     procs: Processes,
     private_pg: PrivatePostgres,
     tmp_path: Path,
@@ -162,7 +152,7 @@ def test_a_job_whose_own_query_meets_a_database_restart_runs_again_without_using
     # counted as a worker loss; the next run finished. Its retries (none) were not touched.
     assert (done["attempts"], done["worker_losses"], done["max_retries"]) == (2, 1, 0), done
     assert done["result"] == {"attempt": 2}
-    assert _statuses(db, job["id"]) == [
+    assert _statuses(env_db, job["id"]) == [
         ("queued", 0),
         ("running", 1),
         ("retrying", 1),

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.e2e.conftest import private_platform_env
-from tests.e2e.processes import Api, Processes, run_cli
+from tests.e2e.conftest import member_token, private_platform_env
+from tests.e2e.processes import Api, Processes
 from tests.servers import PrivatePostgres, PrivateRedis
 from tests.stack import wait_until
 
@@ -45,8 +45,7 @@ def env(
 @pytest.fixture
 def api(env: dict[str, str], procs: Processes, tmp_path: Path) -> Api:
     """`conveyor web` and a `system` worker on the private servers, and a member's client."""
-    run_cli("users", "create", "e2e@example.com", env=env, cwd=tmp_path)
-    token = run_cli("tokens", "issue", "e2e@example.com", env=env, cwd=tmp_path).strip()
+    token = member_token(env, tmp_path)
     _, api = procs.web(env)
     procs.worker(env)
     return api.with_token(token)

@@ -16,11 +16,10 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.db import make_engine, make_sessionmaker
 from conveyor.models import Job
 from conveyor.models.base import utcnow
-from tests.e2e.conftest import private_platform_env
-from tests.e2e.processes import BIN, Api, Process, Processes, run_cli
+from tests.e2e.conftest import member_token, private_platform_env
+from tests.e2e.processes import BIN, Api, Process, Processes
 from tests.servers import PrivatePostgres, PrivateRedis
 from tests.stack import wait_until
 
@@ -47,17 +46,9 @@ def env(private_pg: PrivatePostgres, private_redis: PrivateRedis) -> dict[str, s
 
 
 @pytest.fixture
-def db(env: dict[str, str]) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(env["CONVEYOR_DATABASE_URL"], pool_size=2)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def api(env: dict[str, str], procs: Processes, tmp_path: Path) -> Api:
     """`conveyor web` (the sweeper included), and a member's token."""
-    run_cli("users", "create", "redis@example.com", env=env, cwd=tmp_path)
-    token = run_cli("tokens", "issue", "redis@example.com", env=env, cwd=tmp_path).strip()
+    token = member_token(env, tmp_path, "redis@example.com")
     _, api = procs.web(env)
     return api.with_token(token)
 
@@ -88,36 +79,36 @@ def fetched_jobs(client: redis.Redis[bytes], queue: str) -> set[uuid.UUID]:
     return jobs
 
 
-def rows(db: sessionmaker[Session], ids: list[str]) -> list[Job]:
-    with db() as session:
+def rows(env_db: sessionmaker[Session], ids: list[str]) -> list[Job]:
+    with env_db() as session:
         return list(session.scalars(select(Job).where(Job.id.in_([uuid.UUID(i) for i in ids]))))
 
 
-def wait_all_succeeded(db: sessionmaker[Session], ids: list[str], within: float) -> list[Job]:
+def wait_all_succeeded(env_db: sessionmaker[Session], ids: list[str], within: float) -> list[Job]:
     try:
         wait_until(
-            lambda: all(job.status == "succeeded" for job in rows(db, ids)),
+            lambda: all(job.status == "succeeded" for job in rows(env_db, ids)),
             timeout=within,
             interval=0.2,
         )
     except AssertionError:
-        waiting = [(str(j.id), j.type, j.status, j.attempts) for j in rows(db, ids)]
+        waiting = [(str(j.id), j.type, j.status, j.attempts) for j in rows(env_db, ids)]
         waiting = [job for job in waiting if job[2] != "succeeded"]
         raise AssertionError(
             f"{len(waiting)} of {len(ids)} jobs not done after {within:.0f}s: {waiting[:10]}"
         ) from None
-    return rows(db, ids)
+    return rows(env_db, ids)
 
 
 def test_jobs_a_killed_worker_had_fetched_run_within_the_bound(
     private_redis: PrivateRedis, env: dict[str, str], procs: Processes, api: Api,
-    db: sessionmaker[Session], broker_redis: redis.Redis[bytes],
+    env_db: sessionmaker[Session], broker_redis: redis.Redis[bytes],
 ) -> None:  # fmt: skip
     first = start_worker(procs, env, threads=2)
     ids = [api.submit("system.sleep", {"seconds": 2, "steps": 4})["id"] for _ in range(8)]
 
     def two_running_two_prefetched() -> set[uuid.UUID] | None:
-        status = {job.id: job.status for job in rows(db, ids)}
+        status = {job.id: job.status for job in rows(env_db, ids)}
         fetched = fetched_jobs(broker_redis, "system")
         prefetched = {job_id for job_id in fetched if status[job_id] == "queued"}
         running = [job_id for job_id, s in status.items() if s == "running"]
@@ -130,7 +121,7 @@ def test_jobs_a_killed_worker_had_fetched_run_within_the_bound(
 
     # Eight jobs of 2 s on two threads; the two that were running come back with their
     # lease (2 s here), the two prefetched ones with their dead worker's ack set.
-    done = wait_all_succeeded(db, ids, within=DEAD_WORKER_BOUND + 15)
+    done = wait_all_succeeded(env_db, ids, within=DEAD_WORKER_BOUND + 15)
     for job in done:
         assert job.attempts == (2 if job.worker_losses else 1), job
     for job in done:
@@ -176,7 +167,7 @@ class Submitter(threading.Thread):
 @pytest.mark.parametrize("hard", [False, True], ids=["graceful", "sigkill"])
 def test_jobs_submitted_across_a_redis_restart_all_run_within_the_bound(
     private_redis: PrivateRedis, env: dict[str, str], procs: Processes, api: Api,
-    db: sessionmaker[Session], broker_redis: redis.Redis[bytes], hard: bool,
+    env_db: sessionmaker[Session], broker_redis: redis.Redis[bytes], hard: bool,
 ) -> None:  # fmt: skip
     for _ in range(2):
         start_worker(procs, env, threads=4)
@@ -197,6 +188,6 @@ def test_jobs_submitted_across_a_redis_restart_all_run_within_the_bound(
     assert not submitter.errors, submitter.errors
 
     # Every job runs: none waits on a message left in a live worker's ack set.
-    done = wait_all_succeeded(db, submitter.submitted, within=RECONNECT_BOUND + 10)
+    done = wait_all_succeeded(env_db, submitter.submitted, within=RECONNECT_BOUND + 10)
     for job in done:  # and none ran twice
         assert job.attempts == (1 if job.type == "system.echo" else 2), job

@@ -5,7 +5,6 @@ waiting jobs whose messages are gone, within the bound docs/reliability.md state
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,10 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.db import make_engine, make_sessionmaker
 from conveyor.models import Job
 from conveyor.models.base import utcnow
-from tests.e2e.conftest import private_platform_env
-from tests.e2e.processes import Api, Process, Processes, run_cli
+from tests.e2e.conftest import member_token, private_platform_env
+from tests.e2e.processes import Api, Process, Processes
 from tests.e2e.test_redis_broker import start_worker, wait_all_succeeded
 from tests.servers import PrivatePostgres, PrivateRedis
 from tests.stack import wait_until
@@ -39,22 +37,14 @@ def env(private_pg: PrivatePostgres, private_redis: PrivateRedis) -> dict[str, s
 
 
 @pytest.fixture
-def db(env: dict[str, str]) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(env["CONVEYOR_DATABASE_URL"], pool_size=2)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def web(env: dict[str, str], procs: Processes, tmp_path: Path) -> tuple[Process, Api]:
-    run_cli("users", "create", "loss@example.com", env=env, cwd=tmp_path)
-    token = run_cli("tokens", "issue", "loss@example.com", env=env, cwd=tmp_path).strip()
+    token = member_token(env, tmp_path, "loss@example.com")
     process, api = procs.web(env)
     return process, api.with_token(token)
 
 
-def queued_and_published(db: sessionmaker[Session], ids: list[str]) -> bool:
-    with db() as session:
+def queued_and_published(env_db: sessionmaker[Session], ids: list[str]) -> bool:
+    with env_db() as session:
         jobs = list(session.scalars(select(Job).where(Job.id.in_([uuid.UUID(i) for i in ids]))))
     return len(jobs) == len(ids) and all(
         job.status == "queued" and job.published_at is not None for job in jobs
@@ -64,12 +54,12 @@ def queued_and_published(db: sessionmaker[Session], ids: list[str]) -> bool:
 @pytest.mark.parametrize("restart", [True, False], ids=["flushed-and-restarted", "flushed"])
 def test_waiting_jobs_whose_messages_redis_lost_run_within_the_bound(
     private_redis: PrivateRedis, env: dict[str, str], procs: Processes,
-    web: tuple[Process, Api], db: sessionmaker[Session], restart: bool,
+    web: tuple[Process, Api], env_db: sessionmaker[Session], restart: bool,
 ) -> None:  # fmt: skip
     web_process, api = web
     # No worker yet: the jobs wait, their messages in Redis.
     ids = [api.submit("system.echo", {"n": n})["id"] for n in range(JOBS)]
-    wait_until(lambda: queued_and_published(db, ids), timeout=10, interval=0.1)
+    wait_until(lambda: queued_and_published(env_db, ids), timeout=10, interval=0.1)
     client = redis.Redis.from_url(private_redis.url)
     try:
         assert client.llen(f"{PREFIX}:system") == JOBS
@@ -81,13 +71,13 @@ def test_waiting_jobs_whose_messages_redis_lost_run_within_the_bound(
     back = utcnow()
 
     def republished() -> bool:
-        with db() as session:
+        with env_db() as session:
             jobs = list(session.scalars(select(Job).where(Job.id.in_([uuid.UUID(i) for i in ids]))))
         return all(job.published_at is not None and job.published_at >= back for job in jobs)
 
     wait_until(republished, timeout=REPUBLISH_BOUND, interval=0.1)
     start_worker(procs, env, threads=4)
-    for job in wait_all_succeeded(db, ids, within=20):
+    for job in wait_all_succeeded(env_db, ids, within=20):
         assert job.attempts == 1, job
 
     log = web_process.output()

@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from conveyor.db import make_engine, make_sessionmaker
 from conveyor.models import JobEvent
-from tests.e2e.conftest import private_platform_env
-from tests.e2e.processes import Processes, run_cli
+from tests.e2e.conftest import member_token, private_platform_env
+from tests.e2e.processes import Processes
 from tests.servers import PrivatePostgres, PrivateRedis
 from tests.stack import wait_until
 
@@ -72,8 +72,7 @@ def test_an_event_stream_rides_out_a_database_restart_and_ends_with_the_final_st
     env = private_platform_env(
         private_pg, broker_url=private_redis.url, redis_url=private_redis.url, prefix=PREFIX
     )
-    run_cli("users", "create", "e2e@example.com", env=env, cwd=tmp_path)
-    token = run_cli("tokens", "issue", "e2e@example.com", env=env, cwd=tmp_path).strip()
+    token = member_token(env, tmp_path)
     web, api = procs.web(env)
     api = api.with_token(token)
     procs.worker(env)
