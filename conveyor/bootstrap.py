@@ -40,6 +40,10 @@ from conveyor.settings import Settings
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: After the database was unreachable, the sweeper waits this long (the lease, if shorter)
+#: before expiring leases: the workers' heartbeats, which renew every second, renew first.
+LEASE_HOLD_SECONDS = 10.0
 #: Builds a named resource from the container (its settings, job loop, HTTP client...).
 #: The object's `close()`, if it has one, is called when the container closes.
 ResourceFactory = Callable[["Container"], Any]
@@ -242,6 +246,7 @@ class Container:
                 grace=dt.timedelta(seconds=settings.publish_grace_seconds),
                 requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
                 max_worker_losses=settings.max_worker_losses,
+                lease_hold=min(settings.lease_seconds, LEASE_HOLD_SECONDS),
             )
 
         return self._get("sweeper", build, Sweeper.stop)

@@ -11,10 +11,11 @@ import logging
 import threading
 import time
 
+import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.announcements import Announcer
-from conveyor.errors import BrokerUnavailableError
+from conveyor.errors import BrokerUnavailableError, is_infrastructure_error
 from conveyor.models.base import utcnow
 from conveyor.services import outbox
 from conveyor.services.jobs import Enqueuer
@@ -42,6 +43,7 @@ class Sweeper(threading.Thread):
         grace: dt.timedelta,
         requeue_after: dt.timedelta,
         max_worker_losses: int,
+        lease_hold: float = 0.0,
     ) -> None:
         super().__init__(name="conveyor-sweeper", daemon=True)
         self.db = db
@@ -51,6 +53,10 @@ class Sweeper(threading.Thread):
         self.grace = grace
         self.requeue_after = requeue_after
         self.max_worker_losses = max_worker_losses
+        #: Seconds after its last failure to reach the database before it expires leases:
+        #: the workers' heartbeats could not renew them either, and renew them first.
+        self.lease_hold = lease_hold
+        self._expire_from = 0.0
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -99,9 +105,10 @@ class Sweeper(threading.Thread):
         """One pass; failures are logged and retried on the next pass."""
         try:
             outbox.flush_confirmed(self.db, self.enqueuer)
-            outbox.expire_leases(
-                self.db, self.enqueuer, self.announcer, max_worker_losses=self.max_worker_losses
-            )
+            if time.monotonic() >= self._expire_from:
+                outbox.expire_leases(
+                    self.db, self.enqueuer, self.announcer, max_worker_losses=self.max_worker_losses
+                )
             while outbox.promote_due(self.db, self.enqueuer, self.announcer):
                 pass  # a full batch: there may be more
             while outbox.publish_pending(
@@ -115,6 +122,10 @@ class Sweeper(threading.Thread):
         except BrokerUnavailableError as exc:  # the enqueuer logged the outage once
             logger.debug("sweep stopped at the broker (will retry): %r", exc)
         except Exception as exc:
+            if isinstance(exc, sqlalchemy.exc.SQLAlchemyError) and is_infrastructure_error(exc):
+                # Leases ran out meanwhile because no heartbeat could renew them, not because
+                # workers died: once the database is back, give the heartbeats time first.
+                self._expire_from = time.monotonic() + self.lease_hold
             logger.warning("sweep failed (will retry): %r", exc)
 
     def stop(self) -> None:

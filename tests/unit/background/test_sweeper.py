@@ -6,7 +6,9 @@ import datetime as dt
 import uuid
 from collections.abc import Callable
 
+import psycopg
 import pytest
+import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.background.sweeper import Sweeper
@@ -116,3 +118,35 @@ def test_the_sweeper_thread_sweeps_until_stopped(
         sweeper.stop()
     assert not sweeper.is_alive()
     assert [m.job_id for m in enqueuer.messages] == [job.id]
+
+
+def test_after_a_database_outage_leases_are_expired_only_once_heartbeats_had_time(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+    load: Callable[..., Job],
+    enqueuer: RecordingEnqueuer,
+    announcer: RecordingAnnouncer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The database was down longer than the lease: the lease ran out because no heartbeat
+    # could renew it, not because its worker died.
+    job = make_job()
+    assert runs.claim(db, job.id, worker="w", lease=dt.timedelta(seconds=30)) is not None
+    set_job(job.id, lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+    sweeper = _sweeper(db, enqueuer, announcer)
+    sweeper.lease_hold = 0.5
+    flush = outbox.flush_confirmed
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        refused = psycopg.OperationalError("connection refused")
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, refused)
+
+    monkeypatch.setattr(outbox, "flush_confirmed", unreachable)
+    sweeper.sweep_once()
+    monkeypatch.setattr(outbox, "flush_confirmed", flush)
+
+    sweeper.sweep_once()  # the database is back; the heartbeat has not renewed yet
+    assert load(job.id).status == JobStatus.RUNNING
+    wait_until(lambda: sweeper.sweep_once() or load(job.id).status == JobStatus.RETRYING, 5)
+    assert load(job.id).worker_losses == 1  # no heartbeat came: its worker is lost after all
