@@ -83,6 +83,8 @@ def test_a_job_scheduled_while_the_sweeper_sleeps_wakes_it_when_due(
     wait_until(lambda: promoted(load, job), timeout=5)
     queued = load(job.id)
     assert queued.run_at is not None and queued.updated_at >= queued.run_at
+    # The promotion commits first and publishes after: the message follows the row.
+    wait_until(lambda: enqueuer.messages, timeout=5)
     assert [m.job_id for m in enqueuer.messages] == [job.id]
 
 
