@@ -54,8 +54,11 @@ class LoopThread:
         if self.in_loop:
             coro.close()
             raise RuntimeError("LoopThread.run called from its own loop: await the coroutine")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future: concurrent.futures.Future[T] | None = None
         try:
+            # Inside the try: an exception raised into this thread as soon as the coroutine
+            # is handed over still cancels it.
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
             while not future.done():
                 concurrent.futures.wait([future], timeout=POLL_SECONDS)
                 reason = interrupt() if interrupt is not None else None
@@ -63,7 +66,8 @@ class LoopThread:
                     self._cancel(future)
                     raise reason()
         except BaseException:
-            self._cancel(future)
+            if future is not None:
+                self._cancel(future)
             raise
         return future.result()
 
