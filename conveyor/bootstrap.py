@@ -300,7 +300,7 @@ class Container:
 
     def readiness_checks(self) -> dict[str, Callable[[], None]]:
         """What `/readyz` asks: each check raises unless its dependency answers."""
-        schema = self._get("schema_check", lambda: SchemaCheck(self.engine), None)
+        schema = self._get("schema_check", lambda: SchemaCheck(self.db), None)
         return {
             "database": lambda: db_ping(self.db),
             "schema": schema,

@@ -11,7 +11,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, create_engine
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -90,19 +91,20 @@ class SchemaCheck:
     database found up to date is not asked again for `ttl` seconds: one small query a
     minute at most, however often the check runs."""
 
-    def __init__(self, engine: Engine, *, ttl: float = 60.0) -> None:
-        self.engine = engine
+    def __init__(self, db: sessionmaker[Session], *, ttl: float = 60.0) -> None:
+        self.db = db
         self.ttl = ttl
         self._ok_until = 0.0
 
     def __call__(self) -> None:
         if time.monotonic() < self._ok_until:
             return
-        with self.engine.connect() as connection:
-            found = current_of(connection)
+        with self.db() as session:
+            found = current_of(session.connection())
+        if found is None:
+            raise SchemaBehindError(f"the database has no Conveyor tables yet (needs {head()})")
         if found != head():
             raise SchemaBehindError(
-                f"the database is at revision {found or 'none'}, this code needs {head()}: "
-                "run `conveyor db upgrade`"
+                f"the database is at revision {found}, and this code needs {head()}"
             )
         self._ok_until = time.monotonic() + self.ttl

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, bindparam, insert, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from conveyor.announcements import Announcer
 from conveyor.db import transaction
@@ -434,3 +434,18 @@ def owner_id_of(db: sessionmaker[Session], owner: str) -> uuid.UUID:
             f"no user {owner!r}", errors=[{"field": "owner", "message": "no such user"}]
         )
     return user.id
+
+
+def find(db: sessionmaker[Session], by: User, where: JobFilter, *, limit: int = 50) -> list[Job]:
+    """The newest jobs that match (any status unless `where` names some), without their
+    payload and result; admins only (the operations CLI)."""
+    require_admin(by)
+    query = (
+        select(Job)
+        .where(*where.conditions(tuple(JobStatus)))
+        .order_by(Job.id.desc())
+        .limit(limit)
+        .options(defer(Job.payload, raiseload=True), defer(Job.result, raiseload=True))
+    )
+    with db() as session:
+        return list(session.scalars(query))
