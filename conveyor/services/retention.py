@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
@@ -36,16 +37,22 @@ def cutoff(days: float, now: dt.datetime | None = None) -> dt.datetime | None:
     return (now or utcnow()) - dt.timedelta(days=days)
 
 
-def delete_batch(db: sessionmaker[Session], before: dt.datetime, *, limit: int = BATCH) -> int:
-    """Delete up to `limit` jobs that finished before `before` (oldest first), with their
-    events; how many. 0 as well when another process holds the retention lock."""
-    old = (
+def expired_query(before: dt.datetime, limit: int) -> Select[tuple[uuid.UUID]]:
+    """The ids of up to `limit` jobs that finished before `before`, oldest first (on the
+    partial index `ix_jobs_finished_finished_at`)."""
+    return (
         select(jobs_t.c.id)
         .where(jobs_t.c.status.in_([s.value for s in FINISHED_ORDER]))
         .where(jobs_t.c.finished_at < before)
         .order_by(jobs_t.c.finished_at)
         .limit(limit)
     )
+
+
+def delete_batch(db: sessionmaker[Session], before: dt.datetime, *, limit: int = BATCH) -> int:
+    """Delete up to `limit` jobs that finished before `before` (oldest first), with their
+    events; how many. 0 as well when another process holds the retention lock."""
+    old = expired_query(before, limit)
     with transaction(db) as session:
         if session.get_bind().dialect.name == "postgresql":
             if not session.scalar(select(func.pg_try_advisory_xact_lock(LOCK_ID))):
