@@ -353,14 +353,11 @@ def retry(
         if job.type not in registry:
             raise ConflictError(f"job type {job.type!r} is not known to this server any more")
         _retry_rows(session, [job], registry, by)
-        message = JobMessage(job.id, job.type, job.queue)
+        session.refresh(job)  # as the retry left it: a worker may take it once published
     announcer.announce(job_id, JobStatus.QUEUED)
-    publish_now(db, enqueuer, [message], "retried")
+    publish_now(db, enqueuer, [JobMessage(job.id, job.type, job.queue)], "retried")
     logger.info("job %s retried by %s", job_id, who(by))
-    with db() as session:
-        fresh = session.get(Job, job_id)
-    assert fresh is not None  # finished jobs are deleted only long after they finished
-    return fresh
+    return job
 
 
 def bulk_retry(
