@@ -254,9 +254,9 @@ JOB_COLUMNS = ("id", "type", "queue", "status", "attempts", "created_at", "finis
 
 
 def _job_out(job: Any) -> dict[str, Any]:
-    from conveyor.http.schemas import JobOut
+    from conveyor.http.schemas import JobItem
 
-    return JobOut.of(job, ()).model_dump(mode="json", exclude={"payload", "result"})
+    return JobItem.of(job, ()).model_dump(mode="json", exclude={"payload", "result", "omitted"})
 
 
 def _job_filter(args: argparse.Namespace, db: Any) -> Any:

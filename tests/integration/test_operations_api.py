@@ -121,3 +121,12 @@ async def test_purge_cancels_the_waiting_jobs_of_a_queue(stack: Stack) -> None:
     for job_id in ids:
         job = await stack.get(job_id)
         assert job["status"] == "cancelled" and job["attempts"] == 0
+
+
+async def test_a_deactivated_user_cannot_use_their_tokens(stack: Stack) -> None:
+    from conveyor.services.users import set_active
+
+    set_active(stack.db, "other@example.com", False)  # before this process cached the user
+    response = await stack.client.get("/v1/jobs", headers=stack.headers(stack.other_token))
+    assert response.status == 401
+    assert "deactivated" in (await response.json())["detail"]
