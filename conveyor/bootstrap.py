@@ -196,7 +196,7 @@ class Container:
             url = self.settings.redis_url
             if url:
                 return RedisAnnouncements(url, self.settings.redis_prefix)
-            if self.role is not ProcessRole.DEV:
+            if self.role not in (ProcessRole.DEV, ProcessRole.CLI):  # web processes warn of it
                 logger.warning(
                     "no redis_url: clients waiting on jobs are woken only by this process"
                 )

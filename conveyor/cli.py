@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from conveyor import __version__, bootstrap
-from conveyor.console import CommandError, as_json, fields, show
+from conveyor.console import CommandError, as_json, fields, quiet_logging, show
 from conveyor.errors import ConveyorError
 from conveyor.models import Role, User
 from conveyor.settings import Settings, get_settings
@@ -254,6 +254,7 @@ JOB_COLUMNS = ("id", "type", "queue", "status", "attempts", "created_at", "finis
 
 
 def _job_out(job: Any) -> dict[str, Any]:
+    """A job as `--json` prints it in a list: as the API lists it."""
     from conveyor.http.schemas import JobItem
 
     return JobItem.of(job, ()).model_dump(mode="json", exclude={"payload", "result", "omitted"})
@@ -277,7 +278,10 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
 
     with opened(settings) as container:
         found = find(container.db, operator(), _job_filter(args, container.db), limit=args.limit)
-    rows = [_job_out(job) for job in found]
+    if args.json:
+        rows = [_job_out(job) for job in found]
+    else:
+        rows = [{name: getattr(job, name) for name in JOB_COLUMNS} for job in found]
     show(rows, JOB_COLUMNS, json_output=args.json, empty="no jobs match")
     return 0
 
@@ -289,7 +293,7 @@ def cmd_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
     with opened(settings) as container:
         job = jobs.get(container.db, args.id, operator())
         events = jobs.events_after(container.db, args.id, 0, limit=args.events)
-    out = JobOut.of(job).model_dump(mode="json")
+    out = JobOut.of(job).model_dump()
     history = [
         {
             "id": e.id,
@@ -304,10 +308,9 @@ def cmd_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         as_json({**out, "events": history})
         return 0
-    fields({k: v for k, v in out.items() if k not in ("payload", "result", "error")})
-    for name in ("error", "payload", "result"):
-        if out.get(name) is not None:
-            fields({name: out[name]})
+    content = ("error", "payload", "result")
+    record = {k: v for k, v in out.items() if k not in content}
+    fields(record | {k: out[k] for k in content if out[k] is not None})
     print()
     show(history, ("at", "status", "attempt", "message"), json_output=False, empty="no events")
     return 0
@@ -682,10 +685,10 @@ def _database_error(exc: sqlalchemy.exc.DBAPIError, settings: Settings) -> Comma
     reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else "error"
     url = safe_url(settings.database_url)
     if isinstance(exc, sqlalchemy.exc.OperationalError) or is_infrastructure_error(exc):
-        return CommandError(
-            f"cannot reach the database at {url}: {reason}",
-            "is it running? check CONVEYOR_DATABASE_URL",
-        )
+        hint = "is it running? check CONVEYOR_DATABASE_URL"
+        if "does not exist" in reason:
+            hint = "create it (createdb), or check CONVEYOR_DATABASE_URL"
+        return CommandError(f"cannot reach the database at {url}: {reason}", hint)
     if isinstance(exc, sqlalchemy.exc.ProgrammingError) and "does not exist" in reason:
         return CommandError(f"the database at {url} is not migrated: {reason}", UPGRADE_HINT)
     return CommandError(f"database error at {url}: {reason}")
@@ -693,6 +696,8 @@ def _database_error(exc: sqlalchemy.exc.DBAPIError, settings: Settings) -> Comma
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.run not in (cmd_dev, cmd_web):  # those configure their own logging
+        quiet_logging()
     settings: Settings | None = None
     try:
         settings = _settings()

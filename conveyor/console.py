@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -94,3 +95,22 @@ def fields(record: Mapping[str, Any], out: TextIO | None = None) -> None:
     width = max((len(name) for name in record), default=0)
     for name, value in record.items():
         print(f"{name + ':':<{width + 1}} {cell(value, None)}", file=out or sys.stdout)
+
+
+class _OneLine(logging.Formatter):
+    """`conveyor: warning: <message>`, without the traceback a library may attach."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname.lower()
+        return f"conveyor: {level}: {' '.join(record.getMessage().split())}"
+
+
+def quiet_logging() -> None:
+    """The commands' logging: warnings and errors only, each as one line on stderr (a
+    process such as `conveyor web` configures its own logging instead)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # its outage lines come with traces
