@@ -91,6 +91,13 @@ def when(value: str) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
+def count(value: str) -> int:
+    """A number of rows to show: 1 to 10,000."""
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 10_000):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number from 1 to 10000")
+    return int(value)
+
+
 def positive_days(value: str) -> float:
     try:
         days = float(value)
@@ -288,11 +295,11 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.http.schemas import JobOut
-    from conveyor.services import jobs
+    from conveyor.services import jobs, operations
 
     with opened(settings) as container:
         job = jobs.get(container.db, args.id, operator())
-        events = jobs.events_after(container.db, args.id, 0, limit=args.events)
+        events = operations.last_events(container.db, args.id, args.events)
     out = JobOut.of(job).model_dump()
     history = [
         {
@@ -611,7 +618,7 @@ def _jobs(sub: Any) -> None:
         "conveyor jobs list --owner alice@example.com --created-after 2030-01-01 --json",
     )
     _filters(listing)
-    listing.add_argument("--limit", type=int, default=20, help="default 20")
+    listing.add_argument("--limit", type=count, default=20, help="1 to 10000 (default 20)")
     _json_flag(listing)
 
     show_ = _command(
@@ -622,7 +629,9 @@ def _jobs(sub: Any) -> None:
         "conveyor jobs show 01a20d7c-4d7b-7c3e-9b2a-6f0e8d1c2b3a",
     )
     show_.add_argument("id", type=job_id)
-    show_.add_argument("--events", type=int, default=50, help="events shown (default 50)")
+    show_.add_argument(
+        "--events", type=count, default=50, help="the newest events shown (default 50)"
+    )
     _json_flag(show_)
 
     cancel = _command(

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, defer, sessionmaker
 from conveyor.announcements import Announcer
 from conveyor.db import transaction
 from conveyor.errors import ConflictError, InvalidRequestError, PermissionDeniedError
-from conveyor.models import Job, JobStatus, Role, User
+from conveyor.models import Job, JobEvent, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import WAITING, events_t, jobs_t
 from conveyor.registry import Registry
@@ -446,3 +446,16 @@ def find(db: sessionmaker[Session], by: User, where: JobFilter, *, limit: int = 
     )
     with db() as session:
         return list(session.scalars(query))
+
+
+def last_events(db: sessionmaker[Session], job_id: uuid.UUID, limit: int = 50) -> list[JobEvent]:
+    """The job's newest `limit` events, oldest first (no visibility check: the caller read
+    the job first)."""
+    with db() as session:
+        newest = session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id)
+            .order_by(JobEvent.id.desc())
+            .limit(limit)
+        )
+        return list(reversed(list(newest)))
