@@ -77,8 +77,14 @@ class JobOut(BaseModel):
     result: Any = None
     error: JobError | None = None
     attempts: int = Field(description="Times the job started (retries and lost workers included)")
-    max_retries: int
-    worker_losses: int = Field(description="Attempts that ended because their worker died")
+    max_retries: int = Field(
+        description="Failed attempts the job may retry over its life; a retry of the job "
+        "raises it by its type's retries"
+    )
+    worker_losses: int = Field(
+        description="Attempts that ended because their worker died (or a service failed "
+        "under them), since the job was submitted or last retried"
+    )
     progress: float | None = None
     owner_id: uuid.UUID
     parent_id: uuid.UUID | None = Field(None, description="The job that submitted this one")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -253,3 +257,22 @@ def test_a_bad_setting_is_named_by_its_variable(
     code, _, err = run(capsys, "users", "list")
     assert code == 1 and err.count("\n") == 1
     assert err.startswith("conveyor: bad setting CONVEYOR_RETENTION_DAYS: ")
+
+
+def test_the_installed_command_runs_as_a_process(
+    env: None, pg_db: sessionmaker[Session], tmp_path: Path
+) -> None:
+    create_user(pg_db, "alice@example.com")
+    conveyor = Path(sys.executable).with_name("conveyor")
+    environ = {k: v for k, v in os.environ.items() if k.startswith(("CONVEYOR_", "PATH"))}
+    done = subprocess.run(
+        [str(conveyor), "users", "list", "--json"],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [u["email"] for u in json.loads(done.stdout)] == ["alice@example.com"]
