@@ -122,7 +122,8 @@ class AsyncClient:
             except InvalidRequestError as exc:
                 if "wait" not in exc.fields or hold < 1:
                     raise
-                hold /= 2  # the server caps ?wait lower than this client asks
+                hold /= 2  # the server caps ?wait lower: ask for less, from now on
+                self.long_poll_seconds = hold
                 continue
             if current.finished:
                 return current
@@ -178,7 +179,9 @@ class AsyncClient:
         """Run a failed or cancelled job again; see `Client.retry`."""
         response = await self._send(protocol.retry(job))
         if protocol.is_retry_replayed(response):
-            return await self.get(job)
+            current = await self.get(job)
+            if current.status not in protocol.RETRYABLE:
+                return current
         return protocol.read_job(response)
 
     async def job_types(self) -> tuple[JobType, ...]:

@@ -49,11 +49,25 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED
 
 @dataclass(frozen=True)
 class JobError:
-    """The error of a job's last failed attempt."""
+    """The error of a job's last failed attempt: the exception's type and message, and its
+    traceback where the server gives one."""
 
     type: str
     message: str
+    traceback: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobError | None:
+        if not isinstance(data, dict):
+            return None
+        traceback = data.get("traceback")
+        return cls(
+            str(data.get("type", "")),
+            str(data.get("message", "")),
+            traceback if isinstance(traceback, str) else None,
+            data,
+        )
 
 
 @dataclass(frozen=True)
@@ -101,7 +115,6 @@ class Job:
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
             raise ProtocolError(f"expected a job, got {_sample(data)}")
         try:
-            error = data.get("error")
             return cls(
                 id=data["id"],
                 type=str(data.get("type", "")),
@@ -109,9 +122,7 @@ class Job:
                 status=JobStatus(data["status"]),
                 payload=data.get("payload"),
                 result=data.get("result"),
-                error=JobError(str(error.get("type", "")), str(error.get("message", "")), error)
-                if isinstance(error, dict)
-                else None,
+                error=JobError.from_json(data.get("error")),
                 attempts=int(data.get("attempts") or 0),
                 max_retries=int(data.get("max_retries") or 0),
                 worker_losses=int(data.get("worker_losses") or 0),

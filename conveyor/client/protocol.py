@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from conveyor import __version__
 from conveyor.client.errors import ApiError, ProtocolError, api_error, parse_retry_after
-from conveyor.client.models import Event, Job, JobType, Page
+from conveyor.client.models import Event, Job, JobStatus, JobType, Page
 
 USER_AGENT = f"conveyor-client/{__version__}"
 #: Answers worth sending a request again for: the server (or a proxy before it) could not
@@ -276,9 +276,13 @@ def read_job_types(response: Response) -> tuple[JobType, ...]:
     return tuple(JobType.from_json(item) for item in items)
 
 
+#: The statuses a job may be retried from.
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
 def is_retry_replayed(response: Response) -> bool:
-    """A 409 to a retry that was sent before and failed: the first one most likely went
-    through (the job is no longer failed or cancelled), so the job is read instead."""
+    """A 409 to a retry that was sent before and failed: the first one may have gone through
+    (then the job is no longer failed or cancelled), so the job is read to tell."""
     return response.status == 409 and response.retried
 
 

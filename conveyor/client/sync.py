@@ -138,7 +138,8 @@ class Client:
             except InvalidRequestError as exc:
                 if "wait" not in exc.fields or hold < 1:
                     raise
-                hold /= 2  # the server caps ?wait lower than this client asks
+                hold /= 2  # the server caps ?wait lower: ask for less, from now on
+                self.long_poll_seconds = hold
                 continue
             if current.finished:
                 return current
@@ -198,12 +199,14 @@ class Client:
 
     def retry(self, job: JobRef) -> Job:
         """Run a failed or cancelled job again (the same job, a new cycle of attempts).
-        `ConflictError` if it is neither; if the request had to be sent again after a
-        failure and the job is no longer failed or cancelled, the job is returned as it is
-        (the first request went through)."""
+        `ConflictError` if it is neither. If the request had to be sent again after a
+        failure and then met a 409, the first one most likely went through: the job is
+        returned as it is if it is no longer failed or cancelled."""
         response = self._send(protocol.retry(job))
         if protocol.is_retry_replayed(response):
-            return self.get(job)
+            current = self.get(job)
+            if current.status not in protocol.RETRYABLE:
+                return current
         return protocol.read_job(response)
 
     def job_types(self) -> tuple[JobType, ...]:
