@@ -295,17 +295,28 @@ def test_a_dropped_event_stream_resumes_after_the_last_event(
 def test_retry_runs_a_cancelled_job_again(client: Client) -> None:
     job = client.submit("system.echo", {"again": True}, delay_seconds=600)
     client.cancel(job)
-    try:
-        retried = client.retry(job)
-    except ApiError as exc:
-        if exc.status == 405 or (exc.status == 404 and "no route" in exc.detail):
-            pytest.skip("this server has no POST /v1/jobs/{id}/retry")
-        raise
+    retried = _retry_or_skip(client, job)
     assert retried.id == job.id and retried.status is not JobStatus.CANCELLED
     done = client.wait(job, timeout=20)
     assert done.status is JobStatus.SUCCEEDED
     with pytest.raises(ConflictError):
         client.retry(job)
+
+
+def test_a_retry_whose_answer_was_lost_returns_the_retried_job(
+    platform: Platform, token: str, client: Client
+) -> None:
+    job = client.submit("system.echo", {"again": True}, delay_seconds=600)
+    client.cancel(job)
+    with (
+        FaultyProxy(platform.port, DropAnswer()) as proxy,
+        Client(proxy.url, token, backoff=0.05) as through,
+    ):
+        retried = _retry_or_skip(through, job)
+    # The first retry went through, the second met a 409: the job is read and returned.
+    assert len(proxy.requests) >= 2
+    assert retried.id == job.id and retried.status is not JobStatus.CANCELLED
+    assert client.wait(job, timeout=20).status is JobStatus.SUCCEEDED
 
 
 async def test_the_async_client_does_the_same(platform: Platform, token: str) -> None:
@@ -364,6 +375,16 @@ async def test_the_async_client_retries_a_lost_submission_and_a_cut_stream(
         assert [j.id async for j in direct.list()] == [job.id]
         assert events == [event async for event in direct.events(job)]
     assert events[-1].status is JobStatus.SUCCEEDED
+
+
+def _retry_or_skip(client: Client, job: Job) -> Job:
+    """`client.retry(job)`; the test is skipped on a server without the retry route."""
+    try:
+        return client.retry(job)
+    except ApiError as exc:
+        if exc.status == 405 or (exc.status == 404 and "no route" in exc.detail):
+            pytest.skip("this server has no POST /v1/jobs/{id}/retry")
+        raise
 
 
 def _header(sent: bytes, name: str) -> str | None:
