@@ -190,7 +190,8 @@ class AsyncClient:
 
     async def events(self, job: JobRef, last_event_id: int | None = None) -> AsyncIterator[Event]:
         """The job's events until its final status, reconnecting with `Last-Event-ID`; see
-        `Client.events`."""
+        `Client.events`. To stop early and close the connection at once, iterate inside
+        ``async with contextlib.aclosing(client.events(job)) as events:``."""
         stream = protocol.EventStream(job, last_event_id)
         failures = 0
         while not stream.done:
