@@ -31,6 +31,7 @@ from conveyor.db import ping as db_ping
 from conveyor.errors import UnknownResourceError
 from conveyor.feeds import Feeds
 from conveyor.httpclient import SharedHttpClient
+from conveyor.models.migrate import SchemaCheck
 from conveyor.outbound import HttpClient
 from conveyor.registry import JOBS, Registry
 from conveyor.services.jobs import Enqueuer
@@ -195,7 +196,7 @@ class Container:
             url = self.settings.redis_url
             if url:
                 return RedisAnnouncements(url, self.settings.redis_prefix)
-            if self.role is not ProcessRole.DEV:
+            if self.role not in (ProcessRole.DEV, ProcessRole.CLI):  # web processes warn of it
                 logger.warning(
                     "no redis_url: clients waiting on jobs are woken only by this process"
                 )
@@ -247,6 +248,8 @@ class Container:
                 requeue_after=dt.timedelta(seconds=settings.requeue_after_seconds),
                 max_worker_losses=settings.max_worker_losses,
                 lease_hold=min(settings.lease_seconds, LEASE_HOLD_SECONDS),
+                retention_days=settings.retention_days,
+                retention_interval=settings.retention_interval_seconds,
             )
 
         return self._get("sweeper", build, Sweeper.stop)
@@ -297,8 +300,10 @@ class Container:
 
     def readiness_checks(self) -> dict[str, Callable[[], None]]:
         """What `/readyz` asks: each check raises unless its dependency answers."""
+        schema = self._get("schema_check", lambda: SchemaCheck(self.db), None)
         return {
             "database": lambda: db_ping(self.db),
+            "schema": schema,
             "broker": lambda: check_broker(self.broker, self.settings.broker_url),
             "redis": lambda: self.announcements.ping(),
         }

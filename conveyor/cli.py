@@ -1,20 +1,114 @@
-"""The `conveyor` command: dev, web, db, users, tokens."""
+"""The `conveyor` command: run the processes, migrate the database, manage users, tokens
+and jobs."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import getpass
+import math
+import socket
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
-from conveyor import bootstrap
+import sqlalchemy.exc
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+
+from conveyor import __version__, bootstrap
+from conveyor.console import CommandError, as_json, fields, quiet_logging, show
 from conveyor.errors import ConveyorError
-from conveyor.models import Role
+from conveyor.models import Role, User
 from conveyor.settings import Settings, get_settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+UPGRADE_HINT = "run `conveyor db upgrade` (with the same CONVEYOR_DATABASE_URL)"
+
+
+# --- shared by the commands ---------------------------------------------------------------
 
 
 def _container(settings: Settings) -> bootstrap.Container:
     return bootstrap.Container(settings, bootstrap.ProcessRole.CLI)
+
+
+def safe_url(url: str) -> str:
+    """A database URL fit to print: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(an unparsable CONVEYOR_DATABASE_URL)"
+
+
+@contextlib.contextmanager
+def opened(settings: Settings, *, migrated: bool = True) -> Iterator[bootstrap.Container]:
+    """The CLI's container, closed after the command; with `migrated`, the database must be
+    at the revision this code needs (else a CommandError saying to upgrade)."""
+    from conveyor.models.migrate import SchemaBehindError, SchemaCheck
+
+    with _container(settings) as container:
+        if migrated:
+            try:
+                SchemaCheck(container.db)()
+            except SchemaBehindError as exc:
+                raise CommandError(str(exc), UPGRADE_HINT) from None
+        yield container
+
+
+def operator() -> User:
+    """Who the CLI acts as: an admin named after the local account and host (for events and
+    logs); never stored."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown"
+    return User(
+        id=uuid.UUID(int=0),
+        email=f"cli:{name}@{socket.gethostname()}",
+        role=Role.ADMIN.value,
+        active=True,
+    )
+
+
+def job_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a job id") from None
+
+
+def when(value: str) -> dt.datetime:
+    """An ISO 8601 time (UTC unless it says otherwise) or a date."""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a time: give 2030-01-31 or 2030-01-31T09:00:00Z"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def count(value: str) -> int:
+    """A number of rows to show: 1 to 10,000."""
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 10_000):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number from 1 to 10000")
+    return int(value)
+
+
+def positive_days(value: str) -> float:
+    try:
+        days = float(value)
+    except ValueError:
+        days = math.nan
+    if not (math.isfinite(days) and days > 0):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of days above 0, such as 7")
+    return days
+
+
+# --- dev, web, db ---------------------------------------------------------------------------
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,20 +139,90 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from alembic.util import CommandError as AlembicError
+
     from conveyor.models.migrate import upgrade
 
-    upgrade(settings.database_url, args.revision)
-    print(f"database upgraded to {args.revision}")
+    try:
+        before, after = upgrade(settings.database_url, args.revision)
+    except AlembicError as exc:
+        raise CommandError(str(exc), "`conveyor db history` lists the revisions") from None
+    if before == after:
+        print(f"database already at revision {after or 'none'}; nothing to do")
+    else:
+        print(f"database upgraded from revision {before or 'none (empty)'} to {after}")
     return 0
+
+
+def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.models.migrate import current, head
+
+    found, newest = current(settings.database_url), head()
+    if found == newest:
+        print(f"{found} (head)")
+        return 0
+    print(f"{found or 'none'} (behind: this code needs {newest}; run `conveyor db upgrade`)")
+    return 3
+
+
+def cmd_db_history(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.models.migrate import head, history
+
+    newest = head()
+    for revision in history():
+        title = revision.message.splitlines()[0] if revision.message else ""
+        mark = "  (head)" if revision.id == newest else ""
+        print(f"{revision.id}  {title}{mark}")
+    return 0
+
+
+# --- users and tokens -----------------------------------------------------------------------
+
+
+USER_COLUMNS = ("email", "role", "active", "created_at", "id")
+
+
+def _user_row(user: User) -> dict[str, Any]:
+    return {name: getattr(user, name) for name in USER_COLUMNS}
 
 
 def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.services.users import create_user
 
-    with _container(settings) as container:
+    with opened(settings) as container:
         user = create_user(container.db, args.email, Role(args.role))
     print(f"user: {user.email}\nid: {user.id}\nrole: {user.role}")
     print(f"next: conveyor tokens issue {user.email}")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services.users import list_users
+
+    with opened(settings) as container:
+        users = list_users(container.db, role=Role(args.role) if args.role else None)
+    show([_user_row(u) for u in users], USER_COLUMNS, json_output=args.json, empty="no users")
+    return 0
+
+
+def cmd_users_active(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services.users import set_active
+
+    with opened(settings) as container:
+        user = set_active(container.db, args.email, args.active)
+    if args.active:
+        print(f"{user.email} is active again; their unexpired tokens work again")
+    else:
+        print(f"{user.email} is deactivated: web processes refuse their tokens within 10 s")
+    return 0
+
+
+def cmd_users_role(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services.users import set_role
+
+    with opened(settings) as container:
+        user = set_role(container.db, args.email, Role(args.role))
+    print(f"{user.email} is now {user.role} (web processes notice within 10 s)")
     return 0
 
 
@@ -67,9 +231,22 @@ def cmd_tokens_issue(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.services.users import get_by_email
 
     config = TokenConfig.of(settings)
-    with _container(settings) as container:
+    ttl = None
+    if args.days is not None:
+        most = settings.token_max_lifetime_seconds / 86400
+        if args.days > most:
+            raise CommandError(
+                f"--days {args.days:g} is longer than tokens may live ({most:g} days)",
+                "give fewer days, or raise CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS",
+            )
+        ttl = dt.timedelta(days=args.days)
+    with opened(settings) as container:
         user = get_by_email(container.db, args.email)
-    ttl = dt.timedelta(days=args.days) if args.days else None
+    if not user.active:
+        raise CommandError(
+            f"{user.email} is deactivated: a token would be refused",
+            f"run `conveyor users activate {user.email}`",
+        )
     token = issue_token(config, user.id, ttl=ttl)
     print(token)
     if sys.stdout.isatty():
@@ -77,54 +254,477 @@ def cmd_tokens_issue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="conveyor", description=__doc__)
-    sub = root.add_subparsers(dest="command", required=True)
+# --- jobs -----------------------------------------------------------------------------------
 
-    dev = sub.add_parser("dev", help="everything in one process, no servers needed")
+
+JOB_COLUMNS = ("id", "type", "queue", "status", "attempts", "created_at", "finished_at")
+
+
+def _job_out(job: Any) -> dict[str, Any]:
+    """A job as `--json` prints it in a list: as the API lists it."""
+    from conveyor.http.schemas import JobItem
+
+    return JobItem.of(job, ()).model_dump(mode="json", exclude={"payload", "result", "omitted"})
+
+
+def _job_filter(args: argparse.Namespace, db: Any) -> Any:
+    from conveyor.services.operations import JobFilter, owner_id_of
+
+    return JobFilter(
+        statuses=tuple(args.status or ()),
+        types=tuple(args.type or ()),
+        queues=tuple(args.queue or ()),
+        owner_id=owner_id_of(db, args.owner) if args.owner else None,
+        created_before=args.created_before,
+        created_after=args.created_after,
+    )
+
+
+def cmd_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services.operations import find
+
+    with opened(settings) as container:
+        found = find(container.db, operator(), _job_filter(args, container.db), limit=args.limit)
+    if args.json:
+        rows = [_job_out(job) for job in found]
+    else:
+        rows = [{name: getattr(job, name) for name in JOB_COLUMNS} for job in found]
+    show(rows, JOB_COLUMNS, json_output=args.json, empty="no jobs match")
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.http.schemas import JobOut
+    from conveyor.services import jobs, operations
+
+    with opened(settings) as container:
+        job = jobs.get(container.db, args.id, operator())
+        events = operations.last_events(container.db, args.id, args.events)
+    out = JobOut.of(job).model_dump()
+    history = [
+        {
+            "id": e.id,
+            "at": e.at,
+            "kind": e.kind,
+            "status": e.status,
+            "attempt": e.attempt,
+            "message": e.message,
+        }
+        for e in events
+    ]
+    if args.json:
+        as_json({**out, "events": history})
+        return 0
+    content = ("error", "payload", "result")
+    record = {k: v for k, v in out.items() if k not in content}
+    fields(record | {k: out[k] for k in content if out[k] is not None})
+    print()
+    show(history, ("at", "status", "attempt", "message"), json_output=False, empty="no events")
+    return 0
+
+
+def _bulk(args: argparse.Namespace) -> bool:
+    given = [args.status, args.type, args.queue, args.owner, args.created_before]
+    if args.id is not None:
+        if any(given) or args.created_after:
+            raise CommandError("give a job id or filters, not both", "see --help")
+        return False
+    if not (any(given) or args.created_after):
+        raise CommandError(
+            "give a job id, or at least one filter",
+            "--status, --type, --queue, --owner, --created-before or --created-after",
+        )
+    return True
+
+
+def cmd_jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services import jobs, operations
+
+    with opened(settings) as container:
+        if not _bulk(args):
+            job = jobs.cancel(container.db, container.announcements, args.id, operator())
+            state = "asked to stop" if job.status == "running" else job.status
+            print(f"job {job.id}: {state}")
+            return 0
+        where = _job_filter(args, container.db)
+        cancelled = stopping = 0
+        while True:
+            result = operations.bulk_cancel(
+                container.db, container.announcements, operator(), where
+            )
+            cancelled += result.count - result.stopping
+            stopping += result.stopping
+            if not result.more:
+                break
+    print(f"cancelled {cancelled} job(s); asked {stopping} running job(s) to stop")
+    return 0
+
+
+def cmd_jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
+    import conveyor.actors.all  # noqa: F401  (every job type: a retry renews its type's retries)
+    from conveyor.services import operations
+
+    with opened(settings) as container:
+        common = (container.db, container.enqueuer, container.announcements, container.registry)
+        if not _bulk(args):
+            job = operations.retry(*common, args.id, operator())
+            print(f"job {job.id}: {job.status} again (attempt {job.attempts + 1} is next)")
+            return 0
+        where = _job_filter(args, container.db)
+        retried = skipped = 0
+        while True:
+            result = operations.bulk_retry(*common, operator(), where)
+            retried += result.count
+            skipped += result.skipped
+            if not result.more:
+                break
+    print(f"retried {retried} job(s)")
+    if skipped:
+        print(f"left {skipped} job(s) of job types this code does not know", file=sys.stderr)
+    return 0
+
+
+def cmd_jobs_purge(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services import operations
+
+    with opened(settings) as container:
+        result = operations.purge_queue(
+            container.db, container.announcements, operator(), args.queue
+        )
+    print(f"queue {args.queue}: cancelled {result.count} waiting job(s)")
+    return 0
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line on stderr, pointing at --help (exit 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def _command(
+    sub: Any, name: str, help_: str, run: Command | None, *examples: str, description: str = ""
+) -> argparse.ArgumentParser:
+    """A sub-command with its one-line help, a description and examples in its --help."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_,
+        description=description or help_[:1].upper() + help_[1:] + ".",
+        epilog=_examples(*examples) if examples else None,
+        formatter_class=_Formatter,
+    )
+    if run is not None:
+        parser.set_defaults(run=run)
+    return parser
+
+
+def _group(sub: Any, name: str, help_: str, *examples: str) -> Any:
+    parser = _command(sub, name, help_, None, *examples)
+    return parser.add_subparsers(dest=name, required=True, metavar="COMMAND")
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    from conveyor.models import JobStatus
+
+    statuses = [s.value for s in JobStatus]
+    parser.add_argument("--status", action="append", choices=statuses, help="repeatable")
+    parser.add_argument("--type", action="append", metavar="TYPE", help="repeatable")
+    parser.add_argument("--queue", action="append", metavar="QUEUE", help="repeatable")
+    parser.add_argument("--owner", metavar="EMAIL|ID", help="only this user's jobs")
+    parser.add_argument("--created-before", type=when, metavar="TIME", help="ISO 8601, UTC")
+    parser.add_argument("--created-after", type=when, metavar="TIME", help="ISO 8601, UTC")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = _Parser(
+        prog="conveyor",
+        description=__doc__,
+        epilog=_examples(
+            "conveyor dev                       # everything in one process",
+            "conveyor db upgrade && conveyor web",
+            "conveyor jobs list --status failed",
+            "conveyor <command> --help          # more on each command",
+        ),
+        formatter_class=_Formatter,
+    )
+    root.add_argument("--version", action="version", version=f"conveyor {__version__}")
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _dev_and_web(sub)
+    _db(sub)
+    _users(sub)
+    _tokens(sub)
+    _jobs(sub)
+    return root
+
+
+def _dev_and_web(sub: Any) -> None:
+    dev = _command(
+        sub,
+        "dev",
+        "everything in one process, no servers needed",
+        cmd_dev,
+        "conveyor dev",
+        "conveyor dev --port 0             # a free port",
+        description="The API, a worker pool and the sweeper in one process, on SQLite and an "
+        "in-process broker under CONVEYOR_DATA_DIR. For trying Conveyor out.",
+    )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    dev.set_defaults(run=cmd_dev)
 
-    web = sub.add_parser("web", help="the HTTP API (and the outbox sweeper)")
+    web = _command(
+        sub,
+        "web",
+        "the HTTP API (and the outbox sweeper)",
+        cmd_web,
+        "conveyor web",
+        "CONVEYOR_PORT=9000 conveyor web --host 0.0.0.0",
+    )
     web.add_argument("--host", default=None, help="default: CONVEYOR_HOST")
     web.add_argument("--port", type=int, default=None, help="default: CONVEYOR_PORT")
-    web.set_defaults(run=cmd_web)
 
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
-    up = db.add_parser("upgrade", help="apply migrations")
-    up.add_argument("revision", nargs="?", default="head")
-    up.set_defaults(run=cmd_db_upgrade)
 
-    users = sub.add_parser("users", help="accounts").add_subparsers(dest="users", required=True)
-    create = users.add_parser("create", help="create a user")
-    create.add_argument("email")
-    create.add_argument("--role", choices=[r.value for r in Role], default=Role.MEMBER.value)
-    create.set_defaults(run=cmd_users_create)
-
-    tokens = sub.add_parser("tokens", help="API tokens").add_subparsers(
-        dest="tokens", required=True
+def _db(sub: Any) -> None:
+    db = _group(sub, "db", "database schema", "conveyor db upgrade", "conveyor db current")
+    up = _command(
+        db,
+        "upgrade",
+        "apply migrations",
+        cmd_db_upgrade,
+        "conveyor db upgrade",
+        "conveyor db upgrade 0002          # stop at that revision",
+        description="Apply the migrations up to REVISION (the newest by default) and say "
+        "from which revision to which; a database already there is left as it is.",
     )
-    issue = tokens.add_parser("issue", help="print a bearer token for a user")
+    up.add_argument("revision", nargs="?", default="head")
+    _command(
+        db,
+        "current",
+        "print the database's revision",
+        cmd_db_current,
+        "conveyor db current",
+        description="Print the revision the database is at; exit 3 when it is behind this "
+        "code (run `conveyor db upgrade`).",
+    )
+    _command(db, "history", "list the migrations", cmd_db_history, "conveyor db history")
+
+
+def _users(sub: Any) -> None:
+    roles = [r.value for r in Role]
+    users = _group(sub, "users", "accounts", "conveyor users list", "conveyor users --help")
+    create = _command(
+        users,
+        "create",
+        "create a user",
+        cmd_users_create,
+        "conveyor users create alice@example.com",
+        "conveyor users create ops@example.com --role admin",
+    )
+    create.add_argument("email")
+    create.add_argument("--role", choices=roles, default=Role.MEMBER.value)
+
+    listing = _command(
+        users,
+        "list",
+        "list users",
+        cmd_users_list,
+        "conveyor users list",
+        "conveyor users list --role admin --json",
+    )
+    listing.add_argument("--role", choices=roles)
+    _json_flag(listing)
+
+    deactivate = _command(
+        users,
+        "deactivate",
+        "refuse a user's tokens",
+        cmd_users_active,
+        "conveyor users deactivate alice@example.com",
+        description="Deactivate a user: every web process refuses their tokens within 10 s "
+        "(its user cache). Their jobs stay as they are.",
+    )
+    deactivate.add_argument("email")
+    deactivate.set_defaults(active=False)
+    activate = _command(
+        users,
+        "activate",
+        "accept a deactivated user's tokens again",
+        cmd_users_active,
+        "conveyor users activate alice@example.com",
+    )
+    activate.add_argument("email")
+    activate.set_defaults(active=True)
+
+    role = _command(
+        users,
+        "role",
+        "make a user an admin or a member",
+        cmd_users_role,
+        "conveyor users role alice@example.com admin",
+    )
+    role.add_argument("email")
+    role.add_argument("role", choices=roles)
+
+
+def _tokens(sub: Any) -> None:
+    tokens = _group(sub, "tokens", "API tokens", "conveyor tokens issue alice@example.com")
+    issue = _command(
+        tokens,
+        "issue",
+        "print a bearer token for a user",
+        cmd_tokens_issue,
+        "conveyor tokens issue alice@example.com",
+        "conveyor tokens issue alice@example.com --days 7",
+    )
     issue.add_argument("email")
     issue.add_argument(
         "--days",
-        type=float,
+        type=positive_days,
         default=None,
-        help="lifetime in days (default: CONVEYOR_TOKEN_TTL_SECONDS; at most "
+        help="lifetime in days, above 0 (default: CONVEYOR_TOKEN_TTL_SECONDS; at most "
         "CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS)",
     )
-    issue.set_defaults(run=cmd_tokens_issue)
-    return root
+
+
+def _jobs(sub: Any) -> None:
+    jobs = _group(
+        sub,
+        "jobs",
+        "find, inspect, cancel, retry and purge jobs (as an admin)",
+        "conveyor jobs list --status failed",
+        "conveyor jobs retry --status failed --type report.generate",
+    )
+    listing = _command(
+        jobs,
+        "list",
+        "list jobs, newest first",
+        cmd_jobs_list,
+        "conveyor jobs list",
+        "conveyor jobs list --status failed --queue reports --limit 100",
+        "conveyor jobs list --owner alice@example.com --created-after 2030-01-01 --json",
+    )
+    _filters(listing)
+    listing.add_argument("--limit", type=count, default=20, help="1 to 10000 (default 20)")
+    _json_flag(listing)
+
+    show_ = _command(
+        jobs,
+        "show",
+        "a job with its error, payload, result and events",
+        cmd_jobs_show,
+        "conveyor jobs show 01a20d7c-4d7b-7c3e-9b2a-6f0e8d1c2b3a",
+    )
+    show_.add_argument("id", type=job_id)
+    show_.add_argument(
+        "--events", type=count, default=50, help="the newest events shown (default 50)"
+    )
+    _json_flag(show_)
+
+    cancel = _command(
+        jobs,
+        "cancel",
+        "cancel a job, or every job that matches filters",
+        cmd_jobs_cancel,
+        "conveyor jobs cancel 01a20d7c-4d7b-7c3e-9b2a-6f0e8d1c2b3a",
+        "conveyor jobs cancel --status queued --type report.generate",
+        description="Cancel one job, or (with filters instead of an id) every job that "
+        "matches: waiting jobs at once, running ones are asked to stop.",
+    )
+    cancel.add_argument("id", type=job_id, nargs="?")
+    _filters(cancel)
+
+    retry = _command(
+        jobs,
+        "retry",
+        "retry a failed or cancelled job, or every one that matches filters",
+        cmd_jobs_retry,
+        "conveyor jobs retry 01a20d7c-4d7b-7c3e-9b2a-6f0e8d1c2b3a",
+        "conveyor jobs retry --status failed --created-after 2030-01-31T09:00",
+        description="Give a failed or cancelled job a new attempt cycle (same id; its "
+        "retries renewed), or (with filters instead of an id) every such job that matches.",
+    )
+    retry.add_argument("id", type=job_id, nargs="?")
+    _filters(retry)
+
+    purge = _command(
+        jobs,
+        "purge",
+        "cancel every waiting job of a queue",
+        cmd_jobs_purge,
+        "conveyor jobs purge reports",
+        description="Cancel every scheduled, queued and retrying job of QUEUE; running jobs "
+        "go on. Workers skip the messages left on the broker.",
+    )
+    purge.add_argument("queue")
+
+
+# --- errors, and main -----------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        name = "_".join(str(part) for part in first["loc"]).upper()
+        variable = f"CONVEYOR_{name}" if name else "a CONVEYOR_ setting"
+        raise CommandError(
+            f"bad setting {variable}: {first['msg']}",
+            f"fix or unset {variable} (in the environment or .env)",
+        ) from None
+
+
+def _database_error(exc: sqlalchemy.exc.DBAPIError, settings: Settings) -> CommandError:
+    from conveyor.errors import is_infrastructure_error
+
+    reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else "error"
+    url = safe_url(settings.database_url)
+    if isinstance(exc, sqlalchemy.exc.OperationalError) or is_infrastructure_error(exc):
+        hint = "is it running? check CONVEYOR_DATABASE_URL"
+        if "does not exist" in reason:
+            hint = "create it (createdb), or check CONVEYOR_DATABASE_URL"
+        return CommandError(f"cannot reach the database at {url}: {reason}", hint)
+    if isinstance(exc, sqlalchemy.exc.ProgrammingError) and "does not exist" in reason:
+        return CommandError(f"the database at {url} is not migrated: {reason}", UPGRADE_HINT)
+    return CommandError(f"database error at {url}: {reason}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.run not in (cmd_dev, cmd_web):  # those configure their own logging
+        quiet_logging()
+    settings: Settings | None = None
     try:
-        return int(args.run(args, get_settings()))
+        settings = _settings()
+        return int(args.run(args, settings))
+    except CommandError as exc:
+        error = exc
     except ConveyorError as exc:
-        print(f"conveyor: {exc.detail}", file=sys.stderr)
-        return 1
+        error = CommandError(exc.detail)
+    except sqlalchemy.exc.DBAPIError as exc:
+        assert settings is not None
+        error = _database_error(exc, settings)
+    except sqlalchemy.exc.ArgumentError as exc:
+        error = CommandError(f"bad CONVEYOR_DATABASE_URL: {exc}", "see README, Settings")
+    except KeyboardInterrupt:
+        return 130
+    hint = f"; {error.hint}" if error.hint else ""
+    print(f"conveyor: {error.message}{hint}", file=sys.stderr)
+    return error.status
 
 
 if __name__ == "__main__":

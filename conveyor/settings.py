@@ -135,6 +135,19 @@ class Settings(BaseSettings):
         description="A queued or retrying job whose message was published this long ago "
         "and never started is published again (a lost message).",
     )
+    retention_days: float = Field(
+        30.0,
+        ge=0,
+        le=100 * 366,
+        description="Finished jobs (succeeded, failed, cancelled) and their events are deleted "
+        "this many days after they finished; 0 keeps them forever.",
+    )
+    retention_interval_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How often a web process's sweeper deletes the jobs past "
+        "CONVEYOR_RETENTION_DAYS (one process at a time, in batches).",
+    )
     http_timeout_seconds: float = Field(
         30.0, gt=0, description="Total time limit of an outbound request made with `ctx.http`."
     )

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.announcements import Announcer
 from conveyor.errors import BrokerUnavailableError, is_infrastructure_error
 from conveyor.models.base import utcnow
-from conveyor.services import outbox
+from conveyor.services import outbox, retention
 from conveyor.services.jobs import Enqueuer
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,9 @@ RESTART_CHECK_SECONDS = 1.0
 
 class Sweeper(threading.Thread):
     """Every `interval`, or sooner when a scheduled job comes due: mark confirmed publishes,
-    expire leases, queue due scheduled jobs, publish the outbox; and at most every second,
-    publish again what a broker that lost its data no longer holds."""
+    expire leases, queue due scheduled jobs, publish the outbox; at most every second,
+    publish again what a broker that lost its data no longer holds; and every
+    `retention_interval`, delete the finished jobs past their retention."""
 
     def __init__(
         self,
@@ -44,6 +45,8 @@ class Sweeper(threading.Thread):
         requeue_after: dt.timedelta,
         max_worker_losses: int,
         lease_hold: float = 0.0,
+        retention_days: float = 0.0,
+        retention_interval: float = 300.0,
     ) -> None:
         super().__init__(name="conveyor-sweeper", daemon=True)
         self.db = db
@@ -63,6 +66,11 @@ class Sweeper(threading.Thread):
         self._next_pass = utcnow()
         self._requested: dt.datetime | None = None
         self._next_restart_check = 0.0
+        #: Finished jobs older than this many days are deleted (0: kept forever), every
+        #: `retention_interval` seconds; sooner while a backlog remains.
+        self.retention_days = retention_days
+        self.retention_interval = retention_interval
+        self._next_retention = 0.0
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -119,6 +127,11 @@ class Sweeper(threading.Thread):
             if time.monotonic() >= self._next_restart_check:
                 self._next_restart_check = time.monotonic() + RESTART_CHECK_SECONDS
                 outbox.republish_lost(self.db, self.enqueuer)
+            if self.retention_days > 0 and time.monotonic() >= self._next_retention:
+                self._next_retention = time.monotonic() + self.retention_interval
+                full = retention.BATCH * retention.MAX_BATCHES
+                if retention.purge_expired(self.db, self.retention_days) >= full:
+                    self._next_retention = 0.0  # a backlog: go on at the next pass
         except BrokerUnavailableError as exc:  # the enqueuer logged the outage once
             logger.debug("sweep stopped at the broker (will retry): %r", exc)
         except Exception as exc:

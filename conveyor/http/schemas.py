@@ -77,8 +77,14 @@ class JobOut(BaseModel):
     result: Any = None
     error: JobError | None = None
     attempts: int = Field(description="Times the job started (retries and lost workers included)")
-    max_retries: int
-    worker_losses: int = Field(description="Attempts that ended because their worker died")
+    max_retries: int = Field(
+        description="Failed attempts the job may retry over its life; a retry of the job "
+        "raises it by its type's retries"
+    )
+    worker_losses: int = Field(
+        description="Attempts that ended because their worker died (or a service failed "
+        "under them), since the job was submitted or last retried"
+    )
     progress: float | None = None
     owner_id: uuid.UUID
     parent_id: uuid.UUID | None = Field(None, description="The job that submitted this one")
@@ -249,4 +255,42 @@ class Readiness(BaseModel):
     """Whether each dependency answered: `ok` or `failed` (the log has the error)."""
 
     status: Literal["ok", "unavailable"]
-    checks: dict[str, str] = Field(examples=[{"database": "ok", "broker": "ok", "redis": "ok"}])
+    checks: dict[str, str] = Field(
+        examples=[{"database": "ok", "schema": "ok", "broker": "ok", "redis": "ok"}]
+    )
+
+
+class JobFilterIn(BaseModel):
+    """Which jobs a bulk operation acts on: every criterion given must hold, and at least one
+    must be given. `limit` bounds how many one request changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: list[JobStatus] = Field(
+        default_factory=list,
+        description="Only jobs in these statuses (by default every status the operation acts on)",
+    )
+    type: list[str] = Field(default_factory=list, description="Only jobs of these types")
+    queue: list[str] = Field(default_factory=list, description="Only jobs of these queues")
+    owner: str | None = Field(
+        None, description="Only the jobs of this user (an email or a user id)", max_length=320
+    )
+    created_before: AwareDatetime | None = Field(None, description="Created before this time")
+    created_after: AwareDatetime | None = Field(None, description="Created at or after this time")
+    limit: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="Most jobs changed by this request; call again while `more` is true",
+    )
+
+
+class BulkOut(BaseModel):
+    """What a bulk operation did."""
+
+    count: int = Field(description="Jobs changed")
+    more: bool = Field(description="Matching jobs are left (the limit was reached): call again")
+    cancel_requested: int = Field(
+        0, description="Of `count`, running jobs asked to stop (a cancel)"
+    )
+    skipped: int = Field(0, description="Jobs of a type this server does not know (a retry)")

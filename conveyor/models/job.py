@@ -38,7 +38,8 @@ class JobStatus(enum.StrEnum):
 
 
 #: Final states: nothing moves a job out of them.
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+FINISHED_ORDER = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+FINISHED = frozenset(FINISHED_ORDER)
 #: Not started (again) yet: a cancel ends these at once.
 WAITING = (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RETRYING)
 #: States that need a message on the broker (the outbox); a scheduled job joins when due.
@@ -81,6 +82,13 @@ class Job(Base):
             "lease_expires_at",
             postgresql_where=text(_in((JobStatus.RUNNING,))),
             sqlite_where=text(_in((JobStatus.RUNNING,))),
+        ),
+        # Retention: the finished jobs that are old enough to delete, oldest first.
+        Index(
+            "ix_jobs_finished_finished_at",
+            "finished_at",
+            postgresql_where=text(_in(tuple(FINISHED_ORDER))),
+            sqlite_where=text(_in(tuple(FINISHED_ORDER))),
         ),
         # The sweeper's promotion of delayed jobs that became due.
         Index(

@@ -53,3 +53,37 @@ def ensure_user(db: sessionmaker[Session], email: str, role: Role) -> User:
         return get_by_email(db, email)
     except NotFoundError:
         return create_user(db, email, role)
+
+
+def list_users(db: sessionmaker[Session], *, role: Role | None = None) -> list[User]:
+    """Every user (of `role`, if given), oldest first."""
+    query = select(User).order_by(User.created_at, User.id)
+    if role is not None:
+        query = query.where(User.role == Role(role).value)
+    with db() as session:
+        return list(session.scalars(query))
+
+
+def set_active(db: sessionmaker[Session], email: str, active: bool) -> User:
+    """Activate or deactivate a user. A deactivated user's tokens are refused (by each web
+    process within the few seconds it caches users); their jobs stay as they are."""
+    with transaction(db) as session:
+        user = _by_email_for_update(session, email)
+        user.active = active
+    return user
+
+
+def set_role(db: sessionmaker[Session], email: str, role: Role) -> User:
+    """Make a user an admin or a member."""
+    with transaction(db) as session:
+        user = _by_email_for_update(session, email)
+        user.role = Role(role).value
+    return user
+
+
+def _by_email_for_update(session: Session, email: str) -> User:
+    query = select(User).where(User.email == normalize_email(email)).with_for_update()
+    user = session.scalars(query).first()
+    if user is None:
+        raise NotFoundError(f"no user with email {email}")
+    return user

@@ -263,7 +263,7 @@ async def test_readiness_checks_every_dependency(stack: Stack) -> None:
     response = await stack.client.get("/readyz")
     body = await response.json()
     assert response.status == 200, body
-    assert body["checks"] == {"database": "ok", "broker": "ok", "redis": "ok"}
+    assert body["checks"] == {"database": "ok", "schema": "ok", "broker": "ok", "redis": "ok"}
 
 
 async def test_metrics_count_requests_and_jobs(stack: Stack) -> None:

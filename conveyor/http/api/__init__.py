@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from conveyor.http.api import jobs, stream  # noqa: F401  (their routes join the table)
+from conveyor.http.api import jobs, operations, stream  # noqa: F401  (their routes join the table)
 from conveyor.http.api.params import routes
 from conveyor.http.auth import authenticate
 from conveyor.http.middleware import problems

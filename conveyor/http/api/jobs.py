@@ -1,4 +1,4 @@
-"""Routes of /v1/jobs: submit, read (and wait), list, cancel; job types."""
+"""Routes of /v1/jobs: submit, read (and wait), list, cancel, retry; job types."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from conveyor.http.schemas import (
 )
 from conveyor.models import Job, JobStatus
 from conveyor.models.base import utcnow
-from conveyor.services import jobs
+from conveyor.services import jobs, operations
 from conveyor.services.cursors import Cursors
 from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
 from conveyor.settings import Settings
@@ -468,6 +468,40 @@ async def cancel_job(request: web.Request) -> web.Response:
     )
     if is_finished(job):
         return respond(JobOut.of(job), 200)
+    headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(POLL_SECONDS)}
+    return respond(JobOut.of(job), 202, headers)
+
+
+@routes.post(
+    "/jobs/{job_id}/retry",
+    summary="Retry a failed or cancelled job",
+    parameters=[JOB_ID],
+    answers={
+        202: Answer(
+            "Queued again: a new attempt cycle of the same job; poll the Location",
+            JobOut,
+            headers={"Location": "The job's URL", **UNFINISHED_HEADERS},
+        ),
+    },
+    errors={
+        404: "No such job (or another member's)",
+        409: "The job is not failed or cancelled (the detail says its status), or its type "
+        "is not known to this server",
+    },
+)
+async def retry_job(request: web.Request) -> web.Response:
+    """Give a `failed` or `cancelled` job a new attempt cycle: same id, attempts go on
+    counting, its retries renewed; 202 with the job, queued."""
+    container = request.config_dict[CONTAINER]
+    job = await run_db(
+        request.config_dict,
+        operations.retry,
+        container.enqueuer,
+        container.announcements,
+        container.registry,
+        job_id_of(request),
+        request[USER],
+    )
     headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": str(POLL_SECONDS)}
     return respond(JobOut.of(job), 202, headers)
 

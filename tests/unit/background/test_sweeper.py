@@ -150,3 +150,37 @@ def test_after_a_database_outage_leases_are_expired_only_once_heartbeats_had_tim
     assert load(job.id).status == JobStatus.RUNNING
     wait_until(lambda: sweeper.sweep_once() or load(job.id).status == JobStatus.RETRYING, 5)
     assert load(job.id).worker_losses == 1  # no heartbeat came: its worker is lost after all
+
+
+def test_a_sweep_deletes_the_jobs_past_their_retention_once_per_interval(
+    make_job: MakeJob,
+    db: sessionmaker[Session],
+    set_job: Callable[..., None],
+    enqueuer: RecordingEnqueuer,
+    announcer: RecordingAnnouncer,
+) -> None:
+    old, recent = make_job(), make_job()
+    long_ago = utcnow() - dt.timedelta(days=31)
+    set_job(old.id, status=JobStatus.SUCCEEDED.value, finished_at=long_ago)
+    set_job(recent.id, status=JobStatus.FAILED.value, finished_at=utcnow())
+    sweeper = Sweeper(
+        db,
+        enqueuer,
+        announcer,
+        interval=60.0,
+        grace=dt.timedelta(0),
+        requeue_after=dt.timedelta(minutes=15),
+        max_worker_losses=2,
+        retention_days=30,
+        retention_interval=3600,
+    )
+    sweeper.sweep_once()
+    with db() as session:
+        assert session.get(Job, old.id) is None
+        assert session.get(Job, recent.id) is not None
+
+    again = make_job()
+    set_job(again.id, status=JobStatus.CANCELLED.value, finished_at=long_ago)
+    sweeper.sweep_once()  # within the interval: not yet
+    with db() as session:
+        assert session.get(Job, again.id) is not None

@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 import jwt
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from conveyor.models.migrate import head
 from tests.stack import Stack
 
 
@@ -97,8 +99,21 @@ async def test_readyz_is_ok_when_every_check_passes(embedded_stack: Stack) -> No
     assert response.status == 200
     assert await response.json() == {
         "status": "ok",
-        "checks": {"database": "ok", "broker": "ok", "redis": "ok"},
+        "checks": {"database": "ok", "schema": "ok", "broker": "ok", "redis": "ok"},
     }
+
+
+async def test_readyz_fails_while_the_schema_is_behind_the_code(embedded_stack: Stack) -> None:
+    with embedded_stack.db.begin() as session:
+        session.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    response = await embedded_stack.client.get("/readyz")
+    assert response.status == 503
+    assert (await response.json())["checks"]["schema"] == "failed"
+
+    with embedded_stack.db.begin() as session:
+        session.execute(text("UPDATE alembic_version SET version_num = :head"), {"head": head()})
+    response = await embedded_stack.client.get("/readyz")
+    assert response.status == 200
 
 
 async def test_a_token_that_expires_in_the_year_9999_is_unauthorized(embedded_stack: Stack) -> None:

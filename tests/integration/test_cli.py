@@ -1,0 +1,278 @@
+"""The `conveyor` command, run in-process on a real migrated PostgreSQL database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor import __version__
+from conveyor.cli import main, parser
+from conveyor.db import transaction
+from conveyor.models import Job, JobEvent, JobStatus, Role, User
+from conveyor.models.base import utcnow
+from conveyor.models.job import jobs_t
+from conveyor.services import submissions
+from conveyor.services.submissions import NewJob
+from conveyor.services.users import create_user
+from conveyor.settings import get_settings
+from tests.conftest import REDIS_URL
+
+pytestmark = pytest.mark.integration
+
+SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, rabbitmq_url: str, redis_prefix: str
+) -> Iterator[None]:
+    """The CLI's settings: the run's database, RabbitMQ vhost and Redis prefix."""
+    monkeypatch.chdir("/")  # no .env of the checkout
+    for name, value in {
+        "DATABASE_URL": database_url,
+        "BROKER_URL": rabbitmq_url,
+        "REDIS_URL": REDIS_URL,
+        "REDIS_PREFIX": redis_prefix,
+        "SECRET_KEY": SECRET,
+    }.items():
+        monkeypatch.setenv(f"CONVEYOR_{name}", value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def leaves(
+    command: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
+    for action in command._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name)
+                yield from leaves(sub, (*path, name))
+
+
+def test_every_command_has_help_with_a_description_and_examples(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    commands = list(leaves(parser()))
+    assert ("jobs", "retry") in commands and ("users", "deactivate") in commands
+    for command in [(), *commands]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0
+        assert "examples:\n  conveyor" in out, command
+        assert out.split("\n\n")[1].strip(), f"{command}: no description"
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"conveyor {__version__}\n"
+
+
+def test_users_list_deactivate_and_role(
+    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "users", "create", "alice@example.com")[0] == 0
+    assert run(capsys, "users", "create", "ops@example.com", "--role", "admin")[0] == 0
+
+    code, out, _ = run(capsys, "users", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["EMAIL", "ROLE", "ACTIVE", "CREATED_AT", "ID"]
+    assert lines[1].split()[:3] == ["alice@example.com", "member", "yes"]
+
+    assert run(capsys, "users", "deactivate", "alice@example.com")[0] == 0
+    assert run(capsys, "users", "role", "alice@example.com", "admin")[0] == 0
+    code, out, _ = run(capsys, "users", "list", "--json", "--role", "admin")
+    listed = {u["email"]: u for u in json.loads(out)}
+    assert listed["alice@example.com"]["active"] is False
+    assert set(listed) == {"alice@example.com", "ops@example.com"}
+
+    code, _, err = run(capsys, "tokens", "issue", "alice@example.com")
+    assert code == 1 and err.count("\n") == 1
+    assert "deactivated" in err and "conveyor users activate alice@example.com" in err
+    assert run(capsys, "users", "activate", "alice@example.com")[0] == 0
+    code, out, _ = run(capsys, "tokens", "issue", "alice@example.com", "--days", "7")
+    assert code == 0 and out.count(".") == 2  # a JWT
+
+    code, _, err = run(capsys, "users", "role", "nobody@example.com", "admin")
+    assert (code, err) == (1, "conveyor: no user with email nobody@example.com\n")
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "nan", "inf", "1e9", "91"])
+def test_tokens_issue_refuses_days_out_of_range(
+    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str], days: str
+) -> None:
+    create_user(pg_db, "alice@example.com")
+    try:
+        code, out, err = run(capsys, "tokens", "issue", "alice@example.com", "--days", days)
+    except SystemExit as exit_:  # argparse's refusal
+        code, (out, err) = int(exit_.code or 0), capsys.readouterr()
+    assert code != 0 and out == ""
+    assert err.count("\n") == 1 and "days" in err and "Traceback" not in err
+
+
+def _job(db: sessionmaker[Session], owner: User, status: JobStatus, **values: Any) -> Job:
+    new = NewJob(
+        job_type="system.echo", queue="system", payload={"n": 1}, max_retries=0, owner_id=owner.id
+    )
+    job, _ = submissions.write(db, new)
+    with transaction(db) as session:
+        session.execute(
+            update(jobs_t).where(jobs_t.c.id == job.id).values(status=status.value, **values)
+        )
+    return job
+
+
+def _status(db: sessionmaker[Session], job_id: uuid.UUID) -> str:
+    with db() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.status
+
+
+def test_jobs_list_show_cancel_retry_and_purge(
+    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice = create_user(pg_db, "alice@example.com")
+    bob = create_user(pg_db, "bob@example.com", Role.ADMIN)
+    error = {"type": "RuntimeError", "message": "boom"}
+    failed = _job(pg_db, alice, JobStatus.FAILED, attempts=1, error=error, finished_at=utcnow())
+    queued = [_job(pg_db, alice, JobStatus.QUEUED) for _ in range(2)]
+    bobs = _job(pg_db, bob, JobStatus.QUEUED)
+
+    code, out, _ = run(capsys, "jobs", "list", "--status", "failed")
+    assert code == 0
+    assert out.splitlines()[0].split()[:4] == ["ID", "TYPE", "QUEUE", "STATUS"]
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [str(failed.id)]
+    code, out, _ = run(capsys, "jobs", "list", "--owner", "alice@example.com", "--json")
+    assert [j["id"] for j in json.loads(out)] == [str(j.id) for j in (*reversed(queued), failed)]
+
+    code, out, _ = run(capsys, "jobs", "show", str(failed.id))
+    assert code == 0 and "status:" in out and "boom" in out
+    code, out, _ = run(capsys, "jobs", "show", str(failed.id), "--json")
+    assert json.loads(out)["error"] == error
+
+    code, out, _ = run(capsys, "jobs", "retry", str(failed.id))
+    assert code == 0 and _status(pg_db, failed.id) == "queued"
+    code, _, err = run(capsys, "jobs", "retry", str(failed.id))
+    assert code == 1 and "the job is queued" in err
+    with pg_db() as session:
+        retried_by = session.scalars(
+            select(JobEvent.message).where(JobEvent.job_id == failed.id).order_by(JobEvent.id)
+        ).all()[-1]
+    assert retried_by is not None and retried_by.startswith("retried by cli:")
+
+    code, out, _ = run(capsys, "jobs", "cancel", str(queued[0].id))
+    assert code == 0 and _status(pg_db, queued[0].id) == "cancelled"
+    code, out, _ = run(capsys, "jobs", "cancel", "--owner", "bob@example.com")
+    assert code == 0 and out.startswith("cancelled 1 job(s)")
+    assert _status(pg_db, bobs.id) == "cancelled"
+    code, out, _ = run(capsys, "jobs", "retry", "--status", "cancelled", "--type", "system.echo")
+    assert code == 0 and out == "retried 2 job(s)\n"
+
+    code, out, _ = run(capsys, "jobs", "purge", "system")
+    assert code == 0 and out == "queue system: cancelled 4 waiting job(s)\n"
+    assert {_status(pg_db, j.id) for j in (failed, *queued, bobs)} == {"cancelled"}
+
+    code, _, err = run(capsys, "jobs", "cancel")
+    assert code == 1 and "give a job id, or at least one filter" in err
+
+
+def test_an_unreachable_database_is_named_without_its_password(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(
+        "CONVEYOR_DATABASE_URL", "postgresql+psycopg://app:hunter2@127.0.0.1:1/conveyor"
+    )
+    get_settings.cache_clear()
+    code, out, err = run(capsys, "users", "list")
+    assert code == 1 and out == ""
+    assert err.startswith("conveyor: cannot reach the database at ")
+    assert "app:***@127.0.0.1:1/conveyor" in err and "hunter2" not in err
+    assert err.count("\n") == 1 and "CONVEYOR_DATABASE_URL" in err
+
+
+def test_an_unmigrated_database_says_to_upgrade_and_db_commands_say_what_they_did(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"conveyor_cli_{uuid.uuid4().hex[:8]}"
+    admin = "host=127.0.0.1 user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        monkeypatch.setenv(
+            "CONVEYOR_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        )
+        get_settings.cache_clear()
+        code, _, err = run(capsys, "users", "list")
+        assert code == 1 and err.count("\n") == 1
+        assert "no Conveyor tables" in err and "conveyor db upgrade" in err
+
+        code, out, _ = run(capsys, "db", "current")
+        assert code == 3 and out.startswith("none (behind")
+        code, out, _ = run(capsys, "db", "upgrade", "0001")
+        assert out == "database upgraded from revision none (empty) to 0001\n"
+        code, _, err = run(capsys, "jobs", "list")
+        assert "at revision 0001" in err and "conveyor db upgrade" in err
+        code, out, _ = run(capsys, "db", "upgrade")
+        assert code == 0 and out.startswith("database upgraded from revision 0001 to ")
+        code, out, _ = run(capsys, "db", "upgrade")
+        assert out.startswith("database already at revision") and "nothing to do" in out
+        code, out, _ = run(capsys, "db", "current")
+        assert code == 0 and out.endswith(" (head)\n")
+        code, out, _ = run(capsys, "db", "history")
+        assert out.splitlines()[0].startswith("0001  users, jobs and job events")
+        assert out.splitlines()[-1].endswith("(head)")
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_bad_setting_is_named_by_its_variable(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CONVEYOR_RETENTION_DAYS", "-3")
+    get_settings.cache_clear()
+    code, _, err = run(capsys, "users", "list")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("conveyor: bad setting CONVEYOR_RETENTION_DAYS: ")
+
+
+def test_the_installed_command_runs_as_a_process(
+    env: None, pg_db: sessionmaker[Session], tmp_path: Path
+) -> None:
+    create_user(pg_db, "alice@example.com")
+    conveyor = Path(sys.executable).with_name("conveyor")
+    environ = {k: v for k, v in os.environ.items() if k.startswith(("CONVEYOR_", "PATH"))}
+    done = subprocess.run(
+        [str(conveyor), "users", "list", "--json"],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert [u["email"] for u in json.loads(done.stdout)] == ["alice@example.com"]
