@@ -73,6 +73,7 @@ def encode(job_id: uuid.UUID, event: JobEvent) -> Event:
         "attempt": event.attempt,
         "progress": event.progress,
         "message": event.message,
+        "traceback": event.traceback,
         "at": event.at.isoformat(),
     }
     text = f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(data)}\n\n"
