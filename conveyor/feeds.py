@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.announcements import UNKNOWN, Announcements, Notices
 from conveyor.errors import TooManyRequestsError
+from conveyor.logs import job_fields
 from conveyor.models import Job, JobEvent, JobEventKind
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
@@ -296,7 +297,9 @@ class JobFeed:
                         return
                     statuses = await notices.take()
         except Exception:  # the subscribers read the database themselves
-            logger.exception("the feed of job %s stopped", self.job_id)
+            logger.exception(
+                "the feed of job %s stopped", self.job_id, extra=job_fields(self.job_id)
+            )
             self.failed = True
         finally:
             self._notices = None

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.announcements import Announcer
 from conveyor.db import direct, storable_json, transaction
 from conveyor.errors import TransientError
+from conveyor.logs import job_fields
 from conveyor.models import JobEventKind, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import OUTBOX, events_t, jobs_t
@@ -363,6 +364,7 @@ def record(
             job_id,
             attempt,
             outcome.status,
+            extra=job_fields(job_id),
         )
         return None
     announcer.announce(job_id, outcome.status)
@@ -424,7 +426,9 @@ def store_progress(
             wait=wait,
         )
     except UNREACHABLE as exc:
-        logger.warning("progress %.3f of job %s dropped: %r", fraction, job_id, exc)
+        logger.warning(
+            "progress %.3f of job %s dropped: %r", fraction, job_id, exc, extra=job_fields(job_id)
+        )
         return None
 
 
