@@ -1,0 +1,78 @@
+"""The worker's log of an attempt: one INFO line when it starts, one when it ends (WARNING
+with the traceback for a retry, ERROR for a job failed for good), with fields."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from conveyor.models import Job
+from conveyor.workers.lifecycle import JobLifecycle
+from tests.unit.workers.test_lifecycle import (  # noqa: F401  (fixtures)
+    lifecycle,
+    make,
+    run,
+)
+
+LOGGER = "conveyor.workers.lifecycle"
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[Any]:
+    return [r for r in caplog.records if r.name == LOGGER]
+
+
+def test_an_attempt_that_succeeds_is_logged_when_it_starts_and_ends(
+    lifecycle: JobLifecycle,  # noqa: F811
+    make: Callable[..., Job],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    row = make("tests.double", n=2)
+    run(lifecycle, row)
+    start, end = _lines(caplog)
+    assert start.levelno == end.levelno == logging.INFO
+    assert start.getMessage() == f"job {row.id} (tests.double) attempt 1 started on queue tests"
+    assert (start.job_type, start.attempt, start.queue) == ("tests.double", 1, "tests")
+    assert (end.job_type, end.attempt, end.outcome) == ("tests.double", 1, "succeeded")
+    assert end.duration_ms >= 0 and end.exc_info is None
+    assert end.getMessage().startswith(f"job {row.id} (tests.double) attempt 1 succeeded after ")
+
+
+def test_a_retry_is_a_warning_with_the_traceback_and_the_last_failure_an_error(
+    lifecycle: JobLifecycle,  # noqa: F811
+    make: Callable[..., Job],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    row = make("tests.broken", max_retries=1, n=7)
+    run(lifecycle, row)
+    _, retry = _lines(caplog)
+    assert retry.levelno == logging.WARNING
+    assert (retry.outcome, retry.error_type, retry.attempt) == ("retrying", "RuntimeError", 1)
+    assert "failed (broken 7); retry in " in retry.getMessage()
+    assert retry.exc_info is not None and str(retry.exc_info[1]) == "broken 7"
+
+    caplog.clear()
+    row = make("tests.broken", max_retries=0, n=8)
+    run(lifecycle, row)
+    _, failed = _lines(caplog)
+    assert failed.levelno == logging.ERROR
+    assert failed.outcome == "failed"
+    assert "failed for good (broken 8)" in failed.getMessage()
+    assert failed.exc_info is not None
+
+
+def test_a_permanent_failure_is_a_warning(
+    lifecycle: JobLifecycle,  # noqa: F811
+    make: Callable[..., Job],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    run(lifecycle, make("tests.permanent", max_retries=3))
+    _, end = _lines(caplog)
+    assert end.levelno == logging.WARNING
+    assert (end.outcome, end.error_type) == ("failed", "PermanentJobError")
+    assert "failed permanently (this cannot work)" in end.getMessage()
