@@ -64,7 +64,10 @@ class SubmitJob(BaseModel):
 class JobErrorSummary(BaseModel):
     """The error of the job's last failed attempt, as a list gives it."""
 
-    type: str = Field(description="The exception's class name, or `TimeLimitExceeded`, ...")
+    type: str = Field(
+        description="The exception's class name, or `TimeLimitExceeded`, `WorkerLost`, "
+        "`Cancelled`, `UnserializableResult`"
+    )
     message: str
 
 
@@ -75,9 +78,9 @@ class JobError(JobErrorSummary):
         None,
         description="Where the job's code raised it, as Python prints a traceback (from the "
         "job's function on; the frames of the worker that called it are left out). Its end "
-        "is kept if it is longer than CONVEYOR_MAX_TRACEBACK_BYTES. Absent for errors not "
+        "is kept if it is longer than CONVEYOR_MAX_TRACEBACK_BYTES. `null` for errors not "
         "raised in the job's code (a lost worker, a cancel, a payload that no longer "
-        "validates)",
+        "validates, an `async def` job's time limit) and for `RetryLater`",
     )
 
 

@@ -18,13 +18,16 @@ from urllib.parse import unquote, urlsplit
 
 from conveyor.settings import Settings
 
-#: Modules of the frames that lead into the job's function, left out of its traceback.
+#: Modules of the frames that lead into the job's function, left out of its traceback
+#: (pydantic: the worker validates the payload before the function runs).
 MACHINERY = (
     "conveyor.workers.",
     "conveyor.registry",
     "conveyor.aio",
     "concurrent.futures",
     "asyncio.",
+    "pydantic.",
+    "pydantic_core",
 )
 #: What a secret is replaced with.
 MASK = "***"

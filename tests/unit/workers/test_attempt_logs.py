@@ -76,3 +76,15 @@ def test_a_permanent_failure_is_a_warning(
     assert end.levelno == logging.WARNING
     assert (end.outcome, end.error_type) == ("failed", "PermanentJobError")
     assert "failed permanently (this cannot work)" in end.getMessage()
+
+
+def test_a_payload_that_no_longer_validates_has_no_traceback_of_the_worker(
+    lifecycle: JobLifecycle,  # noqa: F811
+    make: Callable[..., Job],  # noqa: F811
+    load: Callable[..., Job],
+) -> None:
+    row = make("tests.double", max_retries=3, n=-1)
+    run(lifecycle, row)
+    error = load(row.id).error
+    assert error is not None and error["type"] == "ValidationError"
+    assert "traceback" not in error  # nothing of the job's code ran: its message says it all
