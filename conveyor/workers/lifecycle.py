@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -205,7 +206,7 @@ class JobLifecycle(Middleware):
         try:
             validated = job_type.payload.model_validate(payload)
             if job_type.is_async:  # stopped by cancelling its task (see LoopThread.run)
-                coro = job_type.call(validated, running)
+                coro = _as_job(job_type.call(validated, running), str(running.job_id))
                 value = self.container.loop.run(coro, interrupt=running.stopping)
             else:  # stopped by an exception raised in its thread
                 with running.user_code():
@@ -260,6 +261,13 @@ class JobLifecycle(Middleware):
             current = CurrentMessage.get_current_message()
             if current is not None:
                 current.fail()  # type: ignore[attr-defined]  # nack: to the dead-letter queue
+
+
+async def _as_job(coro: Coroutine[Any, Any, Any], job_id: str) -> Any:
+    """`coro`, with the job's id in the log context of its task (which the job loop's thread
+    runs, outside the worker thread's context)."""
+    logs.job_id.set(job_id)  # the task's own copy of the context: nothing leaks
+    return await coro
 
 
 def _log_end(job_type: JobType, running: RunningJob, outcome: Outcome, duration: float) -> None:

@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
+from conveyor import logs
 from conveyor.models import Job
+from conveyor.registry import job
 from conveyor.workers.lifecycle import JobLifecycle
 from tests.unit.workers.test_lifecycle import (  # noqa: F401  (fixtures)
+    REGISTRY,
+    Numbers,
     lifecycle,
     make,
     run,
@@ -88,3 +92,29 @@ def test_a_payload_that_no_longer_validates_has_no_traceback_of_the_worker(
     error = load(row.id).error
     assert error is not None and error["type"] == "ValidationError"
     assert "traceback" not in error  # nothing of the job's code ran: its message says it all
+
+
+SEEN: list[str | None] = []
+
+
+@job(queue="tests", name="tests.async_log_context", registry=REGISTRY)
+async def async_log_context(payload: Numbers) -> None:
+    SEEN.append(logs.job_id.get())
+
+
+@job(queue="tests", name="tests.log_context", registry=REGISTRY)
+def log_context(payload: Numbers) -> None:
+    SEEN.append(logs.job_id.get())
+
+
+@pytest.mark.parametrize("job_type", ["tests.log_context", "tests.async_log_context"])
+def test_the_jobs_own_log_lines_carry_its_id(
+    lifecycle: JobLifecycle,  # noqa: F811
+    make: Callable[..., Job],  # noqa: F811
+    job_type: str,
+) -> None:
+    SEEN.clear()
+    row = make(job_type)
+    run(lifecycle, row)
+    assert SEEN == [str(row.id)]
+    assert logs.job_id.get() is None
