@@ -4,6 +4,7 @@ the database itself)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from typing import Any
@@ -150,3 +151,16 @@ if "testing.async_explode" not in JOBS:
     async def async_explode(payload: Explode) -> None:
         """Fail at once in an `async def` job."""
         _explode_here(payload.message)
+
+
+if "testing.async_busy" not in JOBS:
+
+    @job(
+        queue="system",
+        name="testing.async_busy",
+        max_retries=0,
+        time_limit=dt.timedelta(milliseconds=500),
+    )
+    async def async_busy(payload: Busy) -> None:
+        """Wait past the time limit in an `async def` job."""
+        await asyncio.sleep(payload.seconds)

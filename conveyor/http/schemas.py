@@ -80,7 +80,7 @@ class JobError(JobErrorSummary):
         "job's function on; the frames of the worker that called it are left out). Its end "
         "is kept if it is longer than CONVEYOR_MAX_TRACEBACK_BYTES. `null` for errors not "
         "raised in the job's code (a lost worker, a cancel, a payload that no longer "
-        "validates, an `async def` job's time limit) and for `RetryLater`",
+        "validates) and for `RetryLater`",
     )
 
 

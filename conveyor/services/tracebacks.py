@@ -93,7 +93,7 @@ class Tracebacks:
         """`exc`'s traceback (and those of the exceptions it chains) as Python prints it,
         from the job's function on, masked and bounded; None when it has nothing to show
         but the error itself (raised by the worker, not in the job's code, as a payload that
-        no longer validates, or a time limit of an `async def` job)."""
+        no longer validates)."""
         own = _own_frames(exc.__traceback__)
         if own is None and exc.__cause__ is None and exc.__context__ is None:
             return None

@@ -203,10 +203,11 @@ class JobLifecycle(Middleware):
     ) -> Outcome | None:
         """Run the function; what happened, as the outcome policy judges it (None: nothing
         to record, the attempt was cut short by the process stopping)."""
+        stopped_at: list[BaseException] = []  # where an async job's task was cancelled
         try:
             validated = job_type.payload.model_validate(payload)
             if job_type.is_async:  # stopped by cancelling its task (see LoopThread.run)
-                coro = _as_job(job_type.call(validated, running), str(running.job_id))
+                coro = _as_job(job_type.call(validated, running), str(running.job_id), stopped_at)
                 value = self.container.loop.run(coro, interrupt=running.stopping)
             else:  # stopped by an exception raised in its thread
                 with running.user_code():
@@ -215,8 +216,10 @@ class JobLifecycle(Middleware):
             if running.stop_reason is None:  # the job loop closed under it: the process stops
                 logger.warning("job %s was interrupted by the worker stopping", running.job_id)
                 return None  # like a killed thread: the lease reconciler takes the job back
-            return self._judge(job_type, running, running.stop_reason())
+            return self._judge(job_type, running, _where(running.stop_reason(), stopped_at))
         except Exception as exc:
+            if running.stop_reason is not None and isinstance(exc, running.stop_reason):
+                return self._judge(job_type, running, _where(exc, stopped_at))
             return self._judge(job_type, running, exc)
         return outcomes.returned(value)
 
@@ -263,11 +266,24 @@ class JobLifecycle(Middleware):
                 current.fail()  # type: ignore[attr-defined]  # nack: to the dead-letter queue
 
 
-async def _as_job(coro: Coroutine[Any, Any, Any], job_id: str) -> Any:
+async def _as_job(
+    coro: Coroutine[Any, Any, Any], job_id: str, stopped_at: list[BaseException]
+) -> Any:
     """`coro`, with the job's id in the log context of its task (which the job loop's thread
-    runs, outside the worker thread's context)."""
+    runs, outside the worker thread's context); if the task is cancelled (to stop the job),
+    the cancellation is kept in `stopped_at`: its traceback says where the job was."""
     logs.job_id.set(job_id)  # the task's own copy of the context: nothing leaks
-    return await coro
+    try:
+        return await coro
+    except asyncio.CancelledError as exc:
+        stopped_at.append(exc)
+        raise
+
+
+def _where(exc: BaseException, stopped_at: list[BaseException]) -> BaseException:
+    """The reason an async job was stopped (a time limit, a cancel), with the traceback of
+    where its task was when it was cancelled, if it was."""
+    return exc.with_traceback(stopped_at[0].__traceback__) if stopped_at else exc
 
 
 def _log_end(job_type: JobType, running: RunningJob, outcome: Outcome, duration: float) -> None:

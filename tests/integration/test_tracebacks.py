@@ -106,3 +106,13 @@ async def test_the_server_secrets_are_masked_and_the_traceback_is_bounded(stack:
     assert traceback.rstrip().endswith("RuntimeError: the helper failed")
     events = await _events(stack, job["id"])
     assert not any(secret in json.dumps(event) for event in events)
+
+
+async def test_an_async_jobs_time_limit_shows_where_it_waited(stack: Stack) -> None:
+    job = await stack.submit("testing.async_busy", {"seconds": 30})
+    done = await stack.wait_for(job["id"], "failed")
+    error = done["error"]
+    assert error["type"] == "TimeLimitExceeded"
+    assert "in async_busy\n    await asyncio.sleep(payload.seconds)" in error["traceback"]
+    last = error["traceback"].rstrip().splitlines()[-1]
+    assert last.startswith("conveyor.errors.JobTimeLimitError: ")
