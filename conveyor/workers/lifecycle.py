@@ -293,25 +293,22 @@ def _log_end(job_type: JobType, running: RunningJob, outcome: Outcome, duration:
     a declared permanent error) is the job's answer; retries spent on a failure that might
     have passed is what someone must look at."""
     status = outcome.status
-    error = outcome.error or {}
+    message = (outcome.error or {}).get("message", "")
     level, exc_info = logging.INFO, None
+    what, detail = status.value, ""
     if outcome.interrupted and status == JobStatus.RETRYING:
         level = logging.WARNING
-        what = (
-            f"was cut short by a service failure ({error.get('message', '')}); runs again in "
-            f"{_seconds(outcome)}, not counted as a failure"
-        )
+        what = "was cut short by a service failure"
+        detail = f": {message}; runs again in {_seconds(outcome)}, not counted as a failure"
     elif status == JobStatus.RETRYING:
-        what = f"failed ({error.get('message', '')}); retry in {_seconds(outcome)}"
+        what, detail = "failed", f": {message}; retry in {_seconds(outcome)}"
         if not isinstance(outcome.exception, RetryLater):
             level, exc_info = logging.WARNING, outcome.exception
     elif status == JobStatus.FAILED:
         level = logging.WARNING if outcome.permanent else logging.ERROR
         exc_info = None if outcome.interrupted else outcome.exception
-        how = "permanently" if outcome.permanent else "for good"
-        what = f"failed {how} ({error.get('message', '')})"
-    else:
-        what = status.value
+        what = "failed permanently" if outcome.permanent else "failed for good"
+        detail = f": {message}"
     fields: dict[str, Any] = {
         "job_type": job_type.name,
         "attempt": running.attempt,
@@ -322,12 +319,13 @@ def _log_end(job_type: JobType, running: RunningJob, outcome: Outcome, duration:
         fields["error_type"] = outcome.error["type"]
     logger.log(
         level,
-        "job %s (%s) attempt %d %s after %.3fs",
+        "job %s (%s) attempt %d %s after %.3fs%s",
         running.job_id,
         job_type.name,
         running.attempt,
         what,
         duration,
+        detail,
         exc_info=exc_info,
         extra=fields,
     )
