@@ -257,7 +257,9 @@ class RedisAnnouncements:
             try:
                 await pubsub.subscribe(self.channel(job_id))
             except Exception as exc:  # the reader reconnects and subscribes it with the rest
-                logger.debug("could not subscribe to job %s: %r", job_id, exc)
+                logger.debug(
+                    "could not subscribe to job %s: %r", job_id, exc, extra={"job_id": str(job_id)}
+                )
                 self._stale = True
         try:
             yield notices
@@ -268,7 +270,12 @@ class RedisAnnouncements:
                     try:
                         await pubsub.unsubscribe(self.channel(job_id))
                     except Exception as exc:
-                        logger.debug("could not unsubscribe from job %s: %r", job_id, exc)
+                        logger.debug(
+                            "could not unsubscribe from job %s: %r",
+                            job_id,
+                            exc,
+                            extra={"job_id": str(job_id)},
+                        )
                         self._stale = True
 
     @property

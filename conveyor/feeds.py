@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.announcements import UNKNOWN, Announcements, Notices
 from conveyor.errors import TooManyRequestsError
+from conveyor.logs import job_fields
 from conveyor.models import Job, JobEvent, JobEventKind
 from conveyor.models.job import FINISHED
 from conveyor.services import jobs
@@ -73,6 +74,7 @@ def encode(job_id: uuid.UUID, event: JobEvent) -> Event:
         "attempt": event.attempt,
         "progress": event.progress,
         "message": event.message,
+        "traceback": event.traceback,
         "at": event.at.isoformat(),
     }
     text = f"id: {event.id}\nevent: {event.kind}\ndata: {json.dumps(data)}\n\n"
@@ -295,7 +297,9 @@ class JobFeed:
                         return
                     statuses = await notices.take()
         except Exception:  # the subscribers read the database themselves
-            logger.exception("the feed of job %s stopped", self.job_id)
+            logger.exception(
+                "the feed of job %s stopped", self.job_id, extra=job_fields(self.job_id)
+            )
             self.failed = True
         finally:
             self._notices = None

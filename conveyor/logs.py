@@ -17,13 +17,36 @@ job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", de
 
 
 class _ContextFilter(logging.Filter):
+    """Adds the request id and job id of the context, unless the line names its own (a
+    sweeper's line about one job passes `extra={"job_id": ...}`)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        record.job_id = job_id.get()
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id.get()
+        if getattr(record, "job_id", None) is None:
+            record.job_id = job_id.get()
         return True
 
 
+def job_fields(job: object) -> dict[str, str]:
+    """`extra` for a log line about one job, outside the job's own context: its id as the
+    `job_id` field of JSON lines (and in the text line's context)."""
+    return {"job_id": str(job)}
+
+
+#: The attributes every LogRecord has: anything else on a record came from `extra`.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "request_id",
+    "job_id",
+}
+
+
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the context's ids, each field
+    a line passed in `extra`, and the traceback (`exc_info`) if any."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
@@ -34,9 +57,12 @@ class _JsonFormatter(logging.Formatter):
         for key in ("request_id", "job_id"):
             if value := getattr(record, key, None):
                 entry[key] = value
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in entry and not key.startswith("_"):
+                entry[key] = value
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, default=str)
 
 
 class _TextFormatter(logging.Formatter):

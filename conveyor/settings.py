@@ -165,6 +165,16 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", description="`json` in production.")
+    access_log: bool = Field(
+        True, description="Log one line per HTTP request (method, route, status, duration)."
+    )
+    max_traceback_bytes: int = Field(
+        16384,
+        ge=1024,
+        le=1024 * 1024,
+        description="Longest traceback kept with a failed attempt's error (its end is kept, "
+        "where the exception is raised).",
+    )
 
     @field_validator("public_url", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ the database itself)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from typing import Any
@@ -116,3 +117,50 @@ if "testing.query" not in JOBS:
                 ctx.sleep(payload.seconds / payload.steps)
                 ctx.progress(step / payload.steps)
         return {"attempt": ctx.attempt}
+
+
+class Explode(Payload):
+    message: str = "boom"
+    repeat: int = 1
+
+
+def _explode_here(message: str) -> None:
+    raise ValueError(message)
+
+
+if "testing.explode" not in JOBS:
+
+    @job(
+        queue="system",
+        name="testing.explode",
+        max_retries=1,
+        min_backoff=dt.timedelta(milliseconds=100),
+        max_backoff=dt.timedelta(milliseconds=200),
+    )
+    def explode(payload: Explode) -> None:
+        """Fail every attempt with a ValueError raised in a helper (`message`, `repeat` times)."""
+        try:
+            _explode_here(payload.message * payload.repeat)
+        except ValueError as exc:
+            raise RuntimeError("the helper failed") from exc
+
+
+if "testing.async_explode" not in JOBS:
+
+    @job(queue="system", name="testing.async_explode", max_retries=0)
+    async def async_explode(payload: Explode) -> None:
+        """Fail at once in an `async def` job."""
+        _explode_here(payload.message)
+
+
+if "testing.async_busy" not in JOBS:
+
+    @job(
+        queue="system",
+        name="testing.async_busy",
+        max_retries=0,
+        time_limit=dt.timedelta(milliseconds=500),
+    )
+    async def async_busy(payload: Busy) -> None:
+        """Wait past the time limit in an `async def` job."""
+        await asyncio.sleep(payload.seconds)

@@ -13,6 +13,7 @@ from conveyor.http import admin, api, system
 from conveyor.http.api.stream import end_streams
 from conveyor.http.broker_metrics import register_broker_metrics
 from conveyor.http.keys import (
+    ACCESS_LOG,
     CONTAINER,
     METRICS,
     OPENAPI,
@@ -47,6 +48,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[CONTAINER] = container
     app[TOKENS] = TokenVerifier(TokenConfig.of(settings))
     app[METRICS] = Metrics()
+    app[ACCESS_LOG] = settings.access_log
     register_broker_metrics(app[METRICS].registry, outage_of(container.broker))
     app[ROUTE_TABLES] = tables
     app[OPENAPI] = build_openapi(settings, container.registry, tables)

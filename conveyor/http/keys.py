@@ -28,6 +28,9 @@ READINESS: web.AppKey[dict[str, str]] = web.AppKey("readiness")
 #: The route table of each app by its mount prefix ("" for the root app).
 ROUTE_TABLES: web.AppKey[dict[str, RouteTable]] = web.AppKey("route_tables")
 
+#: Whether each request is logged (`CONVEYOR_ACCESS_LOG`).
+ACCESS_LOG = web.AppKey("access_log", bool)
+
 #: The tasks of the open event streams, ended when the web process stops.
 STREAMS: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("streams")
 

@@ -16,9 +16,11 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from conveyor import logs
 from conveyor.errors import ConveyorError, field_errors
-from conveyor.http.keys import METRICS
+from conveyor.http.keys import ACCESS_LOG, METRICS
 
 logger = logging.getLogger(__name__)
+#: One line per request, at its end (a long-poll's or an event stream's too, once).
+access_logger = logging.getLogger("conveyor.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBLEM_TYPE = "application/problem+json"
@@ -77,7 +79,8 @@ def problem_of(failure: Failure) -> web.Response:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id for logs and count the request by route template and status."""
+    """Bind a request id for logs, count the request by route template and status, and log
+    it once it ends (unless `CONVEYOR_ACCESS_LOG` is off)."""
     request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
     token = logs.request_id.set(request_id)
     started = time.perf_counter()
@@ -91,12 +94,42 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = exc.status
         raise
     finally:
+        elapsed = time.perf_counter() - started
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        metrics = request.config_dict[METRICS]
+        state = request.config_dict
+        metrics = state[METRICS]
         metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+        metrics.latency.labels(route, request.method).observe(elapsed)
+        if state[ACCESS_LOG] and access_logger.isEnabledFor(logging.INFO):
+            _log_access(request, request_id, route, status, elapsed)
         logs.request_id.reset(token)
+
+
+def _log_access(
+    request: web.Request, request_id: str, route: str, status: int, elapsed: float
+) -> None:
+    """The access log line: `GET /v1/jobs/0190… 200 1.4ms from 10.0.0.7`, each part (and the
+    request id) a field of the JSON line (`route`: the route's template)."""
+    remote = request.remote or "-"
+    duration_ms = round(elapsed * 1000, 1)
+    access_logger.info(
+        "%s %s %d %.1fms from %s",
+        request.method,
+        request.path,
+        status,
+        duration_ms,
+        remote,
+        extra={
+            "method": request.method,
+            "route": route,
+            "path": request.path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "remote": remote,
+            "request_id": request_id,
+        },
+    )
 
 
 async def secure_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:

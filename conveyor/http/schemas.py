@@ -61,9 +61,27 @@ class SubmitJob(BaseModel):
         return value
 
 
-class JobError(BaseModel):
-    type: str
+class JobErrorSummary(BaseModel):
+    """The error of the job's last failed attempt, as a list gives it."""
+
+    type: str = Field(
+        description="The exception's class name, or `TimeLimitExceeded`, `WorkerLost`, "
+        "`Cancelled`, `UnserializableResult`"
+    )
     message: str
+
+
+class JobError(JobErrorSummary):
+    """The error of the job's last failed attempt."""
+
+    traceback: str | None = Field(
+        None,
+        description="Where the job's code raised it, as Python prints a traceback (from the "
+        "job's function on; the frames of the worker that called it are left out). Its end "
+        "is kept if it is longer than CONVEYOR_MAX_TRACEBACK_BYTES. `null` for errors not "
+        "raised in the job's code (a lost worker, a cancel, a payload that no longer "
+        "validates) and for `RetryLater`",
+    )
 
 
 class JobOut(BaseModel):
@@ -100,6 +118,10 @@ class JobOut(BaseModel):
     )
     url: str
 
+    @staticmethod
+    def _error(error: dict[str, Any] | None) -> Any:
+        return JobError.model_validate(error) if error else None
+
     @classmethod
     def of(cls, job: Job, include: Collection[str] = CONTENT) -> Self:
         """The job as clients see it; of `payload` and `result`, those in `include` (the
@@ -111,7 +133,7 @@ class JobOut(BaseModel):
             status=job.status,  # validated into a JobStatus
             payload=job.payload if "payload" in include else None,
             result=job.result if "result" in include else None,
-            error=JobError(**job.error) if job.error else None,
+            error=cls._error(job.error),
             attempts=job.attempts,
             worker_losses=job.worker_losses,
             max_retries=job.max_retries,
@@ -137,6 +159,14 @@ class JobItem(JobOut):
         None, description="Only with `include=payload`"
     )
     result: Any = Field(None, description="Only with `include=result`")
+    error: JobErrorSummary | None = Field(  # type: ignore[assignment]
+        None, description="Without its traceback: read the job at its `url` for that"
+    )
+
+    @staticmethod
+    def _error(error: dict[str, Any] | None) -> Any:
+        return JobErrorSummary(type=error["type"], message=error["message"]) if error else None
+
     omitted: list[Content] | None = Field(
         None,
         description="Fields asked for with `include` but left out, because with them this "

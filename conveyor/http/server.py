@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 from http import HTTPStatus
@@ -30,6 +31,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.streams import StreamReader
 from prometheus_client import Counter
 
+from conveyor import __version__
 from conveyor.errors import BadRequestError, ConveyorError
 from conveyor.http.keys import METRICS
 from conveyor.http.middleware import NO_STORE, SECURITY_HEADERS, problem
@@ -288,13 +290,23 @@ async def serve(
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        logger.info(
+            "listening on http://%s:%d (pid %d, conveyor %s)",
+            host,
+            bound,
+            os.getpid(),
+            __version__,
+            extra={"host": host, "port": bound, "pid": os.getpid(), "version": __version__},
+        )
         if started is not None:
-            started(runner.addresses[0][1] if runner.addresses else port)
+            started(bound)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        logger.info("stopping: open requests have up to %gs to finish", shutdown_timeout)
         if stopping is not None:
             stopping()
     finally:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Text,
     Uuid,
     text,
 )
@@ -152,6 +153,8 @@ class JobEvent(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     message: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    #: The traceback of the failed attempt a `retrying` or `failed` event records, if any.
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 #: The Core tables, for the services' guarded UPDATEs and bulk INSERTs.

@@ -103,6 +103,7 @@ def new_event(
     kind: JobEventKind = JobEventKind.STATUS,
     progress: float | None = None,
     message: str | None = None,
+    traceback: str | None = None,
 ) -> dict[str, Any]:
     """A `job_events` row, for a bulk INSERT in the transaction of the change it records."""
     return {
@@ -113,6 +114,7 @@ def new_event(
         "attempt": attempt,
         "progress": progress,
         "message": message[:1000] if message else None,
+        "traceback": traceback,
     }
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.announcements import Announcer
 from conveyor.db import transaction
 from conveyor.errors import BrokerUnavailableError
+from conveyor.logs import job_fields
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import OUTBOX, events_t, jobs_t
@@ -314,7 +315,7 @@ def expire_leases(
             )
             changed.append((row.id, outcome.status))
     for job_id, status in changed:
-        logger.warning("job %s lost its worker; now %s", job_id, status)
+        logger.warning("job %s lost its worker; now %s", job_id, status, extra=job_fields(job_id))
         announcer.announce(job_id, status)
     if retry:
         publish_now(db, enqueuer, retry, "re-queued")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -68,6 +68,8 @@ class Outcome:
     permanent: bool = False
     #: Infrastructure cut the attempt short: it counts in `worker_losses`, not as a failure.
     interrupted: bool = False
+    #: What the function raised, for the worker's log (never stored: `error` is).
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 def error_of(exc: BaseException) -> dict[str, Any]:
@@ -95,9 +97,11 @@ def raised(
     *,
     time_limit: float | None = None,
     infrastructure: tuple[type[BaseException], ...] = (),
+    traceback: str | None = None,
     rng: random.Random | None = None,
 ) -> Outcome:
-    """The function raised `exc`: cancelled, retried after a delay, or failed.
+    """The function raised `exc`: cancelled, retried after a delay, or failed. `traceback`,
+    if given, is stored with the error (as `error.traceback`), but not for a cancellation.
 
     - a cancellation ends the job `cancelled`;
     - `PermanentJobError`, a payload that no longer validates, or an exception the job type
@@ -116,17 +120,19 @@ def raised(
         error = {"type": "TimeLimitExceeded", "message": f"time limit{limit} exceeded"}
     else:
         error = error_of(exc)
+    if traceback:
+        error["traceback"] = traceback
     if isinstance(exc, (PermanentJobError, ValidationError, *job_type.permanent)):
-        return Outcome(JobStatus.FAILED, error=error, permanent=True)
+        return Outcome(JobStatus.FAILED, error=error, permanent=True, exception=exc)
     if is_infrastructure_error(exc) or isinstance(exc, infrastructure):
-        return interrupted(job_type, attempt, error, rng=rng)
+        return replace(interrupted(job_type, attempt, error, rng=rng), exception=exc)
     if not attempt.may_retry:
-        return Outcome(JobStatus.FAILED, error=error)
+        return Outcome(JobStatus.FAILED, error=error, exception=exc)
     if isinstance(exc, RetryLater):
         delay = min(exc.delay, job_type.retry.max_backoff)
     else:
         delay = job_type.retry.backoff(attempt.failures, rng)
-    return Outcome(JobStatus.RETRYING, error=error, retry_in=delay)
+    return Outcome(JobStatus.RETRYING, error=error, retry_in=delay, exception=exc)
 
 
 def interrupted(

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.announcements import Announcer
 from conveyor.db import direct, storable_json, transaction
 from conveyor.errors import TransientError
+from conveyor.logs import job_fields
 from conveyor.models import JobEventKind, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import OUTBOX, events_t, jobs_t
@@ -76,9 +77,9 @@ WITH done AS (
     WHERE id = %(id)s::uuid AND status = '{_RUNNING}' AND attempts = %(attempt)s::integer
     RETURNING id
 ), event AS (
-    INSERT INTO job_events (job_id, at, kind, status, attempt, message)
+    INSERT INTO job_events (job_id, at, kind, status, attempt, message, traceback)
     SELECT id, %(now)s::timestamptz, '{_STATUS_EVENT}', %(status)s::varchar,
-        %(attempt)s::integer, %(message)s::varchar
+        %(attempt)s::integer, %(message)s::varchar, %(traceback)s::text
     FROM done
 )
 SELECT count(*) AS n FROM done
@@ -198,6 +199,7 @@ def finish(
             "result": result_json if result_json is not None else _storable(result),
             "error": _storable(error),
             "message": error["message"][:1000] if error else None,
+            "traceback": error.get("traceback") if error else None,
             "now": utcnow(),
         }
         done = connections.fetchone(_FINISH_PG, params, resend=True)
@@ -235,12 +237,16 @@ def _finish_in(
     if interrupted:
         values["worker_losses"] = jobs_t.c.worker_losses + 1
     message = error["message"] if error else None
+    traceback = error.get("traceback") if error else None
     stmt = _guarded(job_id, attempt)
     if cancel_requested:
         stmt = stmt.where(jobs_t.c.cancel_requested.is_(True))
     if rowcount(session.execute(stmt.values(**values))) != 1:
         return False
-    session.execute(insert(events_t), [new_event(job_id, status, attempt, now, message=message)])
+    session.execute(
+        insert(events_t),
+        [new_event(job_id, status, attempt, now, message=message, traceback=traceback)],
+    )
     return True
 
 
@@ -285,7 +291,16 @@ def retry_later(
             return JobStatus.CANCELLED if cancelled else None
         session.execute(
             insert(events_t),
-            [new_event(job_id, JobStatus.RETRYING, attempt, now, message=error["message"])],
+            [
+                new_event(
+                    job_id,
+                    JobStatus.RETRYING,
+                    attempt,
+                    now,
+                    message=error["message"],
+                    traceback=error.get("traceback"),
+                )
+            ],
         )
     return JobStatus.RETRYING
 
@@ -349,6 +364,7 @@ def record(
             job_id,
             attempt,
             outcome.status,
+            extra=job_fields(job_id),
         )
         return None
     announcer.announce(job_id, outcome.status)
@@ -410,7 +426,9 @@ def store_progress(
             wait=wait,
         )
     except UNREACHABLE as exc:
-        logger.warning("progress %.3f of job %s dropped: %r", fraction, job_id, exc)
+        logger.warning(
+            "progress %.3f of job %s dropped: %r", fraction, job_id, exc, extra=job_fields(job_id)
+        )
         return None
 
 

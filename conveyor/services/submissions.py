@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.db import direct, storable_json, transaction
 from conveyor.errors import BadRequestError, ConflictError, InvalidRequestError, field_errors
 from conveyor.ids import uuid7
+from conveyor.logs import job_fields
 from conveyor.models import Job, JobEventKind, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import events_t, jobs_t
@@ -181,7 +182,10 @@ class Submissions:
                 self.on_scheduled(job.next_attempt_at)
         except Exception:
             logger.warning(
-                "job %s committed; its publish is left to the sweep", job.id, exc_info=True
+                "job %s committed; its publish is left to the sweep",
+                job.id,
+                exc_info=True,
+                extra=job_fields(job.id),
             )
         return submitted
 

@@ -19,6 +19,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 import dramatiq
@@ -26,12 +28,13 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from conveyor import logs
 from conveyor.bootstrap import Container
-from conveyor.errors import AttemptLostError, JobTimeLimitError
+from conveyor.errors import AttemptLostError, JobCancelledError, JobTimeLimitError, RetryLater
 from conveyor.models import JobStatus
 from conveyor.registry import JobType
 from conveyor.services import outcomes, runs
 from conveyor.services.jobs import JobMessage
 from conveyor.services.outcomes import Attempt, Outcome
+from conveyor.services.tracebacks import Tracebacks
 from conveyor.workers.context import STOP_REASONS, RunningJob
 
 logger = logging.getLogger(__name__)
@@ -93,6 +96,7 @@ class JobLifecycle(Middleware):
         self.lease = lease
         self.close_container = close_container
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self.tracebacks = Tracebacks.of(container.settings)
         self._running: dict[uuid.UUID, RunningJob] = {}
         self._running_lock = threading.Lock()
         self._heartbeat: _Heartbeat | None = None
@@ -153,6 +157,15 @@ class JobLifecycle(Middleware):
             logger.info("job %s is not due to run (finished, cancelled or taken); skipped", job_id)
             return
         container.announcements.announce(job_id, JobStatus.RUNNING)
+        logger.info(
+            "job %s (%s) attempt %d started on queue %s",
+            job_id,
+            job_type.name,
+            job.attempts,
+            job_type.queue,
+            extra={"job_type": job_type.name, "attempt": job.attempts, "queue": job_type.queue},
+        )
+        started = time.monotonic()
         limit = job_type.time_limit.total_seconds() if job_type.time_limit else None
         running = RunningJob(
             job_id=job_id,
@@ -179,7 +192,7 @@ class JobLifecycle(Middleware):
                     running.attempt,
                 )
             elif outcome is not None:
-                self._record(job_type, running, outcome)
+                self._record(job_type, running, outcome, time.monotonic() - started)
         finally:
             with self._running_lock:  # a later attempt of the same job may have replaced it
                 if self._running.get(job_id) is running:
@@ -190,10 +203,11 @@ class JobLifecycle(Middleware):
     ) -> Outcome | None:
         """Run the function; what happened, as the outcome policy judges it (None: nothing
         to record, the attempt was cut short by the process stopping)."""
+        stopped_at: list[BaseException] = []  # where an async job's task was cancelled
         try:
             validated = job_type.payload.model_validate(payload)
             if job_type.is_async:  # stopped by cancelling its task (see LoopThread.run)
-                coro = job_type.call(validated, running)
+                coro = _as_job(job_type.call(validated, running), str(running.job_id), stopped_at)
                 value = self.container.loop.run(coro, interrupt=running.stopping)
             else:  # stopped by an exception raised in its thread
                 with running.user_code():
@@ -202,8 +216,10 @@ class JobLifecycle(Middleware):
             if running.stop_reason is None:  # the job loop closed under it: the process stops
                 logger.warning("job %s was interrupted by the worker stopping", running.job_id)
                 return None  # like a killed thread: the lease reconciler takes the job back
-            return self._judge(job_type, running, running.stop_reason())
+            return self._judge(job_type, running, _where(running.stop_reason(), stopped_at))
         except Exception as exc:
+            if running.stop_reason is not None and isinstance(exc, running.stop_reason):
+                return self._judge(job_type, running, _where(exc, stopped_at))
             return self._judge(job_type, running, exc)
         return outcomes.returned(value)
 
@@ -214,41 +230,28 @@ class JobLifecycle(Middleware):
             running.max_retries,
             self.container.settings.max_worker_losses,
         )
-        return outcomes.raised(
-            job_type, attempt, exc, time_limit=running.time_limit, infrastructure=BROKER_ERRORS
+        # A cancel and a retry the job asked for are not failures: no traceback to read.
+        planned = isinstance(exc, JobCancelledError | RetryLater)
+        traceback = None if planned else self.tracebacks.format(exc)
+        outcome = outcomes.raised(
+            job_type,
+            attempt,
+            exc,
+            time_limit=running.time_limit,
+            infrastructure=BROKER_ERRORS,
+            traceback=traceback,
         )
+        if outcome.error is not None:  # the owner reads it: no server secret in it
+            message = self.tracebacks.mask(outcome.error["message"])
+            outcome = replace(outcome, error={**outcome.error, "message": message})
+        return outcome
 
-    def _record(self, job_type: JobType, running: RunningJob, outcome: Outcome) -> None:
+    def _record(
+        self, job_type: JobType, running: RunningJob, outcome: Outcome, duration: float
+    ) -> None:
         job_id, attempt = running.job_id, running.attempt
         message = JobMessage(job_id, job_type.name, job_type.queue)
-        if outcome.interrupted and outcome.status == JobStatus.RETRYING:
-            logger.warning(
-                "job %s attempt %d was cut short by a service failure (%s); runs again in "
-                "%.1fs, not counted as a failure",
-                job_id,
-                attempt,
-                outcome.error["message"] if outcome.error else "",
-                (outcome.retry_in or dt.timedelta(0)).total_seconds(),
-            )
-        elif outcome.status == JobStatus.RETRYING:
-            logger.info(
-                "job %s attempt %d failed (%s); retry in %.1fs",
-                job_id,
-                attempt,
-                outcome.error["message"] if outcome.error else "",
-                (outcome.retry_in or dt.timedelta(0)).total_seconds(),
-            )
-        elif outcome.status == JobStatus.FAILED:
-            # A permanent failure (bad input, a declared permanent error) is the job's answer;
-            # retries spent on a failure that might have passed is what someone must look at.
-            logger.log(
-                logging.WARNING if outcome.permanent else logging.ERROR,
-                "job %s failed %s after %d attempt(s): %s",
-                job_id,
-                "permanently" if outcome.permanent else "for good",
-                attempt,
-                outcome.error["message"] if outcome.error else "",
-            )
+        _log_end(job_type, running, outcome, duration)
         recorded = runs.record(
             self.container.db,
             self.container.enqueuer,
@@ -261,6 +264,75 @@ class JobLifecycle(Middleware):
             current = CurrentMessage.get_current_message()
             if current is not None:
                 current.fail()  # type: ignore[attr-defined]  # nack: to the dead-letter queue
+
+
+async def _as_job(
+    coro: Coroutine[Any, Any, Any], job_id: str, stopped_at: list[BaseException]
+) -> Any:
+    """`coro`, with the job's id in the log context of its task (which the job loop's thread
+    runs, outside the worker thread's context); if the task is cancelled (to stop the job),
+    the cancellation is kept in `stopped_at`: its traceback says where the job was."""
+    logs.job_id.set(job_id)  # the task's own copy of the context: nothing leaks
+    try:
+        return await coro
+    except asyncio.CancelledError as exc:
+        stopped_at.append(exc)
+        raise
+
+
+def _where(exc: BaseException, stopped_at: list[BaseException]) -> BaseException:
+    """The reason an async job was stopped (a time limit, a cancel), with the traceback of
+    where its task was when it was cancelled, if it was."""
+    return exc.with_traceback(stopped_at[0].__traceback__) if stopped_at else exc
+
+
+def _log_end(job_type: JobType, running: RunningJob, outcome: Outcome, duration: float) -> None:
+    """The line that ends an attempt: at INFO, but WARNING for a retry (with the traceback,
+    unless the job asked for it with `RetryLater` or a service failure cut it short) and a
+    permanent failure, ERROR for a job that failed for good. A permanent failure (bad input,
+    a declared permanent error) is the job's answer; retries spent on a failure that might
+    have passed is what someone must look at."""
+    status = outcome.status
+    message = (outcome.error or {}).get("message", "")
+    level, exc_info = logging.INFO, None
+    what, detail = status.value, ""
+    if outcome.interrupted and status == JobStatus.RETRYING:
+        level = logging.WARNING
+        what = "was cut short by a service failure"
+        detail = f": {message}; runs again in {_seconds(outcome)}, not counted as a failure"
+    elif status == JobStatus.RETRYING:
+        what, detail = "failed", f": {message}; retry in {_seconds(outcome)}"
+        if not isinstance(outcome.exception, RetryLater):
+            level, exc_info = logging.WARNING, outcome.exception
+    elif status == JobStatus.FAILED:
+        level = logging.WARNING if outcome.permanent else logging.ERROR
+        exc_info = None if outcome.interrupted else outcome.exception
+        what = "failed permanently" if outcome.permanent else "failed for good"
+        detail = f": {message}"
+    fields: dict[str, Any] = {
+        "job_type": job_type.name,
+        "attempt": running.attempt,
+        "duration_ms": round(duration * 1000, 1),
+        "outcome": status.value,
+    }
+    if outcome.error:
+        fields["error_type"] = outcome.error["type"]
+    logger.log(
+        level,
+        "job %s (%s) attempt %d %s after %.3fs%s",
+        running.job_id,
+        job_type.name,
+        running.attempt,
+        what,
+        duration,
+        detail,
+        exc_info=exc_info,
+        extra=fields,
+    )
+
+
+def _seconds(outcome: Outcome) -> str:
+    return f"{(outcome.retry_in or dt.timedelta(0)).total_seconds():.1f}s"
 
 
 def install_lifecycle(

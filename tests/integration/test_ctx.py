@@ -43,7 +43,9 @@ async def test_a_permanent_exception_fails_the_job_after_one_attempt(stack: Stac
     job = await stack.submit("testing.decline", {"card": "4000"})
     done = await stack.wait_for(job["id"], "succeeded", "failed", within=15)
     assert (done["status"], done["attempts"], done["max_retries"]) == ("failed", 1, 5)
-    assert done["error"] == {"type": "CardDeclinedError", "message": "card 4000 declined"}
+    assert done["error"]["type"] == "CardDeclinedError"
+    assert done["error"]["message"] == "card 4000 declined"
+    assert "in decline\n" in done["error"]["traceback"]
 
 
 async def test_an_async_job_fetches_through_the_shared_http_client(

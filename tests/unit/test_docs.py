@@ -85,6 +85,8 @@ def rendered_default(value: Any) -> str:
     """How the README's settings table shows a default."""
     if value is None or isinstance(value, SecretStr):
         return "(unset)"
+    if isinstance(value, bool):  # as the variable is written: true, false
+        return f"`{str(value).lower()}`"
     return f"`{value}`"
 
 

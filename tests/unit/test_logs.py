@@ -1,11 +1,15 @@
 """Outages are logged once when they start and once when they end; the broker clients' own
-lines about each failed reconnect are kept out of the log unless it is at DEBUG."""
+lines about each failed reconnect are kept out of the log unless it is at DEBUG. JSON lines
+carry the fields a line passes in `extra`, and the id of the job a line is about."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -118,3 +122,65 @@ def test_at_debug_the_repeated_reconnect_lines_are_kept_as_debug_lines(
     err = capsys.readouterr().err
     assert f"DEBUG   {CONSUMER}: Consumer encountered a connection error" in err
     assert "CRITICAL" not in err
+
+
+# --- JSON lines and their fields -------------------------------------------------------------
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_json_lines_carry_the_fields_a_line_passes_in_extra(
+    configured: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO", "json")
+    log = logging.getLogger("test.fields")
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    log.info(
+        "job %s ended",
+        "j1",
+        extra={"job_type": "system.echo", "attempt": 2, "duration_ms": 1.5, "at": when},
+    )
+    (line,) = _json_lines(capsys.readouterr().err)
+    assert line["message"] == "job j1 ended"
+    assert (line["job_type"], line["attempt"], line["duration_ms"]) == ("system.echo", 2, 1.5)
+    assert line["at"] == str(when)  # not JSON itself: as text
+    assert "args" not in line and "msg" not in line and "levelno" not in line
+
+
+def test_a_line_about_one_job_names_it_over_the_context(
+    configured: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO", "json")
+    log = logging.getLogger("test.fields")
+    token = logs.job_id.set("running-job")
+    try:
+        log.warning("about the running job")
+        log.warning("about another job", extra=logs.job_fields("other-job"))
+    finally:
+        logs.job_id.reset(token)
+    log.warning("about no job")
+    lines = _json_lines(capsys.readouterr().err)
+    assert [line.get("job_id") for line in lines] == ["running-job", "other-job", None]
+
+
+def test_a_json_line_carries_its_traceback(
+    configured: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO", "json")
+    try:
+        raise ValueError("broken")
+    except ValueError:
+        logging.getLogger("test.fields").exception("failed")
+    (line,) = _json_lines(capsys.readouterr().err)
+    assert line["level"] == "error"
+    assert line["exc_info"].rstrip().endswith("ValueError: broken")
+
+
+def test_a_text_line_shows_the_job_it_is_about(
+    configured: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO", "text")
+    logging.getLogger("test.fields").info("done", extra=logs.job_fields("j9"))
+    assert capsys.readouterr().err.rstrip().endswith("test.fields: done [job_id=j9]")

@@ -104,7 +104,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 return response
             raise
         except Exception:  # a reconnecting client resumes after the last event it received
-            logger.exception("the event stream of job %s failed", job.id)
+            logger.exception(
+                "the event stream of job %s failed", job.id, extra=logs.job_fields(job.id)
+            )
         finally:
             streams.discard(task)
     return response

@@ -221,6 +221,8 @@ def test_an_async_job_past_its_time_limit_has_its_task_cancelled(
     assert time.monotonic() - started < 3
     failed = load(row.id)
     assert failed.status == JobStatus.FAILED
+    assert failed.error is not None
+    assert "in nap\n    await ctx.asleep" in failed.error.pop("traceback")  # where it waited
     assert failed.error == {"type": "TimeLimitExceeded", "message": "time limit of 0.3s exceeded"}
     assert NAP_CANCELLED.is_set()
 

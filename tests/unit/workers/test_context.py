@@ -187,7 +187,10 @@ def test_a_permanent_exception_fails_the_job_at_once_with_retries_left(
     run(lifecycle, row)
     failed = load(row.id)
     assert (failed.status, failed.attempts) == (JobStatus.FAILED, 1)
+    assert failed.error is not None
+    traceback = failed.error.pop("traceback")
     assert failed.error == {"type": "CardDeclinedError", "message": "card 42 declined"}
+    assert traceback.rstrip().endswith("CardDeclinedError: card 42 declined")
     assert failed.finished_at is not None and failed.next_attempt_at is None
     assert enqueuer.messages == []
     run(lifecycle, row)  # a late duplicate message changes nothing

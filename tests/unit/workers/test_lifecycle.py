@@ -156,7 +156,10 @@ def test_a_failure_with_retries_left_schedules_a_delayed_retry(
     run(lifecycle, row)
     retrying = load(row.id)
     assert retrying.status == JobStatus.RETRYING
+    assert retrying.error is not None
+    traceback = retrying.error.pop("traceback")
     assert retrying.error == {"type": "RuntimeError", "message": "broken 7"}
+    assert 'in broken\n    raise RuntimeError(f"broken {payload.n}")' in traceback
     assert retrying.next_attempt_at is not None
     assert before + dt.timedelta(seconds=0.5) <= retrying.next_attempt_at
     assert retrying.next_attempt_at <= utcnow() + dt.timedelta(seconds=1)
@@ -219,6 +222,9 @@ def test_a_permanent_error_fails_the_job_without_retrying(
     run(lifecycle, row)
     failed = load(row.id)
     assert failed.status == JobStatus.FAILED
+    assert failed.error is not None
+    assert "traceback" in failed.error
+    del failed.error["traceback"]
     assert failed.error == {"type": "PermanentJobError", "message": "this cannot work"}
     assert enqueuer.messages == []
 
@@ -302,6 +308,8 @@ def test_the_heartbeat_enforces_the_time_limit(
     assert time.monotonic() - started < 4
     failed = load(row.id)
     assert failed.status == JobStatus.FAILED
+    assert failed.error is not None
+    assert "JobTimeLimitError" in failed.error.pop("traceback")  # where the job was
     assert failed.error == {"type": "TimeLimitExceeded", "message": "time limit of 0.2s exceeded"}
 
 
