@@ -317,7 +317,12 @@ def cmd_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     content = ("error", "payload", "result")
     record = {k: v for k, v in out.items() if k not in content}
-    fields(record | {k: out[k] for k in content if out[k] is not None})
+    error = dict(out["error"] or {})
+    traceback = error.pop("traceback", None)
+    shown = {"error": error or None, "payload": out["payload"], "result": out["result"]}
+    fields(record | {k: v for k, v in shown.items() if v is not None})
+    if traceback:
+        print(f"\ntraceback:\n{traceback.rstrip()}")
     print()
     show(history, ("at", "status", "attempt", "message"), json_output=False, empty="no events")
     return 0

@@ -156,7 +156,10 @@ def test_jobs_list_show_cancel_retry_and_purge(
 ) -> None:
     alice = create_user(pg_db, "alice@example.com")
     bob = create_user(pg_db, "bob@example.com", Role.ADMIN)
-    error = {"type": "RuntimeError", "message": "boom"}
+    trace = (
+        'Traceback (most recent call last):\n  File "job.py", line 3, in run\nRuntimeError: boom\n'
+    )
+    error = {"type": "RuntimeError", "message": "boom", "traceback": trace}
     failed = _job(pg_db, alice, JobStatus.FAILED, attempts=1, error=error, finished_at=utcnow())
     queued = [_job(pg_db, alice, JobStatus.QUEUED) for _ in range(2)]
     bobs = _job(pg_db, bob, JobStatus.QUEUED)
@@ -170,6 +173,7 @@ def test_jobs_list_show_cancel_retry_and_purge(
 
     code, out, _ = run(capsys, "jobs", "show", str(failed.id))
     assert code == 0 and "status:" in out and "boom" in out
+    assert "\ntraceback:\nTraceback (most recent call last):\n" in out
     code, out, _ = run(capsys, "jobs", "show", str(failed.id), "--json")
     assert json.loads(out)["error"] == error
 
