@@ -1,4 +1,4 @@
-"""The `conveyor` command: dev, web, db, users, tokens."""
+"""The `conveyor` command: dev, web, worker, release, db, users, tokens."""
 
 from __future__ import annotations
 
@@ -41,6 +41,40 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(serve(create_app(container), settings, host, port, shutdown_timeout=10))
     finally:
         container.close()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.workers.runner import run_pool
+
+    return run_pool(args.pool, args.dramatiq_args, settings)
+
+
+def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+    import signal
+
+    from conveyor.logs import configure_logging
+    from conveyor.models.migrate import upgrade
+    from conveyor.settings import local_procfile_runner
+
+    configure_logging(settings.log_level, settings.log_format)
+    logger = logging.getLogger("conveyor.release")
+    upgrade(settings.database_url)
+    logger.info("release: database schema upgraded to the newest revision")
+    runner = local_procfile_runner()
+    if not (args.idle or (runner is not None and not args.exit)):
+        return 0
+    # A local Procfile runner stops every process when one exits: stay until it stops us.
+    stop = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    logger.info(
+        "release: done; idle until stopped (%s: a local Procfile runner, which would stop "
+        "every process if this one exited)",
+        runner or "--idle",
+    )
+    received = signal.sigwait(stop)
+    logger.info("release: %s received; exiting", signal.Signals(received).name)
     return 0
 
 
@@ -90,6 +124,34 @@ def parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default=None, help="default: CONVEYOR_HOST")
     web.add_argument("--port", type=int, default=None, help="default: CONVEYOR_PORT")
     web.set_defaults(run=cmd_web)
+
+    worker = sub.add_parser(
+        "worker",
+        help="a worker pool's processes (Dramatiq), stopping gracefully",
+        description="Run the worker processes of a pool: `conveyor worker system --processes 2 "
+        "--threads 8`. The arguments after the pool go to Dramatiq's CLI. A stop (SIGTERM or "
+        "SIGINT, to the main process, its worker processes or both, repeated or not) lets "
+        "running jobs finish for CONVEYOR_WORKER_DRAIN_SECONDS, then hands back the rest.",
+    )
+    worker.add_argument(
+        "pool", help="a pool (`system`), or the dotted module of a pool of your own"
+    )
+    worker.add_argument(
+        "dramatiq_args", nargs=argparse.REMAINDER, help="passed on to `dramatiq` (--processes …)"
+    )
+    worker.set_defaults(run=cmd_worker)
+
+    release = sub.add_parser(
+        "release",
+        help="the Procfile's release step: upgrade the database, then exit or stay idle",
+        description="Upgrade the database schema. Then exit, as a platform's release phase "
+        "expects; under a local Procfile runner (honcho, foreman, forego, overmind), which "
+        "stops every process when one exits, stay idle until stopped.",
+    )
+    when = release.add_mutually_exclusive_group()
+    when.add_argument("--idle", action="store_true", help="stay idle after the upgrade")
+    when.add_argument("--exit", action="store_true", help="exit after the upgrade")
+    release.set_defaults(run=cmd_release)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     up = db.add_parser("upgrade", help="apply migrations")
