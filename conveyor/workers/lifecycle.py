@@ -185,12 +185,18 @@ class JobLifecycle(Middleware):
         with self._running_lock:
             self._stopping = True
             busy = self._in_hand.total()
-            if busy:
+        for running in self.running_jobs():
+            token = logs.job_id.set(str(running.job_id))
+            try:
                 logger.info(
-                    "worker stopping: %d running job(s) get %gs to finish, then are handed back",
-                    busy,
+                    "worker stopping: job %s attempt %d gets %gs to finish, or is handed back",
+                    running.job_id,
+                    running.attempt,
                     self.drain_seconds,
                 )
+            finally:
+                logs.job_id.reset(token)
+        with self._running_lock:
             while self._in_hand and (left := deadline - time.monotonic()) > 0:
                 self._running_lock.wait(left)
         handed: set[uuid.UUID] = set()
