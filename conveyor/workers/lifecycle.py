@@ -129,6 +129,8 @@ class JobLifecycle(Middleware):
     # Dramatiq hooks
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        with self._running_lock:  # a worker started again (tests) takes deliveries again
+            self._stopping = False
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self._heartbeat = _Heartbeat(self)
         self._heartbeat.start()
