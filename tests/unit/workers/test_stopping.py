@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -258,3 +261,37 @@ def test_conveyor_release_upgrades_the_database_and_exits_outside_a_local_runner
     assert cli.cmd_release(args, settings) == 0
     monkeypatch.setenv("PS", "release.1")  # foreman's, but told to exit
     assert cli.cmd_release(argparse.Namespace(idle=False, exit=True), settings) == 0
+
+
+# --- JSON mode: every line a process prints is JSON -----------------------------------------
+
+PRINTS_ALL_SORTS = """
+import threading, warnings
+from conveyor.logs import configure_logging
+configure_logging("INFO", "json")
+warnings.warn("a warning", UserWarning)
+thread = threading.Thread(target=lambda: 1 / 0, name="doomed")
+thread.start()
+thread.join()
+raise ValueError("nobody caught this")
+"""
+
+
+def test_in_json_mode_warnings_and_uncaught_exceptions_are_json_lines() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PRINTS_ALL_SORTS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    entries = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(e["level"], e["message"].splitlines()[0][:40]) for e in entries] == [
+        ("warning", entries[0]["message"].splitlines()[0][:40]),
+        ("error", "uncaught exception in thread doomed"),
+        ("critical", "uncaught exception"),
+    ]
+    assert "a warning" in entries[0]["message"]
+    assert "ZeroDivisionError" in entries[1]["exc_info"]
+    assert "nobody caught this" in entries[2]["exc_info"]
