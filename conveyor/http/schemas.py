@@ -79,6 +79,11 @@ class JobOut(BaseModel):
     attempts: int = Field(description="Times the job started (retries and lost workers included)")
     max_retries: int
     worker_losses: int = Field(description="Attempts that ended because their worker died")
+    handbacks: int = Field(
+        0,
+        description="Attempts handed back unfinished by a stopping worker (they ran again): "
+        "neither failures nor lost workers",
+    )
     progress: float | None = None
     owner_id: uuid.UUID
     parent_id: uuid.UUID | None = Field(None, description="The job that submitted this one")
@@ -108,6 +113,7 @@ class JobOut(BaseModel):
             error=JobError(**job.error) if job.error else None,
             attempts=job.attempts,
             worker_losses=job.worker_losses,
+            handbacks=job.handbacks or 0,
             max_retries=job.max_retries,
             progress=job.progress,
             owner_id=job.owner_id,

@@ -129,7 +129,12 @@ def test_a_job_that_outlasts_the_drain_is_handed_back_and_finished_after_a_resta
 
     _, api = _honcho(procs, env, tmp_path)
     done = api.with_token(token).wait_finished(job["id"], within=30)
-    assert (done["status"], done["attempts"], done["worker_losses"]) == ("succeeded", 2, 0)
+    assert (done["status"], done["attempts"], done["worker_losses"], done["handbacks"]) == (
+        "succeeded",
+        2,
+        0,
+        1,
+    )
     assert [(s, a) for s, a, _ in _events(pg_db, job["id"])] == [
         ("queued", 0),
         ("running", 1),
