@@ -44,8 +44,8 @@ def boot_pool(
     container = Container(settings, ProcessRole.WORKER, resources=resources)
     broker = container.broker
     dramatiq.set_broker(broker)
-    install_lifecycle(broker, container, queues=queues, close_container=True)
-    guard_stop_signals()
+    lifecycle = install_lifecycle(broker, container, queues=queues, close_container=True)
+    guard_stop_signals(on_stop=lifecycle.stop_taking_messages)
     logger.debug("pool %s serves %s", sorted(queues), sorted(served))
     return broker
 
@@ -55,21 +55,27 @@ SignalHandler = Callable[[int, FrameType | None], Any]
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def guard_stop_signals() -> None:
+def guard_stop_signals(on_stop: Callable[[], object] | None = None) -> None:
     """In a worker process of the `dramatiq` CLI, let only the first stop signal through to
-    Dramatiq's handler (which stops the worker gracefully); later ones are logged and ignored.
-    SIGKILL (and SIGQUIT, which Python leaves to its default) still stop at once."""
+    Dramatiq's handler (which stops the worker gracefully), after `on_stop`; later ones are
+    logged and ignored. SIGKILL (and SIGQUIT, which Python leaves to its default) still stop
+    at once."""
     if threading.current_thread() is not threading.main_thread():
         return
     stopping = threading.Event()
     for sig in STOP_SIGNALS:
         handler = signal.getsignal(sig)
         if callable(handler) and getattr(handler, "__module__", None) == "dramatiq.cli":
-            signal.signal(sig, first_signal_only(handler, stopping))
+            signal.signal(sig, first_signal_only(handler, stopping, on_stop))
 
 
-def first_signal_only(handler: SignalHandler, stopping: threading.Event) -> SignalHandler:
-    """`handler` for the first signal (of those sharing `stopping`); a warning for the rest."""
+def first_signal_only(
+    handler: SignalHandler,
+    stopping: threading.Event,
+    on_stop: Callable[[], object] | None = None,
+) -> SignalHandler:
+    """`on_stop` then `handler` for the first signal (of those sharing `stopping`); a warning
+    for the rest."""
 
     def guarded(signum: int, frame: FrameType | None) -> Any:
         if stopping.is_set():
@@ -80,6 +86,8 @@ def first_signal_only(handler: SignalHandler, stopping: threading.Event) -> Sign
             )
             return None
         stopping.set()
+        if on_stop is not None:
+            on_stop()
         return handler(signum, frame)
 
     return guarded

@@ -120,6 +120,7 @@ class JobLifecycle(Middleware):
         self._in_hand: collections.Counter[uuid.UUID] = collections.Counter()
         self._types: dict[uuid.UUID, JobType] = {}
         self._stopping = False
+        self._worker: Any = None
         self._heartbeat: _Heartbeat | None = None
 
     def running_jobs(self) -> list[RunningJob]:
@@ -131,14 +132,23 @@ class JobLifecycle(Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         with self._running_lock:  # a worker started again (tests) takes deliveries again
             self._stopping = False
+        self._worker = worker
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self._heartbeat = _Heartbeat(self)
         self._heartbeat.start()
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
-        for thread in getattr(worker, "workers", ()):  # no new message from now on
-            thread.stop()
+        self._worker = worker
+        self.stop_taking_messages()
         self.drain()
+
+    def stop_taking_messages(self) -> None:
+        """The worker's threads take no new message once their job is done (the messages
+        fetched meanwhile go back to the broker when the worker stops). It only sets flags,
+        so a signal handler may call it: the worker process's main loop notices a stop
+        signal up to a second later."""
+        for thread in getattr(self._worker, "workers", ()):
+            thread.stop()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         if self._heartbeat is not None:

@@ -205,14 +205,16 @@ def test_hand_back_changes_nothing_for_an_attempt_that_no_longer_holds_its_job(
 def test_only_the_first_stop_signal_reaches_dramatiqs_handler(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    received: list[int] = []
+    received: list[object] = []
     guarded = boot.first_signal_only(
-        lambda signum, frame: received.append(signum), threading.Event()
+        lambda signum, frame: received.append(signum),
+        threading.Event(),
+        on_stop=lambda: received.append("no new messages"),
     )
     guarded(signal.SIGTERM, None)
     guarded(signal.SIGTERM, None)
     guarded(signal.SIGHUP, None)
-    assert received == [signal.SIGTERM]
+    assert received == ["no new messages", signal.SIGTERM]
     ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     assert len(ignored) == 2 and ignored[0].startswith("SIGTERM received while stopping")
 
