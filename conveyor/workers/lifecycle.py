@@ -273,12 +273,17 @@ class JobLifecycle(Middleware):
 
     def _pass_on(self, job_type: JobType, job_id: uuid.UUID) -> None:
         """A delivery that reached a stopping worker: sent again for another worker (the job
-        row is untouched; should the broker refuse, the sweeper republishes the job)."""
+        row is untouched; should the broker refuse, the sweeper publishes the job again once
+        its message is `CONVEYOR_REQUEUE_AFTER_SECONDS` old, as for any lost message)."""
         logger.info("worker stopping: job %s left to another worker", job_id)
         try:
             self.container.enqueuer.publish([JobMessage(job_id, job_type.name, job_type.queue)])
         except Exception:
-            logger.warning("could not pass job %s on; the sweeper republishes it", job_id)
+            logger.warning(
+                "could not pass job %s on; the sweeper publishes it again later",
+                job_id,
+                exc_info=True,
+            )
 
     def _run(self, job_type: JobType, job_id: uuid.UUID) -> None:
         container = self.container
