@@ -145,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
         "release",
         help="the Procfile's release step: upgrade the database, then exit or stay idle",
         description="Upgrade the database schema. Then exit, as a platform's release phase "
-        "expects; under a local Procfile runner (honcho, foreman, forego, overmind), which "
+        "expects; under a local Procfile runner (honcho, foreman, overmind), which "
         "stops every process when one exits, stay idle until stopped.",
     )
     when = release.add_mutually_exclusive_group()

@@ -201,7 +201,7 @@ def get_settings() -> Settings:
 
 
 #: Variables that local Procfile runners set in every process they start: honcho, overmind,
-#: and foreman or forego (`PS`). Platforms that run a Procfile (Heroku's `DYNO`) set none.
+#: and foreman (`PS`). Platforms that run a Procfile (Heroku's `DYNO`) set none.
 PROCFILE_RUNNER_VARIABLES = ("HONCHO_PROCESS_NAME", "OVERMIND_PROCESS_NAME", "PS")
 
 
