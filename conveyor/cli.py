@@ -138,6 +138,40 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.workers.runner import run_pool
+
+    return run_pool(args.pool, args.dramatiq_args, settings)
+
+
+def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+    import signal
+
+    from conveyor.logs import configure_logging
+    from conveyor.models.migrate import upgrade
+    from conveyor.settings import local_procfile_runner
+
+    configure_logging(settings.log_level, settings.log_format)
+    logger = logging.getLogger("conveyor.release")
+    upgrade(settings.database_url)
+    logger.info("release: database schema upgraded to the newest revision")
+    runner = local_procfile_runner()
+    if not (args.idle or (runner is not None and not args.exit)):
+        return 0
+    # A local Procfile runner stops every process when one exits: stay until it stops us.
+    stop = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    logger.info(
+        "release: done; idle until stopped (%s: a local Procfile runner, which would stop "
+        "every process if this one exited)",
+        runner or "--idle",
+    )
+    received = signal.sigwait(stop)
+    logger.info("release: %s received; exiting", signal.Signals(received).name)
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     from alembic.util import CommandError as AlembicError
 
@@ -470,6 +504,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"conveyor {__version__}")
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _dev_and_web(sub)
+    _worker_and_release(sub)
     _db(sub)
     _users(sub)
     _tokens(sub)
@@ -501,6 +536,42 @@ def _dev_and_web(sub: Any) -> None:
     )
     web.add_argument("--host", default=None, help="default: CONVEYOR_HOST")
     web.add_argument("--port", type=int, default=None, help="default: CONVEYOR_PORT")
+
+
+def _worker_and_release(sub: Any) -> None:
+    worker = _command(
+        sub,
+        "worker",
+        "a worker pool's processes (Dramatiq), stopping gracefully",
+        cmd_worker,
+        "conveyor worker system --processes 2 --threads 8",
+        "conveyor worker mycompany.pools.billing --threads 4   # a pool of your own",
+        description="Run the worker processes of a pool. The arguments after the pool go to "
+        "Dramatiq's CLI. A stop (SIGTERM or SIGINT, to the main process, its worker processes "
+        "or both, repeated or not) lets running jobs finish for CONVEYOR_WORKER_DRAIN_SECONDS, "
+        "then hands back the rest.",
+    )
+    worker.add_argument(
+        "pool", help="a pool (`system`), or the dotted module of a pool of your own"
+    )
+    worker.add_argument(
+        "dramatiq_args", nargs=argparse.REMAINDER, help="passed on to `dramatiq` (--processes …)"
+    )
+
+    release = _command(
+        sub,
+        "release",
+        "the Procfile's release step: upgrade the database, then exit or stay idle",
+        cmd_release,
+        "conveyor release                   # exit, or idle under honcho/foreman/overmind",
+        "conveyor release --exit",
+        description="Upgrade the database schema. Then exit, as a platform's release phase "
+        "expects; under a local Procfile runner (honcho, foreman, overmind), which "
+        "stops every process when one exits, stay idle until stopped.",
+    )
+    when = release.add_mutually_exclusive_group()
+    when.add_argument("--idle", action="store_true", help="stay idle after the upgrade")
+    when.add_argument("--exit", action="store_true", help="exit after the upgrade")
 
 
 def _db(sub: Any) -> None:

@@ -35,8 +35,10 @@ ADMIN_EMAIL = "admin@localhost"
 ADMIN_TOKEN_TTL = dt.timedelta(hours=24)
 DATABASE_FILE = "conveyor.db"
 SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
-#: How long Ctrl-C waits for running jobs before leaving them to the next start.
-SHUTDOWN_GRACE_MS = 5_000
+#: At Ctrl-C running jobs get CONVEYOR_WORKER_DRAIN_SECONDS to finish, and those still
+#: running are handed back (they run at the next start, not counted as lost workers); this
+#: bounds the wait for the worker threads after that.
+SHUTDOWN_GRACE_MS = 2_000
 #: How long the server drains open requests (long polls, event streams) at Ctrl-C.
 SHUTDOWN_TIMEOUT_SECONDS = 60.0
 
@@ -128,7 +130,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
                 )
             )
         finally:
-            worker.stop(timeout=SHUTDOWN_GRACE_MS)  # unfinished jobs resume at the next start
+            worker.stop(timeout=SHUTDOWN_GRACE_MS)  # drains, then hands back what still runs
     finally:
         container.close()
     return 0

@@ -101,6 +101,12 @@ class AttemptLostError(ConveyorError):
     reconciler, or the attempt that holds the job, decides); it is not a cancel."""
 
 
+class WorkerStoppingError(ConveyorError):
+    """Raised inside a running job still running when its worker's drain time ran out: the
+    job was handed back (it runs again elsewhere, neither a failure nor a lost worker), so
+    the attempt stops and records nothing."""
+
+
 class JobTimeLimitError(ConveyorError):
     """Raised inside a running job that ran past its time limit."""
 

@@ -183,6 +183,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler.addFilter(_QuietReconnects(debug=debug))
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
+        _log_what_would_print(logging.getLogger("conveyor.uncaught"))
     else:
         handler.setFormatter(
             _TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
@@ -192,3 +193,25 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     logging.getLogger("pika").setLevel(logging.WARNING if debug else logging.CRITICAL)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _log_what_would_print(logger: logging.Logger) -> None:
+    """In JSON mode every line is JSON: warnings, and exceptions nobody caught (in the main
+    thread or another), go through logging instead of printing to stderr."""
+    logging.captureWarnings(True)
+
+    def uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        logger.critical("uncaught exception", exc_info=(kind, exc, tb))
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        logger.error(
+            "uncaught exception in thread %s",
+            name,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -123,6 +124,13 @@ class Settings(BaseSettings):
         "lease expiry, or its code reached by a database, broker or Redis failure) before it "
         "ends failed; counted apart from its retries.",
     )
+    worker_drain_seconds: float = Field(
+        3.0,
+        ge=0,
+        description="When a worker is told to stop, how long its running jobs may take to "
+        "finish; those still running then are handed back (they run again, not counted as a "
+        "failure or a lost worker). Keep it below the process manager's wait before SIGKILL.",
+    )
     sweep_interval_seconds: float = Field(
         1.0, gt=0, description="How often the sweeper looks for unpublished, due and stalled jobs."
     )
@@ -213,3 +221,17 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings; only entry points call this."""
     return Settings()
+
+
+#: Variables that local Procfile runners set in every process they start: honcho, overmind,
+#: and foreman (`PS`). Platforms that run a Procfile (Heroku's `DYNO`) set none.
+PROCFILE_RUNNER_VARIABLES = ("HONCHO_PROCESS_NAME", "OVERMIND_PROCESS_NAME", "PS")
+
+
+def local_procfile_runner() -> str | None:
+    """The variable (and its value) showing that a local Procfile runner started this
+    process, as `NAME=value`; None if none did (a platform's release phase, a shell)."""
+    for name in PROCFILE_RUNNER_VARIABLES:
+        if value := os.environ.get(name):
+            return f"{name}={value}"
+    return None

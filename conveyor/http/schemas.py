@@ -103,6 +103,11 @@ class JobOut(BaseModel):
         description="Attempts that ended because their worker died (or a service failed "
         "under them), since the job was submitted or last retried"
     )
+    handbacks: int = Field(
+        0,
+        description="Attempts handed back unfinished by a stopping worker (they ran again): "
+        "neither failures nor lost workers",
+    )
     progress: float | None = None
     owner_id: uuid.UUID
     parent_id: uuid.UUID | None = Field(None, description="The job that submitted this one")
@@ -136,6 +141,7 @@ class JobOut(BaseModel):
             error=cls._error(job.error),
             attempts=job.attempts,
             worker_losses=job.worker_losses,
+            handbacks=job.handbacks or 0,
             max_retries=job.max_retries,
             progress=job.progress,
             owner_id=job.owner_id,

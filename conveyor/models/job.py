@@ -109,6 +109,8 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_losses: Mapped[int] = mapped_column(Integer, default=0)
+    #: Runs handed back unfinished by a stopping worker: neither failures nor lost workers.
+    handbacks: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     owner_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))

@@ -6,7 +6,8 @@ or ends cancelled. The retry rule is here and nowhere else.
 
 Two budgets: `max_retries` bounds the job's own failures; `max_worker_losses` bounds the runs
 cut short by something else (a worker that died, or a database, broker or Redis that failed
-under the job). The second kind never uses up the first.
+under the job). The second kind never uses up the first. A run handed back by a worker that
+was told to stop (`runs.hand_back`) uses up neither.
 """
 
 from __future__ import annotations
@@ -42,11 +43,12 @@ class Attempt:
     worker_losses: int  #: earlier attempts cut short by a lost worker or infrastructure
     max_retries: int
     max_worker_losses: int  #: the setting: how many of those a job may have and go on
+    handbacks: int = 0  #: earlier attempts handed back unfinished by a stopping worker
 
     @property
     def failures(self) -> int:
         """Attempts that ended in the job's own failure, this one included."""
-        return self.number - self.worker_losses
+        return self.number - self.worker_losses - self.handbacks
 
     @property
     def may_retry(self) -> bool:

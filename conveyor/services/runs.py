@@ -59,7 +59,8 @@ WITH claimed AS (
         worker = %(worker)s
     WHERE id = %(id)s::uuid AND NOT cancel_requested AND status IN ({_CLAIMABLE})
         AND (next_attempt_at IS NULL OR next_attempt_at <= %(due)s)
-    RETURNING id, attempts, max_retries, worker_losses, payload, owner_id, parent_id
+    RETURNING id, attempts, max_retries, worker_losses, handbacks, payload, owner_id,
+        parent_id
 ), event AS (
     INSERT INTO job_events (job_id, at, kind, status, attempt)
     SELECT id, %(now)s::timestamptz, '{_STATUS_EVENT}', '{_RUNNING}', attempts FROM claimed
@@ -104,6 +105,7 @@ class Claim:
     attempts: int
     max_retries: int
     worker_losses: int
+    handbacks: int
     payload: dict[str, Any]
     owner_id: uuid.UUID
     parent_id: uuid.UUID | None
@@ -303,6 +305,49 @@ def retry_later(
             ],
         )
     return JobStatus.RETRYING
+
+
+#: The event of a run handed back by a stopping worker.
+HANDED_BACK = (
+    "handed back: its worker stopped before it finished (runs again; not counted as a "
+    "failure or a lost worker)"
+)
+
+
+def hand_back(db: sessionmaker[Session], job_id: uuid.UUID, attempt: int) -> JobStatus | None:
+    """Return attempt `attempt`, still running on a worker that is stopping, to the queue.
+
+    The job goes back to `queued` (unpublished: the caller publishes it, or the outbox sweep
+    does) with `handbacks` counted, neither a failure nor a worker loss, and an event saying
+    why. A job whose cancel was requested ends `cancelled` instead. Returns the status
+    recorded, or None when this attempt no longer holds the job (it ended meanwhile).
+    """
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": JobStatus.QUEUED.value,
+        "handbacks": jobs_t.c.handbacks + 1,
+        "next_attempt_at": None,
+        "published_at": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    with transaction(db) as session:
+        stmt = _guarded(job_id, attempt).where(jobs_t.c.cancel_requested.is_(False))
+        if rowcount(session.execute(stmt.values(**values))) != 1:
+            cancelled = _finish_in(
+                session,
+                job_id,
+                attempt,
+                JobStatus.CANCELLED,
+                error={"type": "Cancelled", "message": "cancelled while its worker stopped"},
+                cancel_requested=True,
+            )
+            return JobStatus.CANCELLED if cancelled else None
+        session.execute(
+            insert(events_t),
+            [new_event(job_id, JobStatus.QUEUED, attempt, now, message=HANDED_BACK)],
+        )
+    return JobStatus.QUEUED
 
 
 def record(

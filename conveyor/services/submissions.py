@@ -401,6 +401,7 @@ def _rows(batch: Sequence[NewJob]) -> list[dict[str, Any]]:
             "error": None,
             "attempts": 0,
             "worker_losses": 0,
+            "handbacks": 0,
             "max_retries": new.max_retries,
             "progress": None,
             "owner_id": new.owner_id,

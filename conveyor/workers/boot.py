@@ -1,10 +1,20 @@
 """Builds a worker process: its container, the broker, the lifecycle middleware, a pool's
-actors. The pool's entry module imports its own job modules and calls `boot_pool`."""
+actors. The pool's entry module imports its own job modules and calls `boot_pool`.
+
+In a worker process forked by the `dramatiq` CLI (as `conveyor worker` runs it), only the
+first stop signal stops: a process manager that signals the whole process group (honcho,
+foreman, some platforms) makes the child receive SIGTERM twice, from the manager and from
+Dramatiq's main process, and Dramatiq's own handler kills the process at the second one.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from types import FrameType
+from typing import Any
 
 import dramatiq
 
@@ -34,6 +44,50 @@ def boot_pool(
     container = Container(settings, ProcessRole.WORKER, resources=resources)
     broker = container.broker
     dramatiq.set_broker(broker)
-    install_lifecycle(broker, container, queues=queues, close_container=True)
+    lifecycle = install_lifecycle(broker, container, queues=queues, close_container=True)
+    guard_stop_signals(on_stop=lifecycle.stop_taking_messages)
     logger.debug("pool %s serves %s", sorted(queues), sorted(served))
     return broker
+
+
+SignalHandler = Callable[[int, FrameType | None], Any]
+#: The signals Dramatiq's worker process stops at (SIGHUP: its main process is reloading).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def guard_stop_signals(on_stop: Callable[[], object] | None = None) -> None:
+    """In a worker process of the `dramatiq` CLI, let only the first stop signal through to
+    Dramatiq's handler (which stops the worker gracefully), after `on_stop`; later ones are
+    logged and ignored. SIGKILL (and SIGQUIT, which Python leaves to its default) still stop
+    at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    stopping = threading.Event()
+    for sig in STOP_SIGNALS:
+        handler = signal.getsignal(sig)
+        if callable(handler) and getattr(handler, "__module__", None) == "dramatiq.cli":
+            signal.signal(sig, first_signal_only(handler, stopping, on_stop))
+
+
+def first_signal_only(
+    handler: SignalHandler,
+    stopping: threading.Event,
+    on_stop: Callable[[], object] | None = None,
+) -> SignalHandler:
+    """`on_stop` then `handler` for the first signal (of those sharing `stopping`); a warning
+    for the rest."""
+
+    def guarded(signum: int, frame: FrameType | None) -> Any:
+        if stopping.is_set():
+            logger.warning(
+                "%s received while stopping: ignored; running jobs finish or are handed back "
+                "within the drain time (SIGKILL or SIGQUIT stops at once)",
+                signal.Signals(signum).name,
+            )
+            return None
+        stopping.set()
+        if on_stop is not None:
+            on_stop()
+        return handler(signum, frame)
+
+    return guarded

@@ -55,6 +55,7 @@ class RunningJob:
     time_limit: float | None = None
     max_retries: int = 0
     worker_losses: int = 0
+    handbacks: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     stop_reason: type[BaseException] | None = None
     in_user_code: bool = False

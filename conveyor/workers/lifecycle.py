@@ -6,13 +6,20 @@ the payload, run the function under the job's time limit while a heartbeat renew
 and watches for cancellation, then let the outcome policy (`services.outcomes`) decide and
 record what it decided (`services.runs.record`); a job that failed for good also has its
 message dead-lettered. Attempts are counted in the row.
+
+A worker told to stop (Dramatiq's `worker_shutdown`) takes no new message, gives its running
+jobs the drain time (`CONVEYOR_WORKER_DRAIN_SECONDS`) to finish, then hands back those still
+running (`services.runs.hand_back`): they run again elsewhere, charged neither as a failure
+nor as a lost worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -28,11 +35,18 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from conveyor import logs
 from conveyor.bootstrap import Container
-from conveyor.errors import AttemptLostError, JobCancelledError, JobTimeLimitError, RetryLater
+from conveyor.errors import (
+    AttemptLostError,
+    JobCancelledError,
+    JobTimeLimitError,
+    RetryLater,
+    WorkerStoppingError,
+)
 from conveyor.models import JobStatus
 from conveyor.registry import JobType
 from conveyor.services import outcomes, runs
 from conveyor.services.jobs import JobMessage
+from conveyor.services.outbox import publish_now
 from conveyor.services.outcomes import Attempt, Outcome
 from conveyor.services.tracebacks import Tracebacks
 from conveyor.workers.context import STOP_REASONS, RunningJob
@@ -44,6 +58,10 @@ CLAIM_RETRY_MS = 5_000
 #: The broker's errors that mean it could not be reached (the outcome policy does not know
 #: Dramatiq): a job that meets one was cut short by infrastructure, not failed.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (dramatiq.errors.BrokerConnectionError,)
+#: After the drain time, how long the handed-back jobs get to notice and let go of their
+#: threads (a job stuck where it cannot be interrupted is left to the process's exit: it was
+#: handed back already, and whatever it records later is refused by the guarded UPDATEs).
+WIND_DOWN_SECONDS = 1.0
 
 
 class _Heartbeat(threading.Thread):
@@ -89,16 +107,30 @@ class JobLifecycle(Middleware):
     and keeps the heartbeat of the running ones."""
 
     def __init__(
-        self, container: Container, *, lease: dt.timedelta, close_container: bool = False
+        self,
+        container: Container,
+        *,
+        lease: dt.timedelta,
+        close_container: bool = False,
+        drain_seconds: float | None = None,
     ) -> None:
         self.container = container
         self.registry = container.registry
         self.lease = lease
         self.close_container = close_container
+        if drain_seconds is None:
+            drain_seconds = container.settings.worker_drain_seconds
+        self.drain_seconds = drain_seconds
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self.tracebacks = Tracebacks.of(container.settings)
         self._running: dict[uuid.UUID, RunningJob] = {}
-        self._running_lock = threading.Lock()
+        #: Guards `_running` and the stop state below; notified as deliveries end.
+        self._running_lock = threading.Condition(threading.Lock())
+        #: Deliveries being handled (claim, run, record) by job, and those jobs' types.
+        self._in_hand: collections.Counter[uuid.UUID] = collections.Counter()
+        self._types: dict[uuid.UUID, JobType] = {}
+        self._stopping = False
+        self._worker: Any = None
         self._heartbeat: _Heartbeat | None = None
 
     def running_jobs(self) -> list[RunningJob]:
@@ -108,9 +140,25 @@ class JobLifecycle(Middleware):
     # Dramatiq hooks
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        with self._running_lock:  # a worker started again (tests) takes deliveries again
+            self._stopping = False
+        self._worker = worker
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self._heartbeat = _Heartbeat(self)
         self._heartbeat.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self._worker = worker
+        self.stop_taking_messages()
+        self.drain()
+
+    def stop_taking_messages(self) -> None:
+        """The worker's threads take no new message once their job is done (the messages
+        fetched meanwhile go back to the broker when the worker stops). It only sets flags,
+        so a signal handler may call it: the worker process's main loop notices a stop
+        signal up to a second later."""
+        for thread in getattr(self._worker, "workers", ()):
+            thread.stop()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         if self._heartbeat is not None:
@@ -131,9 +179,121 @@ class JobLifecycle(Middleware):
             return
         token = logs.job_id.set(raw_id)
         try:
-            self._run(job_type, job_id)
+            with self._running_lock:
+                admitted = not self._stopping
+                if admitted:
+                    self._in_hand[job_id] += 1
+                    self._types[job_id] = job_type
+            if not admitted:
+                self._pass_on(job_type, job_id)
+                return
+            try:
+                self._run(job_type, job_id)
+            finally:
+                with self._running_lock:
+                    self._in_hand[job_id] -= 1
+                    if not self._in_hand[job_id]:
+                        del self._in_hand[job_id], self._types[job_id]
+                    self._running_lock.notify_all()
         finally:
             logs.job_id.reset(token)
+
+    # stopping
+
+    def drain(self) -> None:
+        """Stop: no new delivery is taken, running jobs get `drain_seconds` to finish, then
+        those still running are handed back (see `services.runs.hand_back`)."""
+        deadline = time.monotonic() + self.drain_seconds
+        with self._running_lock:
+            self._stopping = True
+            busy = self._in_hand.total()
+        for running in self.running_jobs():
+            token = logs.job_id.set(str(running.job_id))
+            try:
+                logger.info(
+                    "worker stopping: job %s attempt %d gets %gs to finish, or is handed back",
+                    running.job_id,
+                    running.attempt,
+                    self.drain_seconds,
+                )
+            finally:
+                logs.job_id.reset(token)
+        with self._running_lock:
+            while self._in_hand and (left := deadline - time.monotonic()) > 0:
+                self._running_lock.wait(left)
+        handed: set[uuid.UUID] = set()
+        wind_down = time.monotonic() + WIND_DOWN_SECONDS
+        while True:
+            for running in self.running_jobs():
+                if running.job_id not in handed:
+                    handed.add(running.job_id)
+                    self._hand_back(running)
+            with self._running_lock:
+                if not self._in_hand or (left := wind_down - time.monotonic()) <= 0:
+                    break
+                self._running_lock.wait(min(left, 0.1))
+        if busy:
+            logger.info(
+                "worker stopping: %d job(s) finished, %d handed back",
+                busy - len(handed),
+                len(handed),
+            )
+
+    def _hand_back(self, running: RunningJob) -> None:
+        """Stop a job still running after the drain time and put it back in its queue."""
+        job_id, attempt = running.job_id, running.attempt
+        with self._running_lock:
+            job_type = self._types.get(job_id)
+        token = logs.job_id.set(str(job_id))
+        try:
+            running.interrupt(WorkerStoppingError)
+            db = self.container.db
+            try:
+                status = runs.persistently(
+                    functools.partial(runs.hand_back, db, job_id, attempt),
+                    what="hand back a job",
+                    delays=(0.1, 0.5),
+                )
+            except Exception:
+                logger.warning(
+                    "could not hand back job %s attempt %d; the lease reconciler takes it back",
+                    job_id,
+                    attempt,
+                    exc_info=True,
+                )
+                return
+            if status is None:
+                return  # it ended meanwhile
+            self.container.announcements.announce(job_id, status)
+            if status == JobStatus.CANCELLED:
+                logger.info("job %s was cancelled while its worker stopped", job_id)
+                return
+            logger.warning(
+                "job %s attempt %d handed back: still running after the drain time (%gs); "
+                "it runs again, not counted as a failure or a lost worker",
+                job_id,
+                attempt,
+                self.drain_seconds,
+            )
+            if job_type is not None:
+                message = JobMessage(job_id, job_type.name, job_type.queue)
+                publish_now(db, self.container.enqueuer, [message], "handed back")
+        finally:
+            logs.job_id.reset(token)
+
+    def _pass_on(self, job_type: JobType, job_id: uuid.UUID) -> None:
+        """A delivery that reached a stopping worker: sent again for another worker (the job
+        row is untouched; should the broker refuse, the sweeper publishes the job again once
+        its message is `CONVEYOR_REQUEUE_AFTER_SECONDS` old, as for any lost message)."""
+        logger.info("worker stopping: job %s left to another worker", job_id)
+        try:
+            self.container.enqueuer.publish([JobMessage(job_id, job_type.name, job_type.queue)])
+        except Exception:
+            logger.warning(
+                "could not pass job %s on; the sweeper publishes it again later",
+                job_id,
+                exc_info=True,
+            )
 
     def _run(self, job_type: JobType, job_id: uuid.UUID) -> None:
         container = self.container
@@ -177,12 +337,20 @@ class JobLifecycle(Middleware):
             time_limit=limit,
             max_retries=job.max_retries,
             worker_losses=job.worker_losses,
+            handbacks=job.handbacks,
         )
         with self._running_lock:
             self._running[job_id] = running
         try:
             outcome = self._execute(job_type, running, job.payload)
-            if running.stopping() is AttemptLostError:
+            stop = running.stopping()
+            if stop is WorkerStoppingError and (
+                outcome is None or outcome.status != JobStatus.SUCCEEDED
+            ):
+                # Handed back by `drain`: it runs again elsewhere. (A success that came
+                # first is still recorded if the job was not yet handed back.)
+                logger.info("job %s attempt %d stopped: handed back", job_id, running.attempt)
+            elif stop is AttemptLostError:
                 # Not a cancel: whatever holds the job now (the reconciler, another attempt)
                 # decides its outcome, so this attempt records nothing.
                 logger.warning(
@@ -229,6 +397,7 @@ class JobLifecycle(Middleware):
             running.worker_losses,
             running.max_retries,
             self.container.settings.max_worker_losses,
+            handbacks=running.handbacks,
         )
         # A cancel and a retry the job asked for are not failures: no traceback to read.
         planned = isinstance(exc, JobCancelledError | RetryLater)

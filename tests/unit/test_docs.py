@@ -167,15 +167,25 @@ def test_compose_binds_every_port_to_loopback() -> None:
 def test_every_server_in_compose_has_a_healthcheck() -> None:
     for service, lines in compose_services().items():
         command = compose_value(lines, "command") or ""
-        if command.startswith("dramatiq ") or service == COMPOSE_SERVICE_OF["release"]:
+        if is_worker(command) or service == COMPOSE_SERVICE_OF["release"]:
             continue  # workers and the one-shot migration serve nothing to check
         assert "    healthcheck:" in lines, f"{service} has no healthcheck"
 
 
+def is_worker(command: str) -> bool:
+    return command.startswith(("dramatiq ", "conveyor worker "))
+
+
+def worker_module(args: list[str]) -> str:
+    """The pool module a worker command runs (`dramatiq <module>`, `conveyor worker <pool>`)."""
+    return args[1] if args[0] == "dramatiq" else f"conveyor.workers.{args[2]}"
+
+
 def queues_of(args: list[str]) -> list[str]:
-    """The values of a dramatiq command's `--queues` option."""
+    """The queues a worker command serves: its `--queues` option's values, or else those of a
+    `conveyor worker <pool>`, which serves its pool's queue (named after the pool)."""
     if "--queues" not in args:
-        return []
+        return [args[2]] if args[:2] == ["conveyor", "worker"] else []
     values = []
     for value in args[args.index("--queues") + 1 :]:
         if value.startswith("-"):
@@ -189,10 +199,10 @@ def conveyor_queues() -> set[str]:
     return {t.queue for t in JOBS if t.fn.__module__.startswith("conveyor.")}
 
 
-@pytest.mark.parametrize("command", [c for c in procfile().values() if c.startswith("dramatiq ")])
+@pytest.mark.parametrize("command", [c for c in procfile().values() if is_worker(c)])
 def test_every_procfile_pool_names_a_worker_module_and_its_queues(command: str) -> None:
     args = shlex.split(command)
-    module = args[1]
+    module = worker_module(args)
     assert module.startswith("conveyor.workers."), module
     pool = module.removeprefix("conveyor.workers.")
     assert (ROOT / "conveyor" / "workers" / f"{pool}.py").is_file(), module
@@ -204,7 +214,7 @@ def test_every_procfile_pool_names_a_worker_module_and_its_queues(command: str) 
 
 
 def test_every_queue_has_a_pool_in_the_procfile() -> None:
-    served = {q for c in procfile().values() for q in queues_of(shlex.split(c))}
+    served = {q for c in procfile().values() if is_worker(c) for q in queues_of(shlex.split(c))}
     missing = conveyor_queues() - served
     assert not missing, f"no Procfile worker serves {sorted(missing)}"
 
