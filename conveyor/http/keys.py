@@ -32,3 +32,6 @@ ROUTE_TABLES: web.AppKey[dict[str, RouteTable]] = web.AppKey("route_tables")
 STREAMS: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("streams")
 
 USER = web.RequestKey("user", User)
+#: Set by a handler that holds its request open (`wait`: a long poll; `stream`: an event
+#: stream): its duration is not a request latency, and is measured apart.
+HELD = web.RequestKey("held", str)

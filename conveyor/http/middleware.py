@@ -16,7 +16,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from conveyor import logs
 from conveyor.errors import ConveyorError, field_errors
-from conveyor.http.keys import METRICS
+from conveyor.http.keys import HELD, METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,12 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = resource.canonical if resource is not None else "unmatched"
         metrics = request.config_dict[METRICS]
         metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        held = request.get(HELD)
+        if held is None:
+            metrics.latency.labels(route, request.method).observe(took)
+        else:  # a long poll or an event stream: how long it was open is no latency
+            metrics.held.labels(route, held).observe(took)
         logs.request_id.reset(token)
 
 

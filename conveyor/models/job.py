@@ -45,6 +45,13 @@ WAITING = (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RETRYING)
 OUTBOX = (JobStatus.QUEUED, JobStatus.RETRYING)
 
 
+#: Not started (again) yet, whether due or not.
+UNSTARTED = (JobStatus.SCHEDULED, *OUTBOX)
+#: When a job not started yet is (or was) due: its retry time, else its `run_at`, else its
+#: submission. Spelled as the index spells it, so queries match the index.
+DUE_SQL = "coalesce(next_attempt_at, run_at, created_at)"
+
+
 def _in(statuses: tuple[JobStatus, ...]) -> str:
     """`status IN (...)` for the partial indexes and the CHECK constraint."""
     return "status IN (" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
@@ -81,6 +88,16 @@ class Job(Base):
             "lease_expires_at",
             postgresql_where=text(_in((JobStatus.RUNNING,))),
             sqlite_where=text(_in((JobStatus.RUNNING,))),
+        ),
+        # Queue depths and the oldest waiting job per queue (`services.queues`): the jobs
+        # not started yet, by queue, status and when each is (or was) due.
+        Index(
+            "ix_jobs_unstarted_queue_status_due",
+            "queue",
+            "status",
+            text(DUE_SQL),
+            postgresql_where=text(_in(UNSTARTED)),
+            sqlite_where=text(_in(UNSTARTED)),
         ),
         # The sweeper's promotion of delayed jobs that became due.
         Index(

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -27,12 +28,16 @@ from dramatiq.middleware import CurrentMessage, Middleware
 from conveyor import logs
 from conveyor.bootstrap import Container
 from conveyor.errors import AttemptLostError, JobTimeLimitError
+from conveyor.metrics import NO_ERROR
 from conveyor.models import JobStatus
+from conveyor.models.base import utcnow
+from conveyor.models.job import FINISHED
 from conveyor.registry import JobType
 from conveyor.services import outcomes, runs
 from conveyor.services.jobs import JobMessage
 from conveyor.services.outcomes import Attempt, Outcome
 from conveyor.workers.context import STOP_REASONS, RunningJob
+from conveyor.workers.presence import WorkerPresence
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +91,19 @@ class JobLifecycle(Middleware):
     and keeps the heartbeat of the running ones."""
 
     def __init__(
-        self, container: Container, *, lease: dt.timedelta, close_container: bool = False
+        self,
+        container: Container,
+        *,
+        lease: dt.timedelta,
+        close_container: bool = False,
+        pool: str = "all",
     ) -> None:
         self.container = container
         self.registry = container.registry
         self.lease = lease
         self.close_container = close_container
+        self.pool = pool
+        self.metrics = container.metrics
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self._running: dict[uuid.UUID, RunningJob] = {}
         self._running_lock = threading.Lock()
@@ -152,6 +164,10 @@ class JobLifecycle(Middleware):
         if job is None:
             logger.info("job %s is not due to run (finished, cancelled or taken); skipped", job_id)
             return
+        metrics = self.metrics
+        if job.due_at is not None:
+            wait = (utcnow() - job.due_at).total_seconds()
+            metrics.queue_wait.labels(job_type.name).observe(max(wait, 0.0))
         container.announcements.announce(job_id, JobStatus.RUNNING)
         limit = job_type.time_limit.total_seconds() if job_type.time_limit else None
         running = RunningJob(
@@ -167,9 +183,17 @@ class JobLifecycle(Middleware):
         )
         with self._running_lock:
             self._running[job_id] = running
+        in_flight = metrics.in_flight.labels(self.pool)
+        in_flight.inc()
+        label, error = "stopped", NO_ERROR
         try:
+            started = time.perf_counter()
             outcome = self._execute(job_type, running, job.payload)
+            metrics.run_time.labels(job_type.name).observe(time.perf_counter() - started)
+            if outcome is not None and outcome.error:
+                error = str(outcome.error.get("type") or NO_ERROR)
             if running.stopping() is AttemptLostError:
+                label = "lost"
                 # Not a cancel: whatever holds the job now (the reconciler, another attempt)
                 # decides its outcome, so this attempt records nothing.
                 logger.warning(
@@ -179,8 +203,17 @@ class JobLifecycle(Middleware):
                     running.attempt,
                 )
             elif outcome is not None:
-                self._record(job_type, running, outcome)
+                label = "unrecorded"  # unless the record below returns
+                recorded = self._record(job_type, running, outcome)
+                if recorded is None:
+                    label = "lost"
+                else:
+                    label = "interrupted" if outcome.interrupted else recorded.value
+                    if recorded in FINISHED:
+                        metrics.finished.labels(job_type.name, recorded.value).inc()
         finally:
+            in_flight.dec()
+            metrics.attempts.labels(job_type.name, label, error).inc()
             with self._running_lock:  # a later attempt of the same job may have replaced it
                 if self._running.get(job_id) is running:
                     del self._running[job_id]
@@ -218,7 +251,7 @@ class JobLifecycle(Middleware):
             job_type, attempt, exc, time_limit=running.time_limit, infrastructure=BROKER_ERRORS
         )
 
-    def _record(self, job_type: JobType, running: RunningJob, outcome: Outcome) -> None:
+    def _record(self, job_type: JobType, running: RunningJob, outcome: Outcome) -> JobStatus | None:
         job_id, attempt = running.job_id, running.attempt
         message = JobMessage(job_id, job_type.name, job_type.queue)
         if outcome.interrupted and outcome.status == JobStatus.RETRYING:
@@ -261,6 +294,7 @@ class JobLifecycle(Middleware):
             current = CurrentMessage.get_current_message()
             if current is not None:
                 current.fail()  # type: ignore[attr-defined]  # nack: to the dead-letter queue
+        return recorded
 
 
 def install_lifecycle(
@@ -269,11 +303,17 @@ def install_lifecycle(
     *,
     queues: set[str] | None = None,
     close_container: bool = False,
+    pool: str | None = None,
+    on_beat: Callable[[], None] | None = None,
 ) -> JobLifecycle:
-    """Give `broker` the lifecycle middleware and an actor per job type (of `queues`)."""
+    """Give `broker` the lifecycle middleware and an actor per job type (of `queues`), and
+    the worker registry's middleware. `pool` names the process's pool in the registry and
+    the metrics (default: its queues, or `all`)."""
     lease = dt.timedelta(seconds=container.settings.lease_seconds)
-    lifecycle = JobLifecycle(container, lease=lease, close_container=close_container)
+    pool = pool or (",".join(sorted(queues)) if queues else "all")
+    lifecycle = JobLifecycle(container, lease=lease, close_container=close_container, pool=pool)
     bind_actors(broker, lifecycle, queues=queues)
+    broker.add_middleware(WorkerPresence(lifecycle, queues=queues, on_beat=on_beat))
     return lifecycle
 
 
