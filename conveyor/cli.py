@@ -1,11 +1,13 @@
-"""The `conveyor` command: dev, web, db, users, tokens."""
+"""The `conveyor` command: dev, web, db, users, tokens, workers, queues."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from conveyor import bootstrap
 from conveyor.errors import ConveyorError
@@ -77,6 +79,163 @@ def cmd_tokens_issue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- operations: `conveyor workers`, `conveyor queues` ------------------------------------
+
+WORKERS_EPILOG = """\
+Lists the worker processes that recorded a heartbeat within CONVEYOR_WORKER_TIMEOUT_SECONDS
+(each records itself every CONVEYOR_WORKER_HEARTBEAT_SECONDS, and removes itself when it stops
+cleanly). JOBS is the jobs it runs now.
+
+example:
+  conveyor workers
+  conveyor workers --json | jq '.[] | select(.pool == "system")'
+"""
+
+QUEUES_EPILOG = """\
+Per queue, from the database (the same on RabbitMQ and Redis): WAITING jobs a worker may start
+now (queued, or retrying and due), SCHEDULED ones (delayed, or retrying later), RUNNING and
+FAILED ones, and how long the OLDEST WAITING job has been due.
+
+example:
+  conveyor queues
+  conveyor queues --json
+"""
+
+
+def _age(seconds: float) -> str:
+    """`45s`, `12m`, `3h`, `2d`: whole units, two of the next smaller before switching."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell; numbers right-aligned."""
+    cells = [list(header), *[[str(cell) for cell in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    numeric = [all(isinstance(row[i], int | float) for row in rows) for i in range(len(header))]
+    lines = []
+    for row in cells:
+        padded = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.models.base import utcnow
+    from conveyor.services import workers
+
+    timeout = dt.timedelta(seconds=settings.worker_timeout_seconds)
+    with _container(settings) as container:
+        alive = workers.alive(container.db, timeout)
+    now = utcnow()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": w.id,
+                        "pool": w.pool,
+                        "host": w.host,
+                        "pid": w.pid,
+                        "queues": w.queues,
+                        "threads": w.threads,
+                        "jobs_in_hand": w.jobs_in_hand,
+                        "started_at": w.started_at.isoformat(),
+                        "last_heartbeat_at": w.last_heartbeat_at.isoformat(),
+                    }
+                    for w in alive
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    if not alive:
+        print("no live worker processes")
+        return 0
+    rows = [
+        (
+            w.pool,
+            w.host,
+            w.pid,
+            w.threads,
+            w.jobs_in_hand,
+            _age((now - w.last_heartbeat_at).total_seconds()) + " ago",
+            _age((now - w.started_at).total_seconds()),
+        )
+        for w in alive
+    ]
+    print(_table(("POOL", "HOST", "PID", "THREADS", "JOBS", "LAST HEARTBEAT", "UP FOR"), rows))
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
+    import conveyor.actors.all  # noqa: F401  (every job type, so every queue is listed)
+    from conveyor.registry import JOBS
+    from conveyor.services import queues
+
+    with _container(settings) as container:
+        found = queues.stats(container.db, {t.queue for t in JOBS}, failed=True)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "queue": q.queue,
+                        "waiting": q.waiting,
+                        "scheduled": q.scheduled,
+                        "running": q.running,
+                        "failed": q.failed,
+                        "oldest_waiting_seconds": round(q.oldest_waiting_seconds, 3),
+                    }
+                    for q in found
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    rows = [
+        (
+            q.queue,
+            q.waiting,
+            q.scheduled,
+            q.running,
+            q.failed or 0,
+            _age(q.oldest_waiting_seconds) if q.waiting else "-",
+        )
+        for q in found
+    ]
+    print(_table(("QUEUE", "WAITING", "SCHEDULED", "RUNNING", "FAILED", "OLDEST WAITING"), rows))
+    return 0
+
+
+def _add_operations(sub: Any) -> None:
+    """The operations commands' parsers (`workers`, `queues`)."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    workers = sub.add_parser(
+        "workers",
+        help="live worker processes: pool, host, pid, threads, jobs in hand, last heartbeat",
+        description="The live worker processes, from the worker registry.",
+        epilog=WORKERS_EPILOG,
+        formatter_class=formatter,
+    )
+    workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    workers.set_defaults(run=cmd_workers)
+    queues = sub.add_parser(
+        "queues",
+        help="per queue: waiting, scheduled, running, failed, oldest waiting",
+        description="The depth of each queue, from the database.",
+        epilog=QUEUES_EPILOG,
+        formatter_class=formatter,
+    )
+    queues.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    queues.set_defaults(run=cmd_queues)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -115,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
         "CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS)",
     )
     issue.set_defaults(run=cmd_tokens_issue)
+    _add_operations(sub)
     return root
 
 

@@ -172,8 +172,8 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1", description="Address the worker pools' metrics servers listen on."
     )
-    worker_metrics_ports: Annotated[dict[str, int], NoDecode] = Field(
-        default_factory=dict,
+    worker_metrics_ports: Annotated[dict[str, int] | None, NoDecode] = Field(
+        None,
         description="Port of each pool's metrics server, as `pool=port,pool=port` (or JSON); "
         "a pool not named serves no metrics.",
     )
@@ -193,7 +193,7 @@ class Settings(BaseSettings):
             return value
         text = value.strip()
         if not text:
-            return {}
+            return None
         if text.startswith("{"):
             return json.loads(text)
         ports: dict[str, object] = {}
@@ -206,11 +206,13 @@ class Settings(BaseSettings):
 
     @field_validator("worker_metrics_ports")
     @classmethod
-    def _valid_ports(cls, ports: dict[str, int]) -> dict[str, int]:
+    def _valid_ports(cls, ports: dict[str, int] | None) -> dict[str, int] | None:
+        if ports is None:
+            return None
         for pool, port in ports.items():
             if not 0 < port < 65536:
                 raise ValueError(f"port of pool {pool!r} must be within 1..65535")
-        taken = [port for port in ports.values()]
+        taken = list(ports.values())
         if len(set(taken)) != len(taken):
             raise ValueError("two pools have the same metrics port")
         return ports
@@ -235,6 +237,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "redis_heartbeat_timeout_seconds must be at least 3 times "
                 "redis_maintenance_interval_seconds"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_beat_within_their_timeout(self) -> Settings:
+        if self.worker_timeout_seconds < 2 * self.worker_heartbeat_seconds:
+            raise ValueError(
+                "CONVEYOR_WORKER_TIMEOUT_SECONDS must be at least 2 times "
+                "CONVEYOR_WORKER_HEARTBEAT_SECONDS: a live worker would be taken for dead"
             )
         return self
 

@@ -70,7 +70,7 @@ def run_directory(settings: Settings, parent: int | None = None) -> Path:
 def prepare(settings: Settings, pool: str) -> Path | None:
     """In a worker process of `pool`, before any metric is created: record metrics in the
     run's directory if the pool has a metrics port (and return the directory), else None."""
-    port = settings.worker_metrics_ports.get(pool)
+    port = (settings.worker_metrics_ports or {}).get(pool)
     if port is None:
         return None
     directory = run_directory(settings)
