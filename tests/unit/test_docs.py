@@ -16,8 +16,8 @@ import conveyor.actors.all  # noqa: F401  (fills the registry)
 from conveyor.background.stats import Reading
 from conveyor.http.metrics import Metrics
 from conveyor.metrics import JobMetrics
-from conveyor.services.queues import QueueStats
 from conveyor.registry import JOBS
+from conveyor.services.queues import QueueStats
 from conveyor.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

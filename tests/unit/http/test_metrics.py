@@ -94,9 +94,7 @@ async def test_long_polls_and_streams_are_not_request_latencies(embedded_stack: 
     found = samples(await scrape(stack))
     route = "/v1/jobs/{job_id}"
     assert value(found, "conveyor_http_request_duration_seconds_count", route=route, method="GET")
-    latency = value(
-        found, "conveyor_http_request_duration_seconds_sum", route=route, method="GET"
-    )
+    latency = value(found, "conveyor_http_request_duration_seconds_sum", route=route, method="GET")
     assert latency is not None and latency < 0.25  # not the long poll's wait
     assert value(found, "conveyor_http_held_duration_seconds_count", route=route, kind="wait")
     stream = "/v1/jobs/{job_id}/events"
@@ -140,7 +138,8 @@ async def test_promtool_accepts_the_web_exposition(embedded_stack: Stack) -> Non
 
 
 async def test_metrics_answer_at_once_while_the_database_fails(
-    aiohttp_client, tmp_path: Path  # type: ignore[no-untyped-def]
+    aiohttp_client,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     missing = tmp_path / "no" / "such" / "dir" / "conveyor.db"
     settings = settings_of(
