@@ -210,7 +210,18 @@ def serve() -> int:
     config = json.loads((directory / CONFIG_FILE).read_text())
     remove_stale(settings, directory)
     handler = type("Handler", (_Handler,), {"directory": directory})
-    server = ThreadingHTTPServer((config["host"], int(config["port"])), handler)
+    try:
+        server = ThreadingHTTPServer((config["host"], int(config["port"])), handler)
+    except OSError as exc:  # the workers run on; only their metrics are not served
+        logger.error(
+            "cannot serve the metrics of pool %s on %s:%d: %s (is the port taken? see "
+            "CONVEYOR_WORKER_METRICS_PORTS)",
+            config["pool"],
+            config["host"],
+            config["port"],
+            exc,
+        )
+        return 1
     logger.info(
         "metrics of pool %s on http://%s:%d/metrics", config["pool"], config["host"], config["port"]
     )
