@@ -32,11 +32,15 @@ async def test_a_running_worker_is_in_the_registry_until_it_stops(embedded_stack
 
 async def test_the_registry_counts_the_jobs_in_hand(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    job = await stack.submit("system.sleep", {"seconds": 3, "steps": 30})
+    job = await stack.submit("system.sleep", {"seconds": 60, "steps": 600})
     await stack.wait_for(job["id"], "running")
     lifecycle = stack.lifecycle
     presence = next(m for m in stack.broker.middleware if type(m).__name__ == "WorkerPresence")
     assert presence.process is not None
+    wait_until(lifecycle.running_jobs)
     workers.beat(stack.db, presence.process, len(lifecycle.running_jobs()))
     [row] = workers.alive(stack.db, TIMEOUT)
     assert row.jobs_in_hand == 1
+    response = await stack.client.post(f"/v1/jobs/{job['id']}/cancel", headers=stack.headers())
+    assert response.status in (200, 202)
+    await stack.wait_for(job["id"], "cancelled")
