@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: dev test lint unit integration e2e bench format services clean
+.PHONY: dev test lint unit integration e2e bench format services promtool clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,7 @@ dev: $(BIN)/.installed
 	$(BIN)/conveyor dev --port $(PORT)
 
 ## test: lint, type checks and the whole suite against PostgreSQL, Redis and RabbitMQ
-test: lint services
+test: lint services promtool
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
@@ -34,6 +34,13 @@ format: $(BIN)/.installed
 ## services: fail early, saying how to start whatever is not reachable
 services: $(BIN)/.installed
 	$(BIN)/python -m tests.services
+
+## promtool: `promtool check metrics` for the metrics tests, from Debian's prometheus package
+promtool:
+	@command -v promtool >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+		echo "promtool could not be installed: the promtool checks will be skipped" >&2
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.aio import LoopThread
 from conveyor.announcements import Announcements, MemoryAnnouncements, RedisAnnouncements
 from conveyor.background.batcher import SubmitBatcher
+from conveyor.background.stats import StatsReader
 from conveyor.background.sweeper import Sweeper
 from conveyor.broker import BrokerEnqueuer, build_broker, check_broker, close_broker
 from conveyor.db import close_direct, make_engine, make_sessionmaker
@@ -31,6 +32,8 @@ from conveyor.db import ping as db_ping
 from conveyor.errors import UnknownResourceError
 from conveyor.feeds import Feeds
 from conveyor.httpclient import SharedHttpClient
+from conveyor.metrics import JobMetrics
+from conveyor.models import JobStatus
 from conveyor.models.migrate import SchemaCheck
 from conveyor.outbound import HttpClient
 from conveyor.registry import JOBS, Registry
@@ -183,7 +186,9 @@ class Container:
         threads = self.settings.publish_threads if self.role in SERVES_HTTP else 1
         return self._get(
             "enqueuer",
-            lambda: BrokerEnqueuer(self.broker, threads=threads),
+            lambda: BrokerEnqueuer(
+                self.broker, threads=threads, on_failure=self.metrics.publish_failures.inc
+            ),
             BrokerEnqueuer.close,
             Stage.CLIENTS,
         )
@@ -250,9 +255,40 @@ class Container:
                 lease_hold=min(settings.lease_seconds, LEASE_HOLD_SECONDS),
                 retention_days=settings.retention_days,
                 retention_interval=settings.retention_interval_seconds,
+                on_finished=self._count_finished,
             )
 
         return self._get("sweeper", build, Sweeper.stop)
+
+    def _count_finished(self, job_type: str, status: JobStatus) -> None:
+        self.metrics.finished.labels(job_type, status.value).inc()
+
+    @property
+    def metrics(self) -> JobMetrics:
+        """The job metrics this process records (a worker pool's in multiprocess mode, when
+        `conveyor.workers.exposition` prepared it before)."""
+        return self._get("metrics", JobMetrics, None)
+
+    @property
+    def stats(self) -> StatsReader:
+        """The reader of the database-derived metrics (started by `start_stats`)."""
+        settings = self.settings
+
+        def build() -> StatsReader:
+            return StatsReader(
+                self.db,
+                {job_type.queue for job_type in self.registry},
+                interval=settings.metrics_refresh_seconds,
+                worker_timeout=settings.worker_timeout_seconds,
+            )
+
+        return self._get("stats", build, StatsReader.stop)
+
+    def start_stats(self) -> StatsReader:
+        stats = self.stats
+        if not stats.is_alive():
+            stats.start()
+        return stats
 
     def start_sweeper(self) -> Sweeper:
         sweeper = self.sweeper

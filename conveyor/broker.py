@@ -186,8 +186,17 @@ class BrokerEnqueuer:
     once each; the failed publishes themselves are logged at DEBUG.
     """
 
-    def __init__(self, broker: dramatiq.Broker, *, threads: int = 4, max_pending: int = 10_000):
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        *,
+        threads: int = 4,
+        max_pending: int = 10_000,
+        on_failure: Callable[[int], object] | None = None,
+    ):
         self.broker = broker
+        #: Told how many messages a failed publish left unpublished (a metric).
+        self.on_failure = on_failure
         self.outage = outage_of(broker)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="conveyor-publish")
         self._lock = threading.Lock()
@@ -209,6 +218,8 @@ class BrokerEnqueuer:
                 self.broker.enqueue(to_dramatiq(job), delay=job.delay_ms or None)
         except unreachable_errors() as exc:
             self.outage.failed(exc)
+            if self.on_failure is not None:
+                self.on_failure(len(messages))
             raise BrokerUnavailableError(f"the broker did not take the message: {exc!r}") from exc
         self.outage.succeeded()
 

@@ -1,5 +1,5 @@
 """The `conveyor` command: run the processes, migrate the database, manage users, tokens
-and jobs."""
+and jobs, see the workers and queues."""
 
 from __future__ import annotations
 
@@ -288,6 +288,79 @@ def cmd_tokens_issue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- workers and queues ---------------------------------------------------------------------
+
+
+def _age(seconds: float) -> str:
+    """`45s`, `12m`, `3h`, `2d`: whole units, two of the next smaller before switching."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.models.base import utcnow
+    from conveyor.services import workers
+
+    timeout = dt.timedelta(seconds=settings.worker_timeout_seconds)
+    with opened(settings) as container:
+        alive = workers.alive(container.db, timeout)
+    now = utcnow()
+    rows = [
+        {
+            "id": w.id,
+            "pool": w.pool,
+            "host": w.host,
+            "pid": w.pid,
+            "queues": w.queues,
+            "threads": w.threads,
+            "jobs_in_hand": w.jobs_in_hand,
+            "started_at": w.started_at,
+            "last_heartbeat_at": w.last_heartbeat_at,
+        }
+        for w in alive
+    ]
+    if args.json:
+        as_json(rows)
+        return 0
+    for row, w in zip(rows, alive, strict=True):
+        row["jobs"] = w.jobs_in_hand
+        row["last_heartbeat"] = _age((now - w.last_heartbeat_at).total_seconds()) + " ago"
+        row["up_for"] = _age((now - w.started_at).total_seconds())
+    columns = ("pool", "host", "pid", "threads", "jobs", "last_heartbeat", "up_for")
+    show(rows, columns, json_output=False, empty="no live worker processes")
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
+    import conveyor.actors.all  # noqa: F401  (every job type, so every queue is listed)
+    from conveyor.registry import JOBS
+    from conveyor.services import queues
+
+    with opened(settings) as container:
+        found = queues.stats(container.db, {t.queue for t in JOBS}, failed=True)
+    rows = [
+        {
+            "queue": q.queue,
+            "waiting": q.waiting,
+            "scheduled": q.scheduled,
+            "running": q.running,
+            "failed": q.failed or 0,
+            "oldest_waiting_seconds": round(q.oldest_waiting_seconds, 3),
+        }
+        for q in found
+    ]
+    if args.json:
+        as_json(rows)
+        return 0
+    for row, q in zip(rows, found, strict=True):
+        row["oldest_waiting"] = _age(q.oldest_waiting_seconds) if q.waiting else "-"
+    columns = ("queue", "waiting", "scheduled", "running", "failed", "oldest_waiting")
+    show(rows, columns, json_output=False, empty="no queues")
+    return 0
+
+
 # --- jobs -----------------------------------------------------------------------------------
 
 
@@ -509,6 +582,7 @@ def parser() -> argparse.ArgumentParser:
     _users(sub)
     _tokens(sub)
     _jobs(sub)
+    _workers_and_queues(sub)
     return root
 
 
@@ -746,6 +820,35 @@ def _jobs(sub: Any) -> None:
         "go on. Workers skip the messages left on the broker.",
     )
     purge.add_argument("queue")
+
+
+def _workers_and_queues(sub: Any) -> None:
+    workers = _command(
+        sub,
+        "workers",
+        "live worker processes: pool, host, pid, threads, jobs in hand, last heartbeat",
+        cmd_workers,
+        "conveyor workers",
+        "conveyor workers --json | jq '.[] | select(.pool == \"system\")'",
+        description="The worker processes that recorded a heartbeat within "
+        "CONVEYOR_WORKER_TIMEOUT_SECONDS (each records itself every "
+        "CONVEYOR_WORKER_HEARTBEAT_SECONDS, and removes itself when it stops cleanly). JOBS is "
+        "the jobs each runs now.",
+    )
+    _json_flag(workers)
+    queues = _command(
+        sub,
+        "queues",
+        "per queue: waiting, scheduled, running, failed, oldest waiting",
+        cmd_queues,
+        "conveyor queues",
+        "conveyor queues --json",
+        description="Per queue, from the database (the same on RabbitMQ and Redis): WAITING "
+        "jobs a worker may start now (queued, or retrying and due), SCHEDULED ones (delayed, or "
+        "retrying later), RUNNING and FAILED ones, and how long the OLDEST WAITING job has "
+        "been due.",
+    )
+    _json_flag(queues)
 
 
 # --- errors, and main -----------------------------------------------------------------------

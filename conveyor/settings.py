@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -171,6 +172,37 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path(".conveyor"), description="Where `conveyor dev` keeps its database and key."
     )
+    worker_heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often each worker process records itself in the `workers` table "
+        "(pool, host, pid, jobs in hand), for `conveyor workers` and the metrics.",
+    )
+    worker_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A worker process not heard from for this long is taken for dead: it is "
+        "no longer listed, and its row is deleted.",
+    )
+    metrics_refresh_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How often each web process reads the database-derived metrics (queue "
+        "depths, oldest waiting job, live workers); `/metrics` serves the last reading.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the worker pools' metrics servers listen on."
+    )
+    worker_metrics_ports: Annotated[dict[str, int] | None, NoDecode] = Field(
+        None,
+        description="Port of each pool's metrics server, as `pool=port,pool=port` (or JSON); "
+        "a pool not named serves no metrics.",
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description="Where worker processes keep their metrics files (Prometheus multiprocess "
+        "mode); unset: a directory under the system's temporary directory.",
+    )
     log_level: str = Field("INFO", description="Logging level.")
     log_format: Literal["text", "json"] = Field("text", description="`json` in production.")
     access_log: bool = Field(
@@ -183,6 +215,38 @@ class Settings(BaseSettings):
         description="Longest traceback kept with a failed attempt's error (its end is kept, "
         "where the exception is raised).",
     )
+
+    @field_validator("worker_metrics_ports", mode="before")
+    @classmethod
+    def _pool_ports(cls, value: object) -> object:
+        """`system=9191,reports=9192`, or a JSON object; each port in 1..65535."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return None
+        if text.startswith("{"):
+            return json.loads(text)
+        ports: dict[str, object] = {}
+        for item in text.split(","):
+            pool, sep, port = item.partition("=")
+            if not sep or not pool.strip():
+                raise ValueError(f"expected pool=port, got {item.strip()!r}")
+            ports[pool.strip()] = port.strip()
+        return ports
+
+    @field_validator("worker_metrics_ports")
+    @classmethod
+    def _valid_ports(cls, ports: dict[str, int] | None) -> dict[str, int] | None:
+        if ports is None:
+            return None
+        for pool, port in ports.items():
+            if not 0 < port < 65536:
+                raise ValueError(f"port of pool {pool!r} must be within 1..65535")
+        taken = list(ports.values())
+        if len(set(taken)) != len(taken):
+            raise ValueError("two pools have the same metrics port")
+        return ports
 
     @field_validator("public_url", mode="before")
     @classmethod
@@ -204,6 +268,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "redis_heartbeat_timeout_seconds must be at least 3 times "
                 "redis_maintenance_interval_seconds"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_beat_within_their_timeout(self) -> Settings:
+        if self.worker_timeout_seconds < 2 * self.worker_heartbeat_seconds:
+            raise ValueError(
+                "CONVEYOR_WORKER_TIMEOUT_SECONDS must be at least 2 times "
+                "CONVEYOR_WORKER_HEARTBEAT_SECONDS: a live worker would be taken for dead"
             )
         return self
 

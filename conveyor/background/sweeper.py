@@ -10,12 +10,14 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.announcements import Announcer
 from conveyor.errors import BrokerUnavailableError, is_infrastructure_error
+from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
 from conveyor.services import outbox, retention
 from conveyor.services.jobs import Enqueuer
@@ -47,6 +49,7 @@ class Sweeper(threading.Thread):
         lease_hold: float = 0.0,
         retention_days: float = 0.0,
         retention_interval: float = 300.0,
+        on_finished: Callable[[str, JobStatus], object] | None = None,
     ) -> None:
         super().__init__(name="conveyor-sweeper", daemon=True)
         self.db = db
@@ -59,6 +62,8 @@ class Sweeper(threading.Thread):
         #: Seconds after its last failure to reach the database before it expires leases:
         #: the workers' heartbeats could not renew them either, and renew them first.
         self.lease_hold = lease_hold
+        #: Told of each job the lease reconciler ended (its type and status), for metrics.
+        self.on_finished = on_finished
         self._expire_from = 0.0
         self.stopping = threading.Event()
         self._wake = threading.Event()
@@ -115,7 +120,11 @@ class Sweeper(threading.Thread):
             outbox.flush_confirmed(self.db, self.enqueuer)
             if time.monotonic() >= self._expire_from:
                 outbox.expire_leases(
-                    self.db, self.enqueuer, self.announcer, max_worker_losses=self.max_worker_losses
+                    self.db,
+                    self.enqueuer,
+                    self.announcer,
+                    max_worker_losses=self.max_worker_losses,
+                    on_finished=self.on_finished,
                 )
             while outbox.promote_due(self.db, self.enqueuer, self.announcer):
                 pass  # a full batch: there may be more

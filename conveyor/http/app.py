@@ -49,6 +49,8 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[TOKENS] = TokenVerifier(TokenConfig.of(settings))
     app[METRICS] = Metrics()
     app[ACCESS_LOG] = settings.access_log
+    app[METRICS].include(container.metrics.registry)
+    app[METRICS].include_database(container.stats.current)
     register_broker_metrics(app[METRICS].registry, outage_of(container.broker))
     app[ROUTE_TABLES] = tables
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
@@ -59,6 +61,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     async def resources(app: web.Application) -> AsyncIterator[None]:
         app[PROBE_EXECUTOR] = ThreadPoolExecutor(3, thread_name_prefix="conveyor-probe")
         container.submissions  # noqa: B018  (built before the first request needs it)
+        container.start_stats()
         if sweeper:
             container.start_sweeper()
         yield

@@ -35,3 +35,6 @@ ACCESS_LOG = web.AppKey("access_log", bool)
 STREAMS: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("streams")
 
 USER = web.RequestKey("user", User)
+#: Set by a handler that holds its request open (`wait`: a long poll; `stream`: an event
+#: stream): its duration is not a request latency, and is measured apart.
+HELD = web.RequestKey("held", str)

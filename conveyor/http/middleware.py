@@ -16,7 +16,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from conveyor import logs
 from conveyor.errors import ConveyorError, field_errors
-from conveyor.http.keys import ACCESS_LOG, METRICS
+from conveyor.http.keys import ACCESS_LOG, HELD, METRICS
 
 logger = logging.getLogger(__name__)
 #: One line per request, at its end (a long-poll's or an event stream's too, once).
@@ -100,7 +100,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         state = request.config_dict
         metrics = state[METRICS]
         metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.latency.labels(route, request.method).observe(elapsed)
+        held = request.get(HELD)
+        if held is None:
+            metrics.latency.labels(route, request.method).observe(elapsed)
+        else:  # a long poll or an event stream: how long it was open is no latency
+            metrics.held.labels(route, held).observe(elapsed)
         if state[ACCESS_LOG] and access_logger.isEnabledFor(logging.INFO):
             _log_access(request, request_id, route, status, elapsed)
         logs.request_id.reset(token)

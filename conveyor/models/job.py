@@ -47,6 +47,13 @@ WAITING = (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RETRYING)
 OUTBOX = (JobStatus.QUEUED, JobStatus.RETRYING)
 
 
+#: Not started (again) yet, whether due or not.
+UNSTARTED = (JobStatus.SCHEDULED, *OUTBOX)
+#: When a job not started yet is (or was) due: its retry time, else its `run_at`, else its
+#: submission. Spelled as the index spells it, so queries match the index.
+DUE_SQL = "coalesce(next_attempt_at, run_at, created_at)"
+
+
 def _in(statuses: tuple[JobStatus, ...]) -> str:
     """`status IN (...)` for the partial indexes and the CHECK constraint."""
     return "status IN (" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
@@ -90,6 +97,16 @@ class Job(Base):
             "finished_at",
             postgresql_where=text(_in(tuple(FINISHED_ORDER))),
             sqlite_where=text(_in(tuple(FINISHED_ORDER))),
+        ),
+        # Queue depths and the oldest waiting job per queue (`services.queues`): the jobs
+        # not started yet, by queue, status and when each is (or was) due.
+        Index(
+            "ix_jobs_unstarted_queue_status_due",
+            "queue",
+            "status",
+            text(DUE_SQL),
+            postgresql_where=text(_in(UNSTARTED)),
+            sqlite_where=text(_in(UNSTARTED)),
         ),
         # The sweeper's promotion of delayed jobs that became due.
         Index(

@@ -23,7 +23,7 @@ from conveyor.db import transaction
 from conveyor.errors import ConflictError, NotFoundError
 from conveyor.models import Job, JobEvent, JobEventKind, JobStatus, Role, User
 from conveyor.models.base import utcnow
-from conveyor.models.job import FINISHED, OUTBOX, WAITING, events_t
+from conveyor.models.job import FINISHED, WAITING, events_t
 from conveyor.services.cursors import Cursors, Scope
 
 logger = logging.getLogger(__name__)
@@ -183,9 +183,18 @@ def list_jobs(
     return Page(page, cursors.issue(page[-1].id, scope) if more else None)
 
 
-def cancel(db: sessionmaker[Session], announcer: Announcer, job_id: uuid.UUID, viewer: User) -> Job:
-    """Cancel at once if the job waits; ask a running job to stop. Finished jobs: 409."""
+def cancel(
+    db: sessionmaker[Session],
+    announcer: Announcer,
+    job_id: uuid.UUID,
+    viewer: User,
+    *,
+    on_cancelled: Callable[[Job], object] | None = None,
+) -> Job:
+    """Cancel at once if the job waits; ask a running job to stop. Finished jobs: 409.
+    `on_cancelled(job)` is called once the cancel of a waiting job is committed."""
     now = utcnow()
+    ended = False
     with transaction(db) as session:
         job = _visible(session.get(Job, job_id, with_for_update=True), viewer)
         if job.status == JobStatus.CANCELLED:
@@ -202,12 +211,15 @@ def cancel(db: sessionmaker[Session], announcer: Announcer, job_id: uuid.UUID, v
                 insert(events_t),
                 [new_event(job.id, JobStatus.CANCELLED, job.attempts, now, message="cancelled")],
             )
+            ended = True
         else:
             session.execute(
                 insert(events_t),
                 [new_event(job.id, job.status, job.attempts, now, message="cancel requested")],
             )
     announcer.announce(job.id, job.status)
+    if ended and on_cancelled is not None:
+        on_cancelled(job)
     return job
 
 
@@ -263,18 +275,3 @@ def changes(
             found = session.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
             return Changes(job, [], int(found or 0))
     return Changes(job, [], 0)
-
-
-def counts(db: sessionmaker[Session]) -> tuple[list[tuple[str, str, int]], int]:
-    """Jobs by (type, status), and how many waiting jobs are still unpublished."""
-    with db() as session:
-        by_type = [
-            (row.type, row.status, row.n)
-            for row in session.execute(
-                select(Job.type, Job.status, func.count().label("n")).group_by(Job.type, Job.status)
-            )
-        ]
-        unpublished = session.scalar(
-            select(func.count()).where(Job.status.in_(OUTBOX), Job.published_at.is_(None))
-        )
-    return by_type, int(unpublished or 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -260,9 +260,11 @@ def expire_leases(
     *,
     max_worker_losses: int,
     limit: int = 200,
+    on_finished: Callable[[str, JobStatus], object] | None = None,
 ) -> int:
     """Handle running jobs whose lease ran out (their worker died or hung), as the policy's
-    `outcomes.lost_worker` decides: run again now, cancelled, or failed."""
+    `outcomes.lost_worker` decides: run again now, cancelled, or failed. `on_finished(type,
+    status)` is called for each job it ended, once committed."""
     now = utcnow()
     stmt = (
         select(
@@ -277,6 +279,7 @@ def expire_leases(
         .limit(limit)
     )
     changed: list[tuple[uuid.UUID, JobStatus]] = []
+    ended: list[tuple[str, JobStatus]] = []
     retry: list[JobMessage] = []
     with transaction(db) as session:
         for row in session.execute(_locked(session, stmt)).all():  # type: ignore[call-overload]
@@ -292,6 +295,7 @@ def expire_leases(
                 retry.append(JobMessage(row.id, row.type, row.queue))
             else:
                 values = {"finished_at": now}
+                ended.append((row.type, outcome.status))
             session.execute(
                 update(jobs_t)
                 .where(
@@ -317,6 +321,9 @@ def expire_leases(
     for job_id, status in changed:
         logger.warning("job %s lost its worker; now %s", job_id, status, extra=job_fields(job_id))
         announcer.announce(job_id, status)
+    if on_finished is not None:
+        for type_, status in ended:
+            on_finished(type_, status)
     if retry:
         publish_now(db, enqueuer, retry, "re-queued")
     return len(changed)

@@ -30,7 +30,7 @@ from conveyor.errors import TransientError
 from conveyor.logs import job_fields
 from conveyor.models import JobEventKind, JobStatus
 from conveyor.models.base import utcnow
-from conveyor.models.job import OUTBOX, events_t, jobs_t
+from conveyor.models.job import DUE_SQL, OUTBOX, events_t, jobs_t
 from conveyor.services.jobs import Enqueuer, JobMessage, new_event, rowcount
 from conveyor.services.outbox import publish_now
 from conveyor.services.outcomes import Outcome
@@ -51,8 +51,12 @@ _RUNNING = JobStatus.RUNNING.value
 _CLAIMABLE = ", ".join(f"'{status.value}'" for status in OUTBOX)
 _STATUS_EVENT = JobEventKind.STATUS.value
 
+# `before` reads the row as it was (every part of the statement sees the same snapshot): when
+# the job became due, for the queue-wait metric; by primary key, in the same round trip.
 _CLAIM_PG = f"""
-WITH claimed AS (
+WITH before AS (
+    SELECT {DUE_SQL} AS due_at FROM jobs WHERE id = %(id)s::uuid
+), claimed AS (
     UPDATE jobs SET status = '{_RUNNING}', attempts = attempts + 1,
         started_at = %(now)s::timestamptz, updated_at = %(now)s, lease_expires_at = %(lease_until)s,
         next_attempt_at = NULL, published_at = COALESCE(published_at, %(now)s::timestamptz),
@@ -65,7 +69,7 @@ WITH claimed AS (
     INSERT INTO job_events (job_id, at, kind, status, attempt)
     SELECT id, %(now)s::timestamptz, '{_STATUS_EVENT}', '{_RUNNING}', attempts FROM claimed
 )
-SELECT * FROM claimed
+SELECT claimed.*, (SELECT due_at FROM before) AS due_at FROM claimed
 """
 
 _FINISH_PG = f"""
@@ -109,6 +113,8 @@ class Claim:
     payload: dict[str, Any]
     owner_id: uuid.UUID
     parent_id: uuid.UUID | None
+    #: When the job became due (submitted, its run_at, or its retry time).
+    due_at: dt.datetime | None = None
 
 
 def _storable(value: Any) -> str | None:
@@ -159,14 +165,17 @@ def claim(
         )
         .returning(*jobs_t.c)
     )
+    due = func.coalesce(jobs_t.c.next_attempt_at, jobs_t.c.run_at, jobs_t.c.created_at)
     with transaction(db) as session:
+        due_at = session.scalar(select(due).where(jobs_t.c.id == job_id))
         row = session.execute(stmt).mappings().first()
         if row is None:
             return None
         session.execute(
             insert(events_t), [new_event(job_id, JobStatus.RUNNING, row["attempts"], now)]
         )
-    return Claim(**{name: row[name] for name in Claim.__dataclass_fields__})
+    fields = {name: row[name] for name in Claim.__dataclass_fields__ if name != "due_at"}
+    return Claim(**fields, due_at=due_at)
 
 
 def _guarded(job_id: uuid.UUID, attempt: int) -> Any:

@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -42,7 +42,10 @@ from conveyor.errors import (
     RetryLater,
     WorkerStoppingError,
 )
+from conveyor.metrics import NO_ERROR
 from conveyor.models import JobStatus
+from conveyor.models.base import utcnow
+from conveyor.models.job import FINISHED
 from conveyor.registry import JobType
 from conveyor.services import outcomes, runs
 from conveyor.services.jobs import JobMessage
@@ -50,6 +53,7 @@ from conveyor.services.outbox import publish_now
 from conveyor.services.outcomes import Attempt, Outcome
 from conveyor.services.tracebacks import Tracebacks
 from conveyor.workers.context import STOP_REASONS, RunningJob
+from conveyor.workers.presence import WorkerPresence
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +117,7 @@ class JobLifecycle(Middleware):
         lease: dt.timedelta,
         close_container: bool = False,
         drain_seconds: float | None = None,
+        pool: str = "all",
     ) -> None:
         self.container = container
         self.registry = container.registry
@@ -121,6 +126,8 @@ class JobLifecycle(Middleware):
         if drain_seconds is None:
             drain_seconds = container.settings.worker_drain_seconds
         self.drain_seconds = drain_seconds
+        self.pool = pool
+        self.metrics = container.metrics
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self.tracebacks = Tracebacks.of(container.settings)
         self._running: dict[uuid.UUID, RunningJob] = {}
@@ -316,6 +323,10 @@ class JobLifecycle(Middleware):
         if job is None:
             logger.info("job %s is not due to run (finished, cancelled or taken); skipped", job_id)
             return
+        metrics = self.metrics
+        if job.due_at is not None:
+            wait = (utcnow() - job.due_at).total_seconds()
+            metrics.queue_wait.labels(job_type.name).observe(max(wait, 0.0))
         container.announcements.announce(job_id, JobStatus.RUNNING)
         logger.info(
             "job %s (%s) attempt %d started on queue %s",
@@ -325,7 +336,6 @@ class JobLifecycle(Middleware):
             job_type.queue,
             extra={"job_type": job_type.name, "attempt": job.attempts, "queue": job_type.queue},
         )
-        started = time.monotonic()
         limit = job_type.time_limit.total_seconds() if job_type.time_limit else None
         running = RunningJob(
             job_id=job_id,
@@ -341,16 +351,26 @@ class JobLifecycle(Middleware):
         )
         with self._running_lock:
             self._running[job_id] = running
+        in_flight = metrics.in_flight.labels(self.pool)
+        in_flight.inc()
+        label, error = "stopped", NO_ERROR
         try:
+            started = time.perf_counter()
             outcome = self._execute(job_type, running, job.payload)
+            duration = time.perf_counter() - started
+            metrics.run_time.labels(job_type.name).observe(duration)
+            if outcome is not None and outcome.error:
+                error = str(outcome.error.get("type") or NO_ERROR)
             stop = running.stopping()
             if stop is WorkerStoppingError and (
                 outcome is None or outcome.status != JobStatus.SUCCEEDED
             ):
                 # Handed back by `drain`: it runs again elsewhere. (A success that came
                 # first is still recorded if the job was not yet handed back.)
+                label = "handed_back"
                 logger.info("job %s attempt %d stopped: handed back", job_id, running.attempt)
             elif stop is AttemptLostError:
+                label = "lost"
                 # Not a cancel: whatever holds the job now (the reconciler, another attempt)
                 # decides its outcome, so this attempt records nothing.
                 logger.warning(
@@ -360,8 +380,17 @@ class JobLifecycle(Middleware):
                     running.attempt,
                 )
             elif outcome is not None:
-                self._record(job_type, running, outcome, time.monotonic() - started)
+                label = "unrecorded"  # unless the record below returns
+                recorded = self._record(job_type, running, outcome, duration)
+                if recorded is None:
+                    label = "lost"
+                else:
+                    label = "interrupted" if outcome.interrupted else recorded.value
+                    if recorded in FINISHED:
+                        metrics.finished.labels(job_type.name, recorded.value).inc()
         finally:
+            in_flight.dec()
+            metrics.attempts.labels(job_type.name, label, error).inc()
             with self._running_lock:  # a later attempt of the same job may have replaced it
                 if self._running.get(job_id) is running:
                     del self._running[job_id]
@@ -417,7 +446,7 @@ class JobLifecycle(Middleware):
 
     def _record(
         self, job_type: JobType, running: RunningJob, outcome: Outcome, duration: float
-    ) -> None:
+    ) -> JobStatus | None:
         job_id, attempt = running.job_id, running.attempt
         message = JobMessage(job_id, job_type.name, job_type.queue)
         _log_end(job_type, running, outcome, duration)
@@ -433,6 +462,7 @@ class JobLifecycle(Middleware):
             current = CurrentMessage.get_current_message()
             if current is not None:
                 current.fail()  # type: ignore[attr-defined]  # nack: to the dead-letter queue
+        return recorded
 
 
 async def _as_job(
@@ -510,11 +540,17 @@ def install_lifecycle(
     *,
     queues: set[str] | None = None,
     close_container: bool = False,
+    pool: str | None = None,
+    on_beat: Callable[[], None] | None = None,
 ) -> JobLifecycle:
-    """Give `broker` the lifecycle middleware and an actor per job type (of `queues`)."""
+    """Give `broker` the lifecycle middleware and an actor per job type (of `queues`), and
+    the worker registry's middleware. `pool` names the process's pool in the registry and
+    the metrics (default: its queues, or `all`)."""
     lease = dt.timedelta(seconds=container.settings.lease_seconds)
-    lifecycle = JobLifecycle(container, lease=lease, close_container=close_container)
+    pool = pool or (",".join(sorted(queues)) if queues else "all")
+    lifecycle = JobLifecycle(container, lease=lease, close_container=close_container, pool=pool)
     bind_actors(broker, lifecycle, queues=queues)
+    broker.add_middleware(WorkerPresence(lifecycle, queues=queues, on_beat=on_beat))
     return lifecycle
 
 

@@ -274,7 +274,7 @@ async def test_metrics_count_requests_and_jobs(stack: Stack) -> None:
     assert (
         'conveyor_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"}' in text
     )
-    assert 'conveyor_jobs{status="succeeded",type="system.echo"} 1.0' in text
+    assert 'conveyor_jobs_finished_total{status="succeeded",type="system.echo"} 1.0' in text
 
 
 async def test_database_outage_answers_503_with_retry_after(stack: Stack, aiohttp_client) -> None:  # type: ignore[no-untyped-def]

@@ -13,8 +13,11 @@ import pytest
 from pydantic import SecretStr
 
 import conveyor.actors.all  # noqa: F401  (fills the registry)
+from conveyor.background.stats import Reading
 from conveyor.http.metrics import Metrics
+from conveyor.metrics import JobMetrics
 from conveyor.registry import JOBS
+from conveyor.services.queues import QueueStats
 from conveyor.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,7 +224,11 @@ def test_every_queue_has_a_pool_in_the_procfile() -> None:
 
 def test_every_metric_is_documented_in_the_readme() -> None:
     text = README.read_text()
-    for family in Metrics().registry.collect():
+    metrics = Metrics()
+    metrics.include(JobMetrics().registry)
+    reading = Reading(0.0, [QueueStats("system")], 0, {"system": 1})
+    metrics.include_database(lambda: reading)
+    for family in metrics.registry.collect():
         name = f"{family.name}_total" if family.type == "counter" else family.name
         assert f"`{name}`" in text, f"README.md does not document the metric {name}"
 

@@ -372,7 +372,7 @@ async def test_metrics_count_requests_by_route_template(embedded_stack: Stack) -
     )
     assert value("conveyor_http_requests_total", route="/v1/jobs", method="POST", status="202") == 1
     assert value("conveyor_jobs_submitted_total", type="system.echo") == 1
-    assert value("conveyor_jobs", type="system.echo", status="succeeded") == 1
+    assert value("conveyor_jobs_finished_total", type="system.echo", status="succeeded") == 1
     assert job["id"] not in text  # ids never become label values
 
 

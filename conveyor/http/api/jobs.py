@@ -22,7 +22,7 @@ from conveyor.http.api.params import (
     respond,
     routes,
 )
-from conveyor.http.keys import CONTAINER, METRICS, USER
+from conveyor.http.keys import CONTAINER, HELD, METRICS, USER
 from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.http.schemas import (
@@ -124,6 +124,7 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
     """
     if seconds <= 0 or is_finished(job):
         return job
+    request[HELD] = "wait"  # a long poll: not a request latency (see middleware.observe)
     initial = job.status
     state = request.config_dict
     loop = asyncio.get_running_loop()
@@ -459,12 +460,15 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel: a waiting job at once (200); a running one is asked to stop (202, with the
     job's Location to poll and Retry-After)."""
+    state = request.config_dict
+    finished = state[CONTAINER].metrics.finished
     job = await run_db(
-        request.config_dict,
+        state,
         jobs.cancel,
-        request.config_dict[CONTAINER].announcements,
+        state[CONTAINER].announcements,
         job_id_of(request),
         request[USER],
+        on_cancelled=lambda job: finished.labels(job.type, JobStatus.CANCELLED.value).inc(),
     )
     if is_finished(job):
         return respond(JobOut.of(job), 200)

@@ -24,7 +24,7 @@ from conveyor.feeds import (
     retry_delay,
 )
 from conveyor.http.api.params import JOB_ID, bounded_int, is_finished, job_id_of, routes
-from conveyor.http.keys import CONTAINER, STREAMS, USER
+from conveyor.http.keys import CONTAINER, HELD, STREAMS, USER
 from conveyor.http.routes import EVENT_STREAM, Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.services import jobs
@@ -72,6 +72,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID", "")
     cursor = Cursor(bounded_int(last, 0, MAX_EVENT_ID) if last else 0)
     feeds = container.feeds
+    request[HELD] = "stream"  # open for as long as the job runs: not a request latency
     async with feeds.streaming(viewer.id, limit=container.settings.max_streams_per_user):
         response = web.StreamResponse(
             headers={

@@ -549,13 +549,11 @@ def test_events_after_returns_the_newer_events_oldest_first(
     assert jobs.events_after(db, job.id, events[-1].id) == []
 
 
-def test_counts_are_by_type_and_status_with_the_unpublished_total(
+def test_cancelling_a_waiting_job_tells_on_cancelled_once(
     make_job: MakeJob, db: sessionmaker[Session], member: User, announcer: RecordingAnnouncer
 ) -> None:
-    make_job()
-    make_job()
-    cancelled = make_job(job_type="system.fail", payload={})
-    jobs.cancel(db, announcer, cancelled.id, member)
-    by_type, unpublished = jobs.counts(db)
-    assert sorted(by_type) == [("system.echo", "queued", 2), ("system.fail", "cancelled", 1)]
-    assert unpublished == 2
+    job = make_job()
+    told: list[uuid.UUID] = []
+    jobs.cancel(db, announcer, job.id, member, on_cancelled=lambda j: told.append(j.id))
+    jobs.cancel(db, announcer, job.id, member, on_cancelled=lambda j: told.append(j.id))
+    assert told == [job.id]

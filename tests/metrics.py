@@ -1,0 +1,40 @@
+"""Reading Prometheus expositions in tests, and checking them with `promtool`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: str) -> Samples:
+    """(sample name, labels) -> value."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float | None:
+    return found.get((name, frozenset(labels.items())))
+
+
+def names(text: str) -> set[str]:
+    return {sample_name for sample_name, _ in samples(text)}
+
+
+def promtool_check(text: str) -> None:
+    """Fail unless `promtool check metrics` accepts the exposition (skip without promtool:
+    `make test` installs it)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (make test installs Debian's prometheus)")
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, f"promtool check metrics:\n{done.stdout}{done.stderr}"
