@@ -54,11 +54,12 @@ class LoopThread:
         if self.in_loop:
             coro.close()
             raise RuntimeError("LoopThread.run called from its own loop: await the coroutine")
-        future: concurrent.futures.Future[T] | None = None
+        # `asyncio.run_coroutine_threadsafe`, in two steps: the future exists before the
+        # coroutine is handed over, so an exception raised into this thread at any moment
+        # after that (the coroutine may already run) still finds it, and cancels it.
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         try:
-            # Inside the try: an exception raised into this thread as soon as the coroutine
-            # is handed over still cancels it.
-            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self.loop.call_soon_threadsafe(self._start, coro, future)
             while not future.done():
                 concurrent.futures.wait([future], timeout=POLL_SECONDS)
                 reason = interrupt() if interrupt is not None else None
@@ -66,10 +67,16 @@ class LoopThread:
                     self._cancel(future)
                     raise reason()
         except BaseException:
-            if future is not None:
-                self._cancel(future)
+            self._cancel(future)
             raise
         return future.result()
+
+    def _start(self, coro: Coroutine[Any, Any, T], future: concurrent.futures.Future[T]) -> None:
+        """On the loop: run `coro` as a task whose outcome (or cancellation) `future` shares."""
+        if future.cancelled():  # stopped before it began
+            coro.close()
+            return
+        asyncio.futures._chain_future(self.loop.create_task(coro), future)  # type: ignore[attr-defined]
 
     def _cancel(self, future: concurrent.futures.Future[Any]) -> None:
         """Cancel the task and give it a moment to unwind."""

@@ -31,25 +31,8 @@ RUN_BUCKETS = (
     3600.0,
 )
 #: Wait of a due job before a worker starts it: milliseconds when workers keep up, minutes
-#: behind a backlog.
-WAIT_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    3600.0,
-)
+#: behind a backlog (the same range as run times).
+WAIT_BUCKETS = RUN_BUCKETS
 #: The `error` label of an attempt that raised nothing.
 NO_ERROR = "none"
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import quote
 
+import redis
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -212,8 +214,20 @@ class PrivateRedis:
                 "--logfile", str(self.directory / "redis.log"), "--save", "",
             ]
         )  # fmt: skip
-        _wait(lambda: _listening(self.port) and self.pid is not None, 20, "redis not up")
+        _wait(lambda: self.pid is not None and self._serving(), 20, "redis not up")
         return self
+
+    def _serving(self) -> bool:
+        """Listening, and done loading its data (until then it answers LOADING)."""
+        if not _listening(self.port):
+            return False
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     @property
     def pid(self) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from conveyor import bootstrap
 from conveyor.announcements import MemoryAnnouncements
 from conveyor.http.app import create_app
-from tests.metrics import names, promtool_check, samples, value
+from tests.metrics import Samples, names, promtool_check, samples, value
 from tests.stack import Stack
 from tests.stack import test_settings as settings_of
 
@@ -38,13 +39,36 @@ async def scrape(stack: Stack) -> str:
     return await response.text()
 
 
+async def scraped_once(
+    stack: Stack, ready: Callable[[Samples], object], within: float = 10.0
+) -> Samples:
+    """The samples of the first scrape in which `ready(samples)` holds (bounded)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = samples(await scrape(stack))
+        if ready(found):
+            return found
+        assert time.monotonic() < deadline, "the metrics did not show it in time"
+        await asyncio.sleep(0.05)
+
+
 async def test_a_job_run_is_measured(embedded_stack: Stack) -> None:
     stack = embedded_stack
     ok = await stack.submit("system.echo", {})
     failed = await stack.submit("system.fail", {"failures": 5}, token=None)
     await stack.wait_for(ok["id"], "succeeded")
     await stack.wait_for(failed["id"], "retrying", "failed")
-    found = samples(await scrape(stack))
+    # The worker counts an attempt once its outcome is recorded: a moment after the status.
+    found = await scraped_once(
+        stack,
+        lambda found: value(
+            found,
+            "conveyor_job_attempts_total",
+            type="system.fail",
+            outcome="retrying",
+            error="RuntimeError",
+        ),
+    )
     assert value(found, "conveyor_job_run_duration_seconds_count", type="system.echo") == 1
     assert value(found, "conveyor_job_queue_wait_seconds_count", type="system.echo") == 1
     wait = value(found, "conveyor_job_queue_wait_seconds_sum", type="system.echo")
