@@ -160,6 +160,10 @@ class OutboundHttpError(TransientError):
     """An outbound HTTP request got no answer (refused, reset, timed out, too large)."""
 
 
+class ProviderUnavailableError(TransientError):
+    """A provider or webhook receiver answered with a temporary failure (408, 429, 5xx)."""
+
+
 class UnknownResourceError(ConveyorError):
     """A job asked for a resource its pool did not register."""
 
