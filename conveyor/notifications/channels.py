@@ -1,6 +1,7 @@
 """What a notification channel sends, and the answer it gives."""
 
 from __future__ import annotations
+
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field

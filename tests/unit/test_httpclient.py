@@ -179,9 +179,7 @@ def test_a_request_past_its_timeout_raises_outbound_http_error(
 def test_the_clients_own_timeout_applies_to_every_request(
     loop: LoopThread, server: LocalHttpServer
 ) -> None:
-    client = SharedHttpClient(
-        loop, timeout_seconds=0.3, connect_timeout_seconds=0.3, egress=LOCAL
-    )
+    client = SharedHttpClient(loop, timeout_seconds=0.3, connect_timeout_seconds=0.3, egress=LOCAL)
     try:
         started = time.monotonic()
         with pytest.raises(OutboundHttpError):

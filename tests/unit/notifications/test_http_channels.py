@@ -226,7 +226,9 @@ def test_other_4xx_are_permanent(
     assert "number is not a mobile" in str(caught.value)  # what the provider said
 
 
-def test_a_long_error_answer_is_cut_short(channel: Callable[[], Sent], provider: FakeProvider) -> None:
+def test_a_long_error_answer_is_cut_short(
+    channel: Callable[[], Sent], provider: FakeProvider
+) -> None:
     provider.plan(Answer(400, json={"error": "x" * 5000}))
     with pytest.raises(PermanentDeliveryError) as caught:
         channel()
@@ -245,9 +247,7 @@ def test_a_provider_that_hangs_times_out_as_a_transient_error(
     assert provider.count() == 1
 
 
-def test_a_redirect_is_not_followed(
-    channel: Callable[[], Sent], provider: FakeProvider
-) -> None:
+def test_a_redirect_is_not_followed(channel: Callable[[], Sent], provider: FakeProvider) -> None:
     provider.plan(Answer(302, location="http://127.0.0.1:1/elsewhere"))
     with pytest.raises(PermanentDeliveryError, match="redirects are not followed"):
         channel()
@@ -280,17 +280,13 @@ def test_a_webhook_to_an_address_that_is_not_public_is_refused_for_good(
     assert provider.count() == 0
 
 
-def test_a_redirect_to_loopback_reaches_nothing(
-    loop: LoopThread, provider: FakeProvider
-) -> None:
+def test_a_redirect_to_loopback_reaches_nothing(loop: LoopThread, provider: FakeProvider) -> None:
     # The receiver is allowed by name; it answers with a redirect to loopback.
     client = SharedHttpClient(loop, egress=EgressPolicy.parse(["localhost"]))
     try:
         provider.plan(Answer(307, location=provider.url("/internal")))
         with pytest.raises(PermanentDeliveryError, match=r"redirect \(to 127\.0\.0\.1\)"):
-            WebhookChannel(client, [SECRET]).send(
-                message(f"http://localhost:{provider.port}/hook")
-            )
+            WebhookChannel(client, [SECRET]).send(message(f"http://localhost:{provider.port}/hook"))
     finally:
         client.close()
     assert [r.path for r in provider.received] == ["/hook"]
