@@ -335,9 +335,17 @@ class Settings(BaseSettings):
                 raise ValueError("expected `Header-Name: value`")
         return value
 
-    @field_validator("sms_provider_url", "push_provider_url", mode="before")
+    @field_validator(
+        "sms_provider_url",
+        "push_provider_url",
+        "sms_provider_auth_header",
+        "push_provider_auth_header",
+        "webhook_secret",
+        "webhook_previous_secret",
+        mode="before",
+    )
     @classmethod
-    def _empty_url_is_unset(cls, value: object) -> object:
+    def _empty_is_unset_too(cls, value: object) -> object:
         return None if value == "" else value
 
     @field_validator("public_url", mode="before")

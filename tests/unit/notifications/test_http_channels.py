@@ -435,3 +435,11 @@ def test_a_body_template_with_an_unknown_field_names_its_setting(http: SharedHtt
 def test_bad_provider_settings_are_refused_at_start(name: str, value: str) -> None:
     with pytest.raises(ValueError, match=name):
         stack.test_settings(**{name: value})
+
+
+def test_empty_secrets_and_urls_are_unset() -> None:
+    settings = stack.test_settings(
+        webhook_secret="", sms_provider_url="", push_provider_auth_header=""
+    )
+    assert (settings.webhook_secret, settings.sms_provider_url) == (None, None)
+    assert settings.push_provider_auth_header is None
