@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from multidict import CIMultiDict
+
 from conveyor.errors import (
     ConfigurationError,
     DestinationRefusedError,
@@ -158,6 +160,14 @@ def post(
         raise PermanentDeliveryError(exc.detail) from exc
 
 
+def own_headers(message: Outgoing, ours: Mapping[str, str]) -> CIMultiDict[str]:
+    """The message's headers, with ours in place of any of the same name (in any case)."""
+    headers = CIMultiDict(message.headers)
+    for name, value in ours.items():
+        headers[name] = value
+    return headers
+
+
 def json_body(value: Any) -> bytes:
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
@@ -197,13 +207,15 @@ class WebhookChannel:
     def send(self, message: Outgoing) -> Sent:
         body = json_body(message.data if message.data is not None else {})
         timestamp = int(self.clock())
-        headers = {
-            **message.headers,
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature_header(self.secrets, timestamp, body),
-            DELIVERY_HEADER: str(message.delivery_id),
-            KIND_HEADER: message.kind,
-        }
+        headers = own_headers(
+            message,
+            {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: signature_header(self.secrets, timestamp, body),
+                DELIVERY_HEADER: str(message.delivery_id),
+                KIND_HEADER: message.kind,
+            },
+        )
         response = post(self.http, message.address, body, headers, self.timeout_seconds)
         host = urlsplit(message.address).hostname or "?"
         check_answer(response, f"the webhook at {host}")
@@ -310,13 +322,10 @@ class HttpProviderChannel:
 
     def send(self, message: Outgoing) -> Sent:
         body = json_body(self.build_body(message))
-        headers = {
-            **message.headers,
-            "Content-Type": "application/json",
-            "Idempotency-Key": str(message.delivery_id),
-        }
+        ours = {"Content-Type": "application/json", "Idempotency-Key": str(message.delivery_id)}
         if self.auth is not None:
-            headers[self.auth[0]] = self.auth[1]
+            ours[self.auth[0]] = self.auth[1]
+        headers = own_headers(message, ours)
         response = post(self.http, self.url, body, headers, self.timeout_seconds)
         check_answer(response, f"the {self.name} provider {self.provider}")
         provider_id = self.message_id(response)

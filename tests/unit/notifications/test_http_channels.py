@@ -443,3 +443,20 @@ def test_empty_secrets_and_urls_are_unset() -> None:
     )
     assert (settings.webhook_secret, settings.sms_provider_url) == (None, None)
     assert settings.push_provider_auth_header is None
+
+
+def test_the_messages_headers_are_sent_but_cannot_replace_the_channels_own(
+    http: SharedHttpClient, provider: FakeProvider
+) -> None:
+    headers = {"X-Tenant": "acme", "conveyor-signature": "t=1,v1=forged", "idempotency-key": "x"}
+    WebhookChannel(http, [SECRET]).send(message(provider.url("/hook"), headers=headers))
+    HttpProviderChannel(
+        http, name="sms", provider="fake", url=provider.url("/sms"), body={"to": "$address"}
+    ).send(message("+15550100", headers=headers))
+    hook, sms = provider.wait_for(2)
+    assert hook.headers["X-Tenant"] == sms.headers["X-Tenant"] == "acme"
+    assert hook.headers.getall("Conveyor-Signature") != ["t=1,v1=forged"]
+    assert len(hook.headers.getall("Conveyor-Signature")) == 1
+    assert verify_signature(SECRET, hook.headers["Conveyor-Signature"], hook.body)
+    assert sms.headers.getall("Idempotency-Key") != ["x"]
+    assert len(sms.headers.getall("Idempotency-Key")) == 1
