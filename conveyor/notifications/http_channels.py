@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
+from conveyor.egress import EgressPolicy
 from conveyor.errors import (
     ConfigurationError,
     DestinationRefusedError,
@@ -371,9 +372,12 @@ def http_channels(settings: Settings, http: HttpClient) -> dict[str, Channel]:
     """The `webhook`, `sms` and `push` channels the settings describe, by name.
 
     `webhook` only if `CONVEYOR_WEBHOOK_SECRET` is set; `sms` and `push` through the generic
-    HTTP provider when its URL is set, else through the `log` provider.
+    HTTP provider when its URL is set, else through the `log` provider. A provider URL at an
+    address that is not public and not allowed, or a bad body template, is a
+    `ConfigurationError` naming its setting.
     """
     channels: dict[str, Channel] = {}
+    egress = EgressPolicy.of_setting(settings.outbound_allow_hosts)
     if settings.webhook_secret is not None:
         keys = [settings.webhook_secret, settings.webhook_previous_secret]
         channels["webhook"] = WebhookChannel(
@@ -384,6 +388,10 @@ def http_channels(settings: Settings, http: HttpClient) -> dict[str, Channel]:
         if url is None:
             channels[name] = LogChannel(name)
             continue
+        try:  # an address the client would refuse fails the start, not every delivery
+            egress.check_url(str(url))
+        except DestinationRefusedError as exc:
+            raise ConfigurationError(f"CONVEYOR_{name.upper()}_PROVIDER_URL: {exc}") from exc
         auth = getattr(settings, f"{name}_provider_auth_header")
         variable = f"CONVEYOR_{name.upper()}_PROVIDER_BODY"
         try:

@@ -403,6 +403,7 @@ def test_the_settings_configure_the_http_provider_and_webhooks(
         sms_provider_auth_header="X-Api-Key: k-123",
         sms_provider_body='{"msisdn": "$address", "message": "$text"}',
         sms_provider_message_id_field="result.id",
+        outbound_allow_hosts="127.0.0.1",  # the fake provider
     )
     channels = http_channels(settings, http)
     assert isinstance(channels["webhook"], WebhookChannel)
@@ -460,3 +461,14 @@ def test_the_messages_headers_are_sent_but_cannot_replace_the_channels_own(
     assert verify_signature(SECRET, hook.headers["Conveyor-Signature"], hook.body)
     assert sms.headers.getall("Idempotency-Key") != ["x"]
     assert len(sms.headers.getall("Idempotency-Key")) == 1
+
+
+def test_a_provider_url_at_an_address_that_is_not_allowed_fails_the_start(
+    http: SharedHttpClient,
+) -> None:
+    url = "http://10.0.0.5:8080/sms"
+    settings = stack.test_settings(sms_provider_url=url)
+    with pytest.raises(ConfigurationError, match=r"CONVEYOR_SMS_PROVIDER_URL: .*\(private\)"):
+        http_channels(settings, http)
+    allowed = stack.test_settings(sms_provider_url=url, outbound_allow_hosts="10.0.0.0/24")
+    assert isinstance(http_channels(allowed, http)["sms"], HttpProviderChannel)
