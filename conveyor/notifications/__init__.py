@@ -1,0 +1,1 @@
+"""Notifications: channels, templates and the delivery of messages to people and systems."""
