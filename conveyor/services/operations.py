@@ -130,6 +130,7 @@ def _batches(
         jobs_t.c.queue,
         jobs_t.c.status,
         jobs_t.c.attempts,
+        jobs_t.c.handbacks,
     ).where(*where)
     if after is not None:
         stmt = stmt.where(jobs_t.c.id > after)
@@ -294,9 +295,12 @@ def _renewed(row: Any, registry: Registry, now: dt.datetime) -> dict[str, Any] |
     if row.type not in registry:
         return None
     values = {
-        # The retry rule counts failures over the job's life (attempts - worker losses): a
-        # budget that counts its attempts so far gives the job its type's retries again.
-        "max_retries": row.attempts + registry.get(row.type).retry.max_retries,
+        # The retry rule counts failures over the job's life (attempts - worker losses -
+        # handbacks). Worker losses start again from 0 and handbacks are kept, so a budget of
+        # the failures so far, counted that way, gives the job its type's retries again.
+        "max_retries": row.attempts
+        - (row.handbacks or 0)
+        + registry.get(row.type).retry.max_retries,
         "worker_losses": 0,
         "status": JobStatus.QUEUED.value,
         "cancel_requested": False,
