@@ -248,21 +248,21 @@ def bulk_cancel(
 
 
 def purge_queue(
-    db: sessionmaker[Session], announcer: Announcer, by: User, queue: str
+    db: sessionmaker[Session],
+    announcer: Announcer,
+    by: User,
+    queue: str,
+    *,
+    limit: int | None = None,
 ) -> BulkResult:
-    """Cancel every waiting job (scheduled, queued, retrying) of `queue`, in batches; running
+    """Cancel the waiting jobs (scheduled, queued, retrying) of `queue`, up to `limit` of them
+    (default `DEFAULT_BULK_LIMIT`) in batches, as `bulk_cancel` does; `more` says whether some are left (call again). Running
     jobs go on. Their messages stay on the broker, and workers skip them (the job is
     cancelled). Admins only."""
     require_admin(by)
     where = JobFilter(statuses=tuple(s.value for s in WAITING), queues=(queue,))
-    total = 0
-    while True:
-        result = bulk_cancel(
-            db, announcer, by, where, limit=MAX_BULK_LIMIT, reason=f"purge of queue {queue}"
-        )
-        total += result.count
-        if not result.more:
-            return BulkResult(total, False)
+    limit = DEFAULT_BULK_LIMIT if limit is None else limit
+    return bulk_cancel(db, announcer, by, where, limit=limit, reason=f"purge of queue {queue}")
 
 
 # --- retry --------------------------------------------------------------------------------

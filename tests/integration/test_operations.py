@@ -327,3 +327,20 @@ def test_purge_cancels_every_waiting_job_of_the_queue(
     assert not row(pg_db, running.id).cancel_requested  # type: ignore[union-attr]
     assert row(pg_db, elsewhere.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
     assert messages(pg_db, waiting[0].id)[-1] == "purge of queue reports by admin@example.com"
+
+
+def test_a_purge_cancels_up_to_its_limit_and_says_whether_more_are_left(
+    pg_db: sessionmaker[Session], make: Callable[..., Job], users: tuple[User, ...]
+) -> None:
+    """One call does a bounded amount of work (an HTTP request must not outlive a proxy's
+    timeout): the caller calls again while `more` is true."""
+    waiting = [make(JobStatus.QUEUED, queue="reports") for _ in range(3)]
+    announcer = RecordingAnnouncer()
+
+    first = operations.purge_queue(pg_db, announcer, users[0], "reports", limit=2)
+    assert (first.count, first.more) == (2, True)
+    second = operations.purge_queue(pg_db, announcer, users[0], "reports", limit=2)
+    assert (second.count, second.more) == (1, False)
+    assert {row(pg_db, job.id).status for job in waiting} == {JobStatus.CANCELLED}  # type: ignore[union-attr]
+    with pytest.raises(InvalidRequestError, match="limit"):
+        operations.purge_queue(pg_db, announcer, users[0], "reports", limit=0)
