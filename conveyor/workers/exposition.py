@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -190,6 +191,21 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug(format, *args)
 
 
+class MetricsServer(ThreadingHTTPServer):
+    """The pool's metrics server: a request that fails (a scraper that hangs up, most often)
+    is logged through the logger, as a JSON line in JSON mode, not printed to stderr."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        peer = client_address[0] if isinstance(client_address, tuple) else client_address
+        if isinstance(error, ConnectionError):
+            logger.debug("metrics scrape from %s cut short: %s", peer, error)
+        else:
+            logger.warning("metrics request from %s failed", peer, exc_info=True)
+
+
 def remove_stale(settings: Settings, keep: Path) -> None:
     """Remove the directories of earlier runs (whose parent process is gone, or is another
     process with a reused pid)."""
@@ -211,7 +227,7 @@ def serve() -> int:
     remove_stale(settings, directory)
     handler = type("Handler", (_Handler,), {"directory": directory})
     try:
-        server = ThreadingHTTPServer((config["host"], int(config["port"])), handler)
+        server = MetricsServer((config["host"], int(config["port"])), handler)
     except OSError as exc:  # the workers run on; only their metrics are not served
         logger.error(
             "cannot serve the metrics of pool %s on %s:%d: %s (is the port taken? see "

@@ -3,6 +3,7 @@ removed, the process metrics copied into the shared files."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -112,3 +113,27 @@ metrics.attempts.labels("system.echo", "succeeded", "none").inc()
     assert value(found, "conveyor_job_attempts_total", **attempts) == 2
     # Both processes have exited without marking themselves dead: still counted as live.
     assert value(found, "conveyor_worker_jobs_in_flight", pool="system") == 5
+
+
+@pytest.mark.parametrize(
+    ("error", "level"), [(ConnectionResetError("reset"), "DEBUG"), (ValueError("bad"), "WARNING")]
+)
+def test_a_failed_metrics_request_is_logged_not_printed(
+    error: Exception,
+    level: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """socketserver prints a plain-text traceback to stderr; in JSON mode every line is JSON."""
+    server = exposition.MetricsServer(("127.0.0.1", 0), exposition._Handler)
+    caplog.set_level(logging.DEBUG, logger=exposition.__name__)
+    try:
+        try:
+            raise error
+        except Exception:
+            server.handle_error(None, ("127.0.0.1", 40000))
+    finally:
+        server.server_close()
+    assert capsys.readouterr().err == ""
+    [record] = [r for r in caplog.records if r.name == exposition.__name__]
+    assert record.levelname == level and "127.0.0.1" in record.getMessage()
