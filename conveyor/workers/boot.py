@@ -39,7 +39,7 @@ def boot_pool(
     the broker the `dramatiq` CLI uses. `resources` are the named resources the pool's jobs
     reach as `ctx.resource(name)`; like everything else they are built on first use. `pool`
     names the pool in the worker registry, the metrics and `CONVEYOR_WORKER_METRICS_PORTS`
-    (default: its queues, joined by commas)."""
+    (default: its queues, sorted and joined by commas)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
     served = {t.name for t in JOBS if t.queue in queues}

@@ -1,7 +1,7 @@
 """A worker pool's metrics endpoint, with Prometheus multiprocess mode.
 
 `dramatiq conveyor.workers.<pool> --processes N` starts N worker processes. When the pool has
-a port in `CONVEYOR_WORKER_METRICS_PORTS`, each process records its metrics in files of a
+a port in `CONVEYOR_WORKER_METRICS_PORTS` (by default the system pool, on 9191), each process records its metrics in files of a
 directory of that `dramatiq` run (under `CONVEYOR_METRICS_DIR`, named after the `dramatiq`
 parent process), and Dramatiq forks one more process from the parent (`WorkerExposition.forks`)
 that serves their sum on the port: one scrape target per pool and host, however many processes.
@@ -73,6 +73,12 @@ def prepare(settings: Settings, pool: str) -> Path | None:
     run's directory if the pool has a metrics port (and return the directory), else None."""
     port = (settings.worker_metrics_ports or {}).get(pool)
     if port is None:
+        logger.info(
+            "pool %s serves no metrics: give it a port in CONVEYOR_WORKER_METRICS_PORTS "
+            "(`%s=9192`, `;` between pools)",
+            pool,
+            pool,
+        )
         return None
     directory = run_directory(settings)
     directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -230,8 +236,9 @@ def serve() -> int:
         server = MetricsServer((config["host"], int(config["port"])), handler)
     except OSError as exc:  # the workers run on; only their metrics are not served
         logger.error(
-            "cannot serve the metrics of pool %s on %s:%d: %s (is the port taken? see "
-            "CONVEYOR_WORKER_METRICS_PORTS)",
+            "cannot serve the metrics of pool %s on %s:%d: %s (is the port taken, by another "
+            "`conveyor worker` of this pool on this host? see CONVEYOR_WORKER_METRICS_PORTS); "
+            "its jobs run on",
             config["pool"],
             config["host"],
             config["port"],

@@ -71,6 +71,8 @@ def generate(registry: CollectorRegistry) -> str:
     ("given", "ports"),
     [
         ("system=9191,reports=9192", {"system": 9191, "reports": 9192}),
+        ("system=9191;billing,reports=9192", {"system": 9191, "billing,reports": 9192}),
+        ("billing,reports=9192;", {"billing,reports": 9192}),
         ('{"system": 9191}', {"system": 9191}),
         ("", None),
     ],
@@ -79,10 +81,25 @@ def test_pool_ports_are_read_as_pairs_or_json(given: str, ports: object) -> None
     assert settings_of(worker_metrics_ports=given).worker_metrics_ports == ports
 
 
-@pytest.mark.parametrize("given", ["system", "system=0", "a=9191,b=9191", "=9191"])
+@pytest.mark.parametrize(
+    "given", ["system", "system=0", "a=9191,b=9191", "=9191", "billing,reports=9192", "a=1;b"]
+)
 def test_bad_pool_ports_are_refused(given: str) -> None:
     with pytest.raises(ValueError, match="worker_metrics_ports"):
         settings_of(worker_metrics_ports=given)
+
+
+def test_the_system_pool_serves_metrics_on_9191_by_default() -> None:
+    assert Settings(_env_file=None).worker_metrics_ports == {"system": 9191}  # type: ignore[call-arg]
+
+
+def test_a_pool_without_a_port_says_how_to_give_it_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=exposition.__name__)
+    assert exposition.prepare(settings_in(tmp_path), "reports") is None
+    assert "pool reports serves no metrics" in caplog.text
+    assert "CONVEYOR_WORKER_METRICS_PORTS" in caplog.text
 
 
 def test_worker_processes_share_their_metrics_files(tmp_path: Path) -> None:
