@@ -256,9 +256,9 @@ def purge_queue(
     limit: int | None = None,
 ) -> BulkResult:
     """Cancel the waiting jobs (scheduled, queued, retrying) of `queue`, up to `limit` of them
-    (default `DEFAULT_BULK_LIMIT`) in batches, as `bulk_cancel` does; `more` says whether some are left (call again). Running
-    jobs go on. Their messages stay on the broker, and workers skip them (the job is
-    cancelled). Admins only."""
+    (default `DEFAULT_BULK_LIMIT`) in batches, as `bulk_cancel` does; `more` says whether
+    some are left (call again). Running jobs go on. Their messages stay on the broker, and
+    workers skip them (the job is cancelled). Admins only."""
     require_admin(by)
     where = JobFilter(statuses=tuple(s.value for s in WAITING), queues=(queue,))
     limit = DEFAULT_BULK_LIMIT if limit is None else limit

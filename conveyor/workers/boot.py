@@ -27,6 +27,10 @@ from conveyor.workers.lifecycle import install_lifecycle
 
 logger = logging.getLogger(__name__)
 
+#: The pool this process booted, once `boot_pool` ran: `conveyor worker` refuses to go on in a
+#: process whose pool module never set it (`conveyor.workers.pool_check`).
+booted_pool: str | None = None
+
 
 def boot_pool(
     queues: set[str],
@@ -63,6 +67,8 @@ def boot_pool(
     if metrics_dir is not None:
         broker.add_middleware(exposition.WorkerExposition(metrics_dir))
     logger.debug("pool %s serves %s", sorted(queues), sorted(served))
+    global booted_pool
+    booted_pool = pool
     return broker
 
 

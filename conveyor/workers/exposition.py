@@ -1,10 +1,11 @@
 """A worker pool's metrics endpoint, with Prometheus multiprocess mode.
 
 `dramatiq conveyor.workers.<pool> --processes N` starts N worker processes. When the pool has
-a port in `CONVEYOR_WORKER_METRICS_PORTS` (by default the system pool, on 9191), each process records its metrics in files of a
-directory of that `dramatiq` run (under `CONVEYOR_METRICS_DIR`, named after the `dramatiq`
-parent process), and Dramatiq forks one more process from the parent (`WorkerExposition.forks`)
-that serves their sum on the port: one scrape target per pool and host, however many processes.
+a port in `CONVEYOR_WORKER_METRICS_PORTS` (by default the system pool, on 9191), each process
+records its metrics in files of a directory of that `dramatiq` run (under
+`CONVEYOR_METRICS_DIR`, named after the `dramatiq` parent process), and Dramatiq forks one
+more process from the parent (`WorkerExposition.forks`) that serves their sum on the port: one
+scrape target per pool and host, however many processes.
 The directories of earlier runs are removed when the next one starts serving.
 
 The worker processes' own process and Python metrics (CPU, memory, file descriptors, garbage
