@@ -19,7 +19,7 @@ dev: $(BIN)/.installed
 
 ## test: lint, type checks and the whole suite against PostgreSQL, Redis and RabbitMQ
 test: lint services promtool
-	$(BIN)/pytest $(PYTEST_ARGS)
+	REQUIRE_PROMTOOL=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check conveyor tests bench
@@ -35,12 +35,16 @@ format: $(BIN)/.installed
 services: $(BIN)/.installed
 	$(BIN)/python -m tests.services
 
-## promtool: `promtool check metrics` for the metrics tests, from Debian's prometheus package
+## promtool: `promtool check metrics` for the metrics tests, from Debian's prometheus package;
+## `make test` needs it (its metrics tests fail without it rather than skip)
 promtool:
 	@command -v promtool >/dev/null || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
-		echo "promtool could not be installed: the promtool checks will be skipped" >&2
+		apt-get install -y -qq --no-install-recommends prometheus >/dev/null && \
+		command -v promtool >/dev/null; } || { \
+		echo "promtool could not be installed (apt-get failed; run as root?): the" \
+			"metrics tests of make test need Debian's prometheus package" >&2; \
+		exit 1; }
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

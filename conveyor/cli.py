@@ -499,11 +499,16 @@ def cmd_jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_jobs_purge(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.services import operations
 
+    cancelled = 0
     with opened(settings) as container:
-        result = operations.purge_queue(
-            container.db, container.announcements, operator(), args.queue
-        )
-    print(f"queue {args.queue}: cancelled {result.count} waiting job(s)")
+        while True:  # a bounded number per call, as over the API
+            result = operations.purge_queue(
+                container.db, container.announcements, operator(), args.queue
+            )
+            cancelled += result.count
+            if not result.more:
+                break
+    print(f"queue {args.queue}: cancelled {cancelled} waiting job(s)")
     return 0
 
 

@@ -254,9 +254,10 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address the worker pools' metrics servers listen on."
     )
     worker_metrics_ports: Annotated[dict[str, int] | None, NoDecode] = Field(
-        None,
-        description="Port of each pool's metrics server, as `pool=port,pool=port` (or JSON); "
-        "a pool not named serves no metrics.",
+        {"system": 9191},
+        description="Port of each pool's metrics server, as `pool=port;pool=port` (`,` "
+        "between entries works too when no pool's name has a comma) or a JSON object; a pool "
+        "not named serves no metrics, and an empty value turns them all off.",
     )
     metrics_dir: Path | None = Field(
         None,
@@ -279,7 +280,9 @@ class Settings(BaseSettings):
     @field_validator("worker_metrics_ports", mode="before")
     @classmethod
     def _pool_ports(cls, value: object) -> object:
-        """`system=9191,reports=9192`, or a JSON object; each port in 1..65535."""
+        """`system=9191;reports,billing=9192` (a pool serving several queues is named with
+        commas, so `;` separates entries; `,` does where no `;` is given), or a JSON object;
+        each port in 1..65535."""
         if not isinstance(value, str):
             return value
         text = value.strip()
@@ -288,10 +291,15 @@ class Settings(BaseSettings):
         if text.startswith("{"):
             return json.loads(text)
         ports: dict[str, object] = {}
-        for item in text.split(","):
-            pool, sep, port = item.partition("=")
+        for item in text.split(";" if ";" in text else ","):
+            if not item.strip():
+                continue  # a trailing `;`
+            pool, sep, port = item.rpartition("=")
             if not sep or not pool.strip():
-                raise ValueError(f"expected pool=port, got {item.strip()!r}")
+                hint = "; separate entries with ';' when a pool's name has a comma" * (
+                    "," in text and ";" not in text
+                )
+                raise ValueError(f"expected pool=port, got {item.strip()!r}{hint}")
             ports[pool.strip()] = port.strip()
         return ports
 

@@ -28,6 +28,8 @@ FAST = {
     "publish_grace_seconds": 0.5,
     "db_pool_size": 5,
     "log_level": "INFO",
+    # Several runs share the machine: a pool serves metrics only where a test gives it a port.
+    "worker_metrics_ports": "",
 }
 
 

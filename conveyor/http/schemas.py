@@ -296,6 +296,10 @@ class Readiness(BaseModel):
     )
 
 
+#: Most values of one list of a bulk filter (each is a query parameter of the database's).
+MAX_FILTER_VALUES = 100
+
+
 class JobFilterIn(BaseModel):
     """Which jobs a bulk operation acts on: every criterion given must hold, and at least one
     must be given. `limit` bounds how many one request changes."""
@@ -304,10 +308,19 @@ class JobFilterIn(BaseModel):
 
     status: list[JobStatus] = Field(
         default_factory=list,
+        max_length=MAX_FILTER_VALUES,
         description="Only jobs in these statuses (by default every status the operation acts on)",
     )
-    type: list[str] = Field(default_factory=list, description="Only jobs of these types")
-    queue: list[str] = Field(default_factory=list, description="Only jobs of these queues")
+    type: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_FILTER_VALUES,
+        description=f"Only jobs of these types (at most {MAX_FILTER_VALUES})",
+    )
+    queue: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_FILTER_VALUES,
+        description=f"Only jobs of these queues (at most {MAX_FILTER_VALUES})",
+    )
     owner: str | None = Field(
         None, description="Only the jobs of this user (an email or a user id)", max_length=320
     )

@@ -130,6 +130,7 @@ def _batches(
         jobs_t.c.queue,
         jobs_t.c.status,
         jobs_t.c.attempts,
+        jobs_t.c.handbacks,
     ).where(*where)
     if after is not None:
         stmt = stmt.where(jobs_t.c.id > after)
@@ -247,21 +248,21 @@ def bulk_cancel(
 
 
 def purge_queue(
-    db: sessionmaker[Session], announcer: Announcer, by: User, queue: str
+    db: sessionmaker[Session],
+    announcer: Announcer,
+    by: User,
+    queue: str,
+    *,
+    limit: int | None = None,
 ) -> BulkResult:
-    """Cancel every waiting job (scheduled, queued, retrying) of `queue`, in batches; running
-    jobs go on. Their messages stay on the broker, and workers skip them (the job is
-    cancelled). Admins only."""
+    """Cancel the waiting jobs (scheduled, queued, retrying) of `queue`, up to `limit` of them
+    (default `DEFAULT_BULK_LIMIT`) in batches, as `bulk_cancel` does; `more` says whether
+    some are left (call again). Running jobs go on. Their messages stay on the broker, and
+    workers skip them (the job is cancelled). Admins only."""
     require_admin(by)
     where = JobFilter(statuses=tuple(s.value for s in WAITING), queues=(queue,))
-    total = 0
-    while True:
-        result = bulk_cancel(
-            db, announcer, by, where, limit=MAX_BULK_LIMIT, reason=f"purge of queue {queue}"
-        )
-        total += result.count
-        if not result.more:
-            return BulkResult(total, False)
+    limit = DEFAULT_BULK_LIMIT if limit is None else limit
+    return bulk_cancel(db, announcer, by, where, limit=limit, reason=f"purge of queue {queue}")
 
 
 # --- retry --------------------------------------------------------------------------------
@@ -294,9 +295,12 @@ def _renewed(row: Any, registry: Registry, now: dt.datetime) -> dict[str, Any] |
     if row.type not in registry:
         return None
     values = {
-        # The retry rule counts failures over the job's life (attempts - worker losses): a
-        # budget that counts its attempts so far gives the job its type's retries again.
-        "max_retries": row.attempts + registry.get(row.type).retry.max_retries,
+        # The retry rule counts failures over the job's life (attempts - worker losses -
+        # handbacks). Worker losses start again from 0 and handbacks are kept, so a budget of
+        # the failures so far, counted that way, gives the job its type's retries again.
+        "max_retries": row.attempts
+        - (row.handbacks or 0)
+        + registry.get(row.type).retry.max_retries,
         "worker_losses": 0,
         "status": JobStatus.QUEUED.value,
         "cancel_requested": False,

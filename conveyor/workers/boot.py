@@ -27,6 +27,10 @@ from conveyor.workers.lifecycle import install_lifecycle
 
 logger = logging.getLogger(__name__)
 
+#: The pool this process booted, once `boot_pool` ran: `conveyor worker` refuses to go on in a
+#: process whose pool module never set it (`conveyor.workers.pool_check`).
+booted_pool: str | None = None
+
 
 def boot_pool(
     queues: set[str],
@@ -39,7 +43,7 @@ def boot_pool(
     the broker the `dramatiq` CLI uses. `resources` are the named resources the pool's jobs
     reach as `ctx.resource(name)`; like everything else they are built on first use. `pool`
     names the pool in the worker registry, the metrics and `CONVEYOR_WORKER_METRICS_PORTS`
-    (default: its queues, joined by commas)."""
+    (default: its queues, sorted and joined by commas)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
     served = {t.name for t in JOBS if t.queue in queues}
@@ -63,6 +67,8 @@ def boot_pool(
     if metrics_dir is not None:
         broker.add_middleware(exposition.WorkerExposition(metrics_dir))
     logger.debug("pool %s serves %s", sorted(queues), sorted(served))
+    global booted_pool
+    booted_pool = pool
     return broker
 
 

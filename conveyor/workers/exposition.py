@@ -1,10 +1,11 @@
 """A worker pool's metrics endpoint, with Prometheus multiprocess mode.
 
 `dramatiq conveyor.workers.<pool> --processes N` starts N worker processes. When the pool has
-a port in `CONVEYOR_WORKER_METRICS_PORTS`, each process records its metrics in files of a
-directory of that `dramatiq` run (under `CONVEYOR_METRICS_DIR`, named after the `dramatiq`
-parent process), and Dramatiq forks one more process from the parent (`WorkerExposition.forks`)
-that serves their sum on the port: one scrape target per pool and host, however many processes.
+a port in `CONVEYOR_WORKER_METRICS_PORTS` (by default the system pool, on 9191), each process
+records its metrics in files of a directory of that `dramatiq` run (under
+`CONVEYOR_METRICS_DIR`, named after the `dramatiq` parent process), and Dramatiq forks one
+more process from the parent (`WorkerExposition.forks`) that serves their sum on the port: one
+scrape target per pool and host, however many processes.
 The directories of earlier runs are removed when the next one starts serving.
 
 The worker processes' own process and Python metrics (CPU, memory, file descriptors, garbage
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -72,6 +74,12 @@ def prepare(settings: Settings, pool: str) -> Path | None:
     run's directory if the pool has a metrics port (and return the directory), else None."""
     port = (settings.worker_metrics_ports or {}).get(pool)
     if port is None:
+        logger.info(
+            "pool %s serves no metrics: give it a port in CONVEYOR_WORKER_METRICS_PORTS "
+            "(`%s=9192`, `;` between pools)",
+            pool,
+            pool,
+        )
         return None
     directory = run_directory(settings)
     directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -190,6 +198,21 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug(format, *args)
 
 
+class MetricsServer(ThreadingHTTPServer):
+    """The pool's metrics server: a request that fails (a scraper that hangs up, most often)
+    is logged through the logger, as a JSON line in JSON mode, not printed to stderr."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        peer = client_address[0] if isinstance(client_address, tuple) else client_address
+        if isinstance(error, ConnectionError):
+            logger.debug("metrics scrape from %s cut short: %s", peer, error)
+        else:
+            logger.warning("metrics request from %s failed", peer, exc_info=True)
+
+
 def remove_stale(settings: Settings, keep: Path) -> None:
     """Remove the directories of earlier runs (whose parent process is gone, or is another
     process with a reused pid)."""
@@ -211,11 +234,12 @@ def serve() -> int:
     remove_stale(settings, directory)
     handler = type("Handler", (_Handler,), {"directory": directory})
     try:
-        server = ThreadingHTTPServer((config["host"], int(config["port"])), handler)
+        server = MetricsServer((config["host"], int(config["port"])), handler)
     except OSError as exc:  # the workers run on; only their metrics are not served
         logger.error(
-            "cannot serve the metrics of pool %s on %s:%d: %s (is the port taken? see "
-            "CONVEYOR_WORKER_METRICS_PORTS)",
+            "cannot serve the metrics of pool %s on %s:%d: %s (is the port taken, by another "
+            "`conveyor worker` of this pool on this host? see CONVEYOR_WORKER_METRICS_PORTS); "
+            "its jobs run on",
             config["pool"],
             config["host"],
             config["port"],

@@ -93,7 +93,7 @@ class _Beat(threading.Thread):
                     lifecycle.container.db,
                     self.process,
                     len(lifecycle.running_jobs()),
-                    prune_before=utcnow() - timeout,
+                    prune_after=timeout,
                 )
             except Exception as exc:
                 self.outage.failed(exc)

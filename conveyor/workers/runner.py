@@ -16,7 +16,13 @@ from conveyor.settings import Settings
 logger = logging.getLogger(__name__)
 
 #: Modules of `conveyor.workers` that are not pools.
-NOT_POOLS = frozenset({"boot", "context", "lifecycle", "runner"})
+NOT_POOLS = frozenset(
+    {"boot", "context", "exposition", "lifecycle", "pool_check", "presence", "runner"}
+)
+#: Imported after the pool's module in each worker process: stops it unless a pool booted.
+POOL_CHECK = "conveyor.workers.pool_check"
+#: The pool module this `conveyor worker` runs (for the worker processes' messages).
+running_module: str | None = None
 #: After the drain (run in the lifecycle middleware), how long Dramatiq waits for its threads:
 #: the jobs still running were handed back and told to stop, so this is a bound, not a wait.
 THREAD_WIND_DOWN_MS = 2_000
@@ -44,6 +50,7 @@ def dramatiq_argv(pool: str, extra: Sequence[str]) -> list[str]:
     """The arguments of Dramatiq's CLI for `pool`; `extra` are passed on (and win)."""
     return [
         pool_module(pool),
+        POOL_CHECK,
         "--skip-logging",
         "--worker-shutdown-timeout",
         str(THREAD_WIND_DOWN_MS),
@@ -57,7 +64,9 @@ def run_pool(pool: str, extra: Sequence[str], settings: Settings) -> int:
     This process only starts, watches and signals the worker processes (it never imports the
     pool, so nothing is built before the fork); each worker process boots the pool, with the
     same logging."""
+    global running_module
     argv = dramatiq_argv(pool, extra)
+    running_module = argv[0]
     configure_logging(settings.log_level, settings.log_format)
     args = dramatiq.cli.make_argument_parser().parse_args(argv)  # type: ignore[no-untyped-call]
     logger.info(

@@ -35,6 +35,8 @@ FAST: dict[str, str] = {
     "CONVEYOR_PUBLISH_GRACE_SECONDS": "0.5",
     "CONVEYOR_DB_POOL_SIZE": "5",
     "CONVEYOR_LOG_LEVEL": "INFO",
+    # Several runs share the machine: a pool serves metrics only where a test gives it a port.
+    "CONVEYOR_WORKER_METRICS_PORTS": "",
 }
 
 

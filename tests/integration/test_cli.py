@@ -23,7 +23,7 @@ from conveyor.db import transaction
 from conveyor.models import Job, JobEvent, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import jobs_t
-from conveyor.services import submissions
+from conveyor.services import operations, submissions
 from conveyor.services.submissions import NewJob
 from conveyor.services.users import create_user
 from conveyor.settings import get_settings
@@ -152,7 +152,10 @@ def _status(db: sessionmaker[Session], job_id: uuid.UUID) -> str:
 
 
 def test_jobs_list_show_cancel_retry_and_purge(
-    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+    env: None,
+    pg_db: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     alice = create_user(pg_db, "alice@example.com")
     bob = create_user(pg_db, "bob@example.com", Role.ADMIN)
@@ -195,6 +198,7 @@ def test_jobs_list_show_cancel_retry_and_purge(
     code, out, _ = run(capsys, "jobs", "retry", "--status", "cancelled", "--type", "system.echo")
     assert code == 0 and out == "retried 2 job(s)\n"
 
+    monkeypatch.setattr(operations, "DEFAULT_BULK_LIMIT", 3)  # purged over two calls
     code, out, _ = run(capsys, "jobs", "purge", "system")
     assert code == 0 and out == "queue system: cancelled 4 waiting job(s)\n"
     assert {_status(pg_db, j.id) for j in (failed, *queued, bobs)} == {"cancelled"}

@@ -26,6 +26,7 @@ from conveyor.registry import JOBS
 from conveyor.services import operations, retention, submissions
 from conveyor.services.jobs import new_event
 from conveyor.services.operations import JobFilter
+from conveyor.services.outcomes import Attempt
 from conveyor.services.submissions import NewJob
 from conveyor.services.users import create_user
 from tests.unit.support import RecordingAnnouncer, RecordingEnqueuer
@@ -183,6 +184,30 @@ def test_a_retry_is_a_new_attempt_cycle_of_the_same_job(
         operations.retry(pg_db, enqueuer, announcer, JOBS, failed.id, admin)
 
 
+def test_a_retried_job_has_exactly_its_types_retries_again_after_handbacks(
+    pg_db: sessionmaker[Session], make: Callable[..., Job], users: tuple[User, ...]
+) -> None:
+    """Attempts handed back by stopping workers are no failures, before or after a retry:
+    the new cycle allows system.fail's three retries (four failures), not one more per
+    handback."""
+    failed = make(JobStatus.FAILED, attempts=7, worker_losses=1, handbacks=2, finished_at=utcnow())
+    job = operations.retry(
+        pg_db, RecordingEnqueuer(), RecordingAnnouncer(), JOBS, failed.id, users[1]
+    )
+    assert (job.attempts, job.worker_losses, job.handbacks) == (7, 0, 2)
+
+    def attempt(number: int) -> Attempt:
+        return Attempt(
+            number=number,
+            worker_losses=job.worker_losses,
+            max_retries=job.max_retries,
+            max_worker_losses=3,
+            handbacks=job.handbacks,
+        )
+
+    assert [attempt(7 + n).may_retry for n in range(1, 6)] == [True, True, True, False, False]
+
+
 def test_only_failed_or_cancelled_jobs_are_retried(
     pg_db: sessionmaker[Session], make: Callable[..., Job], users: tuple[User, ...]
 ) -> None:
@@ -302,3 +327,20 @@ def test_purge_cancels_every_waiting_job_of_the_queue(
     assert not row(pg_db, running.id).cancel_requested  # type: ignore[union-attr]
     assert row(pg_db, elsewhere.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
     assert messages(pg_db, waiting[0].id)[-1] == "purge of queue reports by admin@example.com"
+
+
+def test_a_purge_cancels_up_to_its_limit_and_says_whether_more_are_left(
+    pg_db: sessionmaker[Session], make: Callable[..., Job], users: tuple[User, ...]
+) -> None:
+    """One call does a bounded amount of work (an HTTP request must not outlive a proxy's
+    timeout): the caller calls again while `more` is true."""
+    waiting = [make(JobStatus.QUEUED, queue="reports") for _ in range(3)]
+    announcer = RecordingAnnouncer()
+
+    first = operations.purge_queue(pg_db, announcer, users[0], "reports", limit=2)
+    assert (first.count, first.more) == (2, True)
+    second = operations.purge_queue(pg_db, announcer, users[0], "reports", limit=2)
+    assert (second.count, second.more) == (1, False)
+    assert {row(pg_db, job.id).status for job in waiting} == {JobStatus.CANCELLED}  # type: ignore[union-attr]
+    with pytest.raises(InvalidRequestError, match="limit"):
+        operations.purge_queue(pg_db, announcer, users[0], "reports", limit=0)

@@ -99,6 +99,9 @@ async def test_bulk_filters_are_validated(stack: Stack) -> None:
         ({"queue": ["system"], "limit": 0}, "limit"),
         ({"queue": ["system"], "created_after": "yesterday"}, "created_after"),
         ({"queue": ["system"], "colour": "red"}, "colour"),
+        # Not a database outage: psycopg takes at most 65,535 parameters.
+        ({"type": [f"t{i}" for i in range(70_000)]}, "type"),
+        ({"queue": ["q"] * 101}, "queue"),
     ]:
         response = await stack.client.post("/v1/jobs/cancel", json=body, headers=admin)
         problem = await response.json()
@@ -121,6 +124,28 @@ async def test_purge_cancels_the_waiting_jobs_of_a_queue(stack: Stack) -> None:
     for job_id in ids:
         job = await stack.get(job_id)
         assert job["status"] == "cancelled" and job["attempts"] == 0
+
+
+async def test_a_purge_is_bounded_by_its_limit(stack: Stack) -> None:
+    stack.stop_worker()
+    for i in range(3):
+        await stack.submit("system.echo", {"i": i})
+    admin = stack.headers(stack.admin_token)
+    answers = []
+    for _ in range(2):
+        response = await stack.client.post("/v1/queues/system/purge?limit=2", headers=admin)
+        assert response.status == 200
+        answers.append(await response.json())
+    assert answers == [
+        {"count": 2, "more": True, "cancel_requested": 0, "skipped": 0},
+        {"count": 1, "more": False, "cancel_requested": 0, "skipped": 0},
+    ]
+    for limit in ("0", "10001", "many", "-1"):
+        response = await stack.client.post(f"/v1/queues/system/purge?limit={limit}", headers=admin)
+        problem = await response.json()
+        assert response.status == 422, (limit, problem)
+        assert problem["errors"][0]["field"] == "limit", (limit, problem)
+    stack.start_worker()
 
 
 async def test_a_deactivated_user_cannot_use_their_tokens(stack: Stack) -> None:

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 import conveyor.actors.all  # noqa: F401  (fills the registry)
 from conveyor.background.stats import Reading
 from conveyor.http.metrics import Metrics
+from conveyor.http.schemas import BulkOut
 from conveyor.metrics import JobMetrics
 from conveyor.registry import JOBS
 from conveyor.services.queues import QueueStats
@@ -90,6 +91,8 @@ def rendered_default(value: Any) -> str:
         return "(unset)"
     if isinstance(value, bool):  # as the variable is written: true, false
         return f"`{str(value).lower()}`"
+    if isinstance(value, dict):  # as the variable is written: key=value;key=value
+        return "`" + ";".join(f"{k}={v}" for k, v in value.items()) + "`"
     return f"`{value}`"
 
 
@@ -257,3 +260,14 @@ def test_an_installed_package_ships_its_migrations() -> None:
         ("conveyor.models.migrations.versions", "models/migrations/versions/*.py"),
     ]:
         assert package in packages or pattern in package_data, f"{package} is not installed"
+
+
+@pytest.mark.parametrize(
+    "route", ["POST /v1/jobs/cancel", "POST /v1/jobs/retry", "POST /v1/queues/{queue}/purge"]
+)
+def test_the_route_table_lists_every_field_of_a_bulk_answer(route: str) -> None:
+    [row] = [line for line in README.read_text().splitlines() if line.startswith(f"| `{route}")]
+    answer = re.search(r"`200` `\{([^}]*)\}`", row)
+    assert answer is not None, row
+    listed = {field.strip().strip('"') for field in answer.group(1).split(",")}
+    assert listed == set(BulkOut.model_fields), row

@@ -6,13 +6,19 @@ from aiohttp import web
 from pydantic_core import from_json
 
 from conveyor.errors import BadRequestError
-from conveyor.http.api.params import respond, routes
+from conveyor.http.api.params import bounded_int, respond, routes
 from conveyor.http.keys import CONTAINER, USER
 from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.http.schemas import BulkOut, JobFilterIn
 from conveyor.services import operations
-from conveyor.services.operations import BulkResult, JobFilter, require_admin
+from conveyor.services.operations import (
+    DEFAULT_BULK_LIMIT,
+    MAX_BULK_LIMIT,
+    BulkResult,
+    JobFilter,
+    require_admin,
+)
 
 ADMINS_ONLY = {403: "Not an admin"}
 
@@ -104,24 +110,40 @@ async def retry_jobs(request: web.Request) -> web.Response:
 
 
 QUEUE = Parameter("queue", "path", {"type": "string"}, "The queue's name", required=True)
+LIMIT = Parameter(
+    "limit",
+    "query",
+    {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_BULK_LIMIT,
+        "default": DEFAULT_BULK_LIMIT,
+    },
+    "Most jobs cancelled by this request; call again while `more` is true",
+)
 
 
 @routes.post(
     "/queues/{queue}/purge",
     summary="Purge a queue (admins)",
-    parameters=[QUEUE],
+    parameters=[QUEUE, LIMIT],
     answers={200: Answer("How many waiting jobs were cancelled", BulkOut)},
-    errors=ADMINS_ONLY,
+    errors={**ADMINS_ONLY, 422: "A limit out of range"},
 )
 async def purge_queue(request: web.Request) -> web.Response:
-    """Cancel every waiting job (scheduled, queued, retrying) of the queue; running jobs go
-    on. The broker's messages are skipped by the workers, as for any cancelled job."""
+    """Cancel the waiting jobs (scheduled, queued, retrying) of the queue, up to `limit`;
+    `more` says whether some are left (call again). Running jobs go on. The broker's messages
+    are skipped by the workers, as for any cancelled job."""
     require_admin(request[USER])
+    given = request.query.get("limit")
+    # Anything but 1..MAX_BULK_LIMIT becomes 0 or MAX_BULK_LIMIT + 1: a 422 naming `limit`.
+    limit = DEFAULT_BULK_LIMIT if given is None else bounded_int(given, 0, MAX_BULK_LIMIT + 1)
     result = await run_db(
         request.config_dict,
         operations.purge_queue,
         request.config_dict[CONTAINER].announcements,
         request[USER],
         request.match_info["queue"],
+        limit=limit,
     )
     return respond(_out(result))

@@ -3,6 +3,7 @@ removed, the process metrics copied into the shared files."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def generate(registry: CollectorRegistry) -> str:
     ("given", "ports"),
     [
         ("system=9191,reports=9192", {"system": 9191, "reports": 9192}),
+        ("system=9191;billing,reports=9192", {"system": 9191, "billing,reports": 9192}),
+        ("billing,reports=9192;", {"billing,reports": 9192}),
         ('{"system": 9191}', {"system": 9191}),
         ("", None),
     ],
@@ -78,10 +81,25 @@ def test_pool_ports_are_read_as_pairs_or_json(given: str, ports: object) -> None
     assert settings_of(worker_metrics_ports=given).worker_metrics_ports == ports
 
 
-@pytest.mark.parametrize("given", ["system", "system=0", "a=9191,b=9191", "=9191"])
+@pytest.mark.parametrize(
+    "given", ["system", "system=0", "a=9191,b=9191", "=9191", "billing,reports=9192", "a=1;b"]
+)
 def test_bad_pool_ports_are_refused(given: str) -> None:
     with pytest.raises(ValueError, match="worker_metrics_ports"):
         settings_of(worker_metrics_ports=given)
+
+
+def test_the_system_pool_serves_metrics_on_9191_by_default() -> None:
+    assert Settings(_env_file=None).worker_metrics_ports == {"system": 9191}  # type: ignore[call-arg]
+
+
+def test_a_pool_without_a_port_says_how_to_give_it_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=exposition.__name__)
+    assert exposition.prepare(settings_in(tmp_path), "reports") is None
+    assert "pool reports serves no metrics" in caplog.text
+    assert "CONVEYOR_WORKER_METRICS_PORTS" in caplog.text
 
 
 def test_worker_processes_share_their_metrics_files(tmp_path: Path) -> None:
@@ -112,3 +130,27 @@ metrics.attempts.labels("system.echo", "succeeded", "none").inc()
     assert value(found, "conveyor_job_attempts_total", **attempts) == 2
     # Both processes have exited without marking themselves dead: still counted as live.
     assert value(found, "conveyor_worker_jobs_in_flight", pool="system") == 5
+
+
+@pytest.mark.parametrize(
+    ("error", "level"), [(ConnectionResetError("reset"), "DEBUG"), (ValueError("bad"), "WARNING")]
+)
+def test_a_failed_metrics_request_is_logged_not_printed(
+    error: Exception,
+    level: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """socketserver prints a plain-text traceback to stderr; in JSON mode every line is JSON."""
+    server = exposition.MetricsServer(("127.0.0.1", 0), exposition._Handler)
+    caplog.set_level(logging.DEBUG, logger=exposition.__name__)
+    try:
+        try:
+            raise error
+        except Exception:
+            server.handle_error(None, ("127.0.0.1", 40000))
+    finally:
+        server.server_close()
+    assert capsys.readouterr().err == ""
+    [record] = [r for r in caplog.records if r.name == exposition.__name__]
+    assert record.levelname == level and "127.0.0.1" in record.getMessage()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import pkgutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import pytest
 from pydantic import Field
 from sqlalchemy.orm import Session, sessionmaker
 
+import conveyor.workers as workers_package
 from conveyor import bootstrap, cli
 from conveyor.errors import ConfigurationError
 from conveyor.models import Job, JobStatus
@@ -230,16 +233,40 @@ def test_the_guard_leaves_handlers_other_than_dramatiqs_alone() -> None:
 
 def test_conveyor_worker_runs_the_pools_module_with_conveyors_logging_and_your_arguments() -> None:
     argv = runner.dramatiq_argv("system", ["--processes", "2", "--worker-shutdown-timeout", "9"])
-    assert argv[0] == "conveyor.workers.system"
+    assert argv[:2] == ["conveyor.workers.system", runner.POOL_CHECK]  # the check after it
     assert "--skip-logging" in argv
     assert argv[-4:] == ["--processes", "2", "--worker-shutdown-timeout", "9"]  # yours win
     assert runner.pool_module("tests.e2e.testing_pool") == "tests.e2e.testing_pool"
 
 
-@pytest.mark.parametrize("pool", ["lifecycle", "boot", "_private", "nope", "no.such.module"])
+@pytest.mark.parametrize(
+    "pool",
+    [
+        *sorted(
+            m.name for m in pkgutil.iter_modules(workers_package.__path__) if m.name != "system"
+        ),
+        "_private",
+        "nope",
+        "no.such.module",
+    ],
+)
 def test_conveyor_worker_refuses_what_is_not_a_pool(pool: str) -> None:
     with pytest.raises(ConfigurationError, match="pool"):
         runner.pool_module(pool)
+
+
+def test_conveyor_worker_stops_when_the_module_never_booted_a_pool() -> None:
+    """`os.path` imports fine, but serves nothing: one line says so, and the exit is 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    argv = [sys.executable, "-m", "conveyor.cli", "worker", "os.path", "--processes", "1"]
+    done = subprocess.run(
+        [*argv, "--threads", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    refused = [line for line in done.stderr.splitlines() if "is not a worker pool" in line]
+    assert len(refused) == 1, done.stderr
+    assert "os.path is not a worker pool: it never called" in refused[0]
+    assert "Traceback" not in done.stderr
 
 
 def test_a_local_procfile_runner_is_recognised_by_its_variables(
