@@ -115,6 +115,11 @@ class PermanentJobError(ConveyorError):
     """A job function raises this to fail at once, without retries."""
 
 
+class PermanentDeliveryError(PermanentJobError):
+    """A notification cannot be delivered and retrying will not help: a provider's 4xx (other
+    than 408 and 429), a refused address, a bad recipient, a template that does not render."""
+
+
 class RetryLater(ConveyorError):
     """A job function raises this to run again after `delay` (a provider's Retry-After).
 

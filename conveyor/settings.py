@@ -215,6 +215,48 @@ class Settings(BaseSettings):
         description="Longest traceback kept with a failed attempt's error (its end is kept, "
         "where the exception is raised).",
     )
+    # --- notifications ---------------------------------------------------------------------
+    email_transport: Literal["smtp", "outbox"] = Field(
+        "smtp",
+        description="How the notifications pool sends email: `smtp`, or `outbox` (each message "
+        "written as a .eml file in `outbox_dir`; `conveyor dev` uses it).",
+    )
+    outbox_dir: Path | None = Field(
+        None,
+        description="Folder of the `outbox` email transport; unset: `outbox` under `data_dir`.",
+    )
+    smtp_host: str = Field("127.0.0.1", description="SMTP server of outgoing email.")
+    smtp_port: int = Field(
+        1025, ge=1, le=65535, description="Its port (1025: docker-compose's Mailpit)."
+    )
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        "none",
+        description="`starttls` (port 587), `tls` (implicit TLS, port 465) or `none`.",
+    )
+    smtp_username: str | None = Field(None, description="SMTP login; unset: no AUTH.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_timeout_seconds: float = Field(
+        30.0, gt=0, description="Time limit of each SMTP connection and command."
+    )
+    mail_from: str = Field(
+        "Conveyor <conveyor@localhost>", description="`From` of every notification email."
+    )
+    notification_templates_dir: Path | None = Field(
+        None,
+        description="A folder of notification kinds of your own (`<kind>/kind.json` and its "
+        "templates), searched before the built-in ones.",
+    )
+    notification_template_max_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest notification template file, and largest rendered part.",
+    )
+    notification_max_recipients: int = Field(
+        100, gt=0, description="Most recipients of one `POST /v1/notifications`."
+    )
+    notification_max_context_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest `context` of a notification, as JSON."
+    )
 
     @field_validator("worker_metrics_ports", mode="before")
     @classmethod

@@ -1,0 +1,47 @@
+"""The resources the notifications pool registers: its channels, templates and links."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from conveyor.notifications.channels import resource_name
+from conveyor.notifications.email import email_channel
+from conveyor.notifications.templates import Templates
+from conveyor.notifications.unsubscribe import UnsubscribeLinks
+from conveyor.settings import Settings
+
+TEMPLATES = "notifications:templates"
+LINKS = "notifications:links"
+
+
+class HasSettings(Protocol):
+    """What a factory needs of the container that builds it."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+
+def templates(settings: Settings) -> Templates:
+    return Templates(
+        max_bytes=settings.notification_template_max_bytes,
+        extra_dir=settings.notification_templates_dir,
+    )
+
+
+def resources() -> dict[str, Callable[[Any], Any]]:
+    """Factories by resource name, for `boot_pool(..., resources=...)` or a `Container`.
+
+    A channel of your own is one more entry, `channel:<name>`, whose factory returns an
+    object with `name`, `provider` and `send(Outgoing) -> Sent`."""
+
+    def email(container: HasSettings) -> Any:
+        return email_channel(container.settings)
+
+    def template_set(container: HasSettings) -> Templates:
+        return templates(container.settings)
+
+    def links(container: HasSettings) -> UnsubscribeLinks:
+        return UnsubscribeLinks.of(container.settings)
+
+    return {resource_name("email"): email, TEMPLATES: template_set, LINKS: links}
