@@ -290,7 +290,14 @@ class Settings(BaseSettings):
             raise ValueError("two pools have the same metrics port")
         return ports
 
-    @field_validator("public_url", mode="before")
+    @field_validator(
+        "public_url",
+        "smtp_username",
+        "smtp_password",
+        "outbox_dir",
+        "notification_templates_dir",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
