@@ -69,6 +69,10 @@ class Kind:
     #: The channels it has templates for.
     channels: tuple[str, ...]
     sample: dict[str, Any] = field(default_factory=dict)
+    #: Its folder (its templates are those beside its `kind.json`, nowhere else).
+    folder: Path = field(default=BUILTIN_DIR, repr=False)
+    #: Its folder's prefix in the template loader.
+    prefix: str = "0"
 
 
 @dataclass(frozen=True)
@@ -106,9 +110,11 @@ class Templates:
     def __init__(self, *, max_bytes: int, extra_dir: Path | None = None) -> None:
         self.max_bytes = max_bytes
         self.dirs = [d for d in (extra_dir, BUILTIN_DIR) if d is not None]
-        loaders: list[jinja2.BaseLoader] = [_SizedLoader(d, max_bytes) for d in self.dirs]
+        loaders: dict[str, jinja2.BaseLoader] = {
+            str(i): _SizedLoader(d, max_bytes) for i, d in enumerate(self.dirs)
+        }
         self.env = SandboxedEnvironment(
-            loader=jinja2.ChoiceLoader(loaders),
+            loader=jinja2.PrefixLoader(loaders),
             undefined=jinja2.StrictUndefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
             keep_trailing_newline=False,
@@ -118,11 +124,11 @@ class Templates:
 
     def _read_kinds(self) -> dict[str, Kind]:
         kinds: dict[str, Kind] = {}
-        for folder in reversed(self.dirs):  # the deployment's own override the built-ins
-            for meta in sorted(folder.glob("*/kind.json")):
+        for index in reversed(range(len(self.dirs))):  # the deployment's own win
+            for meta in sorted(self.dirs[index].glob("*/kind.json")):
                 name = meta.parent.name
                 if KIND_PATTERN.match(name):
-                    kinds[name] = _kind(name, meta, self.dirs)
+                    kinds[name] = _kind(name, meta, str(index))
         return kinds
 
     def kinds(self) -> list[Kind]:
@@ -156,30 +162,28 @@ class Templates:
         }
         parts: dict[str, Any] = {}
         for part, filename in PARTS[channel].items():
-            name = f"{kind}/{filename}"
-            if not self._exists(name):
+            if not (spec.folder / filename).is_file():
                 continue
+            name = f"{spec.prefix}/{kind}/{filename}"
             text = self._render(name, variables)
             if filename.endswith(".json"):
-                parts[part] = _json_object(name, text)
+                parts[part] = _json_object(f"{kind}/{filename}", text)
             elif filename.endswith(".txt") and part == "subject":
                 parts[part] = " ".join(text.split())  # one line: no header injection
             else:
                 parts[part] = text
         return Rendered(**parts)
 
-    def _exists(self, name: str) -> bool:
-        return any((folder / name).is_file() for folder in self.dirs)
-
     def _render(self, name: str, variables: Mapping[str, Any]) -> str:
+        shown = name.partition("/")[2]  # without the loader's prefix
         try:
             text = self.env.get_template(name).render(variables)
         except jinja2.UndefinedError as exc:
-            raise RenderError(f"{name}: {exc.message} (a variable the context lacks)") from None
+            raise RenderError(f"{shown}: {exc.message} (a variable the context lacks)") from None
         except jinja2.TemplateError as exc:  # syntax, sandbox refusals
-            raise RenderError(f"{name}: {exc}") from None
+            raise RenderError(f"{shown}: {exc}") from None
         if len(text.encode()) > self.max_bytes:
-            raise RenderError(f"{name} renders larger than {self.max_bytes} bytes")
+            raise RenderError(f"{shown} renders larger than {self.max_bytes} bytes")
         return text.strip() + ("\n" if name.endswith((".txt", ".html")) else "")
 
 
@@ -195,17 +199,16 @@ def _json_object(name: str, text: str) -> dict[str, Any]:
     return value
 
 
-def _kind(name: str, meta: Path, dirs: list[Path]) -> Kind:
+def _kind(name: str, meta: Path, prefix: str) -> Kind:
     try:
         spec = json.loads(meta.read_text())
     except ValueError as exc:
         raise ValueError(f"{meta}: not valid JSON: {exc}") from None
+    folder = meta.parent
     channels = tuple(
-        channel
-        for channel in PARTS
-        if all(any((d / name / f).is_file() for d in dirs) for f in REQUIRED[channel])
+        channel for channel in PARTS if all((folder / f).is_file() for f in REQUIRED[channel])
     )
-    defaults = tuple(spec.get("channels", ["email"]))
+    defaults = tuple(spec.get("channels", ["email"] if "email" in channels else []))
     unknown = [c for c in defaults if c not in channels]
     if unknown:
         raise ValueError(f"{meta}: default channels without templates: {unknown}")
@@ -216,4 +219,6 @@ def _kind(name: str, meta: Path, dirs: list[Path]) -> Kind:
         default_channels=defaults,
         channels=channels,
         sample=dict(spec.get("sample", {})),
+        folder=folder,
+        prefix=prefix,
     )
