@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -16,7 +17,8 @@ from conveyor.errors import (
     WorkerStoppingError,
 )
 from conveyor.notifications.channels import Channel, resource_name
-from conveyor.notifications.resources import LINKS, TEMPLATES
+from conveyor.notifications.metrics import NO_PROVIDER, NotificationMetrics
+from conveyor.notifications.resources import LINKS, METRICS, TEMPLATES
 from conveyor.registry import JobContext, Payload, job
 from conveyor.services import notifications
 
@@ -50,52 +52,65 @@ def deliver(payload: Deliver, ctx: JobContext) -> dict[str, Any]:
     `failed`, and its job a dead letter.
     """
     delivery_id = payload.delivery_id
+    metrics: NotificationMetrics = ctx.resource(METRICS)
     claimed = notifications.claim(ctx.db, delivery_id, ctx.attempt)
-    if isinstance(claimed, str):
-        logger.info("delivery %s is %s: nothing to send", delivery_id, claimed)
-        return {"delivery_id": str(delivery_id), "status": claimed, "sent": False}
+    if isinstance(claimed, notifications.Skipped):
+        logger.info("delivery %s is %s: nothing to send", delivery_id, claimed.status)
+        metrics.deliveries.labels(claimed.channel, NO_PROVIDER, "skipped").inc()
+        return {"delivery_id": str(delivery_id), "status": claimed.status, "sent": False}
+    channel_name = claimed.delivery.channel
     provider: str | None = None
-    try:
-        message = notifications.outgoing(claimed, ctx.resource(TEMPLATES), ctx.resource(LINKS))
-        try:
-            channel: Channel = ctx.resource(resource_name(message.channel))
-        except UnknownResourceError:
-            raise PermanentDeliveryError(
-                f"no {message.channel} provider is configured in this pool"
-            ) from None
-        provider = channel.provider
-        sent = channel.send(message)
-    except (JobCancelledError, AttemptLostError, WorkerStoppingError):
-        notifications.release(ctx.db, delivery_id, ctx.attempt)
-        raise
-    except PermanentDeliveryError as exc:
-        notifications.record_failure(
-            ctx.db,
-            delivery_id,
-            ctx.job_id,
-            ctx.attempt,
-            str(exc),
-            permanent=True,
-            provider=provider,
-        )
-        raise
-    except Exception as exc:
-        error = str(exc) or type(exc).__name__
-        if isinstance(exc, RetryLater):
-            error = f"provider asked to retry later: {error}"
-        notifications.record_failure(
+    started: float | None = None
+
+    def failed(error: str, *, permanent: bool) -> None:
+        final = notifications.record_failure(
             ctx.db,
             delivery_id,
             ctx.job_id,
             ctx.attempt,
             error,
-            permanent=False,
+            permanent=permanent,
             provider=provider,
         )
+        outcome = "failed" if final else "retrying"
+        metrics.deliveries.labels(channel_name, provider or NO_PROVIDER, outcome).inc()
+        if started is not None:
+            metrics.send_time.labels(channel_name, provider).observe(time.monotonic() - started)
+
+    try:
+        message = notifications.outgoing(claimed, ctx.resource(TEMPLATES), ctx.resource(LINKS))
+        try:
+            channel: Channel = ctx.resource(resource_name(channel_name))
+        except UnknownResourceError:
+            raise PermanentDeliveryError(
+                f"no {channel_name} provider is configured in this pool"
+            ) from None
+        provider = channel.provider
+        started = time.monotonic()
+        sent = channel.send(message)
+    except JobCancelledError:
+        failed(
+            "its job was cancelled (if that happened while sending, it may have gone out)",
+            permanent=True,
+        )
         raise
+    except (AttemptLostError, WorkerStoppingError):  # it runs again: let that attempt send
+        notifications.release(ctx.db, delivery_id, ctx.attempt)
+        raise
+    except PermanentDeliveryError as exc:
+        failed(str(exc), permanent=True)
+        raise
+    except Exception as exc:
+        error = str(exc) or type(exc).__name__
+        if isinstance(exc, RetryLater):
+            error = f"the provider asked to retry later: {error}"
+        failed(error, permanent=False)
+        raise
+    metrics.send_time.labels(channel_name, sent.provider).observe(time.monotonic() - started)
     notifications.record_sent(
         ctx.db, delivery_id, ctx.attempt, sent.provider, sent.provider_message_id
     )
+    metrics.deliveries.labels(channel_name, sent.provider, "sent").inc()
     return {
         "delivery_id": str(delivery_id),
         "status": "sent",

@@ -9,6 +9,7 @@ import ssl
 import tempfile
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import default as default_policy
 from email.utils import formatdate, parseaddr
 from pathlib import Path
 
@@ -18,13 +19,17 @@ from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: Long header values (the unsubscribe link) folded at whitespace only, never turned into
+#: RFC 2047 encoded words, which mail clients do not read as a URL; 998 is RFC 5322's limit.
+POLICY = default_policy.clone(max_line_length=998)
+
 
 def build_message(message: Outgoing, sender: str) -> EmailMessage:
     """The MIME message of `message`: text and HTML alternatives, its Message-ID derived from
     the delivery id (so a message sent twice is recognisably the same), its extra headers."""
     if message.text is None and message.html is None:
         raise PermanentDeliveryError("the email has neither a text nor an HTML body")
-    email = EmailMessage()
+    email = EmailMessage(policy=POLICY)
     email["From"] = sender
     try:
         email["To"] = message.address

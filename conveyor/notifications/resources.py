@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry
+
 from conveyor.notifications.channels import resource_name
 from conveyor.notifications.email import email_channel
+from conveyor.notifications.metrics import NotificationMetrics
 from conveyor.notifications.templates import Templates
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
 from conveyor.settings import Settings
 
 TEMPLATES = "notifications:templates"
 LINKS = "notifications:links"
+METRICS = "notifications:metrics"
 
 
 class HasSettings(Protocol):
@@ -20,6 +24,16 @@ class HasSettings(Protocol):
 
     @property
     def settings(self) -> Settings: ...
+
+
+class HasMetrics(Protocol):
+    @property
+    def metrics(self) -> HasRegistry: ...
+
+
+class HasRegistry(Protocol):
+    @property
+    def registry(self) -> CollectorRegistry: ...
 
 
 def templates(settings: Settings) -> Templates:
@@ -44,4 +58,12 @@ def resources() -> dict[str, Callable[[Any], Any]]:
     def links(container: HasSettings) -> UnsubscribeLinks:
         return UnsubscribeLinks.of(container.settings)
 
-    return {resource_name("email"): email, TEMPLATES: template_set, LINKS: links}
+    def metrics(container: HasMetrics) -> NotificationMetrics:
+        return NotificationMetrics(container.metrics.registry)
+
+    return {
+        resource_name("email"): email,
+        TEMPLATES: template_set,
+        LINKS: links,
+        METRICS: metrics,
+    }

@@ -407,7 +407,15 @@ class Claimed:
     notification: Notification
 
 
-def claim(db: sessionmaker[Session], delivery_id: uuid.UUID, attempt: int) -> Claimed | str:
+@dataclass(frozen=True)
+class Skipped:
+    """A delivery that must not be sent now, and why (its status)."""
+
+    status: str
+    channel: str
+
+
+def claim(db: sessionmaker[Session], delivery_id: uuid.UUID, attempt: int) -> Claimed | Skipped:
     """Move the delivery to `sending` for this job attempt, with a guarded UPDATE: from
     `pending`, from `failed` (an admin replay of its job), or from `sending` held by an
     earlier attempt (which died: the message may have gone out, and the provider gets the
@@ -437,7 +445,7 @@ def claim(db: sessionmaker[Session], delivery_id: uuid.UUID, attempt: int) -> Cl
         if delivery is None:
             raise PermanentDeliveryError(f"delivery {delivery_id} does not exist")
         if not claimed:
-            return delivery.status
+            return Skipped(delivery.status, delivery.channel)
         notification = session.get(Notification, delivery.notification_id)
         assert notification is not None  # a foreign key
         session.expunge_all()

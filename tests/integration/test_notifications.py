@@ -32,6 +32,7 @@ class Mailbox:
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        self.raw: list[bytes] = []
         self.lock = threading.Lock()
         self.temporary_failures = 0
 
@@ -50,6 +51,7 @@ class Mailbox:
                 return "451 4.3.0 try again later"
             parsed = message_from_bytes(envelope.content, policy=policy.default)
             self.messages.append(parsed)  # type: ignore[arg-type]
+            self.raw.append(envelope.content)
         return "250 OK"
 
     def count(self) -> int:
@@ -158,6 +160,7 @@ async def test_an_email_arrives_over_smtp_with_both_parts_and_its_unsubscribe_li
     assert "Hello Ada <3," in text
     assert "Hello Ada &lt;3," in html  # autoescaped
     link = mail["List-Unsubscribe"].strip("<>")
+    assert f"List-Unsubscribe: <{link}>".encode() in mailbox.raw[0]  # a URL, not encoded words
     assert link in text
     target = urlsplit(link)
     path = f"{target.path}?{target.query}"
@@ -224,6 +227,22 @@ async def test_a_delivery_already_sent_is_not_sent_again(
     assert mailbox.count() == 1
     after = await _settled(stack, created["id"])
     assert after["deliveries"][0]["attempts"] == 1
+    registry = stack.container.metrics.registry
+    counted = {
+        outcome: registry.get_sample_value(
+            "conveyor_notification_deliveries_total",
+            {"channel": "email", "provider": provider, "outcome": outcome},
+        )
+        for outcome, provider in (("sent", "smtp"), ("skipped", "none"))
+    }
+    assert counted == {"sent": 1.0, "skipped": 1.0}
+    assert (
+        registry.get_sample_value(
+            "conveyor_notification_send_duration_seconds_count",
+            {"channel": "email", "provider": "smtp"},
+        )
+        == 1.0
+    )
 
 
 async def test_a_missing_template_variable_fails_the_delivery_without_retries(
@@ -276,6 +295,10 @@ async def test_a_refused_recipient_fails_at_once_and_a_451_is_retried(
     assert "550" in bounced["last_error"]
     assert later["status"] == "sent" and later["attempts"] == 2, later
     assert mailbox.count() == 1
+    registry = stack.container.metrics.registry
+    for outcome in ("sent", "retrying", "failed"):
+        labels = {"channel": "email", "provider": "smtp", "outcome": outcome}
+        assert registry.get_sample_value("conveyor_notification_deliveries_total", labels) == 1
 
 
 async def test_the_api_refuses_bad_input_naming_the_field(
