@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -251,6 +252,11 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest notification template file, and largest rendered part.",
     )
+    notification_rate_limits: Annotated[dict[str, str] | None, NoDecode] = Field(
+        None,
+        description="Most messages per provider, across the pool, as `provider=COUNT/UNIT` "
+        "pairs (UNIT: s, m or h), such as `smtp=20/s,http=600/m`; unset: no limit.",
+    )
     notification_max_recipients: int = Field(
         100, gt=0, description="Most recipients of one `POST /v1/notifications`."
     )
@@ -276,6 +282,33 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected pool=port, got {item.strip()!r}")
             ports[pool.strip()] = port.strip()
         return ports
+
+    @field_validator("notification_rate_limits", mode="before")
+    @classmethod
+    def _provider_limits(cls, value: object) -> object:
+        """`smtp=20/s,http=600/m`, or a JSON object; each limit COUNT/s, /m or /h."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return None
+        if text.startswith("{"):
+            return json.loads(text)
+        limits: dict[str, str] = {}
+        for item in text.split(","):
+            provider, sep, limit = item.partition("=")
+            if not sep or not provider.strip():
+                raise ValueError(f"expected provider=COUNT/UNIT, got {item.strip()!r}")
+            limits[provider.strip()] = limit.strip()
+        return limits
+
+    @field_validator("notification_rate_limits")
+    @classmethod
+    def _valid_limits(cls, limits: dict[str, str] | None) -> dict[str, str] | None:
+        for provider, limit in (limits or {}).items():
+            if not re.fullmatch(r"\s*[1-9][0-9]*\s*/\s*[smh]\s*", limit):
+                raise ValueError(f"limit of {provider!r} must be COUNT/s, COUNT/m or COUNT/h")
+        return limits
 
     @field_validator("worker_metrics_ports")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
@@ -20,6 +21,8 @@ class Mailbox:
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
         self.raw: list[bytes] = []
+        #: When each message arrived (time.monotonic()).
+        self.times: list[float] = []
         self.lock = threading.Lock()
         self.temporary_failures = 0
 
@@ -39,6 +42,7 @@ class Mailbox:
             parsed = message_from_bytes(envelope.content, policy=policy.default)
             self.messages.append(parsed)  # type: ignore[arg-type]
             self.raw.append(envelope.content)
+            self.times.append(time.monotonic())
         return "250 OK"
 
     def count(self) -> int:

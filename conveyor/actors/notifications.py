@@ -16,9 +16,8 @@ from conveyor.errors import (
     UnknownResourceError,
     WorkerStoppingError,
 )
-from conveyor.notifications.channels import Channel, resource_name
+from conveyor.notifications.channels import LINKS, METRICS, TEMPLATES, Channel, resource_name
 from conveyor.notifications.metrics import NO_PROVIDER, NotificationMetrics
-from conveyor.notifications.resources import LINKS, METRICS, TEMPLATES
 from conveyor.registry import JobContext, Payload, job
 from conveyor.services import notifications
 

@@ -55,6 +55,12 @@ class Channel(Protocol):
     def send(self, message: Outgoing) -> Sent: ...
 
 
+#: The names of the pool's other resources: its templates, unsubscribe links and metrics.
+TEMPLATES = "notifications:templates"
+LINKS = "notifications:links"
+METRICS = "notifications:metrics"
+
+
 def resource_name(channel: str) -> str:
     """The name a channel is registered under in a pool (`ctx.resource("channel:email")`)."""
     return f"channel:{channel}"

@@ -7,16 +7,13 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from conveyor.notifications.channels import resource_name
+from conveyor.notifications.channels import LINKS, METRICS, TEMPLATES, resource_name
 from conveyor.notifications.email import email_channel
 from conveyor.notifications.metrics import NotificationMetrics
+from conveyor.notifications.ratelimit import limited
 from conveyor.notifications.templates import Templates
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
 from conveyor.settings import Settings
-
-TEMPLATES = "notifications:templates"
-LINKS = "notifications:links"
-METRICS = "notifications:metrics"
 
 
 class HasSettings(Protocol):
@@ -47,10 +44,11 @@ def resources() -> dict[str, Callable[[Any], Any]]:
     """Factories by resource name, for `boot_pool(..., resources=...)` or a `Container`.
 
     A channel of your own is one more entry, `channel:<name>`, whose factory returns an
-    object with `name`, `provider` and `send(Outgoing) -> Sent`."""
+    object with `name`, `provider` and `send(Outgoing) -> Sent` (wrap it in
+    `ratelimit.limited` for its provider's `CONVEYOR_NOTIFICATION_RATE_LIMITS`)."""
 
     def email(container: HasSettings) -> Any:
-        return email_channel(container.settings)
+        return limited(email_channel(container.settings), container.settings)
 
     def template_set(container: HasSettings) -> Templates:
         return templates(container.settings)

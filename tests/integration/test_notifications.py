@@ -16,6 +16,7 @@ from conveyor.models import Job, JobStatus, User
 from conveyor.notifications import resources
 from conveyor.notifications.channels import resource_name
 from conveyor.notifications.email import SmtpChannel
+from conveyor.notifications.ratelimit import limited
 from tests.mail import Mailbox, smtp_server
 from tests.stack import Stack
 
@@ -29,13 +30,22 @@ def mailbox() -> Iterator[tuple[Mailbox, int]]:
 
 
 @pytest.fixture
-def mail_stack(stack: Stack, mailbox: tuple[Mailbox, int]) -> tuple[Stack, Mailbox]:
-    """The stack, its notifications pool sending email to the aiosmtpd server."""
+def mail_stack(
+    request: pytest.FixtureRequest, stack: Stack, mailbox: tuple[Mailbox, int]
+) -> tuple[Stack, Mailbox]:
+    """The stack, its notifications pool sending email to the aiosmtpd server (under the
+    rate limits of a `rate_limits` marker)."""
     handler, port = mailbox
-    smtp = stack.settings.model_copy(update={"smtp_port": port})
+    marker = request.node.get_closest_marker("rate_limits")
+    smtp = stack.settings.model_copy(
+        update={
+            "smtp_port": port,
+            "notification_rate_limits": marker.args[0] if marker else None,
+        }
+    )
     for name, factory in resources.resources().items():
         if name == resource_name("email"):
-            stack.container.register(name, lambda _c: SmtpChannel(smtp))
+            stack.container.register(name, lambda _c: limited(SmtpChannel(smtp), smtp))
         else:
             stack.container.register(name, factory)
     return stack, handler
@@ -434,3 +444,22 @@ async def test_a_preview_renders_a_kind_with_its_sample_or_a_context(
     problem = await response.json()
     assert response.status == 422 and problem["errors"][0]["field"] == "context"
     assert "product" in problem["errors"][0]["message"]
+
+
+@pytest.mark.rate_limits({"smtp": "2/s"})
+async def test_a_providers_rate_limit_spreads_a_burst(mail_stack: tuple[Stack, Mailbox]) -> None:
+    stack, mailbox = mail_stack
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": f"r{i}@example.com", "channel": "email"} for i in range(6)],
+            "context": WELCOME,
+        },
+    )
+    done = await _settled(stack, created["id"], within=40)
+    assert [d["status"] for d in done["deliveries"]] == ["sent"] * 6
+    assert mailbox.count() == 6
+    # Two per one-second window: six span three windows, so more than a second apart.
+    times = sorted(mailbox.times)
+    assert times[-1] - times[0] > 0.9, times

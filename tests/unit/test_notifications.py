@@ -15,6 +15,7 @@ from conveyor.dev import embedded_settings
 from conveyor.errors import BadRequestError, PermanentDeliveryError
 from conveyor.notifications.channels import Outgoing
 from conveyor.notifications.email import OutboxChannel, build_message, check_address
+from conveyor.notifications.ratelimit import Limit, parse_limit
 from conveyor.notifications.templates import RenderError, Templates
 from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
 from conveyor.registry import RetryPolicy
@@ -183,3 +184,13 @@ def test_conveyor_dev_writes_email_to_its_outbox(tmp_path: Path) -> None:
         stack.test_settings(data_dir=tmp_path / "data", email_transport="smtp")
     )
     assert chosen.email_transport == "smtp"
+
+
+def test_rate_limits_are_read_from_provider_pairs() -> None:
+    settings = stack.test_settings(notification_rate_limits="smtp=20/s, http=600/m")
+    assert settings.notification_rate_limits == {"smtp": "20/s", "http": "600/m"}
+    assert parse_limit("600/m") == Limit(600, 60)
+    for bad in ("smtp", "smtp=0/s", "smtp=5/d", "=5/s"):
+        with pytest.raises(ValueError):
+            stack.test_settings(notification_rate_limits=bad)
+    assert stack.test_settings(notification_rate_limits="").notification_rate_limits is None
