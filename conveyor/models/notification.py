@@ -80,6 +80,9 @@ class Delivery(Base):
         CheckConstraint(_in(tuple(DeliveryStatus)), name="status"),
         Index("ix_deliveries_notification_id_id", "notification_id", "id"),
         Index("ix_deliveries_status_id", "status", "id"),
+        Index("ix_deliveries_digest_id", "digest_id"),
+        # An open digest of a recipient is looked up by its channel and address.
+        Index("ix_deliveries_channel_address", "channel", "address"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
@@ -104,6 +107,10 @@ class Delivery(Base):
     #: The `notifications.deliver` job that sends it (none for a suppressed delivery).
     job_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+    )
+    #: Of a digest kind: the delivery whose message carries this one too (it has no job).
+    digest_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("deliveries.id", ondelete="SET NULL"), nullable=True
     )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

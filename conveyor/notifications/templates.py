@@ -30,7 +30,7 @@ from jinja2.sandbox import SandboxedEnvironment
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "templates" / "notifications"
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 #: Names every template sees besides the notification's context.
-RESERVED = frozenset({"recipient", "notification", "unsubscribe_url"})
+RESERVED = frozenset({"recipient", "notification", "unsubscribe_url", "items"})
 
 #: The parts of each channel: attribute of `Rendered` -> template file.
 PARTS: dict[str, dict[str, str]] = {
@@ -69,6 +69,9 @@ class Kind:
     #: The channels it has templates for.
     channels: tuple[str, ...]
     sample: dict[str, Any] = field(default_factory=dict)
+    #: A digest kind batches what arrives for one recipient (and channel) within this many
+    #: seconds into one message, whose templates see each notification's context in `items`.
+    digest_seconds: int | None = None
     #: Its folder (its templates are those beside its `kind.json`, nowhere else).
     folder: Path = field(default=BUILTIN_DIR, repr=False)
     #: Its folder's prefix in the template loader.
@@ -149,6 +152,7 @@ class Templates:
         recipient: Mapping[str, Any],
         notification: Mapping[str, Any],
         unsubscribe_url: str | None = None,
+        items: list[dict[str, Any]] | None = None,
     ) -> Rendered:
         """The parts of `kind`'s message on `channel`; RenderError when a template fails."""
         spec = self.kind(kind)
@@ -159,6 +163,7 @@ class Templates:
             "recipient": dict(recipient),
             "notification": dict(notification),
             "unsubscribe_url": unsubscribe_url,
+            "items": items if items is not None else [dict(context)],
         }
         parts: dict[str, Any] = {}
         for part, filename in PARTS[channel].items():
@@ -212,8 +217,12 @@ def _kind(name: str, meta: Path, prefix: str) -> Kind:
     unknown = [c for c in defaults if c not in channels]
     if unknown:
         raise ValueError(f"{meta}: default channels without templates: {unknown}")
+    digest = spec.get("digest_seconds")
+    if digest is not None and not (isinstance(digest, int) and digest > 0):
+        raise ValueError(f"{meta}: digest_seconds must be a positive whole number of seconds")
     return Kind(
         name=name,
+        digest_seconds=digest,
         description=str(spec.get("description", "")),
         critical=bool(spec.get("critical", False)),
         default_channels=defaults,

@@ -260,10 +260,10 @@ def create(
     each one not suppressed, in one transaction (then publish them). With an idempotency
     key already used for the same request, the earlier notification comes back."""
     kind = validate(new, templates, creator, limits)
-    digest = _request_hash(new) if idempotency_key is not None else None
+    fingerprint = _request_hash(new) if idempotency_key is not None else None
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
-        earlier = _keyed(db, creator.id, idempotency_key, digest)
+        earlier = _keyed(db, creator.id, idempotency_key, fingerprint)
         if earlier is not None:
             return earlier
     try:
@@ -274,7 +274,7 @@ def create(
                 owner_id=creator.id,
                 context=new.context,
                 idempotency_key=idempotency_key,
-                request_hash=digest,
+                request_hash=fingerprint,
                 created_at=utcnow(),
             )
             session.add(notification)
@@ -297,11 +297,28 @@ def create(
                 )
                 for p in planned
             ]
-            sendable = [d for d in deliveries if d.status == DeliveryStatus.PENDING]
+            sendable = []
+            for delivery in deliveries:
+                if delivery.status != DeliveryStatus.PENDING:
+                    continue
+                digest = (
+                    _open_digest(session, creator.id, kind, delivery)
+                    if kind.digest_seconds
+                    else None
+                )
+                if digest is not None:
+                    delivery.digest_id = digest  # goes out with that one's message
+                else:
+                    sendable.append(delivery)
             jobs = insert_jobs(
                 session,
                 [
-                    submissions.build(DELIVER, {"delivery_id": str(d.id)}, owner_id=creator.id)
+                    submissions.build(
+                        DELIVER,
+                        {"delivery_id": str(d.id)},
+                        owner_id=creator.id,
+                        delay=kind.digest_seconds,
+                    )
                     for d in sendable
                 ],
             )
@@ -313,12 +330,39 @@ def create(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        earlier = _keyed(db, creator.id, idempotency_key, digest)  # a concurrent twin won
+        earlier = _keyed(db, creator.id, idempotency_key, fingerprint)  # a concurrent twin won
         if earlier is None:
             raise
         return earlier
     submissions.publish_written(jobs)
     return Created(notification, deliveries, created=True)
+
+
+def _open_digest(
+    session: Session, owner_id: uuid.UUID, kind: Kind, delivery: Delivery
+) -> uuid.UUID | None:
+    """The delivery of the same kind, sender, channel and address whose digest has not gone
+    out yet (its job not started), locked so that its claim waits for this transaction: a
+    delivery that joins it is in its message, or the claim came first and it starts a digest
+    of its own."""
+    query = (
+        select(Delivery.id)
+        .join(Notification, Notification.id == Delivery.notification_id)
+        .where(
+            Notification.owner_id == owner_id,
+            Notification.kind == kind.name,
+            Delivery.channel == delivery.channel,
+            Delivery.address == delivery.address,
+            Delivery.status == DeliveryStatus.PENDING.value,
+            Delivery.attempts == 0,
+            Delivery.digest_id.is_(None),
+            Delivery.job_id.is_not(None),
+        )
+        .order_by(Delivery.id)
+        .limit(1)
+        .with_for_update(of=Delivery)
+    )
+    return session.scalars(query).first()
 
 
 def _keyed(
@@ -401,10 +445,12 @@ def list_deliveries(
 
 @dataclass(frozen=True)
 class Claimed:
-    """A delivery this attempt holds (`sending`), with what it needs to render."""
+    """A delivery this attempt holds (`sending`), with what it needs to render: for a digest,
+    the contexts of the notifications it carries, its own first."""
 
     delivery: Delivery
     notification: Notification
+    items: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -448,8 +494,15 @@ def claim(db: sessionmaker[Session], delivery_id: uuid.UUID, attempt: int) -> Cl
             return Skipped(delivery.status, delivery.channel)
         notification = session.get(Notification, delivery.notification_id)
         assert notification is not None  # a foreign key
+        carried = session.scalars(
+            select(Notification.context)
+            .join(Delivery, Delivery.notification_id == Notification.id)
+            .where(Delivery.digest_id == delivery_id)
+            .order_by(Delivery.id)
+        )
+        items = [notification.context, *carried]
         session.expunge_all()
-        return Claimed(delivery, notification)
+        return Claimed(delivery, notification, items)
 
 
 def outgoing(claimed: Claimed, templates: Templates, links: UnsubscribeLinks | None) -> Outgoing:
@@ -483,6 +536,7 @@ def outgoing(claimed: Claimed, templates: Templates, links: UnsubscribeLinks | N
             },
             notification={"id": str(notification.id), "kind": kind.name},
             unsubscribe_url=unsubscribe,
+            items=claimed.items,
         )
     except RenderError as exc:
         raise PermanentDeliveryError(f"the {delivery.channel} templates failed: {exc}") from None
@@ -510,9 +564,28 @@ def record_sent(
     """The provider took the message: `sent`, with its message id."""
     now = utcnow()
     with transaction(db) as session:
-        session.execute(
+        held = rowcount(
+            session.execute(
+                update(deliveries_t)
+                .where(deliveries_t.c.id == delivery_id, deliveries_t.c.claimed_attempt == attempt)
+                .values(
+                    status=DeliveryStatus.SENT.value,
+                    provider=provider,
+                    provider_message_id=(provider_message_id or None) and provider_message_id[:500],
+                    last_error=None,
+                    sent_at=now,
+                    updated_at=now,
+                )
+            )
+        )
+        if not held:
+            return
+        session.execute(  # the deliveries its digest carried went out with it
             update(deliveries_t)
-            .where(deliveries_t.c.id == delivery_id, deliveries_t.c.claimed_attempt == attempt)
+            .where(
+                deliveries_t.c.digest_id == delivery_id,
+                deliveries_t.c.status.in_([DeliveryStatus.PENDING, DeliveryStatus.FAILED]),
+            )
             .values(
                 status=DeliveryStatus.SENT.value,
                 provider=provider,
@@ -547,6 +620,19 @@ def record_failure(
         session.execute(
             update(deliveries_t)
             .where(deliveries_t.c.id == delivery_id, deliveries_t.c.claimed_attempt == attempt)
+            .values(
+                status=status.value,
+                last_error=error[:MAX_ERROR_LENGTH],
+                provider=provider,
+                updated_at=utcnow(),
+            )
+        )
+        session.execute(  # the deliveries its digest carries share its fate
+            update(deliveries_t)
+            .where(
+                deliveries_t.c.digest_id == delivery_id,
+                deliveries_t.c.status.in_([DeliveryStatus.PENDING, DeliveryStatus.FAILED]),
+            )
             .values(
                 status=status.value,
                 last_error=error[:MAX_ERROR_LENGTH],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,9 +15,10 @@ from sqlalchemy import select
 
 from conveyor.models import Job, JobStatus, User
 from conveyor.notifications import resources
-from conveyor.notifications.channels import resource_name
+from conveyor.notifications.channels import TEMPLATES, resource_name
 from conveyor.notifications.email import SmtpChannel
 from conveyor.notifications.ratelimit import limited
+from conveyor.services import notifications
 from tests.mail import Mailbox, smtp_server
 from tests.stack import Stack
 
@@ -37,15 +39,19 @@ def mail_stack(
     rate limits of a `rate_limits` marker)."""
     handler, port = mailbox
     marker = request.node.get_closest_marker("rate_limits")
+    kinds = request.node.get_closest_marker("kinds_dir")
     smtp = stack.settings.model_copy(
         update={
             "smtp_port": port,
             "notification_rate_limits": marker.args[0] if marker else None,
+            "notification_templates_dir": request.getfixturevalue(kinds.args[0]) if kinds else None,
         }
     )
     for name, factory in resources.resources().items():
         if name == resource_name("email"):
             stack.container.register(name, lambda _c: limited(SmtpChannel(smtp), smtp))
+        elif name == TEMPLATES:
+            stack.container.register(name, lambda _c: resources.templates(smtp))
         else:
             stack.container.register(name, factory)
     return stack, handler
@@ -463,3 +469,57 @@ async def test_a_providers_rate_limit_spreads_a_burst(mail_stack: tuple[Stack, M
     # Two per one-second window: six span three windows, so more than a second apart.
     times = sorted(mailbox.times)
     assert times[-1] - times[0] > 0.9, times
+
+
+@pytest.fixture
+def quick_digest(tmp_path: Path) -> Path:
+    """A folder with a digest kind of one second."""
+    folder = tmp_path / "kinds" / "quick_digest"
+    folder.mkdir(parents=True)
+    (folder / "kind.json").write_text('{"channels": ["email"], "digest_seconds": 1}')
+    (folder / "email_subject.txt").write_text("{{ items|length }} things happened")
+    (folder / "email.txt").write_text("{% for i in items %}{{ i.what }}\n{% endfor %}")
+    return folder.parent
+
+
+@pytest.mark.kinds_dir("quick_digest")
+async def test_a_digest_kind_batches_a_recipients_notifications_into_one_message(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    templates = stack.container.resource(TEMPLATES)  # the kinds the pool renders with
+    with stack.db() as session:
+        admin = session.scalars(select(User).where(User.email == "admin@example.com")).one()
+    limits = notifications.Limits(100, 65536)
+
+    def notify(what: str, address: str = "digest@example.com") -> notifications.Created:
+        return notifications.create(
+            stack.db,
+            stack.container.submissions,
+            templates,
+            admin,
+            notifications.NewNotification(
+                kind="quick_digest",
+                recipients=[notifications.Recipient(address=address, channel="email")],
+                context={"what": what},
+            ),
+            limits,
+        )
+
+    first, second, third = [await asyncio.to_thread(notify, w) for w in ("a", "b", "c")]
+    other = await asyncio.to_thread(notify, "d", "someone-else@example.com")
+    lead = first.deliveries[0]
+    assert lead.job_id is not None
+    assert [c.deliveries[0].digest_id for c in (second, third)] == [lead.id, lead.id]
+    assert second.deliveries[0].job_id is None and other.deliveries[0].digest_id is None
+    assert stack.row(str(lead.job_id)).status == JobStatus.SCHEDULED  # waits for its window
+
+    for created in (first, second, third, other):
+        done = await _settled(stack, str(created.notification.id))
+        assert done["deliveries"][0]["status"] == "sent", done
+    assert mailbox.count() == 2
+    by_address = {m["To"]: m for m in mailbox.messages}
+    digest = by_address["digest@example.com"]
+    assert digest["Subject"] == "3 things happened"
+    assert digest.get_body(("plain",)).get_content().split() == ["a", "b", "c"]  # type: ignore[union-attr]
+    assert by_address["someone-else@example.com"]["Subject"] == "1 things happened"

@@ -70,6 +70,9 @@ class DeliveryOut(BaseModel):
     provider: str | None
     provider_message_id: str | None
     job_id: uuid.UUID | None = Field(description="The notifications.deliver job that sends it")
+    digest_id: uuid.UUID | None = Field(
+        description="Of a digest kind: the delivery whose message carries this one"
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
     sent_at: dt.datetime | None
@@ -88,6 +91,7 @@ class DeliveryOut(BaseModel):
             provider=d.provider,
             provider_message_id=d.provider_message_id,
             job_id=d.job_id,
+            digest_id=d.digest_id,
             created_at=d.created_at,
             updated_at=d.updated_at,
             sent_at=d.sent_at,

@@ -60,6 +60,7 @@ def upgrade() -> None:
         sa.Column("provider", sa.String(length=50), nullable=True),
         sa.Column("provider_message_id", sa.String(length=500), nullable=True),
         sa.Column("job_id", sa.Uuid(), nullable=True),
+        sa.Column("digest_id", sa.Uuid(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
@@ -76,10 +77,18 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_deliveries_job_id_jobs"), ondelete="SET NULL"
         ),
+        sa.ForeignKeyConstraint(
+            ["digest_id"],
+            ["deliveries.id"],
+            name=op.f("fk_deliveries_digest_id_deliveries"),
+            ondelete="SET NULL",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deliveries")),
     )
     op.create_index("ix_deliveries_notification_id_id", "deliveries", ["notification_id", "id"])
     op.create_index("ix_deliveries_status_id", "deliveries", ["status", "id"])
+    op.create_index("ix_deliveries_digest_id", "deliveries", ["digest_id"])
+    op.create_index("ix_deliveries_channel_address", "deliveries", ["channel", "address"])
     op.create_table(
         "subscriptions",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -104,6 +113,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("subscriptions")
+    op.drop_index("ix_deliveries_channel_address", table_name="deliveries")
+    op.drop_index("ix_deliveries_digest_id", table_name="deliveries")
     op.drop_index("ix_deliveries_status_id", table_name="deliveries")
     op.drop_index("ix_deliveries_notification_id_id", table_name="deliveries")
     op.drop_table("deliveries")
