@@ -29,6 +29,7 @@ from conveyor.background.sweeper import Sweeper
 from conveyor.broker import BrokerEnqueuer, build_broker, check_broker, close_broker
 from conveyor.db import close_direct, make_engine, make_sessionmaker
 from conveyor.db import ping as db_ping
+from conveyor.egress import EgressPolicy
 from conveyor.errors import UnknownResourceError
 from conveyor.feeds import Feeds
 from conveyor.httpclient import SharedHttpClient
@@ -330,6 +331,7 @@ class Container:
                 timeout_seconds=settings.http_timeout_seconds,
                 connect_timeout_seconds=settings.http_connect_timeout_seconds,
                 max_response_bytes=settings.http_max_response_bytes,
+                egress=EgressPolicy.of_setting(settings.outbound_allow_hosts),
             )
 
         return self._get("http", build, SharedHttpClient.close, Stage.CLIENTS)

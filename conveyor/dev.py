@@ -49,15 +49,17 @@ def embedded_settings(settings: Settings) -> Settings:
     """The settings with the embedded defaults: SQLite, stub broker, in-process announcements.
 
     The data directory and its files are private to the user (0700 and 0600): they hold
-    the signing key and every job's payload and result."""
+    the signing keys (API tokens, webhooks) and every job's payload and result."""
     data = private_directory(settings.data_dir.resolve())
     key_file, database = data / "secret_key", data / DATABASE_FILE
-    if not key_file.exists():
-        private_file(key_file, secrets.token_urlsafe(48))
+    webhook_key_file = data / "webhook_secret"
+    for path in (key_file, webhook_key_file):
+        if not path.exists():
+            private_file(path, secrets.token_urlsafe(48))
     if not database.exists():
         private_file(database)  # SQLite gives its -wal and -shm files the database's mode
     sidecars = (data / f"{DATABASE_FILE}{suffix}" for suffix in SQLITE_SIDECARS)
-    for path in (key_file, database, *sidecars):
+    for path in (key_file, webhook_key_file, database, *sidecars):
         if path.exists():  # the files of a data directory made before they were private
             path.chmod(0o600)
     return settings.model_copy(
@@ -71,6 +73,8 @@ def embedded_settings(settings: Settings) -> Settings:
             if "email_transport" not in settings.model_fields_set
             else settings.email_transport,
             "outbox_dir": settings.outbox_dir or data / "outbox",
+            "webhook_secret": settings.webhook_secret
+            or SecretStr(webhook_key_file.read_text().strip()),
         }
     )
 

@@ -115,6 +115,11 @@ class PermanentJobError(ConveyorError):
     """A job function raises this to fail at once, without retries."""
 
 
+class DestinationRefusedError(PermanentJobError):
+    """An outbound request was refused before connecting: its URL is not http(s), or its host
+    is not a public address and no allow list entry permits it."""
+
+
 class PermanentDeliveryError(PermanentJobError):
     """A notification cannot be delivered and retrying will not help: a provider's 4xx (other
     than 408 and 429), a refused address, a bad recipient, a template that does not render."""
@@ -153,6 +158,10 @@ class BrokerUnavailableError(InfrastructureError):
 
 class OutboundHttpError(TransientError):
     """An outbound HTTP request got no answer (refused, reset, timed out, too large)."""
+
+
+class ProviderUnavailableError(TransientError):
+    """A provider or webhook receiver answered with a temporary failure (408, 429, 5xx)."""
 
 
 class UnknownResourceError(ConveyorError):

@@ -1,17 +1,23 @@
 """The shared outbound HTTP client of a process (`ctx.http`): one aiohttp session on the
-process's job loop, one connection pool, timeouts and a response size limit."""
+process's job loop, one connection pool, timeouts, a response size limit, and no connection
+to an address that is not public unless the allow list permits it (`conveyor.egress`)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from conveyor import __version__
 from conveyor.aio import LoopThread
-from conveyor.errors import OutboundHttpError
+from conveyor.egress import SCHEMES, EgressPolicy, parse_address
+from conveyor.errors import DestinationRefusedError, OutboundHttpError
 from conveyor.outbound import HttpResponse
 
 USER_AGENT = f"conveyor/{__version__}"
@@ -24,6 +30,12 @@ class SharedHttpClient:
     Every request has a total and a connect timeout, and a response body larger than
     `max_response_bytes` is an error rather than a memory spike. Network failures raise
     `OutboundHttpError` (a `TransientError`: the job is retried).
+
+    Every connection goes through `egress` (by default: public addresses only). A host name
+    is checked on the addresses it resolved to, which are the ones connected to (see
+    `GuardedResolver`); an address in the URL, which aiohttp connects to without resolving,
+    is checked before each request, redirects included. A refused destination raises
+    `DestinationRefusedError` (permanent: the job is not retried).
     """
 
     def __init__(
@@ -34,8 +46,10 @@ class SharedHttpClient:
         connect_timeout_seconds: float = 10.0,
         max_response_bytes: int = 10 * 1024 * 1024,
         max_connections: int = 100,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self._loop = loop
+        self.egress = egress if egress is not None else EgressPolicy()
         self.timeout = aiohttp.ClientTimeout(
             total=timeout_seconds, sock_connect=connect_timeout_seconds
         )
@@ -64,7 +78,9 @@ class SharedHttpClient:
         json: Any = None,
         data: bytes | str | None = None,
         timeout_seconds: float | None = None,
+        follow_redirects: bool = True,
     ) -> HttpResponse:
+        self._check_url(url)
         session = self._ensure_session()
         limits = self.timeout
         if timeout_seconds is not None:
@@ -72,7 +88,14 @@ class SharedHttpClient:
             limits = aiohttp.ClientTimeout(total=timeout_seconds, sock_connect=connect)
         try:
             async with session.request(
-                method, url, params=params, headers=headers, json=json, data=data, timeout=limits
+                method,
+                url,
+                params=params,
+                headers=headers,
+                json=json,
+                data=data,
+                timeout=limits,
+                allow_redirects=follow_redirects,
             ) as response:
                 body = await self._read(response)
                 return HttpResponse(
@@ -81,6 +104,8 @@ class SharedHttpClient:
                     CIMultiDictProxy(CIMultiDict(response.headers)),
                     body,
                 )
+        except aiohttp.InvalidURL as exc:  # a redirect's Location, a legacy IPv4 form (127.1)
+            raise DestinationRefusedError(f"{method} {url}: not a valid URL: {exc}") from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             reason = str(exc) or type(exc).__name__
             raise OutboundHttpError(f"{method} {url} failed: {reason}") from exc
@@ -102,13 +127,34 @@ class SharedHttpClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _check_url(self, url: str) -> None:
+        try:
+            parsed = URL(url)
+        except (TypeError, ValueError) as exc:
+            raise DestinationRefusedError(f"not a valid URL: {url!r}") from exc
+        if parsed.scheme.lower() not in SCHEMES:
+            raise DestinationRefusedError(f"refused {url!r}: only http and https URLs are reached")
+
+    async def _refuse_addresses(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        """A client middleware (it sees every hop of a redirect): aiohttp connects to an
+        address in the URL without asking the resolver, so it is checked here."""
+        host = request.url.raw_host or ""
+        if parse_address(host) is not None:
+            self.egress.check(host, [host])
+        return await handler(request)
+
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self.timeout,
                 headers={"User-Agent": USER_AGENT},
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_connections, resolver=GuardedResolver(self.egress)
+                ),
                 raise_for_status=False,
+                middlewares=(self._refuse_addresses,),
             )
         return self._session
 
@@ -117,3 +163,23 @@ class SharedHttpClient:
         if self._session is not None and not self._loop.loop.is_closed():
             session, self._session = self._session, None
             self._loop.run(session.close())
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves host names as aiohttp would, and refuses a name any of whose addresses the
+    policy refuses. aiohttp connects to exactly the addresses returned here (and caches them
+    per name), so the address checked is the address used: no second lookup to rebind."""
+
+    def __init__(self, egress: EgressPolicy, resolver: AbstractResolver | None = None) -> None:
+        self.egress = egress
+        self._resolver = resolver if resolver is not None else DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        self.egress.check(host, [result["host"] for result in results])
+        return results
+
+    async def close(self) -> None:
+        await self._resolver.close()

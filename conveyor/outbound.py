@@ -56,6 +56,11 @@ class HttpClient(Protocol):
     Every request has a total and a connect timeout and a cap on the response's size;
     a request that gets no answer raises `OutboundHttpError` (a `TransientError`: the job is
     retried). Any status is an answer: check `response.ok` or `response.status`.
+
+    Only public addresses are reached, unless `CONVEYOR_OUTBOUND_ALLOW_HOSTS` permits an
+    internal host: a request to any other raises `DestinationRefusedError` (permanent).
+    Redirects are followed (through the same check) unless `follow_redirects=False`, which
+    returns the 3xx answer itself.
     """
 
     def request(
@@ -68,6 +73,7 @@ class HttpClient(Protocol):
         json: Any = None,
         data: bytes | str | None = None,
         timeout_seconds: float | None = None,
+        follow_redirects: bool = True,
     ) -> HttpResponse:
         """Send a request and wait for the whole response (from a plain job's thread)."""
 
@@ -81,5 +87,6 @@ class HttpClient(Protocol):
         json: Any = None,
         data: bytes | str | None = None,
         timeout_seconds: float | None = None,
+        follow_redirects: bool = True,
     ) -> HttpResponse:
         """Send a request and read the whole response (from an `async def` job)."""

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from conveyor.egress import EgressPolicy
+
 
 class Settings(BaseSettings):
     """Every setting Conveyor reads. Defaults target the services of docker-compose.yml."""
@@ -169,6 +171,64 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest response body `ctx.http` reads; a larger one is an error.",
     )
+    outbound_allow_hosts: str | None = Field(
+        None,
+        description="Internal hosts outbound HTTP (`ctx.http`, webhooks, providers) may reach, "
+        "comma-separated: host names, `*.domain`, addresses, networks (`10.0.0.0/8`); all "
+        "other non-public addresses are refused.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key that signs webhook deliveries (`Conveyor-Signature`); "
+        "required to send webhooks.",
+    )
+    webhook_previous_secret: SecretStr | None = Field(
+        None,
+        description="While rotating the webhook key: the old key, which signs every delivery "
+        "too (a second `v1=`), until receivers have the new one.",
+    )
+    sms_provider_url: HttpUrl | None = Field(
+        None,
+        description="URL the generic HTTP SMS provider is POSTed to; unset: the `log` "
+        "provider (messages are logged, not sent).",
+    )
+    sms_provider_name: str = Field(
+        "http", description="Name of the SMS provider, recorded on each delivery."
+    )
+    sms_provider_auth_header: SecretStr | None = Field(
+        None,
+        description="Header sent to the SMS provider to authenticate, as `Name: value` "
+        "(`Authorization: Bearer …`).",
+    )
+    sms_provider_body: str = Field(
+        '{"to": "$address", "text": "$text"}',
+        description="JSON body sent to the SMS provider; a string `$field` is replaced by "
+        "the message's field (address, text, subject, data, kind, delivery_id...).",
+    )
+    sms_provider_message_id_field: str = Field(
+        "id",
+        description="Where the SMS provider's answer holds its message id (a dotted path "
+        "into its JSON: `id`, `messages.0.id`).",
+    )
+    push_provider_url: HttpUrl | None = Field(
+        None,
+        description="URL the generic HTTP push provider is POSTed to; unset: the `log` provider.",
+    )
+    push_provider_name: str = Field(
+        "http", description="Name of the push provider, recorded on each delivery."
+    )
+    push_provider_auth_header: SecretStr | None = Field(
+        None,
+        description="Header sent to the push provider to authenticate, as `Name: value`.",
+    )
+    push_provider_body: str = Field(
+        '{"token": "$address", "title": "$subject", "body": "$text", "data": "$data"}',
+        description="JSON body sent to the push provider, with `$field` as for SMS.",
+    )
+    push_provider_message_id_field: str = Field(
+        "id",
+        description="Where the push provider's answer holds its message id (dotted path).",
+    )
     worker_threads: int = Field(8, gt=0, description="Worker threads of `conveyor dev`.")
     data_dir: Path = Field(
         Path(".conveyor"), description="Where `conveyor dev` keeps its database and key."
@@ -322,6 +382,46 @@ class Settings(BaseSettings):
         if len(set(taken)) != len(taken):
             raise ValueError("two pools have the same metrics port")
         return ports
+
+    @field_validator("outbound_allow_hosts")
+    @classmethod
+    def _allow_list(cls, value: str | None) -> str | None:
+        if value is not None:
+            EgressPolicy.parse(value.split(","))  # a bad entry is refused at start
+        return value or None
+
+    @field_validator("sms_provider_body", "push_provider_body")
+    @classmethod
+    def _json_object(cls, value: str) -> str:
+        try:
+            body = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValueError("must be a JSON object")
+        return value
+
+    @field_validator("sms_provider_auth_header", "push_provider_auth_header")
+    @classmethod
+    def _header_line(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            name, sep, rest = value.get_secret_value().partition(":")
+            if not sep or not name.strip() or not rest.strip() or " " in name.strip():
+                raise ValueError("expected `Header-Name: value`")
+        return value
+
+    @field_validator(
+        "sms_provider_url",
+        "push_provider_url",
+        "sms_provider_auth_header",
+        "push_provider_auth_header",
+        "webhook_secret",
+        "webhook_previous_secret",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset_too(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator(
         "public_url",

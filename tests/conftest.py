@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -116,6 +117,13 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def stack_settings() -> dict[str, Any]:
+    """Settings of the `stack` and `embedded_stack` fixtures beyond the tests' defaults; a
+    test module overrides this fixture to change them (to allow a local server, say)."""
+    return {}
+
+
+@pytest.fixture
 async def stack(
     request: pytest.FixtureRequest,
     broker_kind: str,
@@ -123,11 +131,13 @@ async def stack(
     pg_db,
     database_url,  # type: ignore[no-untyped-def]
     redis_prefix,
+    stack_settings: dict[str, Any],
 ) -> AsyncIterator[Stack]:
     """Web app (with sweeper) and an in-process Dramatiq worker on real PostgreSQL,
     Redis events, and RabbitMQ or Redis as the broker."""
     broker_url = request.getfixturevalue("rabbitmq_url") if broker_kind == "rabbitmq" else REDIS_URL
     settings = test_settings(
+        **stack_settings,
         database_url=database_url,
         broker_url=broker_url,
         broker_namespace=redis_prefix,
@@ -143,9 +153,13 @@ async def stack(
 
 
 @pytest.fixture
-async def embedded_stack(aiohttp_client, sqlite_url: str) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
+async def embedded_stack(  # type: ignore[no-untyped-def]
+    aiohttp_client, sqlite_url: str, stack_settings: dict[str, Any]
+) -> AsyncIterator[Stack]:
     """The embedded configuration: SQLite, stub broker, in-process events."""
-    settings = test_settings(database_url=sqlite_url, broker_url="stub://", redis_url=None)
+    settings = test_settings(
+        **stack_settings, database_url=sqlite_url, broker_url="stub://", redis_url=None
+    )
     engine = make_engine(sqlite_url, pool_size=10)
     db = make_sessionmaker(engine)
     async for s in _stack(settings, db, MemoryAnnouncements(), aiohttp_client):

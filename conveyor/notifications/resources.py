@@ -7,30 +7,45 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from conveyor.notifications.channels import LINKS, METRICS, TEMPLATES, resource_name
+from conveyor.errors import UnknownResourceError
+from conveyor.notifications.channels import (
+    LINKS,
+    METRICS,
+    TEMPLATES,
+    Channel,
+    resource_name,
+)
 from conveyor.notifications.email import email_channel
+from conveyor.notifications.http_channels import http_channels
 from conveyor.notifications.metrics import NotificationMetrics
 from conveyor.notifications.ratelimit import limited
 from conveyor.notifications.templates import Templates
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
+from conveyor.outbound import HttpClient
 from conveyor.settings import Settings
 
-
-class HasSettings(Protocol):
-    """What a factory needs of the container that builds it."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-
-class HasMetrics(Protocol):
-    @property
-    def metrics(self) -> HasRegistry: ...
+#: The `webhook`, `sms` and `push` channels, built together from the settings.
+HTTP_CHANNELS = "notifications:http_channels"
 
 
 class HasRegistry(Protocol):
     @property
     def registry(self) -> CollectorRegistry: ...
+
+
+class Builder(Protocol):
+    """What the factories use of the container that builds them."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def http(self) -> HttpClient: ...
+
+    @property
+    def metrics(self) -> HasRegistry: ...
+
+    def resource(self, name: str) -> Any: ...
 
 
 def templates(settings: Settings) -> Templates:
@@ -47,20 +62,34 @@ def resources() -> dict[str, Callable[[Any], Any]]:
     object with `name`, `provider` and `send(Outgoing) -> Sent` (wrap it in
     `ratelimit.limited` for its provider's `CONVEYOR_NOTIFICATION_RATE_LIMITS`)."""
 
-    def email(container: HasSettings) -> Any:
+    def email(container: Builder) -> Channel:
         return limited(email_channel(container.settings), container.settings)
 
-    def template_set(container: HasSettings) -> Templates:
+    def over_http(container: Builder) -> dict[str, Channel]:
+        return http_channels(container.settings, container.http)
+
+    def http_channel(name: str) -> Callable[[Builder], Channel]:
+        def build(container: Builder) -> Channel:
+            built: dict[str, Channel] = container.resource(HTTP_CHANNELS)
+            if name not in built:  # a webhook without CONVEYOR_WEBHOOK_SECRET
+                raise UnknownResourceError(f"no {name} channel: its settings are not set")
+            return limited(built[name], container.settings)
+
+        return build
+
+    def template_set(container: Builder) -> Templates:
         return templates(container.settings)
 
-    def links(container: HasSettings) -> UnsubscribeLinks:
+    def links(container: Builder) -> UnsubscribeLinks:
         return UnsubscribeLinks.of(container.settings)
 
-    def metrics(container: HasMetrics) -> NotificationMetrics:
+    def metrics(container: Builder) -> NotificationMetrics:
         return NotificationMetrics(container.metrics.registry)
 
     return {
         resource_name("email"): email,
+        HTTP_CHANNELS: over_http,
+        **{resource_name(name): http_channel(name) for name in ("webhook", "sms", "push")},
         TEMPLATES: template_set,
         LINKS: links,
         METRICS: metrics,

@@ -189,7 +189,7 @@ class Templates:
             raise RenderError(f"{shown}: {exc}") from None
         if len(text.encode()) > self.max_bytes:
             raise RenderError(f"{shown} renders larger than {self.max_bytes} bytes")
-        return text.strip() + ("\n" if name.endswith((".txt", ".html")) else "")
+        return text.strip() + ("\n" if name.endswith(("/email.txt", "/email.html")) else "")
 
 
 def _json_object(name: str, text: str) -> dict[str, Any]:

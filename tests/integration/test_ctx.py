@@ -1,5 +1,5 @@
 """What a job reaches through ctx, over the real stack: planned retries, permanent errors,
-the shared HTTP client of an async job. Both brokers."""
+the shared HTTP client of an async job and the addresses it refuses. Both brokers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ from tests.stack import Stack
 from tests.unit.local_http import LocalHttpServer, local_http_server
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stack_settings() -> dict[str, Any]:
+    return {"outbound_allow_hosts": "127.0.0.1"}  # the local server, and nothing else
 
 
 @pytest.fixture
@@ -62,3 +67,22 @@ async def test_an_async_job_fetches_through_the_shared_http_client(
         {"status": 200, "bytes": 0},
     ]
     assert len(set(server.peers)) == 1  # one kept-alive connection for the three jobs
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "(link-local)"),
+        ("http://10.20.30.40/", "(private)"),
+        ("http://[::1]/", "(loopback)"),
+    ],
+)
+async def test_a_job_aimed_at_an_address_that_is_not_public_fails_saying_why(
+    stack: Stack, url: str, reason: str
+) -> None:
+    job = await stack.submit("testing.fetch", {"url": url})
+    done = await stack.wait_for(job["id"], "succeeded", "failed", within=15)
+    assert (done["status"], done["attempts"]) == ("failed", 1)
+    assert done["error"]["type"] == "DestinationRefusedError"
+    assert reason in done["error"]["message"]
+    assert "CONVEYOR_OUTBOUND_ALLOW_HOSTS" in done["error"]["message"]

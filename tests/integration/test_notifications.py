@@ -17,12 +17,35 @@ from conveyor.models import Job, JobStatus, User
 from conveyor.notifications import resources
 from conveyor.notifications.channels import TEMPLATES, resource_name
 from conveyor.notifications.email import SmtpChannel
+from conveyor.notifications.http_channels import verify_signature
 from conveyor.notifications.ratelimit import limited
 from conveyor.services import notifications
+from tests.fake_provider import FakeProvider, fake_provider
 from tests.mail import Mailbox, smtp_server
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("broker_kind", ["rabbitmq"])]
+
+
+WEBHOOK_SECRET = "test-webhook-secret-long-enough"
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    """A fake HTTP provider: the webhook receiver and the SMS provider of these tests."""
+    with fake_provider() as fake:
+        yield fake
+
+
+@pytest.fixture
+def stack_settings(provider: FakeProvider) -> dict[str, Any]:
+    """The stack's HTTP channels: webhooks signed, SMS to the fake provider (allowed)."""
+    return {
+        "outbound_allow_hosts": "127.0.0.1",
+        "webhook_secret": WEBHOOK_SECRET,
+        "sms_provider_url": provider.url("/sms"),
+        "sms_provider_name": "fake-sms",
+    }
 
 
 @pytest.fixture
@@ -523,3 +546,45 @@ async def test_a_digest_kind_batches_a_recipients_notifications_into_one_message
     assert digest["Subject"] == "3 things happened"
     assert digest.get_body(("plain",)).get_content().split() == ["a", "b", "c"]  # type: ignore[union-attr]
     assert by_address["someone-else@example.com"]["Subject"] == "1 things happened"
+
+
+async def test_one_notification_goes_out_by_email_webhook_and_sms(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, mailbox = mail_stack
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [
+                {"address": "ada@example.com", "channel": "email"},
+                {"address": provider.url("/hook"), "channel": "webhook"},
+                {"address": "+14155550100", "channel": "sms"},
+            ],
+            "context": WELCOME,
+        },
+    )
+    done = await _settled(stack, created["id"])
+    by_channel = {d["channel"]: d for d in done["deliveries"]}
+    assert {c: d["status"] for c, d in by_channel.items()} == {
+        "email": "sent",
+        "webhook": "sent",
+        "sms": "sent",
+    }, done
+    assert by_channel["sms"]["provider"] == "fake-sms"
+    assert mailbox.count() == 1
+    received = {r.path: r for r in provider.wait_for(2)}
+    hook = received["/hook"]
+    assert verify_signature(WEBHOOK_SECRET, hook.headers["Conveyor-Signature"], hook.body)
+    assert hook.headers["Conveyor-Delivery"] == by_channel["webhook"]["id"]
+    assert hook.json() == {
+        "kind": "welcome",
+        "notification_id": created["id"],
+        "name": "Ada <3",
+        "product": "Conveyor",
+    }
+    assert received["/sms"].json() == {
+        "to": "+14155550100",
+        "text": "Welcome to Conveyor, Ada <3!",
+    }
+    assert received["/sms"].headers["Idempotency-Key"] == by_channel["sms"]["id"]

@@ -2,7 +2,8 @@
 
 Routes: `/echo` (the request as JSON), `/bytes?size=N` (N bytes, with Content-Length),
 `/stream?size=N` (N bytes, chunked, no Content-Length), `/slow?seconds=S` (answers after S
-seconds, or when the server stops), `/status?code=C&retry_after=V`. It records the peer of
+seconds, or when the server stops), `/status?code=C&retry_after=V`, `/redirect?to=URL` (a 302
+there). It records the peer of
 every request, so a test can tell how many connections a client opened.
 """
 
@@ -51,6 +52,7 @@ class LocalHttpServer:
         app.router.add_get("/stream", self._stream)
         app.router.add_get("/slow", self._slow)
         app.router.add_get("/status", self._status)
+        app.router.add_get("/redirect", self._redirect)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -110,6 +112,9 @@ class LocalHttpServer:
         if "retry_after" in request.query:
             headers["Retry-After"] = request.query["retry_after"]
         return web.Response(status=int(request.query["code"]), headers=headers, text="status")
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
 
 
 @contextmanager

@@ -52,6 +52,7 @@ def test_the_data_directory_and_its_files_are_private(tmp_path: Path) -> None:
     start_dev(data)
     assert mode(data) == 0o700
     assert mode(data / "secret_key") == 0o600
+    assert mode(data / "webhook_secret") == 0o600
     assert mode(data / "conveyor.db") == 0o600
 
 
@@ -81,3 +82,15 @@ def test_the_key_file_is_private_from_its_creation(
     embedded_settings(stack.test_settings(data_dir=data, secret_key=None))
     assert mode(data / "secret_key") == 0o600
     assert len((data / "secret_key").read_text()) >= 48
+
+
+def test_the_embedded_mode_signs_webhooks_with_a_key_it_keeps(tmp_path: Path) -> None:
+    data = tmp_path / ".conveyor"
+    first = embedded_settings(stack.test_settings(data_dir=data, webhook_secret=None))
+    again = embedded_settings(stack.test_settings(data_dir=data, webhook_secret=None))
+    assert first.webhook_secret is not None and again.webhook_secret is not None
+    key = first.webhook_secret.get_secret_value()
+    assert len(key) >= 48 and again.webhook_secret.get_secret_value() == key
+    assert (data / "webhook_secret").read_text() == key
+    given = embedded_settings(stack.test_settings(data_dir=data, webhook_secret="mine"))
+    assert given.webhook_secret is not None and given.webhook_secret.get_secret_value() == "mine"

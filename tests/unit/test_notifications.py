@@ -97,7 +97,7 @@ def test_a_kind_of_ones_own_overrides_a_built_in_one(tmp_path: Path) -> None:
     rendered = templates.render(
         "welcome", "sms", {"name": "Bo"}, recipient=RECIPIENT, notification=NOTIFICATION
     )
-    assert rendered.text == "hi Bo\n"
+    assert rendered.text == "hi Bo"  # an SMS: no trailing newline
 
 
 def test_a_json_template_must_render_an_object(tmp_path: Path) -> None:

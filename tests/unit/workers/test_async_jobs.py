@@ -121,7 +121,12 @@ def container(
     Tracker.built = 0
     SEEN.clear()
     container = bootstrap.Container(
-        stack.test_settings(database_url="sqlite://", broker_url="stub://", redis_url=None),
+        stack.test_settings(
+            database_url="sqlite://",
+            broker_url="stub://",
+            redis_url=None,
+            outbound_allow_hosts="127.0.0.1",  # the local server
+        ),
         bootstrap.ProcessRole.WORKER,
         registry=REGISTRY,
         db=db,
