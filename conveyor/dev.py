@@ -1,7 +1,8 @@
 """`conveyor dev`: the whole platform in one process, with nothing to install.
 
 SQLite under the data directory, Dramatiq's stub broker with in-process worker threads,
-in-process announcements, and the sweeper. On start it prints `url:` and `token:` lines.
+in-process announcements, and the sweeper; email is written to `outbox/` in the data
+directory. On start it prints `url:` and `token:` lines.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dramatiq
-from pydantic import SecretStr
+from pydantic import HttpUrl, SecretStr
 
 from conveyor import bootstrap
 from conveyor.logs import configure_logging
 from conveyor.models import Role
 from conveyor.models.migrate import upgrade
+from conveyor.notifications import resources as notifications
 from conveyor.services.auth import TokenConfig, issue_token
 from conveyor.services.outbox import publish_pending, requeue_unfinished
 from conveyor.services.users import ensure_user
@@ -66,6 +68,11 @@ def embedded_settings(settings: Settings) -> Settings:
             "broker_url": "stub://",
             "redis_url": None,
             "secret_key": settings.secret_key or SecretStr(key_file.read_text().strip()),
+            # Email lands as .eml files in the outbox folder, unless SMTP is asked for.
+            "email_transport": "outbox"
+            if "email_transport" not in settings.model_fields_set
+            else settings.email_transport,
+            "outbox_dir": settings.outbox_dir or data / "outbox",
             "webhook_secret": settings.webhook_secret
             or SecretStr(webhook_key_file.read_text().strip()),
         }
@@ -102,9 +109,13 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     from conveyor.http.server import serve
 
     settings = embedded_settings(settings)
+    if settings.public_url is None and port:  # where the emails' unsubscribe links point
+        settings = settings.model_copy(update={"public_url": HttpUrl(f"http://{host}:{port}")})
     configure_logging(settings.log_level, settings.log_format)
     upgrade(settings.database_url)
-    container = bootstrap.Container(settings, bootstrap.ProcessRole.DEV)
+    container = bootstrap.Container(
+        settings, bootstrap.ProcessRole.DEV, resources=notifications.resources()
+    )
     try:
         requeue_unfinished(container.db)
         broker = container.broker

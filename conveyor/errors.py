@@ -121,8 +121,8 @@ class DestinationRefusedError(PermanentJobError):
 
 
 class PermanentDeliveryError(PermanentJobError):
-    """A notification cannot be delivered and retrying will not help (a 4xx answer, a refused
-    address)."""
+    """A notification cannot be delivered and retrying will not help: a provider's 4xx (other
+    than 408 and 429), a refused address, a bad recipient, a template that does not render."""
 
 
 class RetryLater(ConveyorError):

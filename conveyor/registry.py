@@ -14,7 +14,7 @@ import typing
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
@@ -167,11 +167,16 @@ class RetryPolicy:
     max_retries: int = 3
     min_backoff: dt.timedelta = dt.timedelta(seconds=1)
     max_backoff: dt.timedelta = dt.timedelta(hours=1)
+    #: `equal`: half the exponential delay plus up to half again at random; `full`: anything
+    #: from zero to the exponential delay (spreads a burst of retries against one provider).
+    jitter: Literal["equal", "full"] = "equal"
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> dt.timedelta:
-        """Exponential backoff after failed attempt `attempt` (1-based), with equal jitter."""
+        """Exponential backoff after failed attempt `attempt` (1-based), with jitter."""
         base = self.min_backoff.total_seconds() * 2 ** min(max(attempt - 1, 0), 64)
         ceiling = min(base, self.max_backoff.total_seconds())
+        if self.jitter == "full":
+            return dt.timedelta(seconds=(rng or random).uniform(0, ceiling))
         jitter = (rng or random).uniform(0, ceiling / 2)
         return dt.timedelta(seconds=ceiling / 2 + jitter)
 
@@ -252,13 +257,15 @@ def job(
     max_backoff: dt.timedelta = dt.timedelta(hours=1),
     time_limit: dt.timedelta | None = dt.timedelta(minutes=10),
     permanent: tuple[type[BaseException], ...] = (),
+    jitter: Literal["equal", "full"] = "equal",
     registry: Registry = JOBS,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job type. Its name defaults to `<module>.<function>` (`system.echo`).
 
     The function takes the payload (a `Payload` subclass, from its annotation) and optionally
     a second parameter `ctx: JobContext`; it returns a JSON-serialisable result. `permanent`
-    lists the exception classes that fail the job at once instead of being retried.
+    lists the exception classes that fail the job at once instead of being retried; `jitter`
+    is that of the backoff (see `RetryPolicy`).
     """
     if not all(inspect.isclass(exc) and issubclass(exc, BaseException) for exc in permanent):
         raise TypeError("permanent must be a tuple of exception classes")
@@ -268,6 +275,8 @@ def job(
         raise ValueError("backoffs must be positive, with max_backoff >= min_backoff")
     if time_limit is not None and time_limit <= dt.timedelta(0):
         raise ValueError("time_limit must be positive")
+    if jitter not in ("equal", "full"):
+        raise ValueError("jitter must be 'equal' or 'full'")
 
     def declare(fn: Callable[..., Any]) -> Callable[..., Any]:
         job_name = name or f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
@@ -286,7 +295,7 @@ def job(
                 payload=payload,
                 fn=fn,
                 queue=queue,
-                retry=RetryPolicy(max_retries, min_backoff, max_backoff),
+                retry=RetryPolicy(max_retries, min_backoff, max_backoff, jitter),
                 time_limit=time_limit,
                 description=inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0],
                 takes_context=len(params) == 2,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -254,7 +255,7 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address the worker pools' metrics servers listen on."
     )
     worker_metrics_ports: Annotated[dict[str, int] | None, NoDecode] = Field(
-        {"system": 9191},
+        {"system": 9191, "notifications": 9192},
         description="Port of each pool's metrics server, as `pool=port;pool=port` (`,` "
         "between entries works too when no pool's name has a comma) or a JSON object; a pool "
         "not named serves no metrics, and an empty value turns them all off.",
@@ -275,6 +276,53 @@ class Settings(BaseSettings):
         le=1024 * 1024,
         description="Longest traceback kept with a failed attempt's error (its end is kept, "
         "where the exception is raised).",
+    )
+    # --- notifications ---------------------------------------------------------------------
+    email_transport: Literal["smtp", "outbox"] = Field(
+        "smtp",
+        description="How the notifications pool sends email: `smtp`, or `outbox` (each message "
+        "written as a .eml file in `outbox_dir`; `conveyor dev` uses it).",
+    )
+    outbox_dir: Path | None = Field(
+        None,
+        description="Folder of the `outbox` email transport; unset: `outbox` under `data_dir`.",
+    )
+    smtp_host: str = Field("127.0.0.1", description="SMTP server of outgoing email.")
+    smtp_port: int = Field(
+        1025, ge=1, le=65535, description="Its port (1025: docker-compose's Mailpit)."
+    )
+    smtp_security: Literal["none", "starttls", "tls"] = Field(
+        "none",
+        description="`starttls` (port 587), `tls` (implicit TLS, port 465) or `none`.",
+    )
+    smtp_username: str | None = Field(None, description="SMTP login; unset: no AUTH.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_timeout_seconds: float = Field(
+        30.0, gt=0, description="Time limit of each SMTP connection and command."
+    )
+    mail_from: str = Field(
+        "Conveyor <conveyor@localhost>", description="`From` of every notification email."
+    )
+    notification_templates_dir: Path | None = Field(
+        None,
+        description="A folder of notification kinds of your own (`<kind>/kind.json` and its "
+        "templates), searched before the built-in ones.",
+    )
+    notification_template_max_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest notification template file, and largest rendered part.",
+    )
+    notification_rate_limits: Annotated[dict[str, str] | None, NoDecode] = Field(
+        None,
+        description="Most messages per provider, across the pool, as `provider=COUNT/UNIT` "
+        "pairs (UNIT: s, m or h), such as `smtp=20/s,http=600/m`; unset: no limit.",
+    )
+    notification_max_recipients: int = Field(
+        100, gt=0, description="Most recipients of one `POST /v1/notifications`."
+    )
+    notification_max_context_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest `context` of a notification, as JSON."
     )
 
     @field_validator("worker_metrics_ports", mode="before")
@@ -302,6 +350,33 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected pool=port, got {item.strip()!r}{hint}")
             ports[pool.strip()] = port.strip()
         return ports
+
+    @field_validator("notification_rate_limits", mode="before")
+    @classmethod
+    def _provider_limits(cls, value: object) -> object:
+        """`smtp=20/s,http=600/m`, or a JSON object; each limit COUNT/s, /m or /h."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return None
+        if text.startswith("{"):
+            return json.loads(text)
+        limits: dict[str, str] = {}
+        for item in text.split(","):
+            provider, sep, limit = item.partition("=")
+            if not sep or not provider.strip():
+                raise ValueError(f"expected provider=COUNT/UNIT, got {item.strip()!r}")
+            limits[provider.strip()] = limit.strip()
+        return limits
+
+    @field_validator("notification_rate_limits")
+    @classmethod
+    def _valid_limits(cls, limits: dict[str, str] | None) -> dict[str, str] | None:
+        for provider, limit in (limits or {}).items():
+            if not re.fullmatch(r"\s*[1-9][0-9]*\s*/\s*[smh]\s*", limit):
+                raise ValueError(f"limit of {provider!r} must be COUNT/s, COUNT/m or COUNT/h")
+        return limits
 
     @field_validator("worker_metrics_ports")
     @classmethod
@@ -356,7 +431,14 @@ class Settings(BaseSettings):
     def _empty_is_unset_too(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("public_url", mode="before")
+    @field_validator(
+        "public_url",
+        "smtp_username",
+        "smtp_password",
+        "outbox_dir",
+        "notification_templates_dir",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

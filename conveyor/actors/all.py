@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from conveyor.actors import system
+from conveyor.actors import notifications, system
 
-__all__ = ["system"]
+__all__ = ["notifications", "system"]

@@ -16,12 +16,14 @@ from conveyor.http.keys import (
     ACCESS_LOG,
     CONTAINER,
     METRICS,
+    NOTIFICATION_TEMPLATES,
     OPENAPI,
     PROBE_EXECUTOR,
     READINESS,
     ROUTE_TABLES,
     STREAMS,
     TOKENS,
+    UNSUBSCRIBE_LINKS,
     USER_CACHE,
 )
 from conveyor.http.metrics import Metrics
@@ -29,6 +31,8 @@ from conveyor.http.middleware import observe, problems, secure_headers
 from conveyor.http.openapi import build_openapi
 from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import UserCache
+from conveyor.notifications import resources as notification_resources
+from conveyor.notifications.unsubscribe import UnsubscribeLinks
 from conveyor.services.auth import TokenConfig, TokenVerifier
 
 
@@ -55,6 +59,8 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[ROUTE_TABLES] = tables
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
     app[USER_CACHE] = UserCache()
+    app[NOTIFICATION_TEMPLATES] = notification_resources.templates(settings)
+    app[UNSUBSCRIBE_LINKS] = UnsubscribeLinks.of(settings)
     app[READINESS] = {}
     app[STREAMS] = set()
 

@@ -12,6 +12,8 @@ from conveyor.http.metrics import Metrics
 from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import UserCache
 from conveyor.models import User
+from conveyor.notifications.templates import Templates
+from conveyor.notifications.unsubscribe import UnsubscribeLinks
 from conveyor.services.auth import TokenVerifier
 
 #: The process's resources (database, broker, announcements, submissions...).
@@ -20,6 +22,10 @@ CONTAINER = web.AppKey("container", Container)
 PROBE_EXECUTOR = web.AppKey("probe_executor", ThreadPoolExecutor)
 TOKENS = web.AppKey("tokens", TokenVerifier)
 METRICS = web.AppKey("metrics", Metrics)
+#: The notification kinds and their templates (validation and previews).
+NOTIFICATION_TEMPLATES = web.AppKey("notification_templates", Templates)
+#: Reads the tokens of unsubscribe links.
+UNSUBSCRIBE_LINKS = web.AppKey("unsubscribe_links", UnsubscribeLinks)
 OPENAPI = web.AppKey("openapi", bytes)
 USER_CACHE = web.AppKey("user_cache", UserCache)
 #: The last result of each readiness check ("ok" or "failed"), so a failure is logged when

@@ -1,10 +1,24 @@
-"""SQLAlchemy 2 tables: users, jobs and job events, workers."""
+"""SQLAlchemy 2 tables: users, jobs and job events, workers, notifications."""
 
 from __future__ import annotations
 
 from conveyor.models.base import Base
 from conveyor.models.job import Job, JobEvent, JobEventKind, JobStatus
+from conveyor.models.notification import Delivery, DeliveryStatus, Notification, Subscription
 from conveyor.models.user import Role, User
 from conveyor.models.worker import Worker
 
-__all__ = ["Base", "Job", "JobEvent", "JobEventKind", "JobStatus", "Role", "User", "Worker"]
+__all__ = [
+    "Base",
+    "Delivery",
+    "DeliveryStatus",
+    "Job",
+    "JobEvent",
+    "JobEventKind",
+    "JobStatus",
+    "Notification",
+    "Role",
+    "Subscription",
+    "User",
+    "Worker",
+]

@@ -1,1 +1,2 @@
-"""Notifications: channels, templates and the delivery of messages to people and systems."""
+"""Notification channels, templates and unsubscribe links: what the notifications pool sends
+with, free of the database, the broker and HTTP frameworks."""

@@ -146,6 +146,12 @@ class Submissions:
         caller that goes away leaves a committed job's publish to the outbox sweep."""
         return self._published(await asyncio.wrap_future(self._write(new)))
 
+    def publish_written(self, jobs: Sequence[Job]) -> None:
+        """Publish jobs that a caller wrote in its own transaction (`insert_jobs`), after its
+        commit: handed to the background publishers; the outbox sweep covers a failure."""
+        for job in jobs:
+            self._published(Submitted(job, created=True))
+
     def _write(self, new: NewJob) -> Future[Submitted]:
         """The write, as a future: group-committed (keyless, with a writer), on the executor,
         or done at once in this thread."""
@@ -378,6 +384,15 @@ WITH inserted AS (
 INSERT INTO job_events (job_id, at, kind, status, attempt)
 SELECT id, %(now)s::timestamptz, '{JobEventKind.STATUS.value}', status, 0 FROM inserted
 """
+
+
+def insert_jobs(session: Session, batch: Sequence[NewJob]) -> list[Job]:
+    """Write keyless jobs in the caller's transaction, so they commit (or not) with the rows
+    that need them (a notification's deliveries); publish them with `publish_written` after
+    the commit. The row is still the outbox: a job whose publish is lost is swept."""
+    if any(new.idempotency_key is not None for new in batch):
+        raise ValueError("jobs with an idempotency key are written by write()")
+    return _insert(session, batch) if batch else []
 
 
 def _insert(session: Session, batch: Sequence[NewJob]) -> list[Job]:

@@ -16,7 +16,9 @@ from tests.conftest import REDIS_URL
 from tests.e2e.processes import FAST, Processes, environment, run_cli
 from tests.servers import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 
-E2E_QUEUES = ("system", "system.DQ", "system.XQ")
+E2E_QUEUES = tuple(
+    f"{pool}{suffix}" for pool in ("system", "notifications") for suffix in ("", ".DQ", ".XQ")
+)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -1,10 +1,15 @@
-"""The /v1 application: the job API, with problem+json errors and bearer authentication."""
+"""The /v1 application: jobs and notifications, with problem+json errors and bearer auth."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from conveyor.http.api import jobs, operations, stream  # noqa: F401  (their routes join the table)
+from conveyor.http.api import (  # noqa: F401  (their routes join the table)
+    jobs,
+    notifications,
+    operations,
+    stream,
+)
 from conveyor.http.api.params import routes
 from conveyor.http.auth import authenticate
 from conveyor.http.middleware import problems

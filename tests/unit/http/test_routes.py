@@ -32,11 +32,19 @@ async def test_every_route_not_marked_public_needs_a_token(embedded_stack: Stack
         assert response.headers["WWW-Authenticate"] == 'Bearer realm="conveyor"', where
 
 
-async def test_the_public_routes_are_the_operational_ones(embedded_stack: Stack) -> None:
+async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
+    embedded_stack: Stack,
+) -> None:
     public = {
         (f.method, f.path) for f in routes_of(embedded_stack.client.app) if f.spec and f.spec.public
     }
-    assert {path for _, path in public} == {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+    assert {path for _, path in public} == {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/unsubscribe",  # the signed token of an email's link is the proof
+    }
 
 
 async def test_every_route_is_declared_in_a_route_table(embedded_stack: Stack) -> None:

@@ -223,7 +223,10 @@ def test_every_operation_documents_the_problem_answers() -> None:
     document = openapi_of(Registry())
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            if path.startswith("/v1/"):
+            if path == "/v1/unsubscribe":  # public: the link's signed token is the proof
+                assert operation["security"] == [], (path, method)
+                assert "application/problem+json" in operation["responses"]["400"]["content"]
+            elif path.startswith("/v1/"):
                 assert operation["security"] == [{"bearer": []}], (path, method)
                 problem_401 = operation["responses"]["401"]["content"]
                 assert "application/problem+json" in problem_401

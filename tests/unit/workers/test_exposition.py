@@ -89,8 +89,9 @@ def test_bad_pool_ports_are_refused(given: str) -> None:
         settings_of(worker_metrics_ports=given)
 
 
-def test_the_system_pool_serves_metrics_on_9191_by_default() -> None:
-    assert Settings(_env_file=None).worker_metrics_ports == {"system": 9191}  # type: ignore[call-arg]
+def test_the_built_in_pools_serve_metrics_by_default() -> None:
+    ports = Settings(_env_file=None).worker_metrics_ports  # type: ignore[call-arg]
+    assert ports == {"system": 9191, "notifications": 9192}
 
 
 def test_a_pool_without_a_port_says_how_to_give_it_one(

@@ -51,3 +51,32 @@ def test_the_system_pool_imports_neither_every_job_module_nor_the_http_layer(
     assert seen["jobs"] == ["system.echo", "system.fail", "system.sleep"]
     assert seen["actors"] == seen["jobs"]
     assert [q for q in seen["queues"] if not q.endswith((".DQ", ".XQ"))] == ["system"]
+
+
+def test_the_notifications_pool_serves_its_queue_alone_with_its_resources(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(
+        CONVEYOR_BROKER_URL="stub://",
+        CONVEYOR_DATABASE_URL=f"sqlite:///{tmp_path / 'conveyor.db'}",
+        CONVEYOR_REDIS_URL="",
+        CONVEYOR_LOG_LEVEL="WARNING",
+    )
+    probe = PROBE.replace("conveyor.workers.system", "conveyor.workers.notifications")
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    modules = set(seen["modules"])
+    assert "conveyor.actors.all" not in modules and "conveyor.actors.system" not in modules
+    assert not [name for name in modules if name.split(".")[:2] == ["conveyor", "http"]]
+    assert seen["jobs"] == ["notifications.deliver"] == seen["actors"]
+    assert [q for q in seen["queues"] if not q.endswith((".DQ", ".XQ"))] == ["notifications"]

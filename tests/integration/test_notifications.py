@@ -1,0 +1,590 @@
+"""Notifications end to end: the API, the notifications.deliver job on a real worker, real
+PostgreSQL and RabbitMQ, and real SMTP mail received by an aiosmtpd server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import select
+
+from conveyor.models import Job, JobStatus, User
+from conveyor.notifications import resources
+from conveyor.notifications.channels import TEMPLATES, resource_name
+from conveyor.notifications.email import SmtpChannel
+from conveyor.notifications.http_channels import verify_signature
+from conveyor.notifications.ratelimit import limited
+from conveyor.services import notifications
+from tests.fake_provider import FakeProvider, fake_provider
+from tests.mail import Mailbox, smtp_server
+from tests.stack import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.parametrize("broker_kind", ["rabbitmq"])]
+
+
+WEBHOOK_SECRET = "test-webhook-secret-long-enough"
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    """A fake HTTP provider: the webhook receiver and the SMS provider of these tests."""
+    with fake_provider() as fake:
+        yield fake
+
+
+@pytest.fixture
+def stack_settings(provider: FakeProvider) -> dict[str, Any]:
+    """The stack's HTTP channels: webhooks signed, SMS to the fake provider (allowed)."""
+    return {
+        "outbound_allow_hosts": "127.0.0.1",
+        "webhook_secret": WEBHOOK_SECRET,
+        "sms_provider_url": provider.url("/sms"),
+        "sms_provider_name": "fake-sms",
+    }
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    with smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def mail_stack(
+    request: pytest.FixtureRequest, stack: Stack, mailbox: tuple[Mailbox, int]
+) -> tuple[Stack, Mailbox]:
+    """The stack, its notifications pool sending email to the aiosmtpd server (under the
+    rate limits of a `rate_limits` marker)."""
+    handler, port = mailbox
+    marker = request.node.get_closest_marker("rate_limits")
+    kinds = request.node.get_closest_marker("kinds_dir")
+    smtp = stack.settings.model_copy(
+        update={
+            "smtp_port": port,
+            "notification_rate_limits": marker.args[0] if marker else None,
+            "notification_templates_dir": request.getfixturevalue(kinds.args[0]) if kinds else None,
+        }
+    )
+    for name, factory in resources.resources().items():
+        if name == resource_name("email"):
+            stack.container.register(name, lambda _c: limited(SmtpChannel(smtp), smtp))
+        elif name == TEMPLATES:
+            stack.container.register(name, lambda _c: resources.templates(smtp))
+        else:
+            stack.container.register(name, factory)
+    return stack, handler
+
+
+def _user_id(stack: Stack, email: str) -> str:
+    with stack.db() as session:
+        return str(session.scalars(select(User.id).where(User.email == email)).one())
+
+
+async def _notify(
+    stack: Stack,
+    body: dict[str, Any],
+    *,
+    token: str | None = None,
+    expect: int = 202,
+    **headers: str,
+) -> dict[str, Any]:
+    response = await stack.client.post(
+        "/v1/notifications", json=body, headers=stack.headers(token or stack.admin_token, **headers)
+    )
+    answer = await response.json()
+    assert response.status == expect, answer
+    return answer  # type: ignore[no-any-return]
+
+
+async def _settled(stack: Stack, notification_id: str, within: float = 20.0) -> dict[str, Any]:
+    """The notification once none of its deliveries is pending or sending."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        response = await stack.client.get(
+            f"/v1/notifications/{notification_id}", headers=stack.headers(stack.admin_token)
+        )
+        body = await response.json()
+        assert response.status == 200, body
+        if all(d["status"] not in ("pending", "sending") for d in body["deliveries"]):
+            return body  # type: ignore[no-any-return]
+        assert asyncio.get_running_loop().time() < deadline, body
+        await asyncio.sleep(0.05)
+
+
+async def _job_finished(stack: Stack, job_id: str) -> Job:
+    job = await stack.wait_for(job_id, "succeeded", "failed", token=stack.admin_token)
+    return stack.row(job["id"])
+
+
+WELCOME = {"name": "Ada <3", "product": "Conveyor"}
+
+
+async def test_an_email_arrives_over_smtp_with_both_parts_and_its_unsubscribe_link_works(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    member_id = _user_id(stack, "member@example.com")
+    created = await _notify(
+        stack, {"kind": "welcome", "recipients": [{"user_id": member_id}], "context": WELCOME}
+    )
+    assert [d["status"] for d in created["deliveries"]] == ["pending"]
+    done = await _settled(stack, created["id"])
+    (delivery,) = done["deliveries"]
+    assert delivery["status"] == "sent", delivery
+    assert delivery["attempts"] == 1 and delivery["provider"] == "smtp"
+    assert delivery["sent_at"] is not None
+    assert mailbox.count() == 1
+    mail = mailbox.messages[0]
+    assert mail["To"] == "member@example.com"
+    assert mail["Subject"] == "Welcome to Conveyor, Ada <3"
+    assert mail["Message-ID"] == delivery["provider_message_id"]
+    assert delivery["id"] in mail["Message-ID"]
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "Hello Ada <3," in text
+    assert "Hello Ada &lt;3," in html  # autoescaped
+    link = mail["List-Unsubscribe"].strip("<>")
+    assert f"List-Unsubscribe: <{link}>".encode() in mailbox.raw[0]  # a URL, not encoded words
+    assert link in text
+    target = urlsplit(link)
+    path = f"{target.path}?{target.query}"
+
+    page = await stack.client.get(path)  # no login
+    assert page.status == 200 and page.content_type == "text/html"
+    assert "welcome" in await page.text()
+    mine = await stack.client.get("/v1/me/subscriptions", headers=stack.headers())
+    assert (await mine.json())["items"] == []  # a GET changes nothing
+
+    clicked = await stack.client.post(path, data="List-Unsubscribe=One-Click")
+    assert clicked.status == 200, await clicked.text()
+    assert await clicked.json() == {"unsubscribed": True, "topic": "welcome", "channel": "email"}
+    mine = await stack.client.get("/v1/me/subscriptions", headers=stack.headers())
+    assert (await mine.json())["items"] == [
+        {"topic": "welcome", "channel": "email", "opted_in": False}
+    ]
+
+    again = await _notify(
+        stack, {"kind": "welcome", "recipients": [{"user_id": member_id}], "context": WELCOME}
+    )
+    (suppressed,) = again["deliveries"]
+    assert suppressed["status"] == "suppressed" and suppressed["job_id"] is None
+    assert "opted out" in suppressed["last_error"]
+
+    critical = await _notify(
+        stack,
+        {
+            "kind": "password_reset",
+            "recipients": [{"user_id": member_id}],
+            "context": {"reset_url": "https://example.com/r", "expires_minutes": 30},
+        },
+    )
+    done = await _settled(stack, critical["id"])
+    assert done["deliveries"][0]["status"] == "sent"
+    assert mailbox.count() == 2
+    assert mailbox.messages[1]["List-Unsubscribe"] is None  # critical: no opting out
+
+
+async def test_a_delivery_already_sent_is_not_sent_again(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": "someone@example.com", "channel": "email"}],
+            "context": WELCOME,
+        },
+    )
+    done = await _settled(stack, created["id"])
+    (delivery,) = done["deliveries"]
+    assert delivery["status"] == "sent" and mailbox.count() == 1
+    # The same delivery's job message again (a redelivery after a crash between the send and
+    # the acknowledgement looks the same to the job): nothing is sent.
+    owner = stack.row(delivery["job_id"]).owner_id
+    twin = stack.container.submissions.submit_now(
+        "notifications.deliver", {"delivery_id": delivery["id"]}, owner_id=owner
+    )
+    job = await _job_finished(stack, str(twin.job.id))
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.result == {"delivery_id": delivery["id"], "status": "sent", "sent": False}
+    assert mailbox.count() == 1
+    after = await _settled(stack, created["id"])
+    assert after["deliveries"][0]["attempts"] == 1
+    registry = stack.container.metrics.registry
+    counted = {
+        outcome: registry.get_sample_value(
+            "conveyor_notification_deliveries_total",
+            {"channel": "email", "provider": provider, "outcome": outcome},
+        )
+        for outcome, provider in (("sent", "smtp"), ("skipped", "none"))
+    }
+    assert counted == {"sent": 1.0, "skipped": 1.0}
+    assert (
+        registry.get_sample_value(
+            "conveyor_notification_send_duration_seconds_count",
+            {"channel": "email", "provider": "smtp"},
+        )
+        == 1.0
+    )
+
+
+async def test_a_missing_template_variable_fails_the_delivery_without_retries(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": "someone@example.com", "channel": "email"}],
+            "context": {"name": "Ada"},
+        },
+    )
+    done = await _settled(stack, created["id"])
+    (delivery,) = done["deliveries"]
+    assert delivery["status"] == "failed"
+    assert "'product' is undefined" in delivery["last_error"]
+    assert delivery["attempts"] == 1
+    job = await _job_finished(stack, delivery["job_id"])
+    assert job.status == JobStatus.FAILED and job.attempts == 1
+    assert mailbox.count() == 0
+
+    failed = await stack.client.get(
+        "/v1/deliveries", params={"status": "failed"}, headers=stack.headers(stack.admin_token)
+    )
+    assert [d["id"] for d in (await failed.json())["items"]] == [delivery["id"]]
+
+
+async def test_a_refused_recipient_fails_at_once_and_a_451_is_retried(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    mailbox.temporary_failures = 1
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [
+                {"address": "bounce@example.com", "channel": "email"},
+                {"address": "later@example.com", "channel": "email"},
+            ],
+            "context": WELCOME,
+        },
+    )
+    done = await _settled(stack, created["id"], within=30)
+    by_address = {d["address"]: d for d in done["deliveries"]}
+    bounced, later = by_address["bounce@example.com"], by_address["later@example.com"]
+    assert bounced["status"] == "failed" and bounced["attempts"] == 1
+    assert "550" in bounced["last_error"]
+    assert later["status"] == "sent" and later["attempts"] == 2, later
+    assert mailbox.count() == 1
+    registry = stack.container.metrics.registry
+    for outcome in ("sent", "retrying", "failed"):
+        labels = {"channel": "email", "provider": "smtp", "outcome": outcome}
+        assert registry.get_sample_value("conveyor_notification_deliveries_total", labels) == 1
+
+
+async def test_the_api_refuses_bad_input_naming_the_field(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, _ = mail_stack
+    member_id = _user_id(stack, "member@example.com")
+    other_id = _user_id(stack, "other@example.com")
+    me = [{"user_id": member_id}]
+    cases: list[tuple[dict[str, Any], str | None, int, str]] = [
+        ({"kind": "nope", "recipients": me}, None, 422, "kind"),
+        ({"kind": "welcome", "recipients": []}, None, 422, "recipients"),
+        ({"kind": "welcome", "recipients": me, "channels": ["fax"]}, None, 422, "channels.0"),
+        ({"kind": "welcome", "recipients": me, "channels": []}, None, 422, "channels"),
+        (
+            {"kind": "password_reset", "recipients": me, "channels": ["push"]},
+            None,
+            422,
+            "channels.0",
+        ),
+        (
+            {"kind": "welcome", "recipients": me, "context": {"recipient": 1}},
+            None,
+            422,
+            "context.recipient",
+        ),
+        (
+            {"kind": "welcome", "recipients": [{"address": "x", "channel": "email"}]},
+            None,
+            422,
+            "recipients.0.address",
+        ),
+        (
+            {"kind": "welcome", "recipients": [{"address": "12", "channel": "sms"}]},
+            None,
+            422,
+            "recipients.0.address",
+        ),
+        (
+            {"kind": "welcome", "recipients": [{"address": "ftp://x", "channel": "webhook"}]},
+            None,
+            422,
+            "recipients.0.address",
+        ),
+        (
+            {"kind": "welcome", "recipients": [{"address": "a@example.com"}]},
+            None,
+            422,
+            "recipients.0.channel",
+        ),
+        ({"kind": "welcome", "recipients": [{}]}, None, 422, "recipients.0"),
+        (
+            {"kind": "welcome", "recipients": [{"user_id": str(uuid.uuid4())}]},
+            None,
+            422,
+            "recipients.0.user_id",
+        ),
+        ({"kind": "welcome", "recipients": me, "extra": 1}, None, 422, "extra"),
+        (
+            {"kind": "welcome", "recipients": [{"user_id": other_id}]},
+            stack.member_token,
+            403,
+            "recipients.0.user_id",
+        ),
+        (
+            {"kind": "welcome", "recipients": [{"address": "a@example.com", "channel": "email"}]},
+            stack.member_token,
+            403,
+            "recipients.0",
+        ),
+    ]
+    for body, token, status, field in cases:
+        response = await stack.client.post(
+            "/v1/notifications", json=body, headers=stack.headers(token or stack.admin_token)
+        )
+        problem = await response.json()
+        assert response.status == status, (body, problem)
+        assert response.content_type == "application/problem+json"
+        assert field in [e["field"] for e in problem["errors"]], (body, problem)
+    malformed = await stack.client.post(
+        "/v1/notifications", data=b"{", headers=stack.headers(stack.admin_token)
+    )
+    assert malformed.status == 400
+
+    listing = await stack.client.get(
+        "/v1/deliveries", params={"status": "lost"}, headers=stack.headers()
+    )
+    assert listing.status == 422 and (await listing.json())["errors"][0]["field"] == "status"
+    listing = await stack.client.get(
+        "/v1/deliveries", params={"notification_id": "x"}, headers=stack.headers()
+    )
+    assert (await listing.json())["errors"][0]["field"] == "notification_id"
+    bad = await stack.client.put(
+        "/v1/me/subscriptions",
+        json={"items": [{"topic": "nope", "channel": "email", "opted_in": False}]},
+        headers=stack.headers(),
+    )
+    assert bad.status == 422 and (await bad.json())["errors"][0]["field"] == "items.0.topic"
+    forged = await stack.client.post("/v1/unsubscribe", params={"token": "abc.def"})
+    assert forged.status == 400 and (await forged.json())["errors"][0]["field"] == "token"
+    missing = await stack.client.post("/v1/unsubscribe")
+    assert missing.status == 422
+
+
+async def test_an_idempotency_key_returns_the_same_notification(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    body = {
+        "kind": "welcome",
+        "recipients": [{"address": "once@example.com", "channel": "email"}],
+        "context": WELCOME,
+    }
+    first = await _notify(stack, body, **{"Idempotency-Key": "k-1"})
+    response = await stack.client.post(
+        "/v1/notifications",
+        json=body,
+        headers=stack.headers(stack.admin_token, **{"Idempotency-Key": "k-1"}),
+    )
+    assert response.status == 202 and response.headers["Idempotent-Replayed"] == "true"
+    assert (await response.json())["id"] == first["id"]
+    other = await _notify(
+        stack,
+        {**body, "context": {**WELCOME, "name": "Bob"}},
+        expect=422,
+        **{"Idempotency-Key": "k-1"},
+    )
+    assert other["errors"][0]["field"] == "Idempotency-Key"
+    await _settled(stack, first["id"])
+    assert mailbox.count() == 1
+
+
+async def test_members_see_their_own_notifications_and_preferences_choose_channels(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    member_id = _user_id(stack, "member@example.com")
+    put = await stack.client.put(
+        "/v1/me/subscriptions",
+        json={"items": [{"topic": "*", "channel": "email", "opted_in": False}]},
+        headers=stack.headers(),
+    )
+    assert put.status == 200, await put.json()
+    created = await _notify(
+        stack,
+        {"kind": "job_finished", "recipients": [{"user_id": member_id}], "context": {}},
+        token=stack.member_token,
+    )
+    assert [d["status"] for d in created["deliveries"]] == ["suppressed"]
+    hidden = await stack.client.get(
+        f"/v1/notifications/{created['id']}", headers=stack.headers(stack.other_token)
+    )
+    assert hidden.status == 404
+    others = await stack.client.get("/v1/deliveries", headers=stack.headers(stack.other_token))
+    assert (await others.json())["items"] == []
+    mine = await stack.client.get(
+        "/v1/deliveries",
+        params={"notification_id": created["id"], "channel": "email"},
+        headers=stack.headers(),
+    )
+    assert [d["status"] for d in (await mine.json())["items"]] == ["suppressed"]
+    assert mailbox.count() == 0
+
+
+async def test_a_preview_renders_a_kind_with_its_sample_or_a_context(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, _ = mail_stack
+    response = await stack.client.post(
+        "/v1/notifications/preview", json={"kind": "welcome"}, headers=stack.headers()
+    )
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["rendered"]["email"]["subject"] == "Welcome to Conveyor, Ada"
+    assert body["rendered"]["webhook"]["data"]["name"] == "Ada"
+    assert set(body["rendered"]) == {"email", "sms", "push", "webhook"}
+    response = await stack.client.post(
+        "/v1/notifications/preview",
+        json={"kind": "welcome", "channel": "sms", "context": {"name": "Bo"}},
+        headers=stack.headers(),
+    )
+    problem = await response.json()
+    assert response.status == 422 and problem["errors"][0]["field"] == "context"
+    assert "product" in problem["errors"][0]["message"]
+
+
+@pytest.mark.rate_limits({"smtp": "2/s"})
+async def test_a_providers_rate_limit_spreads_a_burst(mail_stack: tuple[Stack, Mailbox]) -> None:
+    stack, mailbox = mail_stack
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": f"r{i}@example.com", "channel": "email"} for i in range(6)],
+            "context": WELCOME,
+        },
+    )
+    done = await _settled(stack, created["id"], within=40)
+    assert [d["status"] for d in done["deliveries"]] == ["sent"] * 6
+    assert mailbox.count() == 6
+    # Two per one-second window: six span three windows, so more than a second apart.
+    times = sorted(mailbox.times)
+    assert times[-1] - times[0] > 0.9, times
+
+
+@pytest.fixture
+def quick_digest(tmp_path: Path) -> Path:
+    """A folder with a digest kind of one second."""
+    folder = tmp_path / "kinds" / "quick_digest"
+    folder.mkdir(parents=True)
+    (folder / "kind.json").write_text('{"channels": ["email"], "digest_seconds": 1}')
+    (folder / "email_subject.txt").write_text("{{ items|length }} things happened")
+    (folder / "email.txt").write_text("{% for i in items %}{{ i.what }}\n{% endfor %}")
+    return folder.parent
+
+
+@pytest.mark.kinds_dir("quick_digest")
+async def test_a_digest_kind_batches_a_recipients_notifications_into_one_message(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    templates = stack.container.resource(TEMPLATES)  # the kinds the pool renders with
+    with stack.db() as session:
+        admin = session.scalars(select(User).where(User.email == "admin@example.com")).one()
+    limits = notifications.Limits(100, 65536)
+
+    def notify(what: str, address: str = "digest@example.com") -> notifications.Created:
+        return notifications.create(
+            stack.db,
+            stack.container.submissions,
+            templates,
+            admin,
+            notifications.NewNotification(
+                kind="quick_digest",
+                recipients=[notifications.Recipient(address=address, channel="email")],
+                context={"what": what},
+            ),
+            limits,
+        )
+
+    first, second, third = [await asyncio.to_thread(notify, w) for w in ("a", "b", "c")]
+    other = await asyncio.to_thread(notify, "d", "someone-else@example.com")
+    lead = first.deliveries[0]
+    assert lead.job_id is not None
+    assert [c.deliveries[0].digest_id for c in (second, third)] == [lead.id, lead.id]
+    assert second.deliveries[0].job_id is None and other.deliveries[0].digest_id is None
+    assert stack.row(str(lead.job_id)).status == JobStatus.SCHEDULED  # waits for its window
+
+    for created in (first, second, third, other):
+        done = await _settled(stack, str(created.notification.id))
+        assert done["deliveries"][0]["status"] == "sent", done
+    assert mailbox.count() == 2
+    by_address = {m["To"]: m for m in mailbox.messages}
+    digest = by_address["digest@example.com"]
+    assert digest["Subject"] == "3 things happened"
+    assert digest.get_body(("plain",)).get_content().split() == ["a", "b", "c"]  # type: ignore[union-attr]
+    assert by_address["someone-else@example.com"]["Subject"] == "1 things happened"
+
+
+async def test_one_notification_goes_out_by_email_webhook_and_sms(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, mailbox = mail_stack
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [
+                {"address": "ada@example.com", "channel": "email"},
+                {"address": provider.url("/hook"), "channel": "webhook"},
+                {"address": "+14155550100", "channel": "sms"},
+            ],
+            "context": WELCOME,
+        },
+    )
+    done = await _settled(stack, created["id"])
+    by_channel = {d["channel"]: d for d in done["deliveries"]}
+    assert {c: d["status"] for c, d in by_channel.items()} == {
+        "email": "sent",
+        "webhook": "sent",
+        "sms": "sent",
+    }, done
+    assert by_channel["sms"]["provider"] == "fake-sms"
+    assert mailbox.count() == 1
+    received = {r.path: r for r in provider.wait_for(2)}
+    hook = received["/hook"]
+    assert verify_signature(WEBHOOK_SECRET, hook.headers["Conveyor-Signature"], hook.body)
+    assert hook.headers["Conveyor-Delivery"] == by_channel["webhook"]["id"]
+    assert hook.json() == {
+        "kind": "welcome",
+        "notification_id": created["id"],
+        "name": "Ada <3",
+        "product": "Conveyor",
+    }
+    assert received["/sms"].json() == {
+        "to": "+14155550100",
+        "text": "Welcome to Conveyor, Ada <3!",
+    }
+    assert received["/sms"].headers["Idempotency-Key"] == by_channel["sms"]["id"]

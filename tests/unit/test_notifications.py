@@ -1,0 +1,196 @@
+"""The notifications pool's parts that need no service: templates, unsubscribe tokens, the
+email message and its outbox, the backoff's full jitter, the embedded mode's choices."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+from conveyor.dev import embedded_settings
+from conveyor.errors import BadRequestError, PermanentDeliveryError
+from conveyor.notifications.channels import Outgoing
+from conveyor.notifications.email import OutboxChannel, build_message, check_address
+from conveyor.notifications.ratelimit import Limit, parse_limit
+from conveyor.notifications.templates import RenderError, Templates
+from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
+from conveyor.registry import RetryPolicy
+from tests import stack
+
+RECIPIENT = {"address": "ada@example.com", "user_id": None, "channel": "email"}
+NOTIFICATION = {"id": "n-1", "kind": "welcome"}
+
+
+def _kind(root: Path, name: str, files: dict[str, str], meta: str = "{}") -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "kind.json").write_text(meta)
+    for filename, text in files.items():
+        (folder / filename).write_text(text)
+
+
+def test_the_built_in_kinds_render_and_password_reset_is_critical() -> None:
+    templates = Templates(max_bytes=65536)
+    kinds = {k.name: k for k in templates.kinds()}
+    assert {"welcome", "job_finished", "password_reset"} <= set(kinds)
+    assert kinds["password_reset"].critical and not kinds["welcome"].critical
+    for kind in kinds.values():
+        for channel in kind.channels:
+            templates.render(
+                kind.name,
+                channel,
+                kind.sample,
+                recipient=RECIPIENT,
+                notification=NOTIFICATION,
+                unsubscribe_url="https://example.com/u",
+            )
+
+
+def test_html_is_autoescaped_text_is_not_and_a_subject_is_one_line() -> None:
+    rendered = Templates(max_bytes=65536).render(
+        "welcome",
+        "email",
+        {"name": "<b>Ada</b>\nBcc: x@example.com", "product": "P"},
+        recipient=RECIPIENT,
+        notification=NOTIFICATION,
+    )
+    assert rendered.html is not None and "&lt;b&gt;Ada&lt;/b&gt;" in rendered.html
+    assert rendered.text is not None and "<b>Ada</b>" in rendered.text
+    assert rendered.subject == "Welcome to P, <b>Ada</b> Bcc: x@example.com"
+
+
+def test_a_missing_variable_is_an_error_naming_it() -> None:
+    with pytest.raises(RenderError, match="'product' is undefined"):
+        Templates(max_bytes=65536).render(
+            "welcome", "email", {"name": "Ada"}, recipient=RECIPIENT, notification=NOTIFICATION
+        )
+
+
+def test_the_sandbox_refuses_unsafe_attributes(tmp_path: Path) -> None:
+    _kind(tmp_path, "sneaky", {"sms.txt": "{{ ''.__class__.__mro__[1].__subclasses__() }}"})
+    templates = Templates(max_bytes=65536, extra_dir=tmp_path)
+    with pytest.raises(RenderError):
+        templates.render("sneaky", "sms", {}, recipient=RECIPIENT, notification=NOTIFICATION)
+
+
+def test_templates_past_the_size_limit_are_refused(tmp_path: Path) -> None:
+    _kind(
+        tmp_path,
+        "big",
+        {"sms.txt": "x" * 2048, "push_title.txt": "t", "push_body.txt": "{{ 'y' * 5000 }}"},
+    )
+    templates = Templates(max_bytes=1024, extra_dir=tmp_path)
+    with pytest.raises(RenderError, match="larger than 1024 bytes"):
+        templates.render("big", "sms", {}, recipient=RECIPIENT, notification=NOTIFICATION)
+    with pytest.raises(RenderError, match="renders larger"):
+        templates.render("big", "push", {}, recipient=RECIPIENT, notification=NOTIFICATION)
+
+
+def test_a_kind_of_ones_own_overrides_a_built_in_one(tmp_path: Path) -> None:
+    _kind(tmp_path, "welcome", {"sms.txt": "hi {{ name }}"}, '{"channels": ["sms"]}')
+    templates = Templates(max_bytes=65536, extra_dir=tmp_path)
+    assert templates.kind("welcome").default_channels == ("sms",)
+    rendered = templates.render(
+        "welcome", "sms", {"name": "Bo"}, recipient=RECIPIENT, notification=NOTIFICATION
+    )
+    assert rendered.text == "hi Bo"  # an SMS: no trailing newline
+
+
+def test_a_json_template_must_render_an_object(tmp_path: Path) -> None:
+    _kind(tmp_path, "hook", {"webhook.json": "{{ value }}"}, '{"channels": ["webhook"]}')
+    templates = Templates(max_bytes=65536, extra_dir=tmp_path)
+    with pytest.raises(RenderError, match="tojson"):
+        templates.render(
+            "hook", "webhook", {"value": "{oops"}, recipient=RECIPIENT, notification=NOTIFICATION
+        )
+
+
+def test_unsubscribe_tokens_are_signed_and_bound_to_the_key() -> None:
+    links = UnsubscribeLinks.of(stack.test_settings(public_url="https://jobs.example.com/"))
+    opt_out = OptOut("user:1", "welcome", "email")
+    url = links.url(opt_out)
+    assert url.startswith("https://jobs.example.com/v1/unsubscribe?token=")
+    token = links.issue(opt_out)
+    assert links.read(token) == opt_out
+    body, _, tag = token.partition(".")
+    for forged in (f"{body}.{tag[:-2]}AA", f"{body[:-2]}AA.{tag}", "", "x", "a.b.c"):
+        with pytest.raises(BadRequestError):
+            links.read(forged)
+    other = UnsubscribeLinks.of(stack.test_settings(secret_key="another-key-" * 4))
+    with pytest.raises(BadRequestError):
+        other.read(token)
+
+
+def _outgoing(**fields: object) -> Outgoing:
+    values: dict[str, object] = {
+        "delivery_id": uuid.UUID("01890a5d-ac96-774b-bcce-b302099a8057"),
+        "notification_id": uuid.uuid4(),
+        "kind": "welcome",
+        "channel": "email",
+        "address": "ada@example.com",
+        "subject": "Hi",
+        "text": "plain\n",
+        "html": "<p>html</p>\n",
+        "headers": {"List-Unsubscribe": "<https://x/u>"},
+    }
+    return Outgoing(**{**values, **fields})  # type: ignore[arg-type]
+
+
+def test_an_email_has_both_parts_its_headers_and_a_message_id_of_its_delivery() -> None:
+    email = build_message(_outgoing(), "Conveyor <noreply@example.com>")
+    assert email["Message-ID"] == "<01890a5d-ac96-774b-bcce-b302099a8057@example.com>"
+    assert email["List-Unsubscribe"] == "<https://x/u>"
+    assert email.get_content_type() == "multipart/alternative"
+    assert email.get_body(("plain",)).get_content() == "plain\n"  # type: ignore[union-attr]
+    assert email.get_body(("html",)).get_content() == "<p>html</p>\n"  # type: ignore[union-attr]
+    with pytest.raises(PermanentDeliveryError):
+        build_message(_outgoing(text=None, html=None), "noreply@example.com")
+
+
+@pytest.mark.parametrize("address", ["ada", "ada@localhost", "Ada <ada@example.com>", "a@b.c\n"])
+def test_only_plain_email_addresses_are_accepted(address: str) -> None:
+    with pytest.raises(ValueError):
+        check_address(address)
+
+
+def test_the_outbox_writes_each_delivery_once_as_an_eml_file(tmp_path: Path) -> None:
+    outbox = OutboxChannel(tmp_path / "outbox", "noreply@example.com")
+    sent = outbox.send(_outgoing())
+    outbox.send(_outgoing())  # a second send of the same delivery replaces its file
+    (path,) = (tmp_path / "outbox").iterdir()
+    assert path.name == "01890a5d-ac96-774b-bcce-b302099a8057.eml"
+    mail = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert mail["To"] == "ada@example.com" and sent.provider == "outbox"
+    assert sent.provider_message_id == mail["Message-ID"]
+
+
+def test_full_jitter_spreads_retries_from_zero_to_the_exponential_delay() -> None:
+    policy_ = RetryPolicy(10, dt.timedelta(seconds=5), dt.timedelta(hours=2), jitter="full")
+    rng = random.Random(7)
+    delays = [policy_.backoff(4, rng).total_seconds() for _ in range(500)]
+    assert min(delays) < 4 and max(delays) > 36 and all(0 <= d <= 40 for d in delays)
+    assert all(policy_.backoff(40, rng) <= dt.timedelta(hours=2) for _ in range(100))
+
+
+def test_conveyor_dev_writes_email_to_its_outbox(tmp_path: Path) -> None:
+    settings = embedded_settings(stack.test_settings(data_dir=tmp_path / "data"))
+    assert settings.email_transport == "outbox"
+    assert settings.outbox_dir == (tmp_path / "data").resolve() / "outbox"
+    chosen = embedded_settings(
+        stack.test_settings(data_dir=tmp_path / "data", email_transport="smtp")
+    )
+    assert chosen.email_transport == "smtp"
+
+
+def test_rate_limits_are_read_from_provider_pairs() -> None:
+    settings = stack.test_settings(notification_rate_limits="smtp=20/s, http=600/m")
+    assert settings.notification_rate_limits == {"smtp": "20/s", "http": "600/m"}
+    assert parse_limit("600/m") == Limit(600, 60)
+    for bad in ("smtp", "smtp=0/s", "smtp=5/d", "=5/s"):
+        with pytest.raises(ValueError):
+            stack.test_settings(notification_rate_limits=bad)
+    assert stack.test_settings(notification_rate_limits="").notification_rate_limits is None
