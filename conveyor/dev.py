@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from conveyor import bootstrap
 from conveyor.logs import configure_logging
 from conveyor.models import Role
-from conveyor.models.migrate import upgrade
+from conveyor.models.migrate import SchemaAheadError, upgrade
 from conveyor.services.auth import TokenConfig, issue_token
 from conveyor.services.outbox import publish_pending, requeue_unfinished
 from conveyor.services.users import ensure_user
@@ -103,7 +103,10 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
 
     settings = embedded_settings(settings)
     configure_logging(settings.log_level, settings.log_format)
-    upgrade(settings.database_url)
+    try:
+        upgrade(settings.database_url)
+    except SchemaAheadError as exc:  # a newer Conveyor used this data directory
+        logger.warning("%s; running on it as it is", exc)
     container = bootstrap.Container(settings, bootstrap.ProcessRole.DEV)
     try:
         requeue_unfinished(container.db)
