@@ -168,28 +168,31 @@ def positive_days(value: str) -> float:
     return days
 
 
-def _listening(host: str, port: int, exc: OSError) -> CommandError:
-    """A server that could not listen on host:port, said in one line."""
+def _listening(host: str, port: int, exc: OSError, *, dev: bool = False) -> CommandError:
+    """A server that could not listen on host:port, said in one line (`dev`: for `conveyor
+    dev`, whose only port option is --port)."""
     where = f"{host}:{port}"
+    ports = "--port (`make dev PORT=…`)" if dev else "--port or CONVEYOR_PORT"
+    hosts = "--host" if dev else "--host or CONVEYOR_HOST"
     if isinstance(exc, socket.gaierror):
         return CommandError(
             f"cannot listen on {where}: {host!r} is not an address or a known host name",
-            "give an address such as 127.0.0.1 or 0.0.0.0 with --host or CONVEYOR_HOST",
+            f"give an address such as 127.0.0.1 or 0.0.0.0 with {hosts}",
         )
     if exc.errno == errno.EADDRINUSE:
         return CommandError(
             f"cannot listen on {where}: address already in use",
-            "pick another with --port or CONVEYOR_PORT (0: any free port)",
+            f"pick another with {ports} (0: any free port)",
         )
     if exc.errno in (errno.EACCES, errno.EPERM):
         return CommandError(
             f"cannot listen on {where}: permission denied",
-            "ports below 1024 need privileges: pick another with --port or CONVEYOR_PORT",
+            f"ports below 1024 need privileges: pick another with {ports}",
         )
     reason = exc.strerror or str(exc)
     return CommandError(
         f"cannot listen on {where}: {reason[:1].lower() + reason[1:]}",
-        "check --host and --port (CONVEYOR_HOST, CONVEYOR_PORT)",
+        f"check {hosts} and {ports}",
     )
 
 
@@ -203,7 +206,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     try:
         return run_dev(settings, host=args.host, port=args.port)
     except ListenError as exc:
-        raise _listening(exc.host, exc.port, exc.error) from None
+        raise _listening(exc.host, exc.port, exc.error, dev=True) from None
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:

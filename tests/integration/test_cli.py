@@ -388,9 +388,10 @@ def test_a_port_taken_or_a_host_unknown_is_one_line(
         port = taken.getsockname()[1]
         done = _installed([command, "--host", "127.0.0.1", "--port", str(port)], tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
+    ports = "--port (`make dev PORT=…`)" if command == "dev" else "--port or CONVEYOR_PORT"
     assert done.stderr.splitlines()[-1] == (
         f"conveyor: cannot listen on 127.0.0.1:{port}: address already in use; pick another "
-        "with --port or CONVEYOR_PORT (0: any free port)"
+        f"with {ports} (0: any free port)"
     )
 
     done = _installed([command, "--host", "256.1.1.1", "--port", "0"], tmp_path)
