@@ -456,6 +456,10 @@ def test_a_retry_while_the_broker_is_down_says_what_happens_to_the_job(
     assert err.startswith("conveyor: warning: the broker is unreachable")
     assert "saved as queued" in err and "sweeper" in err and "does not retry" in err
 
+    queued = _job(pg_db, alice, JobStatus.QUEUED)
+    code, out, err = run(capsys, "jobs", "cancel", str(queued.id))  # needs no broker
+    assert (code, err) == (0, "") and out == f"job {queued.id}: cancelled\n"
+
 
 def test_a_bulk_retry_counts_the_jobs_of_unknown_types_once(
     env: None,
