@@ -568,7 +568,7 @@ def _bulk(args: argparse.Namespace) -> bool:
 def cmd_jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.services import jobs, operations
 
-    with opened(settings) as container, _publishing(container):
+    with opened(settings) as container:
         if not _bulk(args):
             job = jobs.cancel(container.db, container.announcements, args.id, operator())
             state = "asked to stop" if job.status == "running" else job.status
