@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import errno
 import getpass
+import logging
 import math
 import socket
 import sys
@@ -26,6 +28,11 @@ from conveyor.settings import Settings, get_settings
 
 Command = Callable[[argparse.Namespace, Settings], int]
 UPGRADE_HINT = "run `conveyor db upgrade` (with the same CONVEYOR_DATABASE_URL)"
+DATABASE_URL_HINT = "use postgresql+psycopg://user:password@host:5432/name or sqlite:///path"
+#: The shortest lifetime `tokens issue --days` gives a token: one minute.
+MIN_TOKEN_DAYS = 1 / 1440
+#: How many jobs one call of a bulk operation changes (the CLI calls again until done).
+BULK_LIMIT = 10_000
 
 
 # --- shared by the commands ---------------------------------------------------------------
@@ -46,7 +53,8 @@ def safe_url(url: str) -> str:
 @contextlib.contextmanager
 def opened(settings: Settings, *, migrated: bool = True) -> Iterator[bootstrap.Container]:
     """The CLI's container, closed after the command; with `migrated`, the database must be
-    at the revision this code needs (else a CommandError saying to upgrade)."""
+    at the revision this code needs (else a CommandError saying to upgrade), or ahead of it
+    (a newer release's revision: a one-line warning, and the command runs)."""
     from conveyor.models.migrate import SchemaBehindError, SchemaCheck
 
     with _container(settings) as container:
@@ -56,6 +64,44 @@ def opened(settings: Settings, *, migrated: bool = True) -> Iterator[bootstrap.C
             except SchemaBehindError as exc:
                 raise CommandError(str(exc), UPGRADE_HINT) from None
         yield container
+
+
+class _Unreachable(logging.Filter):
+    """Holds back the broker's "unreachable; retrying quietly" WARNING, which is true of a
+    process that retries, not of the CLI: `_publishing` says what happens instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: object = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from conveyor.logs import UNREACHABLE
+
+        if record.msg is UNREACHABLE and isinstance(record.args, tuple) and record.args:
+            if record.args[0] == "broker":
+                self.error = record.args[-1]
+                return False
+        return True
+
+
+@contextlib.contextmanager
+def _publishing(container: bootstrap.Container) -> Iterator[None]:
+    """Around a command that publishes jobs: when the broker did not take them, one
+    warning that says what happens to them (they are saved; the sweeper publishes them)."""
+    held = _Unreachable()
+    broker_logger = logging.getLogger("conveyor.broker")
+    broker_logger.addFilter(held)
+    try:
+        yield
+    finally:
+        broker_logger.removeFilter(held)
+    if held.error is not None:
+        print(
+            f"conveyor: warning: the broker is unreachable ({held.error!r}): the job(s) are "
+            "saved as queued, and the sweeper of a running `conveyor web` publishes them once "
+            "the broker answers; this command does not retry",
+            file=sys.stderr,
+        )
 
 
 def operator() -> User:
@@ -98,14 +144,56 @@ def count(value: str) -> int:
     return int(value)
 
 
+def port(value: str) -> int:
+    """A TCP port: 0 (any free port) to 65535."""
+    if not (value.isascii() and value.isdigit() and int(value) <= 65535):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give a port from 0 to 65535 (0: any free port)"
+        )
+    return int(value)
+
+
 def positive_days(value: str) -> float:
+    """A number of days, at least one minute's worth (the upper bound is a setting, checked
+    by the command)."""
     try:
         days = float(value)
     except ValueError:
         days = math.nan
-    if not (math.isfinite(days) and days > 0):
-        raise argparse.ArgumentTypeError(f"{value!r}: give a number of days above 0, such as 7")
+    if not (math.isfinite(days) and days >= MIN_TOKEN_DAYS):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give a number of days from {MIN_TOKEN_DAYS:.6f} (one minute) up to "
+            "CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS, such as 7"
+        )
     return days
+
+
+def _listening(host: str, port: int, exc: OSError, *, dev: bool = False) -> CommandError:
+    """A server that could not listen on host:port, said in one line (`dev`: for `conveyor
+    dev`, whose only port option is --port)."""
+    where = f"{host}:{port}"
+    ports = "--port (`make dev PORT=…`)" if dev else "--port or CONVEYOR_PORT"
+    hosts = "--host" if dev else "--host or CONVEYOR_HOST"
+    if isinstance(exc, socket.gaierror):
+        return CommandError(
+            f"cannot listen on {where}: {host!r} is not an address or a known host name",
+            f"give an address such as 127.0.0.1 or 0.0.0.0 with {hosts}",
+        )
+    if exc.errno == errno.EADDRINUSE:
+        return CommandError(
+            f"cannot listen on {where}: address already in use",
+            f"pick another with {ports} (0: any free port)",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return CommandError(
+            f"cannot listen on {where}: permission denied",
+            f"ports below 1024 need privileges: pick another with {ports}",
+        )
+    reason = exc.strerror or str(exc)
+    return CommandError(
+        f"cannot listen on {where}: {reason[:1].lower() + reason[1:]}",
+        f"check {hosts} and {ports}",
+    )
 
 
 # --- dev, web, db ---------------------------------------------------------------------------
@@ -113,8 +201,12 @@ def positive_days(value: str) -> float:
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.dev import run_dev
+    from conveyor.http.server import ListenError
 
-    return run_dev(settings, host=args.host, port=args.port)
+    try:
+        return run_dev(settings, host=args.host, port=args.port)
+    except ListenError as exc:
+        raise _listening(exc.host, exc.port, exc.error, dev=True) from None
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
@@ -122,7 +214,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
 
     import conveyor.actors.all  # noqa: F401  (every job type, to validate submissions)
     from conveyor.http.app import create_app
-    from conveyor.http.server import serve
+    from conveyor.http.server import ListenError, serve
     from conveyor.logs import configure_logging
     from conveyor.services.auth import TokenConfig
 
@@ -133,6 +225,8 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     container = bootstrap.Container(settings, bootstrap.ProcessRole.WEB)
     try:
         asyncio.run(serve(create_app(container), settings, host, port, shutdown_timeout=10))
+    except ListenError as exc:
+        raise _listening(exc.host, exc.port, exc.error) from None
     finally:
         container.close()
     return 0
@@ -149,13 +243,17 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     import signal
 
     from conveyor.logs import configure_logging
-    from conveyor.models.migrate import upgrade
+    from conveyor.models.migrate import SchemaAheadError
     from conveyor.settings import local_procfile_runner
 
     configure_logging(settings.log_level, settings.log_format)
     logger = logging.getLogger("conveyor.release")
-    upgrade(settings.database_url)
-    logger.info("release: database schema upgraded to the newest revision")
+    try:
+        before, after = _upgrade(settings, "head")
+    except SchemaAheadError as exc:  # a rollback deploy: the newer schema stays, and serves
+        logger.warning("release: %s; left as it is", exc)
+    else:
+        logger.info("release: database schema at the newest revision (%s, was %s)", after, before)
     runner = local_procfile_runner()
     if not (args.idle or (runner is not None and not args.exit)):
         return 0
@@ -172,15 +270,29 @@ def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+def _upgrade(settings: Settings, revision: str) -> tuple[str | None, str | None]:
+    """`migrate.upgrade`, with Alembic's refusals as a CommandError (SchemaAheadError is the
+    caller's to handle)."""
+    from alembic.script.revision import RevisionError
     from alembic.util import CommandError as AlembicError
 
     from conveyor.models.migrate import upgrade
 
     try:
-        before, after = upgrade(settings.database_url, args.revision)
-    except AlembicError as exc:
-        raise CommandError(str(exc), "`conveyor db history` lists the revisions") from None
+        return upgrade(settings.database_url, revision)
+    except (AlembicError, RevisionError) as exc:
+        reason = " ".join(str(exc).split())
+        raise CommandError(reason, "`conveyor db history` lists the revisions") from None
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.models.migrate import SchemaAheadError
+
+    try:
+        before, after = _upgrade(settings, args.revision)
+    except SchemaAheadError as exc:
+        print(f"{exc}; nothing to do (a newer Conveyor migrated it)")
+        return 0
     if before == after:
         print(f"database already at revision {after or 'none'}; nothing to do")
     else:
@@ -189,11 +301,14 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
-    from conveyor.models.migrate import current, head
+    from conveyor.models.migrate import current, head, is_ahead
 
     found, newest = current(settings.database_url), head()
     if found == newest:
         print(f"{found} (head)")
+        return 0
+    if is_ahead(found):
+        print(f"{found} (ahead of this code: the newest revision it knows is {newest})")
         return 0
     print(f"{found or 'none'} (behind: this code needs {newest}; run `conveyor db upgrade`)")
     return 3
@@ -270,8 +385,9 @@ def cmd_tokens_issue(args: argparse.Namespace, settings: Settings) -> int:
         most = settings.token_max_lifetime_seconds / 86400
         if args.days > most:
             raise CommandError(
-                f"--days {args.days:g} is longer than tokens may live ({most:g} days)",
-                "give fewer days, or raise CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS",
+                f"--days {args.days:g} is longer than tokens may live: give from "
+                f"{MIN_TOKEN_DAYS:.6f} (one minute) to {most:g} days",
+                "or raise CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS",
             )
         ttl = dt.timedelta(days=args.days)
     with opened(settings) as container:
@@ -462,7 +578,7 @@ def cmd_jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
         cancelled = stopping = 0
         while True:
             result = operations.bulk_cancel(
-                container.db, container.announcements, operator(), where
+                container.db, container.announcements, operator(), where, limit=BULK_LIMIT
             )
             cancelled += result.count - result.stopping
             stopping += result.stopping
@@ -476,7 +592,7 @@ def cmd_jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
     import conveyor.actors.all  # noqa: F401  (every job type: a retry renews its type's retries)
     from conveyor.services import operations
 
-    with opened(settings) as container:
+    with opened(settings) as container, _publishing(container):
         common = (container.db, container.enqueuer, container.announcements, container.registry)
         if not _bulk(args):
             job = operations.retry(*common, args.id, operator())
@@ -485,9 +601,12 @@ def cmd_jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
         where = _job_filter(args, container.db)
         retried = skipped = 0
         while True:
-            result = operations.bulk_retry(*common, operator(), where)
+            result = operations.bulk_retry(*common, operator(), where, limit=BULK_LIMIT)
             retried += result.count
-            skipped += result.skipped
+            # Each call scans the matching jobs from the first: those of unknown types, left
+            # as they were, are met again by every call. The last call (which went through to
+            # the end) met each of them once.
+            skipped = result.skipped
             if not result.more:
                 break
     print(f"retried {retried} job(s)")
@@ -603,7 +722,7 @@ def _dev_and_web(sub: Any) -> None:
         "in-process broker under CONVEYOR_DATA_DIR. For trying Conveyor out.",
     )
     dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    dev.add_argument("--port", type=port, default=8000, help="0 to 65535; 0 picks a free port")
 
     web = _command(
         sub,
@@ -614,7 +733,12 @@ def _dev_and_web(sub: Any) -> None:
         "CONVEYOR_PORT=9000 conveyor web --host 0.0.0.0",
     )
     web.add_argument("--host", default=None, help="default: CONVEYOR_HOST")
-    web.add_argument("--port", type=int, default=None, help="default: CONVEYOR_PORT")
+    web.add_argument(
+        "--port",
+        type=port,
+        default=None,
+        help="0 to 65535 (0: any free port); default: CONVEYOR_PORT",
+    )
 
 
 def _worker_and_release(sub: Any) -> None:
@@ -673,7 +797,8 @@ def _db(sub: Any) -> None:
         cmd_db_current,
         "conveyor db current",
         description="Print the revision the database is at; exit 3 when it is behind this "
-        "code (run `conveyor db upgrade`).",
+        "code (run `conveyor db upgrade`), 0 when it is at its head or ahead of it (a revision "
+        "of a newer Conveyor, which this code runs on).",
     )
     _command(db, "history", "list the migrations", cmd_db_history, "conveyor db history")
 
@@ -750,8 +875,8 @@ def _tokens(sub: Any) -> None:
         "--days",
         type=positive_days,
         default=None,
-        help="lifetime in days, above 0 (default: CONVEYOR_TOKEN_TTL_SECONDS; at most "
-        "CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS)",
+        help="lifetime in days, one minute (0.000694) or more (default: "
+        "CONVEYOR_TOKEN_TTL_SECONDS; at most CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS)",
     )
 
 
@@ -887,6 +1012,25 @@ def _database_error(exc: sqlalchemy.exc.DBAPIError, settings: Settings) -> Comma
     return CommandError(f"database error at {url}: {reason}")
 
 
+def _driver_error(settings: Settings | None) -> CommandError | None:
+    """When CONVEYOR_DATABASE_URL names a database or driver that is not installed, the
+    error that says so (None when its driver loads)."""
+    if settings is None:
+        return None
+    url = settings.database_url
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        scheme = url.split("://", 1)[0]
+        return CommandError(
+            f"bad CONVEYOR_DATABASE_URL: no driver for {scheme}:// is installed ({exc})",
+            DATABASE_URL_HINT,
+        )
+    except Exception:
+        return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.run not in (cmd_dev, cmd_web):  # those configure their own logging
@@ -902,8 +1046,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sqlalchemy.exc.DBAPIError as exc:
         assert settings is not None
         error = _database_error(exc, settings)
+    except sqlalchemy.exc.NoSuchModuleError:
+        error = _driver_error(settings) or CommandError(
+            "bad CONVEYOR_DATABASE_URL: unknown database", DATABASE_URL_HINT
+        )
     except sqlalchemy.exc.ArgumentError as exc:
-        error = CommandError(f"bad CONVEYOR_DATABASE_URL: {exc}", "see README, Settings")
+        error = CommandError(f"bad CONVEYOR_DATABASE_URL: {exc}", DATABASE_URL_HINT)
+    except ImportError:
+        found = _driver_error(settings)
+        if found is None:
+            raise
+        error = found
     except KeyboardInterrupt:
         return 130
     hint = f"; {error.hint}" if error.hint else ""

@@ -22,7 +22,7 @@ from pydantic import HttpUrl, SecretStr
 from conveyor import bootstrap
 from conveyor.logs import configure_logging
 from conveyor.models import Role
-from conveyor.models.migrate import upgrade
+from conveyor.models.migrate import SchemaAheadError, upgrade
 from conveyor.notifications import resources as notifications
 from conveyor.services.auth import TokenConfig, issue_token
 from conveyor.services.outbox import publish_pending, requeue_unfinished
@@ -112,7 +112,10 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     if settings.public_url is None and port:  # where the emails' unsubscribe links point
         settings = settings.model_copy(update={"public_url": HttpUrl(f"http://{host}:{port}")})
     configure_logging(settings.log_level, settings.log_format)
-    upgrade(settings.database_url)
+    try:
+        upgrade(settings.database_url)
+    except SchemaAheadError as exc:  # a newer Conveyor used this data directory
+        logger.warning("%s; running on it as it is", exc)
     container = bootstrap.Container(
         settings, bootstrap.ProcessRole.DEV, resources=notifications.resources()
     )

@@ -76,6 +76,11 @@ class _TextFormatter(logging.Formatter):
         return f"{line} [{context}]" if context else line
 
 
+#: The WARNING an `Outage` logs when its dependency stops answering (a process's sweeper,
+#: consumers or heartbeat retry; the CLI, which does not, says what happens instead).
+UNREACHABLE = "%s unreachable: %r; retrying quietly until it answers"
+
+
 class Outage:
     """Whether one dependency answers this process, said in two lines: a WARNING when it
     starts failing and an INFO when it answers again. The failed attempts in between are
@@ -109,9 +114,7 @@ class Outage:
             self._down_since = time.monotonic()
             self._attempts_before = self.attempts - 1
             self.outages += 1
-        self._logger.warning(
-            "%s unreachable: %r; retrying quietly until it answers", self.name, exc
-        )
+        self._logger.warning(UNREACHABLE, self.name, exc)
 
     def succeeded(self) -> None:
         """An attempt to reach it worked; the first success after an outage is logged."""

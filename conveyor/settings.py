@@ -14,6 +14,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor.egress import EgressPolicy
 
+#: How to make a CONVEYOR_SECRET_KEY, for the errors that say it is missing.
+SECRET_KEY_HINT = (
+    "generate one with python3 -c 'import secrets; print(secrets.token_urlsafe(48))' "
+    "and set it in the environment or .env"
+)
+
 
 class Settings(BaseSettings):
     """Every setting Conveyor reads. Defaults target the services of docker-compose.yml."""

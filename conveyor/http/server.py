@@ -258,6 +258,17 @@ class GuardedRunner(web.AppRunner):
         )
 
 
+class ListenError(Exception):
+    """The server could not listen on host:port (the port is taken, the host is not an
+    address of this machine or not a name, a port below 1024 without privileges)."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {error}")
+        self.host = host
+        self.port = port
+        self.error = error
+
+
 def make_runner(app: web.Application, settings: Settings, **kwargs: Any) -> web.AppRunner:
     """The runner of `conveyor web` and `conveyor dev`: no access log, keep-alive for
     KEEPALIVE_SECONDS, and the time limits of `settings`."""
@@ -284,12 +295,15 @@ async def serve(
 ) -> None:
     """Serve `app` on host:port until SIGINT or SIGTERM, then drain for up to
     `shutdown_timeout` seconds; `started(port)` is called once it listens, and
-    `stopping()` when the signal came."""
+    `stopping()` when the signal came. ListenError when it cannot listen."""
     runner = make_runner(app, settings, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # socket.gaierror included: a host that does not resolve
+            raise ListenError(host, port, exc) from exc
         bound = runner.addresses[0][1] if runner.addresses else port
         logger.info(
             "listening on http://%s:%d (pid %d, conveyor %s)",

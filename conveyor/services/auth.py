@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import jwt
 
 from conveyor.errors import AuthenticationError, ConfigurationError, InvalidRequestError
-from conveyor.settings import Settings
+from conveyor.settings import SECRET_KEY_HINT, Settings
 
 ALGORITHM = "HS256"
 #: Seconds of clock difference forgiven between the issuer and the verifier.
@@ -30,7 +30,9 @@ class TokenConfig:
     def of(cls, settings: Settings) -> TokenConfig:
         """The token settings; ConfigurationError without a secret key."""
         if settings.secret_key is None:
-            raise ConfigurationError("CONVEYOR_SECRET_KEY is not set: it signs the API tokens")
+            raise ConfigurationError(
+                f"CONVEYOR_SECRET_KEY is not set: it signs the API tokens; {SECRET_KEY_HINT}"
+            )
         return cls(
             secret=settings.secret_key.get_secret_value(),
             issuer=settings.jwt_issuer,

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from conveyor.errors import BadRequestError, ConfigurationError
-from conveyor.settings import Settings
+from conveyor.settings import SECRET_KEY_HINT, Settings
 
 VERSION = b"\x01"
 TAG_BYTES = 16
@@ -60,7 +60,9 @@ class Cursors:
     def of(cls, settings: Settings) -> Cursors:
         """Cursors under a key derived from the secret key; ConfigurationError without one."""
         if settings.secret_key is None:
-            raise ConfigurationError("CONVEYOR_SECRET_KEY is not set: it signs list cursors")
+            raise ConfigurationError(
+                f"CONVEYOR_SECRET_KEY is not set: it signs list cursors; {SECRET_KEY_HINT}"
+            )
         secret = settings.secret_key.get_secret_value().encode()
         return cls(hmac.new(secret, KEY_LABEL, hashlib.sha256).digest())
 

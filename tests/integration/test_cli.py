@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -23,6 +24,7 @@ from conveyor.db import transaction
 from conveyor.models import Job, JobEvent, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import jobs_t
+from conveyor.models.migrate import head
 from conveyor.services import operations, submissions
 from conveyor.services.submissions import NewJob
 from conveyor.services.users import create_user
@@ -32,6 +34,7 @@ from tests.conftest import REDIS_URL
 pytestmark = pytest.mark.integration
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+ADMIN = "host=127.0.0.1 user=postgres dbname=postgres"
 
 
 @pytest.fixture
@@ -119,7 +122,9 @@ def test_users_list_deactivate_and_role(
     assert (code, err) == (1, "conveyor: no user with email nobody@example.com\n")
 
 
-@pytest.mark.parametrize("days", ["0", "-1", "nan", "inf", "1e9", "91"])
+@pytest.mark.parametrize(
+    "days", ["0", "-1", "nan", "inf", "1e9", "91", "1e-300", "0.00000001", "0.0006"]
+)
 def test_tokens_issue_refuses_days_out_of_range(
     env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str], days: str
 ) -> None:
@@ -130,6 +135,15 @@ def test_tokens_issue_refuses_days_out_of_range(
         code, (out, err) = int(exit_.code or 0), capsys.readouterr()
     assert code != 0 and out == ""
     assert err.count("\n") == 1 and "days" in err and "Traceback" not in err
+    assert "one minute" in err  # the range, from its lower end
+
+
+def test_tokens_issue_gives_a_token_of_one_minute(
+    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    create_user(pg_db, "alice@example.com")
+    code, out, _ = run(capsys, "tokens", "issue", "alice@example.com", "--days", str(1 / 1440))
+    assert code == 0 and out.count(".") == 2
 
 
 def _job(db: sessionmaker[Session], owner: User, status: JobStatus, **values: Any) -> Job:
@@ -284,3 +298,189 @@ def test_the_installed_command_runs_as_a_process(
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert [u["email"] for u in json.loads(done.stdout)] == ["alice@example.com"]
+
+
+@pytest.fixture
+def fresh_database(env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty database of its own, which the CLI's settings name; dropped after."""
+    name = f"conveyor_cli_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        monkeypatch.setenv("CONVEYOR_DATABASE_URL", url)
+        get_settings.cache_clear()
+        yield name
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _sql(name: str, statement: str) -> None:
+    with psycopg.connect(f"{ADMIN[: ADMIN.index('dbname')]}dbname={name}") as connection:
+        connection.execute(statement)
+
+
+def test_a_database_ahead_of_this_code_is_accepted_with_a_warning(
+    fresh_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rolling upgrade (or a rollback of the code) leaves the database on a revision this
+    code does not know: the commands run on it, and none offers to upgrade it."""
+    assert run(capsys, "db", "upgrade")[0] == 0
+    _sql(fresh_database, "UPDATE alembic_version SET version_num = '9999'")
+
+    code, out, err = run(capsys, "db", "current")
+    assert (code, err) == (0, "")
+    assert out == f"9999 (ahead of this code: the newest revision it knows is {head()})\n"
+
+    code, out, err = run(capsys, "users", "list")
+    assert code == 0 and err.splitlines()[1:] == ["no users"], err
+    assert err.startswith("conveyor: warning: the database is at revision 9999, ahead of this")
+    assert "db upgrade" not in err
+
+    code, out, err = run(capsys, "db", "upgrade")
+    assert (code, err) == (0, "") and out.count("\n") == 1
+    assert "9999, ahead of this code" in out and "nothing to do" in out
+    assert "db upgrade" not in out and "locate" not in out
+
+    code, out, err = run(capsys, "release", "--exit")  # a rollback deploy goes through
+    assert code == 0 and "Traceback" not in err
+    assert "ahead of this code" in err
+    assert _revision(fresh_database) == "9999"
+
+
+def _revision(name: str) -> str:
+    with psycopg.connect(f"{ADMIN[: ADMIN.index('dbname')]}dbname={name}") as connection:
+        row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_release_says_what_alembic_refused_in_one_line(
+    fresh_database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "db", "upgrade", "0002")[0] == 0
+    _sql(fresh_database, "INSERT INTO alembic_version VALUES ('0001')")  # two heads: refused
+    code, out, err = run(capsys, "release", "--exit")
+    assert code == 1 and out == "" and "Traceback" not in err
+    last = err.splitlines()[-1]  # after the log lines of `release`
+    assert last.startswith("conveyor: Version table 'alembic_version' has more than one head")
+    assert last.endswith("`conveyor db history` lists the revisions")
+
+
+def _installed(argv: list[str], tmp_path: Path, **environ: str) -> subprocess.CompletedProcess[str]:
+    conveyor = Path(sys.executable).with_name("conveyor")
+    env = {k: v for k, v in os.environ.items() if k.startswith(("CONVEYOR_", "PATH"))}
+    return subprocess.run(
+        [str(conveyor), *argv],
+        env={**env, "CONVEYOR_DATA_DIR": str(tmp_path / "data"), **environ},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["web", "dev"])
+def test_a_port_taken_or_a_host_unknown_is_one_line(
+    env: None, tmp_path: Path, command: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _installed([command, "--host", "127.0.0.1", "--port", str(port)], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    ports = "--port (`make dev PORT=…`)" if command == "dev" else "--port or CONVEYOR_PORT"
+    assert done.stderr.splitlines()[-1] == (
+        f"conveyor: cannot listen on 127.0.0.1:{port}: address already in use; pick another "
+        f"with {ports} (0: any free port)"
+    )
+
+    done = _installed([command, "--host", "256.1.1.1", "--port", "0"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith(
+        "conveyor: cannot listen on 256.1.1.1:0: '256.1.1.1' is not an address"
+    )
+
+
+@pytest.mark.parametrize("command", ["web", "dev"])
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_port_out_of_range_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], command: str, port: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--port", port])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "give a port from 0 to 65535" in err
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://app:secret@db/conveyor", "oracle+nosuch://db/x", "nosuchdb://db/x"]
+)
+def test_a_database_url_without_its_driver_is_one_line(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    monkeypatch.setenv("CONVEYOR_DATABASE_URL", url)
+    get_settings.cache_clear()
+    for argv in (["users", "list"], ["db", "upgrade"], ["db", "current"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 1 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("conveyor: bad CONVEYOR_DATABASE_URL: no driver for ")
+        assert "use postgresql+psycopg://" in err and "sqlite:///" in err
+        assert "secret" not in err
+
+
+def test_a_missing_secret_key_says_how_to_make_one(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CONVEYOR_SECRET_KEY")
+    get_settings.cache_clear()
+    code, _, err = run(capsys, "tokens", "issue", "alice@example.com")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("conveyor: CONVEYOR_SECRET_KEY is not set")
+    assert "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'" in err
+
+
+def test_a_retry_while_the_broker_is_down_says_what_happens_to_the_job(
+    env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    pg_db: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    alice = create_user(pg_db, "alice@example.com")
+    failed = _job(pg_db, alice, JobStatus.FAILED, attempts=1, finished_at=utcnow())
+    monkeypatch.setenv("CONVEYOR_BROKER_URL", "amqp://guest:guest@127.0.0.1:1/")
+    get_settings.cache_clear()
+    code, _, err = run(capsys, "jobs", "retry", str(failed.id))
+    assert code == 0 and _status(pg_db, failed.id) == "queued"
+    assert "retrying quietly" not in err and err.count("\n") == 1
+    assert err.startswith("conveyor: warning: the broker is unreachable")
+    assert "saved as queued" in err and "sweeper" in err and "does not retry" in err
+
+    queued = _job(pg_db, alice, JobStatus.QUEUED)
+    code, out, err = run(capsys, "jobs", "cancel", str(queued.id))  # needs no broker
+    assert (code, err) == (0, "") and out == f"job {queued.id}: cancelled\n"
+
+
+def test_a_bulk_retry_counts_the_jobs_of_unknown_types_once(
+    env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    pg_db: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The CLI calls the bulk retry until no job is left; each call meets again the jobs of
+    types this code does not know (older ids first), which must be counted once."""
+    import conveyor.cli
+
+    monkeypatch.setattr(conveyor.cli, "BULK_LIMIT", 1)
+    alice = create_user(pg_db, "alice@example.com")
+    unknown = [_job(pg_db, alice, JobStatus.FAILED, type="gone.away") for _ in range(2)]
+    known = [_job(pg_db, alice, JobStatus.FAILED) for _ in range(3)]
+    code, out, err = run(capsys, "jobs", "retry", "--status", "failed")
+    assert code == 0 and out == "retried 3 job(s)\n"
+    assert err == "left 2 job(s) of job types this code does not know\n"
+    assert {_status(pg_db, j.id) for j in known} == {"queued"}
+    assert {_status(pg_db, j.id) for j in unknown} == {"failed"}
