@@ -235,6 +235,11 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.workers.runner import run_pool
 
+    # Checked here, once: a worker process would only log that the database is unreachable
+    # and keep retrying a URL that can never work.
+    make_url(settings.database_url)  # an unparseable URL: ArgumentError, said by `main`
+    if (error := _driver_error(settings)) is not None:
+        raise error
     return run_pool(args.pool, args.dramatiq_args, settings)
 
 

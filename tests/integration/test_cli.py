@@ -425,7 +425,7 @@ def test_a_database_url_without_its_driver_is_one_line(
 ) -> None:
     monkeypatch.setenv("CONVEYOR_DATABASE_URL", url)
     get_settings.cache_clear()
-    for argv in (["users", "list"], ["db", "upgrade"], ["db", "current"]):
+    for argv in (["users", "list"], ["db", "upgrade"], ["db", "current"], ["worker", "system"]):
         code, out, err = run(capsys, *argv)
         assert code == 1 and out == "" and err.count("\n") == 1, err
         assert err.startswith("conveyor: bad CONVEYOR_DATABASE_URL: no driver for ")
