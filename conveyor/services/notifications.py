@@ -769,7 +769,11 @@ def record_suppressed(
 
 
 def record_bounce(
-    db: sessionmaker[Session], delivery_id: uuid.UUID, channel: str, address: str, reason: str
+    db: sessionmaker[Session],
+    delivery_id: uuid.UUID | None,
+    channel: str,
+    address: str,
+    reason: str,
 ) -> None:
     """Put `address` on the bounce list (once; a second bounce keeps the first record)."""
     try:
