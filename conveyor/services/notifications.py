@@ -808,18 +808,18 @@ def list_bounces(
     db: sessionmaker[Session],
     cursors: Cursors,
     *,
-    channel: str | None = None,
+    channels: Sequence[str] = (),
     address: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> BouncePage:
     """The bounce list newest first, by keyset pages (admins only: the caller checks)."""
-    scope = Scope.of([channel or ""], [address or ""], None)
+    scope = Scope.of(channels, [f"address:{address or ''}"], None)
     query = select(BouncedAddress).order_by(BouncedAddress.id.desc()).limit(limit + 1)
-    if channel is not None:
-        query = query.where(BouncedAddress.channel == channel)
+    if channels:
+        query = query.where(BouncedAddress.channel.in_(list(channels)))
     if address is not None:
-        query = query.where(BouncedAddress.address == _stored(channel, address))
+        query = query.where(BouncedAddress.address.in_({address, address.lower()}))
     if cursor is not None:
         query = query.where(BouncedAddress.id < cursors.read(cursor, scope))
     with db() as session:
@@ -827,10 +827,6 @@ def list_bounces(
     more = len(rows) > limit
     rows = rows[:limit]
     return BouncePage(rows, cursors.issue(rows[-1].id, scope) if more else None)
-
-
-def _stored(channel: str | None, address: str) -> str:
-    return address.lower() if channel in (None, "email") and "@" in address else address
 
 
 def clear_bounce(db: sessionmaker[Session], bounce_id: uuid.UUID) -> None:

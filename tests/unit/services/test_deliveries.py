@@ -224,7 +224,7 @@ def test_a_bounced_address_is_suppressed_even_for_a_critical_kind_until_cleared(
         ("email", "gone@example.com", first)
     ]
     assert notifications.list_bounces(db, cursors, address="GONE@example.com").items
-    assert not notifications.list_bounces(db, cursors, channel="sms").items
+    assert not notifications.list_bounces(db, cursors, channels=["sms"]).items
     notifications.clear_bounce(db, page.items[0].id)
     assert not notifications.list_bounces(db, cursors).items
     with pytest.raises(NotFoundError):
