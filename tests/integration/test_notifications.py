@@ -14,6 +14,9 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import select, update
 
+from conveyor.client import AsyncClient, Client
+from conveyor.client import InvalidRequestError as ClientInvalidRequestError
+from conveyor.client import Notification as ClientNotification
 from conveyor.models import Delivery, Job, JobStatus, User
 from conveyor.models.base import utcnow
 from conveyor.notifications import resources
@@ -821,3 +824,42 @@ async def test_a_crash_between_the_providers_accept_and_recording_sends_the_same
     first, second = provider.wait_for(2)
     assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"] == delivery["id"]
     assert first.body == second.body
+
+
+async def test_the_python_client_notifies_and_reads_the_deliveries_back(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    base = str(stack.client.make_url("/")).rstrip("/")
+    recipients = [
+        {"address": "ada@example.com", "channel": "email"},
+        {"address": "bob@example.com", "channel": "email"},
+    ]
+    async with AsyncClient(base, stack.admin_token) as client:
+        created = await client.notify(
+            "welcome", recipients, context=WELCOME, idempotency_key="client-1"
+        )
+        assert [d.status for d in created.deliveries] == ["pending", "pending"]
+        again = await client.notify(
+            "welcome", recipients, context=WELCOME, idempotency_key="client-1"
+        )
+        assert again.id == created.id
+        done = await _settled(stack, created.id)
+        assert {d["status"] for d in done["deliveries"]} == {"sent"}
+        read = await client.get_notification(created)
+        assert read.finished and read.kind == "welcome"
+        listed = [d.id async for d in client.deliveries(notification=created, limit=1)]
+        assert sorted(listed) == sorted(d.id for d in read.deliveries)
+        with pytest.raises(ClientInvalidRequestError) as bad:
+            await client.notify("no-such-kind", recipients)
+        assert "kind" in bad.value.fields
+
+    def blocking() -> tuple[ClientNotification, list[str]]:
+        with Client(base, stack.admin_token) as sync:
+            got = sync.get_notification(created.id)
+            sent = [d.address for d in sync.deliveries(notification=created.id, status="sent")]
+            return got, sent
+
+    got, sent = await asyncio.to_thread(blocking)
+    assert got.id == created.id and sorted(sent) == ["ada@example.com", "bob@example.com"]
+    assert mailbox.count() == 2
