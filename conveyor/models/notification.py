@@ -81,6 +81,8 @@ class Delivery(Base):
         Index("ix_deliveries_notification_id_id", "notification_id", "id"),
         Index("ix_deliveries_status_id", "status", "id"),
         Index("ix_deliveries_digest_id", "digest_id"),
+        # A job's deliveries: found when it ends (or is deleted, for the foreign key).
+        Index("ix_deliveries_job_id", "job_id"),
         # An open digest of a recipient is looked up by its channel and address.
         Index("ix_deliveries_channel_address", "channel", "address"),
     )

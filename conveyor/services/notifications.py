@@ -8,6 +8,7 @@ transaction, so a notification never exists without the jobs that send it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -848,39 +849,53 @@ _ENDED = {
 }
 
 
-def reconcile(db: sessionmaker[Session], *, limit: int = RECONCILE_BATCH) -> int:
+def reconcile(
+    db: sessionmaker[Session],
+    *,
+    finished_since: dt.datetime | None = None,
+    limit: int = RECONCILE_BATCH,
+) -> int:
     """End the deliveries left `pending` or `sending` by a job that finished without the
     deliver function recording an outcome: cancelled while queued (one by one, in bulk, or
     by a purge of its queue), failed for good by the lease reconciler (workers lost), or
     deleted. They become `failed`, with `last_error` saying why; a retry of the job sends
     them again. What a digest carries shares its head's fate. Returns how many it ended.
 
-    Cheap: it walks the unfinished deliveries by their status index and looks their jobs up
-    by primary key, locking those jobs (SKIP LOCKED) so that a concurrent retry of one either
-    waits for this or is seen."""
+    With `finished_since`, it looks only at the `notifications.deliver` jobs finished since
+    then (by the finished jobs' index, then their deliveries by job id): the cheap frequent
+    pass. Without, it walks every unfinished delivery (by the status index), its job by
+    primary key, and also finds those whose job was deleted: the thorough, rarer pass. The
+    jobs are locked (SKIP LOCKED), so a concurrent retry of one waits for this or is seen."""
     open_ = [DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value]
     ended = 0
+    query = (
+        select(deliveries_t.c.id, jobs_t.c.status)
+        .select_from(jobs_t.join(deliveries_t, deliveries_t.c.job_id == jobs_t.c.id))
+        .where(deliveries_t.c.status.in_(open_), jobs_t.c.status.in_(list(_ENDED)))
+        .limit(limit)
+        .with_for_update(of=jobs_t, skip_locked=True)
+    )
+    if finished_since is not None:
+        query = query.where(
+            jobs_t.c.finished_at >= finished_since, jobs_t.c.type == DELIVER
+        ).order_by(jobs_t.c.finished_at)
+    else:
+        query = query.order_by(deliveries_t.c.id)
     with transaction(db) as session:
-        rows = session.execute(
-            select(deliveries_t.c.id, jobs_t.c.status)
-            .join(jobs_t, jobs_t.c.id == deliveries_t.c.job_id)
-            .where(deliveries_t.c.status.in_(open_), jobs_t.c.status.in_(list(_ENDED)))
-            .order_by(deliveries_t.c.id)
-            .limit(limit)
-            .with_for_update(of=jobs_t, skip_locked=True)
-        ).all()
-        orphans = session.scalars(  # their job was deleted
-            select(deliveries_t.c.id)
-            .where(
-                deliveries_t.c.status.in_(open_),
-                deliveries_t.c.job_id.is_(None),
-                deliveries_t.c.digest_id.is_(None),
-            )
-            .order_by(deliveries_t.c.id)
-            .limit(limit)
-        ).all()
+        rows = session.execute(query).all()
         why = {row.id: _ENDED[row.status] for row in rows}
-        why.update({orphan: "its job was deleted before it sent it" for orphan in orphans})
+        if finished_since is None:
+            orphans = session.scalars(  # their job was deleted
+                select(deliveries_t.c.id)
+                .where(
+                    deliveries_t.c.status.in_(open_),
+                    deliveries_t.c.job_id.is_(None),
+                    deliveries_t.c.digest_id.is_(None),
+                )
+                .order_by(deliveries_t.c.id)
+                .limit(limit)
+            ).all()
+            why.update({orphan: "its job was deleted before it sent it" for orphan in orphans})
         now = utcnow()
         for delivery_id, error in why.items():
             values = {"status": DeliveryStatus.FAILED.value, "last_error": error, "updated_at": now}

@@ -3,6 +3,7 @@ by a retry of the job, re-checked at send time (opt-outs, bounces), and the boun
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 import conveyor.actors.notifications  # noqa: F401  (declares notifications.deliver)
+from conveyor.background.sweeper import Sweeper
 from conveyor.db import transaction
 from conveyor.errors import NotFoundError
 from conveyor.ids import uuid7
@@ -245,3 +247,50 @@ def test_the_bounce_list_pages(db: sessionmaker[Session], member: User, make_job
     assert first.next_cursor is not None
     rest = notifications.list_bounces(db, cursors, cursor=first.next_cursor, limit=2)
     assert [b.address for b in rest.items] == ["b0@example.com"] and rest.next_cursor is None
+
+
+def test_the_frequent_pass_looks_only_at_the_jobs_finished_since(
+    db: sessionmaker[Session], member: User, make_job: MakeJob, set_job: Callable[..., None]
+) -> None:
+    now = utcnow()
+    old, recent = _job(make_job), _job(make_job)
+    old_delivery, recent_delivery = _delivery(db, member, old), _delivery(db, member, recent)
+    set_job(old.id, status=JobStatus.CANCELLED.value, finished_at=now - dt.timedelta(hours=1))
+    set_job(recent.id, status=JobStatus.CANCELLED.value, finished_at=now)
+    orphan = _delivery(db, member, None)
+    since = now - dt.timedelta(minutes=1)
+    assert notifications.reconcile(db, finished_since=since) == 1
+    assert _read(db, recent_delivery).status == DeliveryStatus.FAILED
+    assert _read(db, old_delivery).status == DeliveryStatus.PENDING
+    assert _read(db, orphan).status == DeliveryStatus.PENDING
+    assert notifications.reconcile(db) == 2  # the thorough pass finds the rest
+
+
+def test_the_sweeper_reconciles_all_at_start_then_what_finished_since(
+    db: sessionmaker[Session],
+    member: User,
+    make_job: MakeJob,
+    set_job: Callable[..., None],
+    enqueuer: RecordingEnqueuer,
+    announcer: RecordingAnnouncer,
+) -> None:
+    sweeper = Sweeper(
+        db,
+        enqueuer,
+        announcer,
+        interval=1.0,
+        grace=dt.timedelta(seconds=3),
+        requeue_after=dt.timedelta(minutes=15),
+        max_worker_losses=2,
+        reconcile_interval=0.0,
+    )
+    long_ago = _job(make_job)
+    first = _delivery(db, member, long_ago)
+    set_job(long_ago.id, status="cancelled", finished_at=utcnow() - dt.timedelta(days=2))
+    sweeper.sweep_once()
+    assert _read(db, first).status == DeliveryStatus.FAILED
+    job = _job(make_job)
+    second = _delivery(db, member, job)
+    jobs.cancel(db, announcer, job.id, member)
+    sweeper.sweep_once()
+    assert _read(db, second).status == DeliveryStatus.FAILED

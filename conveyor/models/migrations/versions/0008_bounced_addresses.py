@@ -1,4 +1,5 @@
-"""bounced addresses: the suppression list of addresses a provider rejected for good
+"""bounced addresses (the suppression list of addresses a provider rejected for good), and
+deliveries by job
 
 Revision ID: 0008
 Revises: 0007
@@ -17,6 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_index("ix_deliveries_job_id", "deliveries", ["job_id"])
     op.create_table(
         "bounced_addresses",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -40,3 +42,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("bounced_addresses")
+    op.drop_index("ix_deliveries_job_id", table_name="deliveries")
