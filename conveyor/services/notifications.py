@@ -838,6 +838,21 @@ def clear_bounce(db: sessionmaker[Session], bounce_id: uuid.UUID) -> None:
             raise NotFoundError("no such bounced address")
 
 
+def clear_bounced_address(db: sessionmaker[Session], address: str, channel: str = "email") -> None:
+    """Take `address` (on `channel`) off the bounce list; 404 if it is not on it."""
+    with transaction(db) as session:
+        gone = rowcount(
+            session.execute(
+                delete(bounced_t).where(
+                    bounced_t.c.channel == channel,
+                    bounced_t.c.address.in_({address, address.lower()}),
+                )
+            )
+        )
+        if not gone:
+            raise NotFoundError(f"{address} is not on the {channel} bounce list")
+
+
 # --- deliveries whose job ended without them ------------------------------------------------
 
 #: Deliveries reconciled per statement.
