@@ -10,6 +10,7 @@ import errno
 import getpass
 import logging
 import math
+import secrets
 import socket
 import sys
 import uuid
@@ -380,6 +381,36 @@ def cmd_users_role(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+BOUNCE_COLUMNS = ("channel", "address", "reason", "created_at", "id")
+
+
+def cmd_bounces_list(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services import notifications
+    from conveyor.services.cursors import Cursors
+
+    with opened(settings) as container:
+        cursors = Cursors(secrets.token_bytes(32))  # one page: its cursor is not shown
+        page = notifications.list_bounces(
+            container.db,
+            cursors,
+            channels=[args.channel] if args.channel else (),
+            address=args.address,
+            limit=args.limit,
+        )
+    rows = [{name: getattr(b, name) for name in BOUNCE_COLUMNS} for b in page.items]
+    show(rows, BOUNCE_COLUMNS, json_output=args.json, empty="no bounced addresses")
+    return 0
+
+
+def cmd_bounces_clear(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services import notifications
+
+    with opened(settings) as container:
+        notifications.clear_bounced_address(container.db, args.address, args.channel)
+    print(f"{args.address} is off the {args.channel} bounce list: its deliveries are sent again")
+    return 0
+
+
 def cmd_tokens_issue(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.services.auth import TokenConfig, issue_token
     from conveyor.services.users import get_by_email
@@ -712,7 +743,42 @@ def parser() -> argparse.ArgumentParser:
     _tokens(sub)
     _jobs(sub)
     _workers_and_queues(sub)
+    _bounces(sub)
     return root
+
+
+def _bounces(sub: Any) -> None:
+    from conveyor.notifications.channels import CHANNELS
+
+    bounces = _group(
+        sub,
+        "bounces",
+        "addresses a provider rejected for good (their deliveries are suppressed)",
+        "conveyor bounces list",
+        "conveyor bounces clear ada@example.com",
+    )
+    listing = _command(
+        bounces,
+        "list",
+        "list bounced addresses, newest first",
+        cmd_bounces_list,
+        "conveyor bounces list",
+        "conveyor bounces list --address ada@example.com --json",
+    )
+    listing.add_argument("--channel", choices=list(CHANNELS))
+    listing.add_argument("--address")
+    listing.add_argument("--limit", type=int, default=100, help="at most so many (100)")
+    _json_flag(listing)
+    clear = _command(
+        bounces,
+        "clear",
+        "take an address off the bounce list",
+        cmd_bounces_clear,
+        "conveyor bounces clear ada@example.com",
+        description="Take an address off the bounce list: its later deliveries are sent again.",
+    )
+    clear.add_argument("address")
+    clear.add_argument("--channel", choices=list(CHANNELS), default="email")
 
 
 def _dev_and_web(sub: Any) -> None:

@@ -125,6 +125,11 @@ class PermanentDeliveryError(PermanentJobError):
     than 408 and 429), a refused address, a bad recipient, a template that does not render."""
 
 
+class BouncedAddressError(PermanentDeliveryError):
+    """The provider rejected the recipient's address for good (an SMTP 5xx answer to RCPT):
+    the address goes on the bounce list, and later deliveries to it are suppressed."""
+
+
 class RetryLater(ConveyorError):
     """A job function raises this to run again after `delay` (a provider's Retry-After).
 

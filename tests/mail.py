@@ -15,8 +15,9 @@ from aiosmtpd.controller import Controller
 
 
 class Mailbox:
-    """An aiosmtpd handler that keeps what it receives; refuses recipients named `bounce`,
-    and answers 451 to the first `temporary_failures` messages."""
+    """An aiosmtpd handler that keeps what it receives; refuses recipients named `bounce` for
+    good (550) and those named `greylist` for now (450), and answers 451 to the first
+    `temporary_failures` messages."""
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
@@ -31,6 +32,8 @@ class Mailbox:
     ) -> str:
         if address.startswith("bounce@"):
             return "550 5.1.1 no such mailbox"
+        if address.startswith("greylist@"):
+            return "450 4.2.0 greylisted, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

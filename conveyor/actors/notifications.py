@@ -10,6 +10,7 @@ from typing import Any
 
 from conveyor.errors import (
     AttemptLostError,
+    BouncedAddressError,
     JobCancelledError,
     PermanentDeliveryError,
     RetryLater,
@@ -58,6 +59,12 @@ def deliver(payload: Deliver, ctx: JobContext) -> dict[str, Any]:
         metrics.deliveries.labels(claimed.channel, NO_PROVIDER, "skipped").inc()
         return {"delivery_id": str(delivery_id), "status": claimed.status, "sent": False}
     channel_name = claimed.delivery.channel
+    refused = notifications.refusal(ctx.db, claimed, ctx.resource(TEMPLATES))
+    if refused is not None:  # opted out or bounced since it was created: recorded, not sent
+        notifications.record_suppressed(ctx.db, delivery_id, ctx.attempt, refused)
+        logger.info("delivery %s suppressed: %s", delivery_id, refused)
+        metrics.deliveries.labels(channel_name, NO_PROVIDER, "suppressed").inc()
+        return {"delivery_id": str(delivery_id), "status": "suppressed", "sent": False}
     provider: str | None = None
     started: float | None = None
 
@@ -97,6 +104,10 @@ def deliver(payload: Deliver, ctx: JobContext) -> dict[str, Any]:
         notifications.release(ctx.db, delivery_id, ctx.attempt)
         raise
     except PermanentDeliveryError as exc:
+        if isinstance(exc, BouncedAddressError):
+            notifications.record_bounce(
+                ctx.db, delivery_id, channel_name, claimed.delivery.address, str(exc)
+            )
         failed(str(exc), permanent=True)
         raise
     except Exception as exc:

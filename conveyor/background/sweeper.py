@@ -19,7 +19,7 @@ from conveyor.announcements import Announcer
 from conveyor.errors import BrokerUnavailableError, is_infrastructure_error
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
-from conveyor.services import outbox, retention
+from conveyor.services import notifications, outbox, retention
 from conveyor.services.jobs import Enqueuer
 
 logger = logging.getLogger(__name__)
@@ -28,13 +28,21 @@ logger = logging.getLogger(__name__)
 MIN_PAUSE = dt.timedelta(milliseconds=50)
 #: How often, at most, to ask the broker whether it lost messages (a Redis restart).
 RESTART_CHECK_SECONDS = 1.0
+#: How often, at most, to end the deliveries whose job finished without them: looking at the
+#: jobs finished since the last pass (and a margin, for transactions that committed late)...
+RECONCILE_SECONDS = 5.0
+RECONCILE_MARGIN = dt.timedelta(minutes=1)
+#: ...and, at start and then this often, at every unfinished delivery.
+RECONCILE_ALL_SECONDS = 600.0
 
 
 class Sweeper(threading.Thread):
     """Every `interval`, or sooner when a scheduled job comes due: mark confirmed publishes,
     expire leases, queue due scheduled jobs, publish the outbox; at most every second,
-    publish again what a broker that lost its data no longer holds; and every
-    `retention_interval`, delete the finished jobs past their retention."""
+    publish again what a broker that lost its data no longer holds; every
+    `reconcile_interval`, fail the notification deliveries whose job ended without them (a
+    cancel, lost workers); and every `retention_interval`, delete the finished jobs past
+    their retention."""
 
     def __init__(
         self,
@@ -50,6 +58,7 @@ class Sweeper(threading.Thread):
         retention_days: float = 0.0,
         retention_interval: float = 300.0,
         on_finished: Callable[[str, JobStatus], object] | None = None,
+        reconcile_interval: float = RECONCILE_SECONDS,
     ) -> None:
         super().__init__(name="conveyor-sweeper", daemon=True)
         self.db = db
@@ -76,6 +85,10 @@ class Sweeper(threading.Thread):
         self.retention_days = retention_days
         self.retention_interval = retention_interval
         self._next_retention = 0.0
+        self.reconcile_interval = reconcile_interval
+        self._next_reconcile = 0.0
+        self._next_full_reconcile = 0.0
+        self._reconciled_until: dt.datetime | None = None
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -136,6 +149,8 @@ class Sweeper(threading.Thread):
             if time.monotonic() >= self._next_restart_check:
                 self._next_restart_check = time.monotonic() + RESTART_CHECK_SECONDS
                 outbox.republish_lost(self.db, self.enqueuer)
+            if time.monotonic() >= self._next_reconcile:
+                self.reconcile_deliveries()
             if self.retention_days > 0 and time.monotonic() >= self._next_retention:
                 self._next_retention = time.monotonic() + self.retention_interval
                 full = retention.BATCH * retention.MAX_BATCHES
@@ -149,6 +164,22 @@ class Sweeper(threading.Thread):
                 # workers died: once the database is back, give the heartbeats time first.
                 self._expire_from = time.monotonic() + self.lease_hold
             logger.warning("sweep failed (will retry): %r", exc)
+
+    def reconcile_deliveries(self) -> None:
+        """Fail the deliveries whose job ended without them (see `notifications.reconcile`):
+        those of the jobs finished since the last pass, or, at start and every
+        RECONCILE_ALL_SECONDS, all of them."""
+        self._next_reconcile = time.monotonic() + self.reconcile_interval
+        started = utcnow()
+        since = None
+        if time.monotonic() < self._next_full_reconcile and self._reconciled_until is not None:
+            since = self._reconciled_until - RECONCILE_MARGIN
+        full = notifications.RECONCILE_BATCH
+        while notifications.reconcile(self.db, finished_since=since) >= full:
+            pass  # a full batch: there may be more
+        if since is None:
+            self._next_full_reconcile = time.monotonic() + RECONCILE_ALL_SECONDS
+        self._reconciled_until = started
 
     def stop(self) -> None:
         self.stopping.set()

@@ -30,7 +30,17 @@ from conveyor.client.errors import (
     UnauthorizedError,
     WaitTimeoutError,
 )
-from conveyor.client.models import Event, Job, JobError, JobStatus, JobType, Page
+from conveyor.client.models import (
+    Delivery,
+    DeliveryPage,
+    Event,
+    Job,
+    JobError,
+    JobStatus,
+    JobType,
+    Notification,
+    Page,
+)
 from conveyor.client.sync import Client
 
 __all__ = [
@@ -40,6 +50,8 @@ __all__ = [
     "Client",
     "ClientError",
     "ConflictError",
+    "Delivery",
+    "DeliveryPage",
     "Event",
     "FieldError",
     "ForbiddenError",
@@ -49,6 +61,7 @@ __all__ = [
     "JobStatus",
     "JobType",
     "NotFoundError",
+    "Notification",
     "Page",
     "PayloadTooLargeError",
     "ProtocolError",

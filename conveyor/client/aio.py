@@ -15,11 +15,21 @@ import aiohttp
 
 from conveyor.client import protocol
 from conveyor.client.errors import InvalidRequestError, TransportError, WaitTimeoutError
-from conveyor.client.models import Event, Job, JobType, Page
+from conveyor.client.models import (
+    Delivery,
+    DeliveryPage,
+    Event,
+    Job,
+    JobType,
+    Notification,
+    Page,
+)
 from conveyor.client.protocol import (
     LONG_POLL_SECONDS,
     STREAM_IDLE_SECONDS,
     JobRef,
+    NotificationRef,
+    Recipient,
     Request,
     Response,
     RetryPolicy,
@@ -187,6 +197,66 @@ class AsyncClient:
     async def job_types(self) -> tuple[JobType, ...]:
         """Every job type the server runs."""
         return protocol.read_job_types(await self._send(protocol.job_types()))
+
+    # -- notifications -----------------------------------------------------------------------
+
+    async def notify(
+        self,
+        kind: str,
+        recipients: Iterable[Recipient],
+        *,
+        context: Mapping[str, Any] | None = None,
+        channels: Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Notification:
+        """Send a notification of `kind`; see `Client.notify`."""
+        request = protocol.notify(
+            kind, recipients, context=context, channels=channels,
+            idempotency_key=idempotency_key or protocol.new_idempotency_key(),
+        )  # fmt: skip
+        return protocol.read_notification(await self._send(request))
+
+    async def get_notification(self, notification: NotificationRef) -> Notification:
+        """The notification and its deliveries; see `Client.get_notification`."""
+        request = protocol.get_notification(notification)
+        return protocol.read_notification(await self._send(request))
+
+    async def deliveries(
+        self,
+        *,
+        notification: NotificationRef | None = None,
+        status: str | Iterable[str] | None = None,
+        channel: str | Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Delivery]:
+        """Every delivery that matches, newest first, page after page: ``async for d in
+        client.deliveries(status="failed")``; see `Client.deliveries`."""
+        cursor: str | None = None
+        while True:
+            page = await self.deliveries_page(
+                notification=notification, status=status, channel=channel, limit=limit,
+                cursor=cursor,
+            )  # fmt: skip
+            for delivery in page.items:
+                yield delivery
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def deliveries_page(
+        self,
+        *,
+        notification: NotificationRef | None = None,
+        status: str | Iterable[str] | None = None,
+        channel: str | Iterable[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> DeliveryPage:
+        """One page of deliveries; see `Client.deliveries_page`."""
+        request = protocol.deliveries_page(
+            notification=notification, status=status, channel=channel, limit=limit, cursor=cursor
+        )
+        return protocol.read_deliveries(await self._send(request))
 
     async def events(self, job: JobRef, last_event_id: int | None = None) -> AsyncIterator[Event]:
         """The job's events until its final status, reconnecting with `Last-Event-ID`; see

@@ -1,4 +1,5 @@
-"""What the client returns: jobs, pages of jobs, events and job types, read from the API's JSON.
+"""What the client returns: jobs, pages of jobs, events and job types, notifications and their
+deliveries, read from the API's JSON.
 
 These mirror the API's documents, not the server's code, so the client works on its own. They
 are lenient where a newer server may add things (unknown fields are kept in `raw`, an unknown
@@ -234,6 +235,121 @@ class JobType:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"a job type the client cannot read: {_sample(data)}") from exc
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message of a notification: one recipient over one channel (`email`, `webhook`,
+    `sms`, `push`). `status` is `pending`, `sending`, `sent`, `failed` or `suppressed`."""
+
+    id: str
+    notification_id: str
+    user_id: str | None
+    channel: str
+    address: str
+    status: str
+    attempts: int
+    last_error: str | None
+    provider: str | None
+    provider_message_id: str | None
+    job_id: str | None
+    digest_id: str | None
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+    sent_at: dt.datetime | None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        """Sent, failed or suppressed: nothing will change it (but a retry of its job)."""
+        return self.status in ("sent", "failed", "suppressed")
+
+    @classmethod
+    def from_json(cls, data: Any) -> Delivery:
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise ProtocolError(f"expected a delivery, got {_sample(data)}")
+        try:
+            return cls(
+                id=data["id"],
+                notification_id=str(data.get("notification_id", "")),
+                user_id=data.get("user_id"),
+                channel=str(data.get("channel", "")),
+                address=str(data.get("address", "")),
+                status=str(data["status"]),
+                attempts=int(data.get("attempts") or 0),
+                last_error=data.get("last_error"),
+                provider=data.get("provider"),
+                provider_message_id=data.get("provider_message_id"),
+                job_id=data.get("job_id"),
+                digest_id=data.get("digest_id"),
+                created_at=_time(data.get("created_at")),
+                updated_at=_time(data.get("updated_at")),
+                sent_at=_time(data.get("sent_at")),
+                raw=data,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(
+                f"a delivery the client cannot read ({exc!r}): {_sample(data)}"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A notification (`GET /v1/notifications/{id}`) and its deliveries."""
+
+    id: str
+    kind: str
+    owner_id: str | None
+    context: dict[str, Any]
+    idempotency_key: str | None
+    created_at: dt.datetime | None
+    deliveries: tuple[Delivery, ...]
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        """Every delivery is sent, failed or suppressed."""
+        return all(d.finished for d in self.deliveries)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Notification:
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise ProtocolError(f"expected a notification, got {_sample(data)}")
+        try:
+            return cls(
+                id=data["id"],
+                kind=str(data.get("kind", "")),
+                owner_id=data.get("owner_id"),
+                context=dict(data.get("context") or {}),
+                idempotency_key=data.get("idempotency_key"),
+                created_at=_time(data.get("created_at")),
+                deliveries=tuple(Delivery.from_json(d) for d in data.get("deliveries") or ()),
+                raw=data,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(
+                f"a notification the client cannot read ({exc!r}): {_sample(data)}"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class DeliveryPage:
+    """One page of `GET /v1/deliveries`, newest first; `next_cursor` is `None` on the last."""
+
+    items: tuple[Delivery, ...]
+    next_cursor: str | None
+    next_url: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, next_url: str | None = None) -> DeliveryPage:
+        if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+            raise ProtocolError(f"expected a page of deliveries, got {_sample(data)}")
+        cursor = data.get("next_cursor")
+        return cls(
+            tuple(Delivery.from_json(item) for item in data["items"]),
+            cursor if isinstance(cursor, str) and cursor else None,
+            next_url,
+        )
 
 
 def _time(value: Any) -> dt.datetime | None:

@@ -15,7 +15,15 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from conveyor import __version__
 from conveyor.client.errors import ApiError, ProtocolError, api_error, parse_retry_after
-from conveyor.client.models import Event, Job, JobStatus, JobType, Page
+from conveyor.client.models import (
+    DeliveryPage,
+    Event,
+    Job,
+    JobStatus,
+    JobType,
+    Notification,
+    Page,
+)
 
 USER_AGENT = f"conveyor-client/{__version__}"
 #: Answers worth sending a request again for: the server (or a proxy before it) could not
@@ -30,6 +38,9 @@ STREAM_IDLE_SECONDS = 45.0
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 
 JobRef = str | uuid.UUID | Job
+NotificationRef = str | uuid.UUID | Notification
+#: A recipient: a user id, or `{"address": ..., "channel": ...}` (or `{"user_id": ...}`).
+Recipient = str | uuid.UUID | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -250,6 +261,59 @@ def events(job: JobRef, last_event_id: int | None) -> Request:
     return Request("GET", job_path(job, "/events"), headers=extra)
 
 
+def notify(
+    kind: str,
+    recipients: Iterable[Recipient],
+    *,
+    context: Mapping[str, Any] | None,
+    channels: Iterable[str] | None,
+    idempotency_key: str,
+) -> Request:
+    if isinstance(recipients, (str, bytes, Mapping)):
+        raise TypeError("recipients is a list (of user ids or {'address', 'channel'} mappings)")
+    listed = [dict(r) if isinstance(r, Mapping) else {"user_id": str(r)} for r in recipients]
+    body: dict[str, Any] = {"kind": kind, "recipients": listed, "context": dict(context or {})}
+    if channels is not None:
+        if isinstance(channels, str):
+            channels = [channels]
+        body["channels"] = list(channels)
+    extra = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+    return Request("POST", "/v1/notifications", headers=extra, body=json.dumps(body).encode())
+
+
+def notification_id(notification: NotificationRef) -> str:
+    value = notification.id if isinstance(notification, Notification) else str(notification)
+    if not value:
+        raise ValueError("a notification id is required")
+    return value
+
+
+def get_notification(notification: NotificationRef) -> Request:
+    return Request("GET", f"/v1/notifications/{quote(notification_id(notification), safe='')}")
+
+
+def deliveries_page(
+    *,
+    notification: NotificationRef | None,
+    status: str | Iterable[str] | None,
+    channel: str | Iterable[str] | None,
+    limit: int | None,
+    cursor: str | None,
+) -> Request:
+    query: list[tuple[str, str]] = []
+    if notification is not None:
+        query.append(("notification_id", notification_id(notification)))
+    for name, values in (("status", status), ("channel", channel)):
+        joined = _joined(values)
+        if joined:
+            query.append((name, joined))
+    if limit is not None:
+        query.append(("limit", str(limit)))
+    if cursor:
+        query.append(("cursor", cursor))
+    return Request("GET", "/v1/deliveries", tuple(query))
+
+
 # -- reading the answers ------------------------------------------------------------------
 
 
@@ -334,3 +398,16 @@ class EventStream:
         self.last_id = event.id
         self.done = event.final
         return event
+
+
+def read_notification(response: Response) -> Notification:
+    if response.status >= 400:
+        raise response.error()
+    return Notification.from_json(response.json())
+
+
+def read_deliveries(response: Response) -> DeliveryPage:
+    if response.status >= 400:
+        raise response.error()
+    match = _LINK_NEXT.search(response.headers.get("link", ""))
+    return DeliveryPage.from_json(response.json(), match.group(1) if match else None)

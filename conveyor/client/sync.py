@@ -16,11 +16,21 @@ from typing import Any, Self
 
 from conveyor.client import protocol
 from conveyor.client.errors import InvalidRequestError, TransportError, WaitTimeoutError
-from conveyor.client.models import Event, Job, JobType, Page
+from conveyor.client.models import (
+    Delivery,
+    DeliveryPage,
+    Event,
+    Job,
+    JobType,
+    Notification,
+    Page,
+)
 from conveyor.client.protocol import (
     LONG_POLL_SECONDS,
     STREAM_IDLE_SECONDS,
     JobRef,
+    NotificationRef,
+    Recipient,
     Request,
     Response,
     RetryPolicy,
@@ -212,6 +222,75 @@ class Client:
     def job_types(self) -> tuple[JobType, ...]:
         """Every job type the server runs, with its queue, limits and payload schema."""
         return protocol.read_job_types(self._send(protocol.job_types()))
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def notify(
+        self,
+        kind: str,
+        recipients: Iterable[Recipient],
+        *,
+        context: Mapping[str, Any] | None = None,
+        channels: Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Notification:
+        """Send a notification of `kind` (`POST /v1/notifications`); it as created, with one
+        delivery per recipient and channel (`pending`, or `suppressed`).
+
+        `recipients` are user ids, or mappings `{"address": ..., "channel": ...}`;
+        `channels` (for user recipients) leaves the choice to their preferences when left
+        out. `idempotency_key` makes a repeated call return the first notification; without
+        one the client makes a key of its own, so its own retries cannot notify twice.
+        Raises `InvalidRequestError` (422) naming each bad field, `ForbiddenError` (403) for
+        a recipient the caller may not notify.
+        """
+        request = protocol.notify(
+            kind, recipients, context=context, channels=channels,
+            idempotency_key=idempotency_key or protocol.new_idempotency_key(),
+        )  # fmt: skip
+        return protocol.read_notification(self._send(request))
+
+    def get_notification(self, notification: NotificationRef) -> Notification:
+        """The notification and each delivery's status (`NotFoundError` if there is none, or
+        it is another member's)."""
+        return protocol.read_notification(self._send(protocol.get_notification(notification)))
+
+    def deliveries(
+        self,
+        *,
+        notification: NotificationRef | None = None,
+        status: str | Iterable[str] | None = None,
+        channel: str | Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Delivery]:
+        """Every delivery that matches, newest first, page after page (`status="failed"`:
+        the dead letters)."""
+        cursor: str | None = None
+        while True:
+            page = self.deliveries_page(
+                notification=notification, status=status, channel=channel, limit=limit,
+                cursor=cursor,
+            )  # fmt: skip
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def deliveries_page(
+        self,
+        *,
+        notification: NotificationRef | None = None,
+        status: str | Iterable[str] | None = None,
+        channel: str | Iterable[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> DeliveryPage:
+        """One page of deliveries, newest first; pass its `next_cursor` as `cursor` (with the
+        same filters) for the next page."""
+        request = protocol.deliveries_page(
+            notification=notification, status=status, channel=channel, limit=limit, cursor=cursor
+        )
+        return protocol.read_deliveries(self._send(request))
 
     def events(self, job: JobRef, last_event_id: int | None = None) -> Iterator[Event]:
         """The job's events (status transitions and progress) from its history on, or after

@@ -81,6 +81,8 @@ class Delivery(Base):
         Index("ix_deliveries_notification_id_id", "notification_id", "id"),
         Index("ix_deliveries_status_id", "status", "id"),
         Index("ix_deliveries_digest_id", "digest_id"),
+        # A job's deliveries: found when it ends (or is deleted, for the foreign key).
+        Index("ix_deliveries_job_id", "job_id"),
         # An open digest of a recipient is looked up by its channel and address.
         Index("ix_deliveries_channel_address", "channel", "address"),
     )
@@ -137,6 +139,27 @@ class Subscription(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class BouncedAddress(Base):
+    """An address that a provider rejected for good (an SMTP 5xx on RCPT): later deliveries
+    to it are `suppressed`, not sent, until an admin clears it."""
+
+    __tablename__ = "bounced_addresses"
+    __table_args__ = (UniqueConstraint("channel", "address"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    channel: Mapped[str] = mapped_column(String(20))
+    #: As deliveries store it (an email address in lower case).
+    address: Mapped[str] = mapped_column(String(2048))
+    #: What the provider answered.
+    reason: Mapped[str] = mapped_column(Text)
+    #: The delivery whose send bounced (none once it is deleted).
+    delivery_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("deliveries.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 notifications_t = cast(Table, Notification.__table__)
 deliveries_t = cast(Table, Delivery.__table__)
 subscriptions_t = cast(Table, Subscription.__table__)
+bounced_t = cast(Table, BouncedAddress.__table__)

@@ -13,7 +13,7 @@ from email.policy import default as default_policy
 from email.utils import formatdate, parseaddr
 from pathlib import Path
 
-from conveyor.errors import ConfigurationError, PermanentDeliveryError
+from conveyor.errors import BouncedAddressError, ConfigurationError, PermanentDeliveryError
 from conveyor.notifications.channels import Outgoing, Sent
 from conveyor.settings import Settings
 
@@ -98,9 +98,12 @@ class SmtpChannel:
             try:
                 client.send_message(email)
             except smtplib.SMTPRecipientsRefused as exc:
-                raise PermanentDeliveryError(
-                    f"the SMTP server refused the recipient: {_first(exc)}"
-                ) from None
+                code, answer = _first(exc)
+                if 500 <= code < 600:  # a hard bounce: this address will not take mail
+                    raise BouncedAddressError(
+                        f"the SMTP server refused the recipient: {code} {answer}"
+                    ) from None
+                raise  # a 4xx: greylisting, a full mailbox; a later attempt may pass
             except smtplib.SMTPResponseException as exc:
                 if 500 <= exc.smtp_code < 600:
                     answer = f"{exc.smtp_code} {_text(exc.smtp_error)}"
@@ -151,10 +154,10 @@ def outbox_dir(settings: Settings) -> Path:
     return settings.outbox_dir or settings.data_dir / "outbox"
 
 
-def _first(exc: smtplib.SMTPRecipientsRefused) -> str:
+def _first(exc: smtplib.SMTPRecipientsRefused) -> tuple[int, str]:
     for code, text in exc.recipients.values():
-        return f"{code} {_text(text)}"
-    return "no reason given"
+        return code, _text(text)
+    return 550, "no reason given"
 
 
 def _text(value: bytes | str) -> str:

@@ -19,7 +19,8 @@ class NotificationMetrics:
             "conveyor_notification_deliveries",
             "Delivery attempts by channel, provider and outcome (sent; retrying: a transient "
             "failure or a provider's Retry-After, to be retried; failed: permanent, or the "
-            "last retry; skipped: already sent or suppressed, nothing sent).",
+            "last retry; skipped: already sent or suppressed, nothing sent; suppressed: an "
+            "opt-out or a bounce found just before sending).",
             ["channel", "provider", "outcome"],
             registry=registry,
         )

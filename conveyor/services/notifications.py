@@ -8,6 +8,7 @@ transaction, so a notification never exists without the jobs that send it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,15 +30,18 @@ from conveyor.errors import (
 )
 from conveyor.ids import uuid7
 from conveyor.models import (
+    BouncedAddress,
     Delivery,
     DeliveryStatus,
     Job,
+    JobStatus,
     Notification,
     Role,
     User,
 )
 from conveyor.models.base import utcnow
-from conveyor.models.notification import deliveries_t
+from conveyor.models.job import jobs_t
+from conveyor.models.notification import bounced_t, deliveries_t
 from conveyor.notifications.channels import Outgoing
 from conveyor.notifications.email import check_address
 from conveyor.notifications.templates import (
@@ -242,6 +246,8 @@ def _plan(session: Session, new: NewNotification, kind: Kind) -> list[_Planned]:
                 status = DeliveryStatus.SUPPRESSED
             elif not kind.critical and not prefs.opted_in(kind.name, channel):
                 status, error = DeliveryStatus.SUPPRESSED, "the recipient opted out"
+            elif (bounce := bounced(session, channel, address)) is not None:
+                status, error = DeliveryStatus.SUPPRESSED, bounce
             planned.append(_Planned(user_id, channel, address, status, error))
     return planned
 
@@ -693,3 +699,260 @@ def preview(
             raise _invalid("context", str(exc)) from None
         rendered[name] = {k: v for k, v in vars(parts).items() if v is not None}
     return kind, rendered
+
+
+# --- send-time checks, the bounce list ------------------------------------------------------
+
+
+def bounced(session: Session, channel: str, address: str) -> str | None:
+    """Why `address` is on the bounce list of `channel` (a delivery's error), or None."""
+    reason = session.scalars(
+        select(BouncedAddress.reason).where(
+            BouncedAddress.channel == channel, BouncedAddress.address == address
+        )
+    ).first()
+    return None if reason is None else f"the address bounced earlier: {reason}"[:MAX_ERROR_LENGTH]
+
+
+def refusal(db: sessionmaker[Session], claimed: Claimed, templates: Templates) -> str | None:
+    """Why a claimed delivery must not be sent after all, checked just before sending: the
+    address bounced since, the user was deactivated, or the recipient opted out since the
+    notification was created (critical kinds bypass preferences, not bounces)."""
+    delivery, kind_name = claimed.delivery, claimed.notification.kind
+    try:
+        critical = templates.kind(kind_name).critical
+    except UnknownKindError:
+        return None  # rendering reports it
+    with db() as session:
+        bounce = bounced(session, delivery.channel, delivery.address)
+        if bounce is not None:
+            return bounce
+        if delivery.user_id is not None:
+            user = session.get(User, delivery.user_id)
+            if user is not None and not user.active:
+                return "the user is deactivated"
+            subscriber = subscriptions.user_subscriber(delivery.user_id)
+        else:
+            subscriber = subscriptions.address_subscriber(delivery.channel, delivery.address)
+        if critical:
+            return None
+        if not subscriptions.preferences(session, subscriber).opted_in(kind_name, delivery.channel):
+            return "the recipient opted out before it was sent"
+    return None
+
+
+def record_suppressed(
+    db: sessionmaker[Session], delivery_id: uuid.UUID, attempt: int, reason: str
+) -> None:
+    """This attempt's delivery (and what its digest carries) is `suppressed`, not sent."""
+    values = {
+        "status": DeliveryStatus.SUPPRESSED.value,
+        "last_error": reason[:MAX_ERROR_LENGTH],
+        "updated_at": utcnow(),
+    }
+    with transaction(db) as session:
+        held = rowcount(
+            session.execute(
+                update(deliveries_t)
+                .where(deliveries_t.c.id == delivery_id, deliveries_t.c.claimed_attempt == attempt)
+                .values(values)
+            )
+        )
+        if held:
+            session.execute(
+                update(deliveries_t)
+                .where(
+                    deliveries_t.c.digest_id == delivery_id,
+                    deliveries_t.c.status.in_([DeliveryStatus.PENDING, DeliveryStatus.FAILED]),
+                )
+                .values(values)
+            )
+
+
+def record_bounce(
+    db: sessionmaker[Session],
+    delivery_id: uuid.UUID | None,
+    channel: str,
+    address: str,
+    reason: str,
+) -> None:
+    """Put `address` on the bounce list (once; a second bounce keeps the first record)."""
+    try:
+        with transaction(db) as session:
+            exists = session.scalars(
+                select(BouncedAddress.id).where(
+                    BouncedAddress.channel == channel, BouncedAddress.address == address
+                )
+            ).first()
+            if exists is None:
+                session.add(
+                    BouncedAddress(
+                        id=uuid7(),
+                        channel=channel,
+                        address=address,
+                        reason=reason[:MAX_ERROR_LENGTH],
+                        delivery_id=delivery_id,
+                        created_at=utcnow(),
+                    )
+                )
+    except IntegrityError:
+        pass  # a concurrent bounce of the same address recorded it
+
+
+@dataclass(frozen=True)
+class BouncePage:
+    items: list[BouncedAddress]
+    next_cursor: str | None
+
+
+def list_bounces(
+    db: sessionmaker[Session],
+    cursors: Cursors,
+    *,
+    channels: Sequence[str] = (),
+    address: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> BouncePage:
+    """The bounce list newest first, by keyset pages (admins only: the caller checks)."""
+    scope = Scope.of(channels, [f"address:{address or ''}"], None)
+    query = select(BouncedAddress).order_by(BouncedAddress.id.desc()).limit(limit + 1)
+    if channels:
+        query = query.where(BouncedAddress.channel.in_(list(channels)))
+    if address is not None:
+        query = query.where(BouncedAddress.address.in_({address, address.lower()}))
+    if cursor is not None:
+        query = query.where(BouncedAddress.id < cursors.read(cursor, scope))
+    with db() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return BouncePage(rows, cursors.issue(rows[-1].id, scope) if more else None)
+
+
+def clear_bounce(db: sessionmaker[Session], bounce_id: uuid.UUID) -> None:
+    """Take an address off the bounce list (its later deliveries are sent again); 404 if it
+    is not on it."""
+    with transaction(db) as session:
+        if not rowcount(session.execute(delete(bounced_t).where(bounced_t.c.id == bounce_id))):
+            raise NotFoundError("no such bounced address")
+
+
+def clear_bounced_address(db: sessionmaker[Session], address: str, channel: str = "email") -> None:
+    """Take `address` (on `channel`) off the bounce list; 404 if it is not on it."""
+    with transaction(db) as session:
+        gone = rowcount(
+            session.execute(
+                delete(bounced_t).where(
+                    bounced_t.c.channel == channel,
+                    bounced_t.c.address.in_({address, address.lower()}),
+                )
+            )
+        )
+        if not gone:
+            raise NotFoundError(f"{address} is not on the {channel} bounce list")
+
+
+# --- deliveries whose job ended without them ------------------------------------------------
+
+#: Deliveries reconciled per statement.
+RECONCILE_BATCH = 500
+_ENDED = {
+    JobStatus.CANCELLED.value: "its job was cancelled before it was sent",
+    JobStatus.FAILED.value: "its job failed without sending it (its workers were lost)",
+    JobStatus.SUCCEEDED.value: "its job ended without recording it",
+}
+
+
+def reconcile(
+    db: sessionmaker[Session],
+    *,
+    finished_since: dt.datetime | None = None,
+    limit: int = RECONCILE_BATCH,
+) -> int:
+    """End the deliveries left `pending` or `sending` by a job that finished without the
+    deliver function recording an outcome: cancelled while queued (one by one, in bulk, or
+    by a purge of its queue), failed for good by the lease reconciler (workers lost), or
+    deleted. They become `failed`, with `last_error` saying why; a retry of the job sends
+    them again. What a digest carries shares its head's fate. Returns how many it ended.
+
+    With `finished_since`, it looks only at the `notifications.deliver` jobs finished since
+    then (by the finished jobs' index, then their deliveries by job id): the cheap frequent
+    pass. Without, it walks every unfinished delivery (by the status index), its job by
+    primary key, and also finds those whose job was deleted: the thorough, rarer pass. The
+    jobs are locked (SKIP LOCKED), so a concurrent retry of one waits for this or is seen."""
+    open_ = [DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value]
+    ended = 0
+    query = (
+        select(deliveries_t.c.id, jobs_t.c.status)
+        .select_from(jobs_t.join(deliveries_t, deliveries_t.c.job_id == jobs_t.c.id))
+        .where(deliveries_t.c.status.in_(open_), jobs_t.c.status.in_(list(_ENDED)))
+        .limit(limit)
+        .with_for_update(of=jobs_t, skip_locked=True)
+    )
+    if finished_since is not None:
+        query = query.where(
+            jobs_t.c.finished_at >= finished_since, jobs_t.c.type == DELIVER
+        ).order_by(jobs_t.c.finished_at)
+    else:
+        query = query.order_by(deliveries_t.c.id)
+    with transaction(db) as session:
+        rows = session.execute(query).all()
+        why = {row.id: _ENDED[row.status] for row in rows}
+        if finished_since is None:
+            orphans = session.scalars(  # their job was deleted
+                select(deliveries_t.c.id)
+                .where(
+                    deliveries_t.c.status.in_(open_),
+                    deliveries_t.c.job_id.is_(None),
+                    deliveries_t.c.digest_id.is_(None),
+                )
+                .order_by(deliveries_t.c.id)
+                .limit(limit)
+            ).all()
+            why.update({orphan: "its job was deleted before it sent it" for orphan in orphans})
+        now = utcnow()
+        for delivery_id, error in why.items():
+            values = {"status": DeliveryStatus.FAILED.value, "last_error": error, "updated_at": now}
+            ended += rowcount(
+                session.execute(
+                    update(deliveries_t)
+                    .where(deliveries_t.c.id == delivery_id, deliveries_t.c.status.in_(open_))
+                    .values(values)
+                )
+            )
+            session.execute(
+                update(deliveries_t)
+                .where(
+                    deliveries_t.c.digest_id == delivery_id,
+                    deliveries_t.c.status == DeliveryStatus.PENDING.value,
+                )
+                .values(values)
+            )
+    return ended
+
+
+def reopen_for_jobs(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """The jobs are being retried: their `failed` deliveries are `pending` again (and what
+    their digests carry), so the retry sends them. Runs in the retry's transaction."""
+    if not job_ids:
+        return
+    now = utcnow()
+    heads = list(
+        session.scalars(
+            select(deliveries_t.c.id).where(
+                deliveries_t.c.job_id.in_(list(job_ids)),
+                deliveries_t.c.status == DeliveryStatus.FAILED.value,
+            )
+        )
+    )
+    if not heads:
+        return
+    session.execute(
+        update(deliveries_t)
+        .where(
+            (deliveries_t.c.id.in_(heads) | deliveries_t.c.digest_id.in_(heads)),
+            deliveries_t.c.status == DeliveryStatus.FAILED.value,
+        )
+        .values(status=DeliveryStatus.PENDING.value, updated_at=now)
+    )

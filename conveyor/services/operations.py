@@ -29,6 +29,7 @@ from conveyor.models import Job, JobEvent, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import WAITING, events_t, jobs_t
 from conveyor.registry import Registry
+from conveyor.services import notifications
 from conveyor.services.jobs import Enqueuer, JobMessage, _visible, new_event
 from conveyor.services.outbox import publish_now
 
@@ -335,6 +336,8 @@ def _retry_rows(session: Session, rows: Sequence[Any], registry: Registry, by: U
                 for row, _v in taken
             ],
         )
+    # A retried notification delivery job sends its delivery again: `pending`, not `failed`.
+    notifications.reopen_for_jobs(session, [row.id for row, _v in taken])
     return [row for row, _v in taken]
 
 

@@ -484,3 +484,22 @@ def test_a_bulk_retry_counts_the_jobs_of_unknown_types_once(
     assert err == "left 2 job(s) of job types this code does not know\n"
     assert {_status(pg_db, j.id) for j in known} == {"queued"}
     assert {_status(pg_db, j.id) for j in unknown} == {"failed"}
+
+
+def test_bounces_list_and_clear(
+    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conveyor.services import notifications
+
+    notifications.record_bounce(pg_db, None, "email", "gone@example.com", "550 no such mailbox")
+    code, out, _ = run(capsys, "bounces", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["CHANNEL", "ADDRESS", "REASON", "CREATED_AT", "ID"]
+    assert lines[1].split()[:2] == ["email", "gone@example.com"]
+    code, out, _ = run(capsys, "bounces", "list", "--json", "--address", "Gone@example.com")
+    assert [b["reason"] for b in json.loads(out)] == ["550 no such mailbox"]
+    assert run(capsys, "bounces", "clear", "GONE@example.com")[0] == 0
+    assert run(capsys, "bounces", "list")[1:] == ("", "no bounced addresses\n")
+    code, _, err = run(capsys, "bounces", "clear", "gone@example.com")
+    assert (code, err) == (1, "conveyor: gone@example.com is not on the email bounce list\n")

@@ -4,6 +4,7 @@ PostgreSQL and RabbitMQ, and real SMTP mail received by an aiosmtpd server."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,16 +12,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from conveyor.models import Job, JobStatus, User
+from conveyor.client import AsyncClient, Client
+from conveyor.client import InvalidRequestError as ClientInvalidRequestError
+from conveyor.client import Notification as ClientNotification
+from conveyor.models import Delivery, Job, JobStatus, User
+from conveyor.models.base import utcnow
 from conveyor.notifications import resources
 from conveyor.notifications.channels import TEMPLATES, resource_name
 from conveyor.notifications.email import SmtpChannel
 from conveyor.notifications.http_channels import verify_signature
 from conveyor.notifications.ratelimit import limited
 from conveyor.services import notifications
-from tests.fake_provider import FakeProvider, fake_provider
+from tests.fake_provider import Answer, FakeProvider, fake_provider
 from tests.mail import Mailbox, smtp_server
 from tests.stack import Stack
 
@@ -38,13 +43,16 @@ def provider() -> Iterator[FakeProvider]:
 
 
 @pytest.fixture
-def stack_settings(provider: FakeProvider) -> dict[str, Any]:
-    """The stack's HTTP channels: webhooks signed, SMS to the fake provider (allowed)."""
+def stack_settings(request: pytest.FixtureRequest, provider: FakeProvider) -> dict[str, Any]:
+    """The stack's HTTP channels: webhooks signed, SMS to the fake provider (allowed); and
+    the settings of a `stack_overrides` marker."""
+    marker = request.node.get_closest_marker("stack_overrides")
     return {
         "outbound_allow_hosts": "127.0.0.1",
         "webhook_secret": WEBHOOK_SECRET,
         "sms_provider_url": provider.url("/sms"),
         "sms_provider_name": "fake-sms",
+        **(marker.args[0] if marker else {}),
     }
 
 
@@ -588,3 +596,270 @@ async def test_one_notification_goes_out_by_email_webhook_and_sms(
         "text": "Welcome to Conveyor, Ada <3!",
     }
     assert received["/sms"].headers["Idempotency-Key"] == by_channel["sms"]["id"]
+
+
+# --- gaps: deliveries ended outside the function, send-time checks, bounces, crashes ----------
+
+
+def _delivery_row(stack: Stack, delivery_id: str) -> Any:
+    with stack.db() as session:
+        return session.get(Delivery, uuid.UUID(delivery_id))
+
+
+async def test_a_delivery_whose_job_is_cancelled_while_queued_fails_and_a_retry_sends_it(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    stack.stop_worker()  # keep its job queued
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": "ada@example.com", "channel": "email"}],
+            "context": WELCOME,
+        },
+    )
+    (queued,) = created["deliveries"]
+    cancel = await stack.client.post(
+        f"/v1/jobs/{queued['job_id']}/cancel", headers=stack.headers(stack.admin_token)
+    )
+    assert cancel.status in (200, 202), await cancel.json()
+    done = await _settled(stack, created["id"])
+    (delivery,) = done["deliveries"]
+    assert delivery["status"] == "failed", delivery
+    assert delivery["last_error"] == "its job was cancelled before it was sent"
+    assert mailbox.count() == 0
+
+    stack.start_worker()
+    retry = await stack.client.post(
+        f"/v1/jobs/{queued['job_id']}/retry", headers=stack.headers(stack.admin_token)
+    )
+    assert retry.status == 202, await retry.json()
+    again = await _settled(stack, created["id"])
+    (delivery,) = again["deliveries"]
+    assert delivery["status"] == "sent" and delivery["last_error"] is None, delivery
+    assert mailbox.count() == 1
+
+
+async def test_a_delivery_whose_workers_were_lost_for_good_fails_saying_so(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    """A worker claimed the delivery (`sending`) and died, as many times as allowed: the
+    lease reconciler fails the job, and the delivery ends `failed` with it."""
+    stack, mailbox = mail_stack
+    stack.stop_worker()
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": "ada@example.com", "channel": "email"}],
+            "context": WELCOME,
+        },
+    )
+    (queued,) = created["deliveries"]
+    job_id = uuid.UUID(queued["job_id"])
+    notifications.claim(stack.db, uuid.UUID(queued["id"]), 1)  # the worker that died
+    with stack.db.begin() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.RUNNING.value,
+                attempts=1,
+                worker_losses=stack.settings.max_worker_losses,
+                lease_expires_at=utcnow() - dt.timedelta(seconds=1),
+            )
+        )
+    job = await stack.wait_for(str(job_id), "failed", token=stack.admin_token)
+    assert job["status"] == "failed"
+    done = await _settled(stack, created["id"])
+    (delivery,) = done["deliveries"]
+    assert delivery["status"] == "failed", delivery
+    assert "workers were lost" in delivery["last_error"]
+    assert mailbox.count() == 0
+
+
+async def test_an_opt_out_between_create_and_send_suppresses_all_but_a_critical_kind(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    member_id = _user_id(stack, "member@example.com")
+    stack.stop_worker()  # created now, sent later
+    welcome = await _notify(
+        stack, {"kind": "welcome", "recipients": [{"user_id": member_id}], "context": WELCOME}
+    )
+    reset = await _notify(
+        stack,
+        {
+            "kind": "password_reset",
+            "recipients": [{"user_id": member_id}],
+            "context": {"reset_url": "https://example.com/r", "expires_minutes": 5},
+        },
+    )
+    assert [d["status"] for d in welcome["deliveries"]] == ["pending"]
+    put = await stack.client.put(
+        "/v1/me/subscriptions",
+        json={"items": [{"topic": "*", "channel": "email", "opted_in": False}]},
+        headers=stack.headers(),
+    )
+    assert put.status == 200, await put.json()
+    stack.start_worker()
+    (suppressed,) = (await _settled(stack, welcome["id"]))["deliveries"]
+    assert suppressed["status"] == "suppressed", suppressed
+    assert suppressed["last_error"] == "the recipient opted out before it was sent"
+    (sent,) = (await _settled(stack, reset["id"]))["deliveries"]
+    assert sent["status"] == "sent", sent
+    assert mailbox.count() == 1
+    job = await _job_finished(stack, suppressed["job_id"])
+    assert job.status == JobStatus.SUCCEEDED and job.result is not None
+    assert job.result["status"] == "suppressed"
+
+
+async def test_a_hard_bounce_lists_the_address_and_suppresses_it_until_cleared(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    to_bounce = {
+        "kind": "welcome",
+        "recipients": [{"address": "bounce@example.com", "channel": "email"}],
+        "context": WELCOME,
+    }
+    first = await _notify(stack, to_bounce)
+    (bounced,) = (await _settled(stack, first["id"]))["deliveries"]
+    assert bounced["status"] == "failed" and "550" in bounced["last_error"]
+
+    admin = stack.headers(stack.admin_token)
+    listed = await stack.client.get("/v1/bounces", headers=admin)
+    page = await listed.json()
+    assert listed.status == 200, page
+    (entry,) = page["items"]
+    assert entry["channel"] == "email" and entry["address"] == "bounce@example.com"
+    assert entry["delivery_id"] == bounced["id"] and "550" in entry["reason"]
+    filtered = await stack.client.get(
+        "/v1/bounces", params={"channel": "sms", "address": "bounce@example.com"}, headers=admin
+    )
+    assert (await filtered.json())["items"] == []
+    member = await stack.client.get("/v1/bounces", headers=stack.headers())
+    assert member.status == 403
+    bad = await stack.client.get("/v1/bounces", params={"channel": "fax"}, headers=admin)
+    assert bad.status == 422 and (await bad.json())["errors"][0]["field"] == "channel"
+    forbidden = await stack.client.delete(f"/v1/bounces/{entry['id']}", headers=stack.headers())
+    assert forbidden.status == 403
+
+    second = await _notify(stack, to_bounce)  # not sent: recorded as suppressed
+    (suppressed,) = second["deliveries"]
+    assert suppressed["status"] == "suppressed" and suppressed["job_id"] is None
+    assert "bounced earlier" in suppressed["last_error"]
+
+    cleared = await stack.client.delete(f"/v1/bounces/{entry['id']}", headers=admin)
+    assert cleared.status == 204
+    again = await stack.client.delete(f"/v1/bounces/{entry['id']}", headers=admin)
+    assert again.status == 404
+    assert (await (await stack.client.get("/v1/bounces", headers=admin)).json())["items"] == []
+    third = await _notify(stack, to_bounce)
+    assert [d["status"] for d in third["deliveries"]] == ["pending"]
+    await _settled(stack, third["id"])
+    assert mailbox.count() == 0
+
+
+async def test_a_redelivery_after_a_crash_between_recording_and_acknowledging_sends_nothing(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    """The worker recorded `sent` and died before it acknowledged (its job still `running`):
+    the lease reconciler runs the job again, and its second attempt sends nothing. Nor does
+    another message for the same delivery."""
+    stack, _mailbox = mail_stack
+    sms = {
+        "kind": "welcome",
+        "recipients": [{"address": "+14155550100", "channel": "sms"}],
+        "context": WELCOME,
+    }
+    created = await _notify(stack, sms)
+    (delivery,) = (await _settled(stack, created["id"]))["deliveries"]
+    assert delivery["status"] == "sent" and provider.count() == 1
+    job_id = uuid.UUID(delivery["job_id"])
+    await _job_finished(stack, str(job_id))
+    with stack.db.begin() as session:  # as the crash left it
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.RUNNING.value,
+                finished_at=None,
+                result=None,
+                lease_expires_at=utcnow() - dt.timedelta(seconds=1),
+            )
+        )
+    job = await stack.wait_for(str(job_id), "succeeded", token=stack.admin_token)
+    assert job["attempts"] == 2, job
+    assert job["result"] == {"delivery_id": delivery["id"], "status": "sent", "sent": False}
+    owner = stack.row(str(job_id)).owner_id
+    twin = stack.container.submissions.submit_now(
+        "notifications.deliver", {"delivery_id": delivery["id"]}, owner_id=owner
+    )
+    await _job_finished(stack, str(twin.job.id))
+    assert provider.count() == 1
+    assert _delivery_row(stack, delivery["id"]).attempts == 1
+
+
+@pytest.mark.stack_overrides({"http_timeout_seconds": 1.0})
+async def test_a_crash_between_the_providers_accept_and_recording_sends_the_same_key_again(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    """The provider took the message but its answer never came back (a hang past the
+    timeout, as a crash right after the send looks): the delivery is retried, with the same
+    Idempotency-Key, so a provider that honours it sends one message."""
+    stack, _mailbox = mail_stack
+    provider.plan(Answer(hang=True))
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": "+14155550100", "channel": "sms"}],
+            "context": WELCOME,
+        },
+    )
+    (delivery,) = (await _settled(stack, created["id"], within=30))["deliveries"]
+    assert delivery["status"] == "sent" and delivery["attempts"] == 2, delivery
+    first, second = provider.wait_for(2)
+    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"] == delivery["id"]
+    assert first.body == second.body
+
+
+async def test_the_python_client_notifies_and_reads_the_deliveries_back(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    base = str(stack.client.make_url("/")).rstrip("/")
+    recipients = [
+        {"address": "ada@example.com", "channel": "email"},
+        {"address": "bob@example.com", "channel": "email"},
+    ]
+    async with AsyncClient(base, stack.admin_token) as client:
+        created = await client.notify(
+            "welcome", recipients, context=WELCOME, idempotency_key="client-1"
+        )
+        assert [d.status for d in created.deliveries] == ["pending", "pending"]
+        again = await client.notify(
+            "welcome", recipients, context=WELCOME, idempotency_key="client-1"
+        )
+        assert again.id == created.id
+        done = await _settled(stack, created.id)
+        assert {d["status"] for d in done["deliveries"]} == {"sent"}
+        read = await client.get_notification(created)
+        assert read.finished and read.kind == "welcome"
+        listed = [d.id async for d in client.deliveries(notification=created, limit=1)]
+        assert sorted(listed) == sorted(d.id for d in read.deliveries)
+        with pytest.raises(ClientInvalidRequestError) as bad:
+            await client.notify("no-such-kind", recipients)
+        assert "kind" in bad.value.fields
+
+    def blocking() -> tuple[ClientNotification, list[str]]:
+        with Client(base, stack.admin_token) as sync:
+            got = sync.get_notification(created.id)
+            sent = [d.address for d in sync.deliveries(notification=created.id, status="sent")]
+            return got, sent
+
+    got, sent = await asyncio.to_thread(blocking)
+    assert got.id == created.id and sorted(sent) == ["ada@example.com", "bob@example.com"]
+    assert mailbox.count() == 2

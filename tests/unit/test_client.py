@@ -228,3 +228,69 @@ def test_list_queries_and_base_urls() -> None:
     with pytest.raises(ValueError, match="http"):
         protocol.split_base_url("ftp://example.com")
     assert protocol.job_path("a/b") == "/v1/jobs/a%2Fb"
+
+
+DELIVERY = {
+    "id": "d-1",
+    "notification_id": "n-1",
+    "user_id": None,
+    "channel": "email",
+    "address": "ada@example.com",
+    "status": "sent",
+    "attempts": 1,
+    "last_error": None,
+    "provider": "smtp",
+    "provider_message_id": "<d-1@example.com>",
+    "job_id": "j-1",
+    "digest_id": None,
+    "created_at": "2026-11-24T12:23:19Z",
+    "updated_at": "2026-11-24T12:23:20Z",
+    "sent_at": "2026-11-24T12:23:20Z",
+    "a_newer_field": 1,
+}
+
+
+def test_notification_requests_and_answers() -> None:
+    request = protocol.notify(
+        "welcome",
+        ["u-1", {"address": "ada@example.com", "channel": "email"}],
+        context={"name": "Ada"},
+        channels=None,
+        idempotency_key="k",
+    )
+    assert (request.method, request.path, request.headers["Idempotency-Key"]) == (
+        "POST",
+        "/v1/notifications",
+        "k",
+    )
+    assert request.body is not None and json.loads(request.body) == {
+        "kind": "welcome",
+        "recipients": [{"user_id": "u-1"}, {"address": "ada@example.com", "channel": "email"}],
+        "context": {"name": "Ada"},
+    }
+    by_channel = protocol.notify(
+        "welcome", ["u-1"], context=None, channels="email", idempotency_key="k"
+    )
+    assert by_channel.body is not None and json.loads(by_channel.body)["channels"] == ["email"]
+    with pytest.raises(TypeError, match="list"):
+        protocol.notify("welcome", "u-1", context=None, channels=None, idempotency_key="k")
+    assert protocol.get_notification("n/1").path == "/v1/notifications/n%2F1"
+    listing = protocol.deliveries_page(
+        notification="n-1", status=["failed"], channel="sms", limit=5, cursor="c"
+    )
+    assert listing.target("") == (
+        "/v1/deliveries?notification_id=n-1&status=failed&channel=sms&limit=5&cursor=c"
+    )
+
+    answer = {"id": "n-1", "kind": "welcome", "context": {}, "deliveries": [DELIVERY]}
+    notification = protocol.read_notification(Response(202, {}, json.dumps(answer).encode()))
+    (delivery,) = notification.deliveries
+    assert delivery.status == "sent" and delivery.raw["a_newer_field"] == 1
+    assert notification.finished and delivery.sent_at is not None
+    page = protocol.read_deliveries(
+        Response(200, {"link": '<http://x/v1/deliveries?cursor=c>; rel="next"'},
+                 json.dumps({"items": [DELIVERY], "next_cursor": "c"}).encode())
+    )  # fmt: skip
+    assert page.next_cursor == "c" and page.next_url == "http://x/v1/deliveries?cursor=c"
+    with pytest.raises(ProtocolError):
+        protocol.read_notification(Response(200, {}, b'{"kind": "welcome"}'))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import smtplib
 import uuid
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -12,14 +13,20 @@ from pathlib import Path
 import pytest
 
 from conveyor.dev import embedded_settings
-from conveyor.errors import BadRequestError, PermanentDeliveryError
+from conveyor.errors import BadRequestError, BouncedAddressError, PermanentDeliveryError
 from conveyor.notifications.channels import Outgoing
-from conveyor.notifications.email import OutboxChannel, build_message, check_address
+from conveyor.notifications.email import (
+    OutboxChannel,
+    SmtpChannel,
+    build_message,
+    check_address,
+)
 from conveyor.notifications.ratelimit import Limit, parse_limit
 from conveyor.notifications.templates import RenderError, Templates
 from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
 from conveyor.registry import RetryPolicy
 from tests import stack
+from tests.mail import smtp_server
 
 RECIPIENT = {"address": "ada@example.com", "user_id": None, "channel": "email"}
 NOTIFICATION = {"id": "n-1", "kind": "welcome"}
@@ -194,3 +201,14 @@ def test_rate_limits_are_read_from_provider_pairs() -> None:
         with pytest.raises(ValueError):
             stack.test_settings(notification_rate_limits=bad)
     assert stack.test_settings(notification_rate_limits="").notification_rate_limits is None
+
+
+def test_a_5xx_to_the_recipient_is_a_bounce_and_a_4xx_is_retried() -> None:
+    with smtp_server() as (mailbox, port):
+        smtp = SmtpChannel(stack.test_settings(smtp_host="127.0.0.1", smtp_port=port))
+        with pytest.raises(BouncedAddressError, match="550 5\\.1\\.1 no such mailbox"):
+            smtp.send(_outgoing(address="bounce@example.com"))
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            smtp.send(_outgoing(address="greylist@example.com"))
+        assert not isinstance(refused.value, PermanentDeliveryError)
+        assert smtp.send(_outgoing()).provider == "smtp" and mailbox.count() == 1

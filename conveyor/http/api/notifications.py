@@ -18,10 +18,11 @@ from conveyor.http.api.params import absolute_url, bounded_int, respond, routes
 from conveyor.http.keys import CONTAINER, NOTIFICATION_TEMPLATES, UNSUBSCRIBE_LINKS, USER
 from conveyor.http.routes import HTML, Answer, Parameter
 from conveyor.http.runtime import run_db
-from conveyor.models import Delivery, DeliveryStatus, Notification
+from conveyor.models import BouncedAddress, Delivery, DeliveryStatus, Notification
 from conveyor.notifications.channels import CHANNELS
 from conveyor.services import notifications, subscriptions
 from conveyor.services.cursors import Cursors
+from conveyor.services.operations import require_admin
 from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
 
 Channel = Literal["email", "webhook", "sms", "push"]
@@ -369,6 +370,133 @@ async def list_deliveries(request: web.Request) -> web.Response:
         headers["Link"] = f'<{next_page}>; rel="next"'
     out = DeliveryPage(items=[DeliveryOut.of(d) for d in page.items], next_cursor=page.next_cursor)
     return respond(out, headers=headers)
+
+
+class BounceOut(BaseModel):
+    """An address on the bounce list: its deliveries are `suppressed`, not sent."""
+
+    id: uuid.UUID
+    channel: str
+    address: str
+    reason: str = Field(description="What the provider answered")
+    delivery_id: uuid.UUID | None = Field(description="The delivery whose send bounced")
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, b: BouncedAddress) -> BounceOut:
+        return cls(
+            id=b.id,
+            channel=b.channel,
+            address=b.address,
+            reason=b.reason,
+            delivery_id=b.delivery_id,
+            created_at=b.created_at,
+        )
+
+
+class BouncePage(BaseModel):
+    items: list[BounceOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; none: last")
+
+
+BOUNCE_ID = Parameter(
+    "bounce_id", "path", {"type": "string", "format": "uuid"}, "The entry's id", required=True
+)
+
+
+@routes.get(
+    "/bounces",
+    summary="List the bounced addresses (admin)",
+    parameters=[
+        Parameter(
+            "channel",
+            "query",
+            {"type": "array", "items": {"enum": list(CHANNELS)}},
+            "Only these channels",
+            comma_separated=True,
+        ),
+        Parameter("address", "query", {"type": "string", "maxLength": 2048}, "Only this address"),
+        Parameter(
+            "limit",
+            "query",
+            lambda settings: {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": settings.max_page_size,
+                "default": settings.default_page_size,
+            },
+            "Entries per page",
+        ),
+        Parameter("cursor", "query", {"type": "string"}, "The `next_cursor` of the last page"),
+    ],
+    answers={
+        200: Answer(
+            "A page of the bounce list, newest first",
+            BouncePage,
+            headers={"Link": '`<url>; rel="next"`: the next page'},
+        )
+    },
+    errors={
+        400: "A cursor issued for other filters",
+        403: "Not an admin",
+        422: "A bad filter or limit",
+    },
+)
+async def list_bounces(request: web.Request) -> web.Response:
+    """The addresses a provider rejected for good (an SMTP 5xx to the recipient): deliveries
+    to them are recorded `suppressed` instead of sent, until an admin clears the entry."""
+    require_admin(request[USER])
+    settings = request.config_dict[CONTAINER].settings
+    channels = _listed(request, "channel", list(CHANNELS))
+    address = request.query.get("address") or None
+    if address is not None and len(address) > 2048:
+        raise InvalidRequestError(
+            "address: at most 2048 characters",
+            errors=[{"field": "address", "message": "at most 2048 characters"}],
+        )
+    cap = settings.max_page_size
+    limit = bounded_int(request.query.get("limit", str(settings.default_page_size)), 0, cap + 1)
+    if not 1 <= limit <= cap:
+        raise InvalidRequestError(
+            f"limit must be an integer from 1 to {cap}",
+            errors=[{"field": "limit", "message": f"1 to {cap}"}],
+        )
+    page = await run_db(
+        request.config_dict,
+        notifications.list_bounces,
+        Cursors.of(settings),
+        channels=channels,
+        address=address,
+        cursor=request.query.get("cursor") or None,
+        limit=limit,
+    )
+    headers = {}
+    if page.next_cursor:
+        query = MultiDict(request.query)
+        query["cursor"] = page.next_cursor
+        next_page = absolute_url(request, settings, request.rel_url.with_query(query))
+        headers["Link"] = f'<{next_page}>; rel="next"'
+    out = BouncePage(items=[BounceOut.of(b) for b in page.items], next_cursor=page.next_cursor)
+    return respond(out, headers=headers)
+
+
+@routes.route(
+    "DELETE",
+    "/bounces/{bounce_id}",
+    summary="Take an address off the bounce list (admin)",
+    parameters=[BOUNCE_ID],
+    answers={204: Answer("Cleared: later deliveries to the address are sent", content_type=None)},
+    errors={403: "Not an admin", 404: "No such entry"},
+)
+async def clear_bounce(request: web.Request) -> web.Response:
+    """Clear an entry of the bounce list (the mailbox exists again, say)."""
+    require_admin(request[USER])
+    try:
+        bounce_id = uuid.UUID(request.match_info["bounce_id"])
+    except ValueError:
+        raise NotFoundError("no such bounced address (not an id)") from None
+    await run_db(request.config_dict, notifications.clear_bounce, bounce_id)
+    return web.Response(status=204)
 
 
 @routes.get(
