@@ -557,6 +557,7 @@ def outgoing(claimed: Claimed, templates: Templates, links: UnsubscribeLinks | N
         html=rendered.html,
         data=rendered.data,
         headers=headers,
+        owner_id=notification.owner_id,
     )
 
 

@@ -583,7 +583,22 @@ async def test_one_notification_goes_out_by_email_webhook_and_sms(
     assert mailbox.count() == 1
     received = {r.path: r for r in provider.wait_for(2)}
     hook = received["/hook"]
-    assert verify_signature(WEBHOOK_SECRET, hook.headers["Conveyor-Signature"], hook.body)
+    response = await stack.client.get(
+        "/v1/me/webhook-key", headers=stack.headers(stack.admin_token)
+    )
+    mine = await response.json()
+    assert response.status == 200, mine
+    assert mine["previous_key"] is None
+    signature, delivery = hook.headers["Conveyor-Signature"], hook.headers["Conveyor-Delivery"]
+    assert f"o={mine['owner_id']}," in signature
+    assert verify_signature(mine["key"], signature, delivery, hook.body)
+    assert not verify_signature(WEBHOOK_SECRET, signature, delivery, hook.body)
+    response = await stack.client.get(
+        "/v1/me/webhook-key", headers=stack.headers(stack.member_token)
+    )
+    theirs = await response.json()
+    assert theirs["owner_id"] != mine["owner_id"]
+    assert not verify_signature(theirs["key"], signature, delivery, hook.body)
     assert hook.headers["Conveyor-Delivery"] == by_channel["webhook"]["id"]
     assert hook.json() == {
         "kind": "welcome",

@@ -20,6 +20,7 @@ from conveyor.http.routes import HTML, Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.models import BouncedAddress, Delivery, DeliveryStatus, Notification
 from conveyor.notifications.channels import CHANNELS
+from conveyor.notifications.http_channels import owner_key
 from conveyor.services import notifications, subscriptions
 from conveyor.services.cursors import Cursors
 from conveyor.services.operations import require_admin
@@ -140,6 +141,16 @@ class SubscriptionIn(BaseModel):
     )
     channel: Channel | Literal["*"] = Field(description="A channel, or `*` for all")
     opted_in: bool
+
+
+class WebhookKey(BaseModel):
+    """The key the caller's webhook receivers verify `Conveyor-Signature` with."""
+
+    owner_id: uuid.UUID = Field(description="The `o=` of the signatures of your webhooks")
+    key: str = Field(description="Your webhook signing key (keep it secret)")
+    previous_key: str | None = Field(
+        description="Your key under the previous deployment secret, while it is rotated"
+    )
 
 
 class Subscriptions(BaseModel):
@@ -508,6 +519,29 @@ async def get_subscriptions(request: web.Request) -> web.Response:
     """The caller's opt-ins and opt-outs, per topic (kind or `*`) and channel (or `*`)."""
     choices = await run_db(request.config_dict, subscriptions.list_for_user, request[USER].id)
     return respond(_subscriptions_out(choices))
+
+
+@routes.get(
+    "/me/webhook-key",
+    summary="Read my webhook signing key",
+    answers={200: Answer("The key my webhook receivers verify signatures with", WebhookKey)},
+    errors={404: "Webhooks are not configured (no CONVEYOR_WEBHOOK_SECRET)"},
+)
+async def get_webhook_key(request: web.Request) -> web.Response:
+    """The caller's own webhook signing key: every webhook of a notification the caller
+    created is signed with it (and no other owner's is)."""
+    settings = request.config_dict[CONTAINER].settings
+    if settings.webhook_secret is None:
+        raise NotFoundError("webhooks are not configured here (no CONVEYOR_WEBHOOK_SECRET)")
+    owner = request[USER].id
+    previous = settings.webhook_previous_secret
+    return respond(
+        WebhookKey(
+            owner_id=owner,
+            key=owner_key(settings.webhook_secret.get_secret_value(), owner),
+            previous_key=owner_key(previous.get_secret_value(), owner) if previous else None,
+        )
+    )
 
 
 def _subscriptions_out(choices: list[subscriptions.Choice]) -> Subscriptions:
