@@ -22,7 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import storable_json, transaction
+from conveyor.egress import EgressPolicy
 from conveyor.errors import (
+    DestinationRefusedError,
     InvalidRequestError,
     NotFoundError,
     PermanentDeliveryError,
@@ -98,6 +100,8 @@ class Created:
 class Limits:
     max_recipients: int
     max_context_bytes: int
+    #: Where webhooks may go (`CONVEYOR_OUTBOUND_ALLOW_HOSTS`): a URL it refuses is a 422.
+    egress: EgressPolicy = field(default_factory=lambda: EgressPolicy.parse([]))
 
 
 def _invalid(field_name: str, message: str) -> InvalidRequestError:
@@ -106,16 +110,29 @@ def _invalid(field_name: str, message: str) -> InvalidRequestError:
     )
 
 
-def check_address_for(channel: str, address: str, field_name: str) -> str:
-    """`address` as a `channel` address (email, http(s) URL, E.164 phone, device token)."""
+def check_address_for(
+    channel: str, address: str, field_name: str, egress: EgressPolicy | None = None
+) -> str:
+    """`address` as a `channel` address (email, http(s) URL, E.164 phone, device token); a
+    webhook URL must also be one `egress` lets through (a public address, or allowed)."""
     if channel == "email":
         try:
             return check_address(address)
         except ValueError as exc:
             raise _invalid(field_name, str(exc)) from None
     if channel == "webhook":
-        if not re.match(r"^https?://[^\s/?#]+[^\s]*$", address) or len(address) > 2048:
-            raise _invalid(field_name, "an http:// or https:// URL of at most 2048 characters")
+        if (
+            not re.match(r"^https?://[^\s/?#]+[^\s]*$", address)
+            or len(address) > 2048
+            or not (address.isascii() and address.isprintable())
+        ):
+            raise _invalid(
+                field_name, "an http:// or https:// URL of at most 2048 printable ASCII characters"
+            )
+        try:
+            (egress or EgressPolicy.parse([])).check_url(address)
+        except DestinationRefusedError as exc:
+            raise _invalid(field_name, f"not a URL webhooks may reach: {exc.detail}") from None
         return address
     if channel == "sms":
         if not _PHONE.match(address):
@@ -176,7 +193,9 @@ def validate(new: NewNotification, templates: Templates, creator: User, limits: 
                 raise _invalid(
                     f"{where}.channel", f"kind {kind.name} has templates for: {list(kind.channels)}"
                 )
-            check_address_for(recipient.channel, recipient.address, f"{where}.address")
+            check_address_for(
+                recipient.channel, recipient.address, f"{where}.address", limits.egress
+            )
             if not admin and recipient.channel != "webhook":
                 raise PermissionDeniedError(
                     f"{where}: members may notify webhook URLs and themselves only",

@@ -329,6 +329,23 @@ async def test_the_api_refuses_bad_input_naming_the_field(
             422,
             "recipients.0.address",
         ),
+        *(
+            (
+                {"kind": "welcome", "recipients": [{"address": address, "channel": channel}]},
+                None,
+                422,
+                "recipients.0.address",
+            )
+            for channel, address in [
+                ("email", "@b.c"),
+                ("email", "<a@b.c>"),
+                ("email", "a@b..c"),
+                ("webhook", "http://example.com/a\x00b"),
+                ("webhook", "http://example.com/\x1b[0m"),
+                ("webhook", "http://10.0.0.5/hook"),
+                ("webhook", "http://169.254.169.254/latest/meta-data"),
+            ]
+        ),
         (
             {"kind": "welcome", "recipients": [{"address": "12", "channel": "sms"}]},
             None,

@@ -9,11 +9,18 @@ import smtplib
 import uuid
 from email import message_from_bytes, policy
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
 from conveyor.dev import embedded_settings
-from conveyor.errors import BadRequestError, BouncedAddressError, PermanentDeliveryError
+from conveyor.egress import EgressPolicy
+from conveyor.errors import (
+    BadRequestError,
+    BouncedAddressError,
+    InvalidRequestError,
+    PermanentDeliveryError,
+)
 from conveyor.notifications.channels import Outgoing
 from conveyor.notifications.email import (
     OutboxChannel,
@@ -25,6 +32,7 @@ from conveyor.notifications.ratelimit import Limit, parse_limit
 from conveyor.notifications.templates import RenderError, Templates
 from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
 from conveyor.registry import RetryPolicy
+from conveyor.services.notifications import check_address_for
 from tests import stack
 from tests.mail import smtp_server
 
@@ -158,10 +166,44 @@ def test_an_email_has_both_parts_its_headers_and_a_message_id_of_its_delivery() 
         build_message(_outgoing(text=None, html=None), "noreply@example.com")
 
 
-@pytest.mark.parametrize("address", ["ada", "ada@localhost", "Ada <ada@example.com>", "a@b.c\n"])
+@pytest.mark.parametrize(
+    "address",
+    ["ada", "ada@localhost", "Ada <ada@example.com>", "a@b.c\n", "@b.c", "<a@b.c>", "a@b..c"],
+)
 def test_only_plain_email_addresses_are_accepted(address: str) -> None:
     with pytest.raises(ValueError):
         check_address(address)
+    with pytest.raises(InvalidRequestError) as refused:
+        check_address_for("email", address, "recipients.0.address")
+    assert refused.value.errors == [{"field": "recipients.0.address", "message": ANY}]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a\x00b",
+        "http://example.com/\x7f",
+        "https://exämple.com/",
+        "http://127.0.0.1:8080/hook",
+        "http://10.0.0.5/hook",
+        "http://[::1]/hook",
+        "http://169.254.169.254/latest",
+    ],
+)
+def test_a_webhook_url_must_be_printable_and_reachable(url: str) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        check_address_for("webhook", url, "recipients.0.address")
+    assert refused.value.errors == [{"field": "recipients.0.address", "message": ANY}]
+
+
+def test_an_allowed_address_may_be_a_webhook_url() -> None:
+    allowed = EgressPolicy.parse(["127.0.0.1"])
+    url = "http://127.0.0.1:8080/hook"
+    assert check_address_for("webhook", url, "x", allowed) == url
+    assert (
+        check_address_for("webhook", "https://example.com/h?a=1", "x")
+        == "https://example.com/h?a=1"
+    )
 
 
 def test_the_outbox_writes_each_delivery_once_as_an_eml_file(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from multidict import MultiDict
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import from_json
 
+from conveyor.egress import EgressPolicy
 from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
 from conveyor.http.api.params import absolute_url, bounded_int, respond, routes
 from conveyor.http.keys import CONTAINER, NOTIFICATION_TEMPLATES, UNSUBSCRIBE_LINKS, USER
@@ -259,7 +260,9 @@ async def create_notification(request: web.Request) -> web.Response:
             channels=body.channels,
         ),
         notifications.Limits(
-            settings.notification_max_recipients, settings.notification_max_context_bytes
+            settings.notification_max_recipients,
+            settings.notification_max_context_bytes,
+            EgressPolicy.of_setting(settings.outbound_allow_hosts),
         ),
         idempotency_key=request.headers.get("Idempotency-Key"),
     )
