@@ -62,6 +62,7 @@ from conveyor.services.submissions import (
     check_idempotency_key,
     insert_jobs,
 )
+from conveyor.services.users import normalize_email
 
 #: The job type that sends one delivery (declared in `conveyor.actors.notifications`).
 DELIVER = "notifications.deliver"
@@ -228,9 +229,16 @@ def _plan(session: Session, new: NewNotification, kind: Kind) -> list[_Planned]:
                 recipient.address.lower() if recipient.channel == "email" else recipient.address
             )
             subscriber = subscriptions.address_subscriber(recipient.channel, recipient.address)
+            user_id = None
+            if recipient.channel == "email":  # a user's address is that user: their choices
+                owner = session.scalars(
+                    select(User).where(User.email == normalize_email(recipient.address))
+                ).first()
+                if owner is not None:
+                    address, user_id = owner.email, owner.id
+                    subscriber = subscriptions.user_subscriber(owner.id)
             prefs = subscriptions.preferences(session, subscriber)
             options: list[tuple[str, str, str | None]] = [(recipient.channel, address, None)]
-            user_id = None
         else:
             user = session.get(User, recipient.user_id)
             if user is None:

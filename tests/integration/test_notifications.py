@@ -747,6 +747,46 @@ async def test_an_opt_out_between_create_and_send_suppresses_all_but_a_critical_
     assert job.result["status"] == "suppressed"
 
 
+async def test_a_users_email_address_as_a_recipient_is_that_user_with_their_choices(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    member_id = _user_id(stack, "member@example.com")
+    put = await stack.client.put(
+        "/v1/me/subscriptions",
+        json={"items": [{"topic": "welcome", "channel": "email", "opted_in": False}]},
+        headers=stack.headers(),
+    )
+    assert put.status == 200, await put.json()
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [
+                {"address": "Member@Example.com", "channel": "email"},
+                {"user_id": member_id},
+            ],
+            "context": WELCOME,
+        },
+    )
+    (delivery,) = created["deliveries"]  # the address and the user are one person
+    assert delivery["status"] == "suppressed", delivery
+    assert delivery["last_error"] == "the recipient opted out"
+    assert (delivery["user_id"], delivery["address"]) == (member_id, "member@example.com")
+    other = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": "OTHER@example.com", "channel": "email"}],
+            "context": WELCOME,
+        },
+    )
+    (sent,) = (await _settled(stack, other["id"]))["deliveries"]
+    assert sent["status"] == "sent" and sent["user_id"] == _user_id(stack, "other@example.com")
+    (message,) = mailbox.messages
+    assert "List-Unsubscribe" in message
+
+
 async def test_a_hard_bounce_lists_the_address_and_suppresses_it_until_cleared(
     mail_stack: tuple[Stack, Mailbox],
 ) -> None:
