@@ -32,7 +32,7 @@ from conveyor.notifications.ratelimit import Limit, parse_limit
 from conveyor.notifications.templates import RenderError, Templates
 from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
 from conveyor.registry import RetryPolicy
-from conveyor.services.notifications import check_address_for
+from conveyor.services.notifications import check_address_for, preview
 from tests import stack
 from tests.mail import smtp_server
 
@@ -90,6 +90,18 @@ def test_the_sandbox_refuses_unsafe_attributes(tmp_path: Path) -> None:
     templates = Templates(max_bytes=65536, extra_dir=tmp_path)
     with pytest.raises(RenderError):
         templates.render("sneaky", "sms", {}, recipient=RECIPIENT, notification=NOTIFICATION)
+
+
+def test_any_error_of_a_template_is_a_render_error_and_a_422_in_a_preview(
+    tmp_path: Path,
+) -> None:
+    _kind(tmp_path, "odd", {"sms.txt": "{{ count + 'a' }}"})  # a TypeError, not a TemplateError
+    templates = Templates(max_bytes=65536, extra_dir=tmp_path)
+    with pytest.raises(RenderError, match="TypeError"):
+        templates.render("odd", "sms", {"count": 1}, recipient=RECIPIENT, notification=NOTIFICATION)
+    with pytest.raises(InvalidRequestError) as refused:
+        preview(templates, "odd", "sms", {"count": 1})
+    assert [e["field"] for e in refused.value.errors or []] == ["context"]
 
 
 def test_templates_past_the_size_limit_are_refused(tmp_path: Path) -> None:
