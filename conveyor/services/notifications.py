@@ -57,6 +57,7 @@ from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
 from conveyor.services import subscriptions
 from conveyor.services.cursors import Cursors, Scope
 from conveyor.services.jobs import rowcount
+from conveyor.services.outcomes import MAX_DEFERRALS
 from conveyor.services.submissions import (
     Submissions,
     check_idempotency_key,
@@ -640,16 +641,21 @@ def record_failure(
     *,
     permanent: bool,
     provider: str | None = None,
+    deferred: bool = False,
 ) -> bool:
     """This attempt failed: `failed` when it was permanent or the job's retries are spent
     (counted as the job's outcome counts them), else back to `pending` for the retry.
-    Returns whether the delivery is now `failed`."""
+    `deferred`: it ended in our own `RetryLater(deferred=True)`, which uses up no retry while
+    the job has fewer than `MAX_DEFERRALS` hand-backs. Returns whether the delivery is now
+    `failed`."""
     with transaction(db) as session:
         job = session.get(Job, job_id)
         final = permanent
         if job is not None and not final:
             failures = job.attempts - job.worker_losses - job.handbacks
             final = failures > job.max_retries
+            if deferred and job.handbacks < MAX_DEFERRALS:
+                final = False
         status = DeliveryStatus.FAILED if final else DeliveryStatus.PENDING
         session.execute(
             update(deliveries_t)

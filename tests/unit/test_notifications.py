@@ -6,12 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import random
 import smtplib
+import time
 import uuid
 from email import message_from_bytes, policy
 from pathlib import Path
 from unittest.mock import ANY
 
 import pytest
+from dramatiq.rate_limits import WindowRateLimiter
+from dramatiq.rate_limits.backends import StubBackend
 
 from conveyor.dev import embedded_settings
 from conveyor.egress import EgressPolicy
@@ -20,15 +23,16 @@ from conveyor.errors import (
     BouncedAddressError,
     InvalidRequestError,
     PermanentDeliveryError,
+    RetryLater,
 )
-from conveyor.notifications.channels import Outgoing
+from conveyor.notifications.channels import Outgoing, Sent
 from conveyor.notifications.email import (
     OutboxChannel,
     SmtpChannel,
     build_message,
     check_address,
 )
-from conveyor.notifications.ratelimit import Limit, parse_limit
+from conveyor.notifications.ratelimit import MAX_WAIT, Limit, RateLimitedChannel, parse_limit
 from conveyor.notifications.templates import RenderError, Templates
 from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
 from conveyor.registry import RetryPolicy
@@ -245,6 +249,31 @@ def test_conveyor_dev_writes_email_to_its_outbox(tmp_path: Path) -> None:
         stack.test_settings(data_dir=tmp_path / "data", email_transport="smtp")
     )
     assert chosen.email_transport == "smtp"
+
+
+def test_a_full_window_defers_after_a_bounded_wait_even_for_an_hourly_limit() -> None:
+    limiter = WindowRateLimiter(StubBackend(), "test-hourly", limit=1, window=3600)  # type: ignore[no-untyped-call]
+    outbox = _Counting()
+    channel = RateLimitedChannel(outbox, limiter, Limit(1, 3600), max_wait=0.3)
+    channel.send(_outgoing())
+    started = time.monotonic()
+    with pytest.raises(RetryLater) as deferred:
+        channel.send(_outgoing())
+    assert time.monotonic() - started < 3  # not a whole hour
+    assert deferred.value.deferred and deferred.value.delay >= dt.timedelta(hours=1)
+    assert outbox.sent == 1
+    assert RateLimitedChannel(outbox, limiter, Limit(1, 3600)).max_wait == MAX_WAIT == 10
+
+
+class _Counting:
+    name, provider = "email", "counting"
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, message: Outgoing) -> Sent:
+        self.sent += 1
+        return Sent(self.provider)
 
 
 def test_rate_limits_are_read_from_provider_pairs() -> None:
