@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from conveyor.db import storable_json, transaction
 from conveyor.egress import EgressPolicy
@@ -372,13 +372,25 @@ def create(
     return Created(notification, deliveries, created=True)
 
 
+#: The most notifications one digest message carries (its head included): the next one opens
+#: a new digest, so a busy window renders bounded messages instead of failing every item.
+MAX_DIGEST_ITEMS = 200
+
+
 def _open_digest(
     session: Session, owner_id: uuid.UUID, kind: Kind, delivery: Delivery
 ) -> uuid.UUID | None:
     """The delivery of the same kind, sender, channel and address whose digest has not gone
     out yet (its job not started), locked so that its claim waits for this transaction: a
     delivery that joins it is in its message, or the claim came first and it starts a digest
-    of its own."""
+    of its own. A digest carrying `MAX_DIGEST_ITEMS` already is full."""
+    carried = aliased(Delivery)
+    count = (
+        select(func.count())
+        .select_from(carried)
+        .where(carried.digest_id == Delivery.id)
+        .scalar_subquery()
+    )
     query = (
         select(Delivery.id)
         .join(Notification, Notification.id == Delivery.notification_id)
@@ -391,6 +403,7 @@ def _open_digest(
             Delivery.attempts == 0,
             Delivery.digest_id.is_(None),
             Delivery.job_id.is_not(None),
+            count < MAX_DIGEST_ITEMS - 1,
         )
         .order_by(Delivery.id)
         .limit(1)
@@ -533,6 +546,7 @@ def claim(db: sessionmaker[Session], delivery_id: uuid.UUID, attempt: int) -> Cl
             .join(Delivery, Delivery.notification_id == Notification.id)
             .where(Delivery.digest_id == delivery_id)
             .order_by(Delivery.id)
+            .limit(MAX_DIGEST_ITEMS - 1)  # bounded, even if a race let one more join
         )
         items = [notification.context, *carried]
         session.expunge_all()

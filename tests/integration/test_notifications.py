@@ -531,6 +531,40 @@ def quick_digest(tmp_path: Path) -> Path:
 
 
 @pytest.mark.kinds_dir("quick_digest")
+async def test_a_full_digest_is_not_joined_the_next_notification_opens_another(
+    mail_stack: tuple[Stack, Mailbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack, mailbox = mail_stack
+    monkeypatch.setattr(notifications, "MAX_DIGEST_ITEMS", 2)
+    templates = stack.container.resource(TEMPLATES)
+    with stack.db() as session:
+        admin = session.scalars(select(User).where(User.email == "admin@example.com")).one()
+
+    def notify(what: str) -> notifications.Created:
+        return notifications.create(
+            stack.db,
+            stack.container.submissions,
+            templates,
+            admin,
+            notifications.NewNotification(
+                kind="quick_digest",
+                recipients=[notifications.Recipient(address="full@example.com", channel="email")],
+                context={"what": what},
+            ),
+            notifications.Limits(100, 65536),
+        )
+
+    first, second, third = [await asyncio.to_thread(notify, w) for w in ("a", "b", "c")]
+    assert second.deliveries[0].digest_id == first.deliveries[0].id
+    assert third.deliveries[0].digest_id is None and third.deliveries[0].job_id is not None
+    for created in (first, second, third):
+        done = await _settled(stack, str(created.notification.id))
+        assert done["deliveries"][0]["status"] == "sent", done
+    subjects = sorted(m["Subject"] for m in mailbox.messages)
+    assert subjects == ["1 things happened", "2 things happened"]
+
+
+@pytest.mark.kinds_dir("quick_digest")
 async def test_a_digest_kind_batches_a_recipients_notifications_into_one_message(
     mail_stack: tuple[Stack, Mailbox],
 ) -> None:
