@@ -48,6 +48,9 @@ KIND_HEADER = "Conveyor-Kind"
 DEFAULT_TOLERANCE = 300
 #: How much of an error answer's body is kept in the delivery's error.
 EXCERPT_CHARS = 200
+#: How much of a provider's answer is read (a message id, an error's excerpt): a receiver
+#: that answers megabytes costs 64 KiB, not the client's 10 MiB cap.
+READ_AT_MOST = 64 * 1024
 
 #: The fields of a message a provider's body template may name as `$field`.
 MESSAGE_FIELDS = (
@@ -179,6 +182,7 @@ def post(
             headers=headers,
             timeout_seconds=timeout_seconds,
             follow_redirects=False,
+            read_at_most=READ_AT_MOST,
         )
     except DestinationRefusedError as exc:
         raise PermanentDeliveryError(exc.detail) from exc

@@ -199,6 +199,26 @@ def test_a_webhook_without_data_posts_an_empty_object(
     assert provider.wait_for(1)[0].json() == {}
 
 
+def test_a_big_answer_is_read_only_in_part_and_is_no_error_of_its_own(
+    loop: LoopThread, provider: FakeProvider
+) -> None:
+    allowed = EgressPolicy.parse(["127.0.0.1"])
+    small = SharedHttpClient(loop, max_response_bytes=100_000, egress=allowed)
+    try:
+        big_body = {"x": "y" * 200_000}
+        provider.plan(Answer(200, json=big_body), Answer(500, json=big_body))
+        channel = WebhookChannel(small, [SECRET])
+        sent = channel.send(message(provider.url("/hook")))  # not a size error
+        assert sent == Sent("webhook")
+        with pytest.raises(ProviderUnavailableError, match="answered 500"):
+            channel.send(message(provider.url("/hook")))
+        provider.plan(Answer(200, json={"x": "y" * 200_000}))
+        big = small.request("GET", provider.url("/x"), read_at_most=1000)
+        assert len(big.body) == 1000
+    finally:
+        small.close()
+
+
 def test_webhooks_need_a_signing_key(http: SharedHttpClient) -> None:
     with pytest.raises(ConfigurationError, match="CONVEYOR_WEBHOOK_SECRET"):
         WebhookChannel(http, [])
