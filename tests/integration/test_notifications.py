@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from conveyor.client import AsyncClient, Client
 from conveyor.client import InvalidRequestError as ClientInvalidRequestError
 from conveyor.client import Notification as ClientNotification
-from conveyor.models import Delivery, Job, JobStatus, User
+from conveyor.models import Delivery, Job, JobEvent, JobStatus, User
 from conveyor.models.base import utcnow
 from conveyor.notifications import resources
 from conveyor.notifications.channels import TEMPLATES, resource_name
@@ -969,3 +969,100 @@ async def test_the_python_client_notifies_and_reads_the_deliveries_back(
     got, sent = await asyncio.to_thread(blocking)
     assert got.id == created.id and sorted(sent) == ["ada@example.com", "bob@example.com"]
     assert mailbox.count() == 2
+
+
+# --- what a provider's answers do to a delivery, through the deliver job ---------------------
+
+
+async def _webhook(stack: Stack, provider: FakeProvider, path: str) -> dict[str, Any]:
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": provider.url(path), "channel": "webhook"}],
+            "context": WELCOME,
+        },
+    )
+    return created
+
+
+def _retry_messages(stack: Stack, job_id: str) -> list[str]:
+    with stack.db() as session:
+        return [
+            e.message or ""
+            for e in session.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id == uuid.UUID(job_id), JobEvent.status == "retrying")
+                .order_by(JobEvent.id)
+            )
+        ]
+
+
+async def test_a_500_is_retried_and_the_retry_sends_it(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, _ = mail_stack
+    provider.plan(500, 200)
+    created = await _webhook(stack, provider, "/flaky")
+    (delivery,) = (await _settled(stack, created["id"], within=30))["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("sent", 2), delivery
+    first, second = provider.wait_for(2)
+    assert first.headers["Conveyor-Delivery"] == second.headers["Conveyor-Delivery"]
+    assert any("answered 500" in m for m in _retry_messages(stack, delivery["job_id"]))
+
+
+async def test_a_429_with_retry_after_waits_as_asked(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, _ = mail_stack
+    provider.plan(Answer(429, retry_after="2"), 200)
+    created = await _webhook(stack, provider, "/busy")
+    (delivery,) = (await _settled(stack, created["id"], within=30))["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("sent", 2), delivery
+    [message] = _retry_messages(stack, delivery["job_id"])
+    assert "trying again in 2s, as it asked" in message
+    with stack.db() as session:
+        events = session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == uuid.UUID(delivery["job_id"]))
+            .where(JobEvent.status.in_(["retrying", "running"]))
+            .order_by(JobEvent.id)
+        ).all()
+    retried = next(e.at for e in events if e.status == "retrying")
+    again = next(e.at for e in events if e.status == "running" and e.attempt == 2)
+    assert again - retried >= dt.timedelta(seconds=1.5)  # not the backoff's 0-5 s at random
+
+
+async def test_a_400_fails_at_once_without_a_retry(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, _ = mail_stack
+    provider.plan(400)
+    created = await _webhook(stack, provider, "/refuses")
+    (delivery,) = (await _settled(stack, created["id"]))["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("failed", 1), delivery
+    assert "answered 400" in delivery["last_error"]
+    job = await _job_finished(stack, delivery["job_id"])
+    assert job.status == JobStatus.FAILED and job.attempts == 1
+    assert len(provider.wait_for(1)) == 1 and _retry_messages(stack, delivery["job_id"]) == []
+
+
+async def test_a_delivery_whose_retries_are_used_up_is_failed(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, _ = mail_stack
+    provider.always(503)
+    stack.stop_worker()
+    created = await _webhook(stack, provider, "/down")
+    (queued,) = created["deliveries"]
+    with stack.db() as session:  # one retry, not ten: the same arithmetic, sooner
+        session.execute(
+            update(Job).where(Job.id == uuid.UUID(queued["job_id"])).values(max_retries=1)
+        )
+        session.commit()
+    stack.start_worker()
+    (delivery,) = (await _settled(stack, created["id"], within=30))["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("failed", 2), delivery
+    assert "answered 503" in delivery["last_error"]
+    job = await _job_finished(stack, delivery["job_id"])
+    assert job.status == JobStatus.FAILED and job.attempts == 2
