@@ -241,6 +241,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     make_url(settings.database_url)  # an unparseable URL: ArgumentError, said by `main`
     if (error := _driver_error(settings)) is not None:
         raise error
+    if args.pool in ("notifications", "conveyor.workers.notifications"):
+        from conveyor.notifications.resources import config_error
+
+        if (problem := config_error(settings)) is not None:
+            raise CommandError(problem)
     return run_pool(args.pool, args.dramatiq_args, settings)
 
 

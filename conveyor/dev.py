@@ -24,6 +24,7 @@ from conveyor.logs import configure_logging
 from conveyor.models import Role
 from conveyor.models.migrate import SchemaAheadError, upgrade
 from conveyor.notifications import resources as notifications
+from conveyor.notifications.channels import LINKS
 from conveyor.services.auth import TokenConfig, issue_token
 from conveyor.services.outbox import publish_pending, requeue_unfinished
 from conveyor.services.users import ensure_user
@@ -109,6 +110,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     from conveyor.http.server import serve
 
     settings = embedded_settings(settings)
+    bound_later = settings.public_url is None and not port  # --port 0: known once it listens
     if settings.public_url is None and port:  # where the emails' unsubscribe links point
         settings = settings.model_copy(update={"public_url": HttpUrl(f"http://{host}:{port}")})
     configure_logging(settings.log_level, settings.log_format)
@@ -143,7 +145,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
                     host,
                     port,
                     shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-                    started=_started(host, token),
+                    started=_started(host, token, container if bound_later else None),
                     stopping=lambda: print("stopping…", flush=True),
                 )
             )
@@ -154,8 +156,15 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     return 0
 
 
-def _started(host: str, token: str) -> Callable[[int], None]:
+def _started(
+    host: str, token: str, container: bootstrap.Container | None = None
+) -> Callable[[int], None]:
+    """Prints where it listens; with `container`, points its unsubscribe links at the port it
+    was given (`--port 0`)."""
+
     def started(port: int) -> None:
+        if container is not None:
+            container.resource(LINKS).base_url = f"http://{host}:{port}"
         print(f"url: http://{host}:{port}", flush=True)
         print(f"token: {token}", flush=True)
 

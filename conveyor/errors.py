@@ -134,10 +134,16 @@ class RetryLater(ConveyorError):
     """A job function raises this to run again after `delay` (a provider's Retry-After).
 
     It still counts as a failed attempt, so a job told to wait for ever ends once its retries
-    are spent; the delay is capped by the job type's `max_backoff`.
+    are spent; the delay is capped by the job type's `max_backoff`. `deferred=True` is for a
+    wait Conveyor's own code chose (a provider's rate limit in this pool): that attempt is not
+    the job's failure and uses up no retry (it counts as a hand-back), up to
+    `services.outcomes.MAX_DEFERRALS` of them.
     """
 
-    def __init__(self, delay: float | dt.timedelta, detail: str | None = None) -> None:
+    def __init__(
+        self, delay: float | dt.timedelta, detail: str | None = None, *, deferred: bool = False
+    ) -> None:
+        self.deferred = deferred
         seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
         if math.isnan(seconds) or seconds < 0:
             seconds = 0.0

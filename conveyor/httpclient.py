@@ -79,6 +79,7 @@ class SharedHttpClient:
         data: bytes | str | None = None,
         timeout_seconds: float | None = None,
         follow_redirects: bool = True,
+        read_at_most: int | None = None,
     ) -> HttpResponse:
         self._check_url(url)
         session = self._ensure_session()
@@ -97,7 +98,7 @@ class SharedHttpClient:
                 timeout=limits,
                 allow_redirects=follow_redirects,
             ) as response:
-                body = await self._read(response)
+                body = await self._read(response, read_at_most)
                 return HttpResponse(
                     response.status,
                     str(response.url),
@@ -110,7 +111,15 @@ class SharedHttpClient:
             reason = str(exc) or type(exc).__name__
             raise OutboundHttpError(f"{method} {url} failed: {reason}") from exc
 
-    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse, at_most: int | None) -> bytes:
+        if at_most is not None:  # the first bytes only: the rest is not read (nor an error)
+            kept = bytearray()
+            async for chunk in response.content.iter_chunked(READ_CHUNK):
+                kept += chunk[: at_most - len(kept)]
+                if len(kept) >= at_most:
+                    response.close()
+                    break
+            return bytes(kept)
         declared = response.content_length
         if declared is not None and declared > self.max_response_bytes:
             raise OutboundHttpError(

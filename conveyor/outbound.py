@@ -60,7 +60,9 @@ class HttpClient(Protocol):
     Only public addresses are reached, unless `CONVEYOR_OUTBOUND_ALLOW_HOSTS` permits an
     internal host: a request to any other raises `DestinationRefusedError` (permanent).
     Redirects are followed (through the same check) unless `follow_redirects=False`, which
-    returns the 3xx answer itself.
+    returns the 3xx answer itself. `read_at_most=n` keeps the first `n` bytes of the body
+    and reads no more (instead of the size cap's error), for a caller that only looks at a
+    little of the answer.
     """
 
     def request(
@@ -74,6 +76,7 @@ class HttpClient(Protocol):
         data: bytes | str | None = None,
         timeout_seconds: float | None = None,
         follow_redirects: bool = True,
+        read_at_most: int | None = None,
     ) -> HttpResponse:
         """Send a request and wait for the whole response (from a plain job's thread)."""
 
@@ -88,5 +91,6 @@ class HttpClient(Protocol):
         data: bytes | str | None = None,
         timeout_seconds: float | None = None,
         follow_redirects: bool = True,
+        read_at_most: int | None = None,
     ) -> HttpResponse:
         """Send a request and read the whole response (from an `async def` job)."""

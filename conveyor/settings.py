@@ -185,13 +185,13 @@ class Settings(BaseSettings):
     )
     webhook_secret: SecretStr | None = Field(
         None,
-        description="HMAC-SHA256 key that signs webhook deliveries (`Conveyor-Signature`); "
-        "required to send webhooks.",
+        description="The secret each user's webhook signing key is derived from (HMAC-SHA256 "
+        "of `webhook:<user id>`; `Conveyor-Signature`); required to send webhooks.",
     )
     webhook_previous_secret: SecretStr | None = Field(
         None,
-        description="While rotating the webhook key: the old key, which signs every delivery "
-        "too (a second `v1=`), until receivers have the new one.",
+        description="While rotating the webhook secret: the old secret, whose per-user keys "
+        "sign every delivery too (a second `v1=`), until receivers have the new keys.",
     )
     sms_provider_url: HttpUrl | None = Field(
         None,

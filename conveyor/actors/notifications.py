@@ -68,7 +68,7 @@ def deliver(payload: Deliver, ctx: JobContext) -> dict[str, Any]:
     provider: str | None = None
     started: float | None = None
 
-    def failed(error: str, *, permanent: bool) -> None:
+    def failed(error: str, *, permanent: bool, deferred: bool = False) -> None:
         final = notifications.record_failure(
             ctx.db,
             delivery_id,
@@ -77,6 +77,7 @@ def deliver(payload: Deliver, ctx: JobContext) -> dict[str, Any]:
             error,
             permanent=permanent,
             provider=provider,
+            deferred=deferred,
         )
         outcome = "failed" if final else "retrying"
         metrics.deliveries.labels(channel_name, provider or NO_PROVIDER, outcome).inc()
@@ -112,9 +113,10 @@ def deliver(payload: Deliver, ctx: JobContext) -> dict[str, Any]:
         raise
     except Exception as exc:
         error = str(exc) or type(exc).__name__
-        if isinstance(exc, RetryLater):
+        deferred = isinstance(exc, RetryLater) and exc.deferred  # our own rate limit
+        if isinstance(exc, RetryLater) and not deferred:
             error = f"the provider asked to retry later: {error}"
-        failed(error, permanent=False)
+        failed(error, permanent=False, deferred=deferred)
         raise
     metrics.send_time.labels(channel_name, sent.provider).observe(time.monotonic() - started)
     notifications.record_sent(

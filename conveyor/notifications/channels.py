@@ -30,6 +30,7 @@ class Outgoing:
     html: str | None = None  # email html part
     data: dict[str, Any] | None = None  # webhook JSON body / push data
     headers: Mapping[str, str] = field(default_factory=dict)  # e.g. List-Unsubscribe
+    owner_id: uuid.UUID | None = None  # the notification's owner: whose webhook key signs
 
 
 @dataclass(frozen=True)

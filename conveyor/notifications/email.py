@@ -7,6 +7,7 @@ import os
 import smtplib
 import ssl
 import tempfile
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -33,7 +34,7 @@ def build_message(message: Outgoing, sender: str) -> EmailMessage:
     email["From"] = sender
     try:
         email["To"] = message.address
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, HeaderParseError) as exc:
         raise PermanentDeliveryError(f"bad email address: {exc}") from None
     email["Subject"] = message.subject or ""
     email["Date"] = formatdate(usegmt=True)
@@ -58,7 +59,7 @@ def check_address(address: str) -> str:
     """`address` if it is one plain email address (`user@domain`); ValueError otherwise."""
     try:
         parsed = Address(addr_spec=address)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, HeaderParseError) as exc:  # "@b.c" is a HeaderParseError
         raise ValueError(f"not an email address: {exc}") from None
     if not parsed.username or "." not in parsed.domain or parsed.addr_spec != address:
         raise ValueError("not a plain email address (user@example.com)")

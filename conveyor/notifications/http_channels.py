@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +48,9 @@ KIND_HEADER = "Conveyor-Kind"
 DEFAULT_TOLERANCE = 300
 #: How much of an error answer's body is kept in the delivery's error.
 EXCERPT_CHARS = 200
+#: How much of a provider's answer is read (a message id, an error's excerpt): a receiver
+#: that answers megabytes costs 64 KiB, not the client's 10 MiB cap.
+READ_AT_MOST = 64 * 1024
 
 #: The fields of a message a provider's body template may name as `$field`.
 MESSAGE_FIELDS = (
@@ -65,44 +69,66 @@ MESSAGE_FIELDS = (
 # --- signing --------------------------------------------------------------------------------
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The hex HMAC-SHA256 of `"{timestamp}.{body}"` under `secret`."""
-    signed = str(timestamp).encode() + b"." + body
-    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+def owner_key(secret: str, owner_id: uuid.UUID | str) -> str:
+    """The webhook signing key of one owner: the hex HMAC-SHA256 of `"webhook:<owner id>"`
+    under the deployment's secret. Each owner's receivers get their own key
+    (`GET /v1/me/webhook-key`), so no member can have content of their choosing signed with
+    a key another owner's receiver trusts."""
+    return hmac.new(secret.encode(), f"webhook:{owner_id}".encode(), hashlib.sha256).hexdigest()
 
 
-def signature_header(secrets: Sequence[str], timestamp: int, body: bytes) -> str:
-    """`t=<unix time>,v1=<hex>`, with one `v1` per key (the current one, then the old one
-    while keys are rotated)."""
-    return ",".join([f"t={timestamp}", *(f"v1={sign(s, timestamp, body)}" for s in secrets)])
+def signed_bytes(timestamp: int | str, owner: str, delivery_id: str, body: bytes) -> bytes:
+    """What a signature covers: `"<time>.<owner id>.<delivery id>."` then the raw body."""
+    return f"{timestamp}.{owner}.{delivery_id}.".encode() + body
+
+
+def sign(key: str, timestamp: int, owner: str, delivery_id: str, body: bytes) -> str:
+    """The hex HMAC-SHA256 of the signed bytes under `key` (an owner's key)."""
+    signed = signed_bytes(timestamp, owner, delivery_id, body)
+    return hmac.new(key.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def signature_header(
+    secrets: Sequence[str], timestamp: int, owner: uuid.UUID | str, delivery_id: str, body: bytes
+) -> str:
+    """`t=<unix time>,o=<owner id>,v1=<hex>`, with one `v1` per deployment secret (the
+    current one, then the old one while secrets are rotated), each under the owner's key."""
+    signatures = (
+        f"v1={sign(owner_key(s, owner), timestamp, str(owner), delivery_id, body)}" for s in secrets
+    )
+    return ",".join([f"t={timestamp}", f"o={owner}", *signatures])
 
 
 def verify_signature(
-    secret: str,
+    key: str,
     header: str,
+    delivery_id: str,
     body: bytes,
     tolerance: float = DEFAULT_TOLERANCE,
     *,
     now: float | None = None,
 ) -> bool:
     """Whether `header` (a `Conveyor-Signature` value) signs `body` (the request's raw bytes)
-    with `secret`, at a time within `tolerance` seconds of `now`.
+    and `delivery_id` (its `Conveyor-Delivery` header) with `key` (the owner's webhook key),
+    at a time within `tolerance` seconds of `now`.
 
     The receiver's side of webhook signing, standard library only: copy it into a receiver.
     """
-    timestamp, signatures = "", []
+    timestamp, owner, signatures = "", "", []
     for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
+        name, _, value = part.strip().partition("=")
+        if name == "t":
             timestamp = value
-        elif key == "v1":
+        elif name == "o":
+            owner = value
+        elif name == "v1":
             signatures.append(value)
-    if not (timestamp.isascii() and timestamp.isdigit()) or not signatures:
+    if not (timestamp.isascii() and timestamp.isdigit()) or not owner or not signatures:
         return False
     if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
         return False  # an old request replayed, or a clock far off
-    signed = timestamp.encode() + b"." + body
-    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    signed = f"{timestamp}.{owner}.{delivery_id}.".encode() + body
+    expected = hmac.new(key.encode(), signed, hashlib.sha256).hexdigest()
     return any(hmac.compare_digest(expected, candidate) for candidate in signatures)
 
 
@@ -156,6 +182,7 @@ def post(
             headers=headers,
             timeout_seconds=timeout_seconds,
             follow_redirects=False,
+            read_at_most=READ_AT_MOST,
         )
     except DestinationRefusedError as exc:
         raise PermanentDeliveryError(exc.detail) from exc
@@ -182,8 +209,9 @@ def json_body(value: Any) -> bytes:
 class WebhookChannel:
     """POSTs the message's `data` as JSON to the message's address (the webhook URL), signed.
 
-    Headers: `Conveyor-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">` (one `v1`
-    per key while keys are rotated), `Conveyor-Delivery: <delivery id>` (the same on every
+    Headers: `Conveyor-Signature: t=<unix time>,o=<owner id>,v1=<hex HMAC-SHA256 of
+    "t.owner.delivery.body" under the owner's key>` (one `v1` per deployment secret while
+    secrets are rotated), `Conveyor-Delivery: <delivery id>` (the same on every
     attempt of a delivery: receivers drop what they have seen), `Conveyor-Kind: <kind>`.
     """
 
@@ -206,14 +234,19 @@ class WebhookChannel:
         self.clock = clock
 
     def send(self, message: Outgoing) -> Sent:
+        if message.owner_id is None:
+            raise PermanentDeliveryError("a webhook needs the notification's owner to be signed")
         body = json_body(message.data if message.data is not None else {})
         timestamp = int(self.clock())
+        delivery = str(message.delivery_id)
         headers = own_headers(
             message,
             {
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: signature_header(self.secrets, timestamp, body),
-                DELIVERY_HEADER: str(message.delivery_id),
+                SIGNATURE_HEADER: signature_header(
+                    self.secrets, timestamp, message.owner_id, delivery, body
+                ),
+                DELIVERY_HEADER: delivery,
                 KIND_HEADER: message.kind,
             },
         )

@@ -48,6 +48,16 @@ class Builder(Protocol):
     def resource(self, name: str) -> Any: ...
 
 
+def config_error(settings: Settings) -> str | None:
+    """Why the notifications pool cannot start with these settings (None: it can)."""
+    if settings.email_transport == "smtp" and settings.public_url is None:
+        return (
+            "the notifications pool sends email over SMTP but CONVEYOR_PUBLIC_URL is not set: "
+            "set it to the API's public address (unsubscribe links point there)"
+        )
+    return None
+
+
 def templates(settings: Settings) -> Templates:
     return Templates(
         max_bytes=settings.notification_template_max_bytes,

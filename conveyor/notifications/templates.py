@@ -187,6 +187,8 @@ class Templates:
             raise RenderError(f"{shown}: {exc.message} (a variable the context lacks)") from None
         except jinja2.TemplateError as exc:  # syntax, sandbox refusals
             raise RenderError(f"{shown}: {exc}") from None
+        except Exception as exc:
+            raise RenderError(f"{shown}: {type(exc).__name__}: {exc}") from None
         if len(text.encode()) > self.max_bytes:
             raise RenderError(f"{shown} renders larger than {self.max_bytes} bytes")
         return text.strip() + ("\n" if name.endswith(("/email.txt", "/email.html")) else "")

@@ -33,9 +33,11 @@ class OptOut:
     channel: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class UnsubscribeLinks:
-    """Issues and reads unsubscribe tokens, and builds the links that carry them."""
+    """Issues and reads unsubscribe tokens, and builds the links that carry them.
+
+    `base_url` may be changed once the server knows its port (`conveyor dev --port 0`)."""
 
     key: bytes
     base_url: str

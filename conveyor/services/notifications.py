@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from conveyor.db import storable_json, transaction
+from conveyor.egress import EgressPolicy
 from conveyor.errors import (
+    DestinationRefusedError,
     InvalidRequestError,
     NotFoundError,
     PermanentDeliveryError,
@@ -55,11 +57,13 @@ from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
 from conveyor.services import subscriptions
 from conveyor.services.cursors import Cursors, Scope
 from conveyor.services.jobs import rowcount
+from conveyor.services.outcomes import MAX_DEFERRALS
 from conveyor.services.submissions import (
     Submissions,
     check_idempotency_key,
     insert_jobs,
 )
+from conveyor.services.users import normalize_email
 
 #: The job type that sends one delivery (declared in `conveyor.actors.notifications`).
 DELIVER = "notifications.deliver"
@@ -98,6 +102,8 @@ class Created:
 class Limits:
     max_recipients: int
     max_context_bytes: int
+    #: Where webhooks may go (`CONVEYOR_OUTBOUND_ALLOW_HOSTS`): a URL it refuses is a 422.
+    egress: EgressPolicy = field(default_factory=lambda: EgressPolicy.parse([]))
 
 
 def _invalid(field_name: str, message: str) -> InvalidRequestError:
@@ -106,16 +112,29 @@ def _invalid(field_name: str, message: str) -> InvalidRequestError:
     )
 
 
-def check_address_for(channel: str, address: str, field_name: str) -> str:
-    """`address` as a `channel` address (email, http(s) URL, E.164 phone, device token)."""
+def check_address_for(
+    channel: str, address: str, field_name: str, egress: EgressPolicy | None = None
+) -> str:
+    """`address` as a `channel` address (email, http(s) URL, E.164 phone, device token); a
+    webhook URL must also be one `egress` lets through (a public address, or allowed)."""
     if channel == "email":
         try:
             return check_address(address)
         except ValueError as exc:
             raise _invalid(field_name, str(exc)) from None
     if channel == "webhook":
-        if not re.match(r"^https?://[^\s/?#]+[^\s]*$", address) or len(address) > 2048:
-            raise _invalid(field_name, "an http:// or https:// URL of at most 2048 characters")
+        if (
+            not re.match(r"^https?://[^\s/?#]+[^\s]*$", address)
+            or len(address) > 2048
+            or not (address.isascii() and address.isprintable())
+        ):
+            raise _invalid(
+                field_name, "an http:// or https:// URL of at most 2048 printable ASCII characters"
+            )
+        try:
+            (egress or EgressPolicy.parse([])).check_url(address)
+        except DestinationRefusedError as exc:
+            raise _invalid(field_name, f"not a URL webhooks may reach: {exc.detail}") from None
         return address
     if channel == "sms":
         if not _PHONE.match(address):
@@ -176,7 +195,9 @@ def validate(new: NewNotification, templates: Templates, creator: User, limits: 
                 raise _invalid(
                     f"{where}.channel", f"kind {kind.name} has templates for: {list(kind.channels)}"
                 )
-            check_address_for(recipient.channel, recipient.address, f"{where}.address")
+            check_address_for(
+                recipient.channel, recipient.address, f"{where}.address", limits.egress
+            )
             if not admin and recipient.channel != "webhook":
                 raise PermissionDeniedError(
                     f"{where}: members may notify webhook URLs and themselves only",
@@ -209,9 +230,16 @@ def _plan(session: Session, new: NewNotification, kind: Kind) -> list[_Planned]:
                 recipient.address.lower() if recipient.channel == "email" else recipient.address
             )
             subscriber = subscriptions.address_subscriber(recipient.channel, recipient.address)
+            user_id = None
+            if recipient.channel == "email":  # a user's address is that user: their choices
+                owner = session.scalars(
+                    select(User).where(User.email == normalize_email(recipient.address))
+                ).first()
+                if owner is not None:
+                    address, user_id = owner.email, owner.id
+                    subscriber = subscriptions.user_subscriber(owner.id)
             prefs = subscriptions.preferences(session, subscriber)
             options: list[tuple[str, str, str | None]] = [(recipient.channel, address, None)]
-            user_id = None
         else:
             user = session.get(User, recipient.user_id)
             if user is None:
@@ -344,13 +372,25 @@ def create(
     return Created(notification, deliveries, created=True)
 
 
+#: The most notifications one digest message carries (its head included): the next one opens
+#: a new digest, so a busy window renders bounded messages instead of failing every item.
+MAX_DIGEST_ITEMS = 200
+
+
 def _open_digest(
     session: Session, owner_id: uuid.UUID, kind: Kind, delivery: Delivery
 ) -> uuid.UUID | None:
     """The delivery of the same kind, sender, channel and address whose digest has not gone
     out yet (its job not started), locked so that its claim waits for this transaction: a
     delivery that joins it is in its message, or the claim came first and it starts a digest
-    of its own."""
+    of its own. A digest carrying `MAX_DIGEST_ITEMS` already is full."""
+    carried = aliased(Delivery)
+    count = (
+        select(func.count())
+        .select_from(carried)
+        .where(carried.digest_id == Delivery.id)
+        .scalar_subquery()
+    )
     query = (
         select(Delivery.id)
         .join(Notification, Notification.id == Delivery.notification_id)
@@ -363,6 +403,7 @@ def _open_digest(
             Delivery.attempts == 0,
             Delivery.digest_id.is_(None),
             Delivery.job_id.is_not(None),
+            count < MAX_DIGEST_ITEMS - 1,
         )
         .order_by(Delivery.id)
         .limit(1)
@@ -505,6 +546,7 @@ def claim(db: sessionmaker[Session], delivery_id: uuid.UUID, attempt: int) -> Cl
             .join(Delivery, Delivery.notification_id == Notification.id)
             .where(Delivery.digest_id == delivery_id)
             .order_by(Delivery.id)
+            .limit(MAX_DIGEST_ITEMS - 1)  # bounded, even if a race let one more join
         )
         items = [notification.context, *carried]
         session.expunge_all()
@@ -557,6 +599,7 @@ def outgoing(claimed: Claimed, templates: Templates, links: UnsubscribeLinks | N
         html=rendered.html,
         data=rendered.data,
         headers=headers,
+        owner_id=notification.owner_id,
     )
 
 
@@ -612,16 +655,21 @@ def record_failure(
     *,
     permanent: bool,
     provider: str | None = None,
+    deferred: bool = False,
 ) -> bool:
     """This attempt failed: `failed` when it was permanent or the job's retries are spent
     (counted as the job's outcome counts them), else back to `pending` for the retry.
-    Returns whether the delivery is now `failed`."""
+    `deferred`: it ended in our own `RetryLater(deferred=True)`, which uses up no retry while
+    the job has fewer than `MAX_DEFERRALS` hand-backs. Returns whether the delivery is now
+    `failed`."""
     with transaction(db) as session:
         job = session.get(Job, job_id)
         final = permanent
         if job is not None and not final:
             failures = job.attempts - job.worker_losses - job.handbacks
             final = failures > job.max_retries
+            if deferred and job.handbacks < MAX_DEFERRALS:
+                final = False
         status = DeliveryStatus.FAILED if final else DeliveryStatus.PENDING
         session.execute(
             update(deliveries_t)

@@ -33,6 +33,10 @@ from conveyor.registry import JobType
 
 #: Longest error message kept on the job.
 MAX_MESSAGE = 2000
+#: How many hand-backs (a stopping worker's, or a deferring `RetryLater`) a job may have and
+#: still be deferred without using up a retry: past it, a deferral counts as a failure, so a
+#: job deferred for ever still ends.
+MAX_DEFERRALS = 100
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Outcome:
     permanent: bool = False
     #: Infrastructure cut the attempt short: it counts in `worker_losses`, not as a failure.
     interrupted: bool = False
+    #: A `RetryLater(deferred=True)`: not a failure, counted in `handbacks`.
+    deferred: bool = False
     #: What the function raised, for the worker's log (never stored: `error` is).
     exception: BaseException | None = field(default=None, compare=False, repr=False)
 
@@ -111,7 +117,9 @@ def raised(
     - an infrastructure error (`errors.is_infrastructure_error`, or one of `infrastructure`:
       the broker's, which the caller names) is not the job's failure: see `interrupted`;
     - anything else (a time limit too) is retried while `attempt.may_retry`, after the
-      backoff, or after the delay a `RetryLater` asks for (capped by `max_backoff`).
+      backoff, or after the delay a `RetryLater` asks for (capped by `max_backoff`);
+    - a `RetryLater(deferred=True)` runs again after its delay without using up a retry (a
+      hand-back), while the job has had fewer than `MAX_DEFERRALS` hand-backs.
     """
     if isinstance(exc, JobCancelledError):
         return Outcome(
@@ -128,6 +136,11 @@ def raised(
         return Outcome(JobStatus.FAILED, error=error, permanent=True, exception=exc)
     if is_infrastructure_error(exc) or isinstance(exc, infrastructure):
         return replace(interrupted(job_type, attempt, error, rng=rng), exception=exc)
+    if isinstance(exc, RetryLater) and exc.deferred and attempt.handbacks < MAX_DEFERRALS:
+        delay = min(exc.delay, job_type.retry.max_backoff)
+        return Outcome(
+            JobStatus.RETRYING, error=error, retry_in=delay, deferred=True, exception=exc
+        )
     if not attempt.may_retry:
         return Outcome(JobStatus.FAILED, error=error, exception=exc)
     if isinstance(exc, RetryLater):

@@ -269,9 +269,11 @@ def retry_later(
     error: dict[str, Any],
     next_attempt_at: dt.datetime,
     interrupted: bool = False,
+    deferred: bool = False,
 ) -> JobStatus | None:
     """Record a failed attempt that will run again at `next_attempt_at` (message unpublished).
-    `interrupted`: infrastructure cut it short, which counts in `worker_losses`.
+    `interrupted`: infrastructure cut it short, which counts in `worker_losses`; `deferred`:
+    the job chose to wait (`RetryLater(deferred=True)`), which counts in `handbacks`.
 
     Returns `retrying`; `cancelled` when a cancel was requested meanwhile (the job will not
     run again); None when this attempt no longer holds the job (nothing is recorded then).
@@ -287,6 +289,8 @@ def retry_later(
     }
     if interrupted:
         values["worker_losses"] = jobs_t.c.worker_losses + 1
+    if deferred:
+        values["handbacks"] = jobs_t.c.handbacks + 1
     with transaction(db) as session:
         stmt = _guarded(job_id, attempt).where(jobs_t.c.cancel_requested.is_(False))
         if rowcount(session.execute(stmt.values(**values))) != 1:
@@ -388,6 +392,7 @@ def record(
                 error=outcome.error,
                 next_attempt_at=utcnow() + delay,
                 interrupted=outcome.interrupted,
+                deferred=outcome.deferred,
             ),
             what="record an outcome",
         )

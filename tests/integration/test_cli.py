@@ -433,6 +433,17 @@ def test_a_database_url_without_its_driver_is_one_line(
         assert "secret" not in err
 
 
+def test_the_notifications_pool_with_smtp_needs_a_public_url_in_one_line(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CONVEYOR_PUBLIC_URL", raising=False)
+    monkeypatch.setenv("CONVEYOR_EMAIL_TRANSPORT", "smtp")
+    get_settings.cache_clear()
+    code, out, err = run(capsys, "worker", "notifications")
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert "CONVEYOR_PUBLIC_URL is not set" in err
+
+
 def test_a_missing_secret_key_says_how_to_make_one(
     env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from conveyor.client import AsyncClient, Client
 from conveyor.client import InvalidRequestError as ClientInvalidRequestError
 from conveyor.client import Notification as ClientNotification
-from conveyor.models import Delivery, Job, JobStatus, User
+from conveyor.models import Delivery, Job, JobEvent, JobStatus, User
 from conveyor.models.base import utcnow
 from conveyor.notifications import resources
 from conveyor.notifications.channels import TEMPLATES, resource_name
@@ -329,6 +329,23 @@ async def test_the_api_refuses_bad_input_naming_the_field(
             422,
             "recipients.0.address",
         ),
+        *(
+            (
+                {"kind": "welcome", "recipients": [{"address": address, "channel": channel}]},
+                None,
+                422,
+                "recipients.0.address",
+            )
+            for channel, address in [
+                ("email", "@b.c"),
+                ("email", "<a@b.c>"),
+                ("email", "a@b..c"),
+                ("webhook", "http://example.com/a\x00b"),
+                ("webhook", "http://example.com/\x1b[0m"),
+                ("webhook", "http://10.0.0.5/hook"),
+                ("webhook", "http://169.254.169.254/latest/meta-data"),
+            ]
+        ),
         (
             {"kind": "welcome", "recipients": [{"address": "12", "channel": "sms"}]},
             None,
@@ -514,6 +531,40 @@ def quick_digest(tmp_path: Path) -> Path:
 
 
 @pytest.mark.kinds_dir("quick_digest")
+async def test_a_full_digest_is_not_joined_the_next_notification_opens_another(
+    mail_stack: tuple[Stack, Mailbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack, mailbox = mail_stack
+    monkeypatch.setattr(notifications, "MAX_DIGEST_ITEMS", 2)
+    templates = stack.container.resource(TEMPLATES)
+    with stack.db() as session:
+        admin = session.scalars(select(User).where(User.email == "admin@example.com")).one()
+
+    def notify(what: str) -> notifications.Created:
+        return notifications.create(
+            stack.db,
+            stack.container.submissions,
+            templates,
+            admin,
+            notifications.NewNotification(
+                kind="quick_digest",
+                recipients=[notifications.Recipient(address="full@example.com", channel="email")],
+                context={"what": what},
+            ),
+            notifications.Limits(100, 65536),
+        )
+
+    first, second, third = [await asyncio.to_thread(notify, w) for w in ("a", "b", "c")]
+    assert second.deliveries[0].digest_id == first.deliveries[0].id
+    assert third.deliveries[0].digest_id is None and third.deliveries[0].job_id is not None
+    for created in (first, second, third):
+        done = await _settled(stack, str(created.notification.id))
+        assert done["deliveries"][0]["status"] == "sent", done
+    subjects = sorted(m["Subject"] for m in mailbox.messages)
+    assert subjects == ["1 things happened", "2 things happened"]
+
+
+@pytest.mark.kinds_dir("quick_digest")
 async def test_a_digest_kind_batches_a_recipients_notifications_into_one_message(
     mail_stack: tuple[Stack, Mailbox],
 ) -> None:
@@ -583,7 +634,22 @@ async def test_one_notification_goes_out_by_email_webhook_and_sms(
     assert mailbox.count() == 1
     received = {r.path: r for r in provider.wait_for(2)}
     hook = received["/hook"]
-    assert verify_signature(WEBHOOK_SECRET, hook.headers["Conveyor-Signature"], hook.body)
+    response = await stack.client.get(
+        "/v1/me/webhook-key", headers=stack.headers(stack.admin_token)
+    )
+    mine = await response.json()
+    assert response.status == 200, mine
+    assert mine["previous_key"] is None
+    signature, delivery = hook.headers["Conveyor-Signature"], hook.headers["Conveyor-Delivery"]
+    assert f"o={mine['owner_id']}," in signature
+    assert verify_signature(mine["key"], signature, delivery, hook.body)
+    assert not verify_signature(WEBHOOK_SECRET, signature, delivery, hook.body)
+    response = await stack.client.get(
+        "/v1/me/webhook-key", headers=stack.headers(stack.member_token)
+    )
+    theirs = await response.json()
+    assert theirs["owner_id"] != mine["owner_id"]
+    assert not verify_signature(theirs["key"], signature, delivery, hook.body)
     assert hook.headers["Conveyor-Delivery"] == by_channel["webhook"]["id"]
     assert hook.json() == {
         "kind": "welcome",
@@ -713,6 +779,46 @@ async def test_an_opt_out_between_create_and_send_suppresses_all_but_a_critical_
     job = await _job_finished(stack, suppressed["job_id"])
     assert job.status == JobStatus.SUCCEEDED and job.result is not None
     assert job.result["status"] == "suppressed"
+
+
+async def test_a_users_email_address_as_a_recipient_is_that_user_with_their_choices(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    member_id = _user_id(stack, "member@example.com")
+    put = await stack.client.put(
+        "/v1/me/subscriptions",
+        json={"items": [{"topic": "welcome", "channel": "email", "opted_in": False}]},
+        headers=stack.headers(),
+    )
+    assert put.status == 200, await put.json()
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [
+                {"address": "Member@Example.com", "channel": "email"},
+                {"user_id": member_id},
+            ],
+            "context": WELCOME,
+        },
+    )
+    (delivery,) = created["deliveries"]  # the address and the user are one person
+    assert delivery["status"] == "suppressed", delivery
+    assert delivery["last_error"] == "the recipient opted out"
+    assert (delivery["user_id"], delivery["address"]) == (member_id, "member@example.com")
+    other = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": "OTHER@example.com", "channel": "email"}],
+            "context": WELCOME,
+        },
+    )
+    (sent,) = (await _settled(stack, other["id"]))["deliveries"]
+    assert sent["status"] == "sent" and sent["user_id"] == _user_id(stack, "other@example.com")
+    (message,) = mailbox.messages
+    assert "List-Unsubscribe" in message
 
 
 async def test_a_hard_bounce_lists_the_address_and_suppresses_it_until_cleared(
@@ -863,3 +969,100 @@ async def test_the_python_client_notifies_and_reads_the_deliveries_back(
     got, sent = await asyncio.to_thread(blocking)
     assert got.id == created.id and sorted(sent) == ["ada@example.com", "bob@example.com"]
     assert mailbox.count() == 2
+
+
+# --- what a provider's answers do to a delivery, through the deliver job ---------------------
+
+
+async def _webhook(stack: Stack, provider: FakeProvider, path: str) -> dict[str, Any]:
+    created = await _notify(
+        stack,
+        {
+            "kind": "welcome",
+            "recipients": [{"address": provider.url(path), "channel": "webhook"}],
+            "context": WELCOME,
+        },
+    )
+    return created
+
+
+def _retry_messages(stack: Stack, job_id: str) -> list[str]:
+    with stack.db() as session:
+        return [
+            e.message or ""
+            for e in session.scalars(
+                select(JobEvent)
+                .where(JobEvent.job_id == uuid.UUID(job_id), JobEvent.status == "retrying")
+                .order_by(JobEvent.id)
+            )
+        ]
+
+
+async def test_a_500_is_retried_and_the_retry_sends_it(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, _ = mail_stack
+    provider.plan(500, 200)
+    created = await _webhook(stack, provider, "/flaky")
+    (delivery,) = (await _settled(stack, created["id"], within=30))["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("sent", 2), delivery
+    first, second = provider.wait_for(2)
+    assert first.headers["Conveyor-Delivery"] == second.headers["Conveyor-Delivery"]
+    assert any("answered 500" in m for m in _retry_messages(stack, delivery["job_id"]))
+
+
+async def test_a_429_with_retry_after_waits_as_asked(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, _ = mail_stack
+    provider.plan(Answer(429, retry_after="2"), 200)
+    created = await _webhook(stack, provider, "/busy")
+    (delivery,) = (await _settled(stack, created["id"], within=30))["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("sent", 2), delivery
+    [message] = _retry_messages(stack, delivery["job_id"])
+    assert "trying again in 2s, as it asked" in message
+    with stack.db() as session:
+        events = session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == uuid.UUID(delivery["job_id"]))
+            .where(JobEvent.status.in_(["retrying", "running"]))
+            .order_by(JobEvent.id)
+        ).all()
+    retried = next(e.at for e in events if e.status == "retrying")
+    again = next(e.at for e in events if e.status == "running" and e.attempt == 2)
+    assert again - retried >= dt.timedelta(seconds=1.5)  # not the backoff's 0-5 s at random
+
+
+async def test_a_400_fails_at_once_without_a_retry(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, _ = mail_stack
+    provider.plan(400)
+    created = await _webhook(stack, provider, "/refuses")
+    (delivery,) = (await _settled(stack, created["id"]))["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("failed", 1), delivery
+    assert "answered 400" in delivery["last_error"]
+    job = await _job_finished(stack, delivery["job_id"])
+    assert job.status == JobStatus.FAILED and job.attempts == 1
+    assert len(provider.wait_for(1)) == 1 and _retry_messages(stack, delivery["job_id"]) == []
+
+
+async def test_a_delivery_whose_retries_are_used_up_is_failed(
+    mail_stack: tuple[Stack, Mailbox], provider: FakeProvider
+) -> None:
+    stack, _ = mail_stack
+    provider.always(503)
+    stack.stop_worker()
+    created = await _webhook(stack, provider, "/down")
+    (queued,) = created["deliveries"]
+    with stack.db() as session:  # one retry, not ten: the same arithmetic, sooner
+        session.execute(
+            update(Job).where(Job.id == uuid.UUID(queued["job_id"])).values(max_retries=1)
+        )
+        session.commit()
+    stack.start_worker()
+    (delivery,) = (await _settled(stack, created["id"], within=30))["deliveries"]
+    assert (delivery["status"], delivery["attempts"]) == ("failed", 2), delivery
+    assert "answered 503" in delivery["last_error"]
+    job = await _job_finished(stack, delivery["job_id"])
+    assert job.status == JobStatus.FAILED and job.attempts == 2

@@ -6,13 +6,16 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from conveyor.db import make_engine
-from conveyor.dev import embedded_settings
+from conveyor.dev import _started, embedded_settings
 from conveyor.models.migrate import upgrade
+from conveyor.notifications.channels import LINKS
+from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
 from tests import stack
 
 
@@ -94,3 +97,20 @@ def test_the_embedded_mode_signs_webhooks_with_a_key_it_keeps(tmp_path: Path) ->
     assert (data / "webhook_secret").read_text() == key
     given = embedded_settings(stack.test_settings(data_dir=data, webhook_secret="mine"))
     assert given.webhook_secret is not None and given.webhook_secret.get_secret_value() == "mine"
+
+
+def test_with_port_0_unsubscribe_links_point_at_the_port_it_was_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = stack.test_settings(public_url=None, port=0)
+    links = UnsubscribeLinks.of(settings)
+
+    class Built:
+        def resource(self, name: str) -> Any:
+            assert name == LINKS
+            return links
+
+    _started("127.0.0.1", "tok", Built())(43210)  # type: ignore[arg-type]
+    url = links.url(OptOut("user:x", "welcome", "email"))
+    assert url.startswith("http://127.0.0.1:43210/v1/unsubscribe?token=")
+    assert "url: http://127.0.0.1:43210" in capsys.readouterr().out

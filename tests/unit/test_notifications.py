@@ -6,25 +6,37 @@ from __future__ import annotations
 import datetime as dt
 import random
 import smtplib
+import time
 import uuid
 from email import message_from_bytes, policy
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
+from dramatiq.rate_limits import WindowRateLimiter
+from dramatiq.rate_limits.backends import StubBackend
 
 from conveyor.dev import embedded_settings
-from conveyor.errors import BadRequestError, BouncedAddressError, PermanentDeliveryError
-from conveyor.notifications.channels import Outgoing
+from conveyor.egress import EgressPolicy
+from conveyor.errors import (
+    BadRequestError,
+    BouncedAddressError,
+    InvalidRequestError,
+    PermanentDeliveryError,
+    RetryLater,
+)
+from conveyor.notifications.channels import Outgoing, Sent
 from conveyor.notifications.email import (
     OutboxChannel,
     SmtpChannel,
     build_message,
     check_address,
 )
-from conveyor.notifications.ratelimit import Limit, parse_limit
+from conveyor.notifications.ratelimit import MAX_WAIT, Limit, RateLimitedChannel, parse_limit
 from conveyor.notifications.templates import RenderError, Templates
 from conveyor.notifications.unsubscribe import OptOut, UnsubscribeLinks
 from conveyor.registry import RetryPolicy
+from conveyor.services.notifications import check_address_for, preview
 from tests import stack
 from tests.mail import smtp_server
 
@@ -82,6 +94,18 @@ def test_the_sandbox_refuses_unsafe_attributes(tmp_path: Path) -> None:
     templates = Templates(max_bytes=65536, extra_dir=tmp_path)
     with pytest.raises(RenderError):
         templates.render("sneaky", "sms", {}, recipient=RECIPIENT, notification=NOTIFICATION)
+
+
+def test_any_error_of_a_template_is_a_render_error_and_a_422_in_a_preview(
+    tmp_path: Path,
+) -> None:
+    _kind(tmp_path, "odd", {"sms.txt": "{{ count + 'a' }}"})  # a TypeError, not a TemplateError
+    templates = Templates(max_bytes=65536, extra_dir=tmp_path)
+    with pytest.raises(RenderError, match="TypeError"):
+        templates.render("odd", "sms", {"count": 1}, recipient=RECIPIENT, notification=NOTIFICATION)
+    with pytest.raises(InvalidRequestError) as refused:
+        preview(templates, "odd", "sms", {"count": 1})
+    assert [e["field"] for e in refused.value.errors or []] == ["context"]
 
 
 def test_templates_past_the_size_limit_are_refused(tmp_path: Path) -> None:
@@ -158,10 +182,44 @@ def test_an_email_has_both_parts_its_headers_and_a_message_id_of_its_delivery() 
         build_message(_outgoing(text=None, html=None), "noreply@example.com")
 
 
-@pytest.mark.parametrize("address", ["ada", "ada@localhost", "Ada <ada@example.com>", "a@b.c\n"])
+@pytest.mark.parametrize(
+    "address",
+    ["ada", "ada@localhost", "Ada <ada@example.com>", "a@b.c\n", "@b.c", "<a@b.c>", "a@b..c"],
+)
 def test_only_plain_email_addresses_are_accepted(address: str) -> None:
     with pytest.raises(ValueError):
         check_address(address)
+    with pytest.raises(InvalidRequestError) as refused:
+        check_address_for("email", address, "recipients.0.address")
+    assert refused.value.errors == [{"field": "recipients.0.address", "message": ANY}]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a\x00b",
+        "http://example.com/\x7f",
+        "https://exämple.com/",
+        "http://127.0.0.1:8080/hook",
+        "http://10.0.0.5/hook",
+        "http://[::1]/hook",
+        "http://169.254.169.254/latest",
+    ],
+)
+def test_a_webhook_url_must_be_printable_and_reachable(url: str) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        check_address_for("webhook", url, "recipients.0.address")
+    assert refused.value.errors == [{"field": "recipients.0.address", "message": ANY}]
+
+
+def test_an_allowed_address_may_be_a_webhook_url() -> None:
+    allowed = EgressPolicy.parse(["127.0.0.1"])
+    url = "http://127.0.0.1:8080/hook"
+    assert check_address_for("webhook", url, "x", allowed) == url
+    assert (
+        check_address_for("webhook", "https://example.com/h?a=1", "x")
+        == "https://example.com/h?a=1"
+    )
 
 
 def test_the_outbox_writes_each_delivery_once_as_an_eml_file(tmp_path: Path) -> None:
@@ -191,6 +249,31 @@ def test_conveyor_dev_writes_email_to_its_outbox(tmp_path: Path) -> None:
         stack.test_settings(data_dir=tmp_path / "data", email_transport="smtp")
     )
     assert chosen.email_transport == "smtp"
+
+
+def test_a_full_window_defers_after_a_bounded_wait_even_for_an_hourly_limit() -> None:
+    limiter = WindowRateLimiter(StubBackend(), "test-hourly", limit=1, window=3600)  # type: ignore[no-untyped-call]
+    outbox = _Counting()
+    channel = RateLimitedChannel(outbox, limiter, Limit(1, 3600), max_wait=0.3)
+    channel.send(_outgoing())
+    started = time.monotonic()
+    with pytest.raises(RetryLater) as deferred:
+        channel.send(_outgoing())
+    assert time.monotonic() - started < 3  # not a whole hour
+    assert deferred.value.deferred and deferred.value.delay >= dt.timedelta(hours=1)
+    assert outbox.sent == 1
+    assert RateLimitedChannel(outbox, limiter, Limit(1, 3600)).max_wait == MAX_WAIT == 10
+
+
+class _Counting:
+    name, provider = "email", "counting"
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, message: Outgoing) -> Sent:
+        self.sent += 1
+        return Sent(self.provider)
 
 
 def test_rate_limits_are_read_from_provider_pairs() -> None:

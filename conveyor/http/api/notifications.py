@@ -13,6 +13,7 @@ from multidict import MultiDict
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import from_json
 
+from conveyor.egress import EgressPolicy
 from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
 from conveyor.http.api.params import absolute_url, bounded_int, respond, routes
 from conveyor.http.keys import CONTAINER, NOTIFICATION_TEMPLATES, UNSUBSCRIBE_LINKS, USER
@@ -20,6 +21,7 @@ from conveyor.http.routes import HTML, Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.models import BouncedAddress, Delivery, DeliveryStatus, Notification
 from conveyor.notifications.channels import CHANNELS
+from conveyor.notifications.http_channels import owner_key
 from conveyor.services import notifications, subscriptions
 from conveyor.services.cursors import Cursors
 from conveyor.services.operations import require_admin
@@ -142,6 +144,16 @@ class SubscriptionIn(BaseModel):
     opted_in: bool
 
 
+class WebhookKey(BaseModel):
+    """The key the caller's webhook receivers verify `Conveyor-Signature` with."""
+
+    owner_id: uuid.UUID = Field(description="The `o=` of the signatures of your webhooks")
+    key: str = Field(description="Your webhook signing key (keep it secret)")
+    previous_key: str | None = Field(
+        description="Your key under the previous deployment secret, while it is rotated"
+    )
+
+
 class Subscriptions(BaseModel):
     """A user's choices; the most specific one decides (kind and channel, kind, channel,
     `*`); with none, a user gets a kind's default channels. Critical kinds ignore them."""
@@ -248,7 +260,9 @@ async def create_notification(request: web.Request) -> web.Response:
             channels=body.channels,
         ),
         notifications.Limits(
-            settings.notification_max_recipients, settings.notification_max_context_bytes
+            settings.notification_max_recipients,
+            settings.notification_max_context_bytes,
+            EgressPolicy.of_setting(settings.outbound_allow_hosts),
         ),
         idempotency_key=request.headers.get("Idempotency-Key"),
     )
@@ -508,6 +522,29 @@ async def get_subscriptions(request: web.Request) -> web.Response:
     """The caller's opt-ins and opt-outs, per topic (kind or `*`) and channel (or `*`)."""
     choices = await run_db(request.config_dict, subscriptions.list_for_user, request[USER].id)
     return respond(_subscriptions_out(choices))
+
+
+@routes.get(
+    "/me/webhook-key",
+    summary="Read my webhook signing key",
+    answers={200: Answer("The key my webhook receivers verify signatures with", WebhookKey)},
+    errors={404: "Webhooks are not configured (no CONVEYOR_WEBHOOK_SECRET)"},
+)
+async def get_webhook_key(request: web.Request) -> web.Response:
+    """The caller's own webhook signing key: every webhook of a notification the caller
+    created is signed with it (and no other owner's is)."""
+    settings = request.config_dict[CONTAINER].settings
+    if settings.webhook_secret is None:
+        raise NotFoundError("webhooks are not configured here (no CONVEYOR_WEBHOOK_SECRET)")
+    owner = request[USER].id
+    previous = settings.webhook_previous_secret
+    return respond(
+        WebhookKey(
+            owner_id=owner,
+            key=owner_key(settings.webhook_secret.get_secret_value(), owner),
+            previous_key=owner_key(previous.get_secret_value(), owner) if previous else None,
+        )
+    )
 
 
 def _subscriptions_out(choices: list[subscriptions.Choice]) -> Subscriptions:

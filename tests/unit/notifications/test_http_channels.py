@@ -33,6 +33,7 @@ from conveyor.notifications.http_channels import (
     LogChannel,
     WebhookChannel,
     http_channels,
+    owner_key,
     signature_header,
     verify_signature,
 )
@@ -40,6 +41,8 @@ from tests import stack
 from tests.fake_provider import Answer, FakeProvider, fake_provider
 
 SECRET = "whsec-test-0123456789abcdef"
+OWNER = uuid.UUID("01890000-0000-7000-8000-000000000001")
+KEY = owner_key(SECRET, OWNER)  # what the owner's receivers verify with
 README = Path(__file__).resolve().parents[3] / "README.md"
 
 
@@ -76,6 +79,7 @@ def message(address: str, **fields: Any) -> Outgoing:
         "subject": "Your order shipped",
         "text": "Order 42 is on its way.",
         "data": {"order": 42, "carrier": "Postal", "note": "naïve ✓"},
+        "owner_id": OWNER,
     }
     return Outgoing(**{**values, **fields})
 
@@ -96,11 +100,34 @@ def test_a_webhook_is_a_signed_json_post_of_the_messages_data(
     assert received.headers["Conveyor-Delivery"] == str(sent.delivery_id)
     assert received.headers["Conveyor-Kind"] == "order.shipped"
     header = received.headers["Conveyor-Signature"]
-    assert re.fullmatch(r"t=\d+,v1=[0-9a-f]{64}", header)
-    assert verify_signature(SECRET, header, received.body)
+    assert re.fullmatch(rf"t=\d+,o={OWNER},v1=[0-9a-f]{{64}}", header)
+    assert verify_signature(KEY, header, str(sent.delivery_id), received.body)
+    assert not verify_signature(SECRET, header, str(sent.delivery_id), received.body)
 
 
-def the_readme_recipe() -> Callable[[str, str, bytes], bool]:
+def test_each_owner_has_its_own_key_and_the_delivery_id_is_signed(
+    http: SharedHttpClient, provider: FakeProvider
+) -> None:
+    other = uuid.uuid4()
+    WebhookChannel(http, [SECRET]).send(message(provider.url("/hook"), owner_id=other))
+    [received] = provider.wait_for(1)
+    header, delivery = received.headers["Conveyor-Signature"], received.headers["Conveyor-Delivery"]
+    assert verify_signature(owner_key(SECRET, other), header, delivery, received.body)
+    # another owner's receiver refuses it, even with the owner id in the header swapped
+    assert not verify_signature(KEY, header, delivery, received.body)
+    swapped = header.replace(str(other), str(OWNER))
+    assert not verify_signature(KEY, swapped, delivery, received.body)
+    # replayed under a new delivery id: refused
+    assert not verify_signature(owner_key(SECRET, other), header, str(uuid.uuid4()), received.body)
+    assert owner_key(SECRET, other) != KEY
+
+
+def test_a_webhook_without_an_owner_fails(http: SharedHttpClient, provider: FakeProvider) -> None:
+    with pytest.raises(PermanentDeliveryError, match="owner"):
+        WebhookChannel(http, [SECRET]).send(message(provider.url("/hook"), owner_id=None))
+
+
+def the_readme_recipe() -> Callable[[str, str, str, bytes], bool]:
     """The verification function of the README's webhook section, as a receiver copies it."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     [recipe] = [block for block in blocks if "def verify_conveyor_signature" in block]
@@ -115,26 +142,30 @@ def test_the_signature_is_verified_by_the_documented_recipe(
     verify = the_readme_recipe()
     WebhookChannel(http, [SECRET]).send(message(provider.url("/hook")))
     [received] = provider.wait_for(1)
-    header = received.headers["Conveyor-Signature"]
-    assert verify(SECRET, header, received.body)
-    assert not verify("another-secret", header, received.body)
-    assert not verify(SECRET, header, received.body.replace(b"42", b"43"))
-    old = signature_header([SECRET], int(time.time()) - 3600, received.body)
-    assert not verify(SECRET, old, received.body)  # a replay an hour later
+    header, delivery = received.headers["Conveyor-Signature"], received.headers["Conveyor-Delivery"]
+    assert verify(KEY, header, delivery, received.body)
+    assert not verify(owner_key("another-secret", OWNER), header, delivery, received.body)
+    assert not verify(KEY, header, delivery, received.body.replace(b"42", b"43"))
+    assert not verify(KEY, header, str(uuid.uuid4()), received.body)  # another delivery id
+    old = signature_header([SECRET], int(time.time()) - 3600, OWNER, delivery, received.body)
+    assert not verify(KEY, old, delivery, received.body)  # a replay an hour later
 
 
 def test_a_signature_is_refused_when_anything_is_off() -> None:
-    body, now = b'{"a":1}', 1_700_000_000
-    header = signature_header([SECRET], now, body)
-    assert verify_signature(SECRET, header, body, now=now + 299)
-    assert not verify_signature(SECRET, header, body, now=now + 301)
-    assert not verify_signature(SECRET, header, body, now=now - 301)
-    assert not verify_signature(SECRET, header, body + b" ", now=now)
-    assert not verify_signature("wrong", header, body, now=now)
-    assert not verify_signature(SECRET, header.split(",")[1], body, now=now)  # no t=
-    assert not verify_signature(SECRET, header.split(",")[0], body, now=now)  # no v1=
-    assert not verify_signature(SECRET, "garbage", body, now=now)
-    assert not verify_signature(SECRET, f"t=abc,{header.split(',')[1]}", body, now=now)
+    body, now, d = b'{"a":1}', 1_700_000_000, "d-1"
+    header = signature_header([SECRET], now, OWNER, d, body)
+    t, o, v1 = header.split(",")
+    assert verify_signature(KEY, header, d, body, now=now + 299)
+    assert not verify_signature(KEY, header, d, body, now=now + 301)
+    assert not verify_signature(KEY, header, d, body, now=now - 301)
+    assert not verify_signature(KEY, header, d, body + b" ", now=now)
+    assert not verify_signature(KEY, header, "d-2", body, now=now)
+    assert not verify_signature("wrong", header, d, body, now=now)
+    assert not verify_signature(KEY, f"{o},{v1}", d, body, now=now)  # no t=
+    assert not verify_signature(KEY, f"{t},{v1}", d, body, now=now)  # no o=
+    assert not verify_signature(KEY, f"{t},{o}", d, body, now=now)  # no v1=
+    assert not verify_signature(KEY, "garbage", d, body, now=now)
+    assert not verify_signature(KEY, f"t=abc,{o},{v1}", d, body, now=now)
 
 
 def test_while_keys_are_rotated_both_sign_every_delivery(
@@ -143,9 +174,10 @@ def test_while_keys_are_rotated_both_sign_every_delivery(
     WebhookChannel(http, ["new-key", "old-key"]).send(message(provider.url("/hook")))
     [received] = provider.wait_for(1)
     header = received.headers["Conveyor-Signature"]
+    delivery = received.headers["Conveyor-Delivery"]
     assert header.count("v1=") == 2
-    assert verify_signature("new-key", header, received.body)
-    assert verify_signature("old-key", header, received.body)
+    assert verify_signature(owner_key("new-key", OWNER), header, delivery, received.body)
+    assert verify_signature(owner_key("old-key", OWNER), header, delivery, received.body)
 
 
 def test_the_same_delivery_carries_the_same_delivery_id_on_every_attempt(
@@ -165,6 +197,26 @@ def test_a_webhook_without_data_posts_an_empty_object(
 ) -> None:
     WebhookChannel(http, [SECRET]).send(message(provider.url("/hook"), data=None))
     assert provider.wait_for(1)[0].json() == {}
+
+
+def test_a_big_answer_is_read_only_in_part_and_is_no_error_of_its_own(
+    loop: LoopThread, provider: FakeProvider
+) -> None:
+    allowed = EgressPolicy.parse(["127.0.0.1"])
+    small = SharedHttpClient(loop, max_response_bytes=100_000, egress=allowed)
+    try:
+        big_body = {"x": "y" * 200_000}
+        provider.plan(Answer(200, json=big_body), Answer(500, json=big_body))
+        channel = WebhookChannel(small, [SECRET])
+        sent = channel.send(message(provider.url("/hook")))  # not a size error
+        assert sent == Sent("webhook")
+        with pytest.raises(ProviderUnavailableError, match="answered 500"):
+            channel.send(message(provider.url("/hook")))
+        provider.plan(Answer(200, json={"x": "y" * 200_000}))
+        big = small.request("GET", provider.url("/x"), read_at_most=1000)
+        assert len(big.body) == 1000
+    finally:
+        small.close()
 
 
 def test_webhooks_need_a_signing_key(http: SharedHttpClient) -> None:
@@ -458,7 +510,9 @@ def test_the_messages_headers_are_sent_but_cannot_replace_the_channels_own(
     assert hook.headers["X-Tenant"] == sms.headers["X-Tenant"] == "acme"
     assert hook.headers.getall("Conveyor-Signature") != ["t=1,v1=forged"]
     assert len(hook.headers.getall("Conveyor-Signature")) == 1
-    assert verify_signature(SECRET, hook.headers["Conveyor-Signature"], hook.body)
+    assert verify_signature(
+        KEY, hook.headers["Conveyor-Signature"], hook.headers["Conveyor-Delivery"], hook.body
+    )
     assert sms.headers.getall("Idempotency-Key") != ["x"]
     assert len(sms.headers.getall("Idempotency-Key")) == 1
 

@@ -294,3 +294,24 @@ def test_the_sweeper_reconciles_all_at_start_then_what_finished_since(
     jobs.cancel(db, announcer, job.id, member)
     sweeper.sweep_once()
     assert _read(db, second).status == DeliveryStatus.FAILED
+
+
+def test_a_deferred_attempt_keeps_the_delivery_pending_when_its_retries_are_spent(
+    db: sessionmaker[Session], member: User, make_job: MakeJob
+) -> None:
+    job = _job(make_job)
+    delivery_id = _delivery(db, member, job)
+    with transaction(db) as session:  # its last retry running: a failure now would be final
+        session.execute(
+            update(Job).where(Job.id == job.id).values(attempts=11, max_retries=10, handbacks=0)
+        )
+    claimed = notifications.claim(db, delivery_id, 11)
+    assert isinstance(claimed, notifications.Claimed)
+    limited = "the smtp provider is at its rate limit"
+    final = notifications.record_failure(
+        db, delivery_id, job.id, 11, limited, permanent=False, deferred=True
+    )
+    assert not final and _read(db, delivery_id).status == DeliveryStatus.PENDING
+    assert notifications.claim(db, delivery_id, 11) is not None
+    assert notifications.record_failure(db, delivery_id, job.id, 11, "500", permanent=False)
+    assert _read(db, delivery_id).status == DeliveryStatus.FAILED

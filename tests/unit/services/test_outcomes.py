@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from dataclasses import replace
 
 import psycopg.errors
 import pytest
@@ -253,6 +254,17 @@ def test_retry_later_still_fails_once_the_retries_are_spent() -> None:
     assert spent.status == JobStatus.FAILED
     assert spent.retry_in is None
     assert spent.error is not None and spent.error["type"] == "RetryLater"
+
+
+def test_a_deferring_retry_later_uses_up_no_retry_until_the_deferrals_are_spent() -> None:
+    spent = Attempt(number=10, worker_losses=0, max_retries=3, max_worker_losses=2, handbacks=5)
+    outcome = raised(RetryLater(30, deferred=True), spent)  # 5 failures: past max_retries
+    assert (outcome.status, outcome.deferred) == (JobStatus.RETRYING, True)
+    assert outcome.retry_in == dt.timedelta(seconds=30)
+    assert raised(RetryLater(30), spent).status == JobStatus.FAILED  # a provider's: it counts
+    many = replace(spent, number=200, handbacks=outcomes.MAX_DEFERRALS)
+    over = raised(RetryLater(30, deferred=True), many)
+    assert (over.status, over.deferred) == (JobStatus.FAILED, False)
 
 
 # --- permanent failures ---------------------------------------------------------------------

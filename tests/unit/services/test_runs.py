@@ -326,6 +326,17 @@ def test_an_interrupted_attempt_is_retried_as_a_worker_loss_not_a_failure(
     assert history(job.id)[-1] == ("status", "retrying", 1)
 
 
+def test_a_deferred_attempt_is_retried_as_a_hand_back_not_a_failure(
+    make_job: MakeJob, db: sessionmaker[Session], load: Callable[..., Job]
+) -> None:
+    job = make_job()
+    assert runs.claim(db, job.id, worker="a", lease=LEASE) is not None
+    status = runs.retry_later(db, job.id, 1, error=ERROR, next_attempt_at=utcnow(), deferred=True)
+    assert status == JobStatus.RETRYING
+    row = load(job.id)
+    assert (row.attempts, row.worker_losses, row.handbacks) == (1, 0, 1)
+
+
 def test_an_interrupted_attempt_that_ends_the_job_counts_as_a_worker_loss(
     make_job: MakeJob, db: sessionmaker[Session], load: Callable[..., Job]
 ) -> None:

@@ -62,17 +62,24 @@ def test_the_notifications_pool_serves_its_queue_alone_with_its_resources(
         CONVEYOR_DATABASE_URL=f"sqlite:///{tmp_path / 'conveyor.db'}",
         CONVEYOR_REDIS_URL="",
         CONVEYOR_LOG_LEVEL="WARNING",
+        CONVEYOR_PUBLIC_URL="https://conveyor.example.com",
     )
     probe = PROBE.replace("conveyor.workers.system", "conveyor.workers.notifications")
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def boot(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", probe],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    refused = boot({k: v for k, v in env.items() if k != "CONVEYOR_PUBLIC_URL"})
+    assert refused.returncode != 0 and "CONVEYOR_PUBLIC_URL is not set" in refused.stderr
+    done = boot(env)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     modules = set(seen["modules"])
