@@ -72,10 +72,13 @@ def _honcho(procs: Processes, env: dict[str, str], cwd: Path) -> tuple[Process, 
 
 @pytest.fixture
 def honcho_env(platform_env: dict[str, str]) -> dict[str, str]:
+    port = free_port()
     return {
         **platform_env,
         "PATH": f"{BIN}{os.pathsep}{platform_env.get('PATH', '')}",
-        "CONVEYOR_PORT": str(free_port()),
+        "CONVEYOR_PORT": str(port),
+        # As .env.example sets it: the notifications pool's emails link to the API.
+        "CONVEYOR_PUBLIC_URL": f"http://127.0.0.1:{port}",
     }
 
 
