@@ -9,16 +9,17 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from multidict import MultiDict
 from pydantic_core import from_json
 
 from conveyor.errors import BadRequestError, InvalidRequestError
 from conveyor.http.api.params import (
     JOB_ID,
-    absolute_url,
     bounded_int,
+    idempotency_key,
     is_finished,
     job_id_of,
+    next_page_link,
+    page_limit,
     respond,
     routes,
 )
@@ -38,7 +39,6 @@ from conveyor.models import Job, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.services import jobs, operations
 from conveyor.services.cursors import Cursors
-from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
 from conveyor.settings import Settings
 
 if TYPE_CHECKING:
@@ -149,12 +149,9 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
     summary="Submit a job",
     body=submission_schema,
     parameters=[
-        Parameter(
-            "Idempotency-Key",
-            "header",
-            {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
+        idempotency_key(
             "Makes a retried submission safe: the same key and request return the same job "
-            "(1 to 255 printable ASCII characters; each user has their own keys)",
+            "(1 to 255 printable ASCII characters; each user has their own keys)"
         ),
         Parameter(
             "Prefer",
@@ -352,15 +349,7 @@ def _limit(request: web.Request, settings: Settings, include: frozenset[str]) ->
             "Only jobs of these types: comma-separated, or the parameter repeated",
             comma_separated=True,
         ),
-        Parameter(
-            "limit",
-            "query",
-            lambda settings: {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": settings.max_page_size,
-                "default": settings.default_page_size,
-            },
+        page_limit(
             lambda settings: (
                 f"Jobs per page: at most {settings.max_page_size}, or "
                 f"{min(settings.max_include_page_size, settings.max_page_size)} with `include` "
@@ -432,14 +421,10 @@ async def list_jobs(request: web.Request) -> web.Response:
         include=include,
         take=writer.take,
     )
-    headers = {}
-    if page.next_cursor:
-        query = MultiDict(request.query)  # keeps repeated parameters (?type=a&type=b)
-        query["cursor"] = page.next_cursor
-        next_page = absolute_url(request, settings, request.rel_url.with_query(query))
-        headers["Link"] = f'<{next_page}>; rel="next"'
     return web.Response(
-        body=writer.body(page.next_cursor), headers=headers, content_type="application/json"
+        body=writer.body(page.next_cursor),
+        headers=next_page_link(request, settings, page.next_cursor),
+        content_type="application/json",
     )
 
 

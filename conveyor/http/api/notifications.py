@@ -9,13 +9,20 @@ import uuid
 from typing import Any, Literal
 
 from aiohttp import web
-from multidict import MultiDict
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import from_json
 
 from conveyor.egress import EgressPolicy
 from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
-from conveyor.http.api.params import absolute_url, bounded_int, respond, routes
+from conveyor.http.api.params import (
+    CURSOR,
+    bounded_int,
+    idempotency_key,
+    next_page_link,
+    page_limit,
+    respond,
+    routes,
+)
 from conveyor.http.keys import CONTAINER, NOTIFICATION_TEMPLATES, UNSUBSCRIBE_LINKS, USER
 from conveyor.http.routes import HTML, Answer, Parameter
 from conveyor.http.runtime import run_db
@@ -25,7 +32,6 @@ from conveyor.notifications.http_channels import owner_key
 from conveyor.services import notifications, subscriptions
 from conveyor.services.cursors import Cursors
 from conveyor.services.operations import require_admin
-from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
 
 Channel = Literal["email", "webhook", "sms", "push"]
 
@@ -218,11 +224,8 @@ NOTIFICATION_ID = Parameter(
     summary="Send a notification",
     body=CreateNotification,
     parameters=[
-        Parameter(
-            "Idempotency-Key",
-            "header",
-            {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
-            "The same key and request return the same notification (nothing is sent again)",
+        idempotency_key(
+            "The same key and request return the same notification (nothing is sent again)"
         )
     ],
     answers={
@@ -328,18 +331,8 @@ def _listed(request: web.Request, name: str, allowed: list[str]) -> list[str]:
             "Only these channels",
             comma_separated=True,
         ),
-        Parameter(
-            "limit",
-            "query",
-            lambda settings: {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": settings.max_page_size,
-                "default": settings.default_page_size,
-            },
-            "Deliveries per page",
-        ),
-        Parameter("cursor", "query", {"type": "string"}, "The `next_cursor` of the last page"),
+        page_limit("Deliveries per page"),
+        CURSOR,
     ],
     answers={
         200: Answer(
@@ -376,14 +369,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
         cursor=request.query.get("cursor") or None,
         limit=limit,
     )
-    headers = {}
-    if page.next_cursor:
-        query = MultiDict(request.query)
-        query["cursor"] = page.next_cursor
-        next_page = absolute_url(request, settings, request.rel_url.with_query(query))
-        headers["Link"] = f'<{next_page}>; rel="next"'
     out = DeliveryPage(items=[DeliveryOut.of(d) for d in page.items], next_cursor=page.next_cursor)
-    return respond(out, headers=headers)
+    return respond(out, headers=next_page_link(request, settings, page.next_cursor))
 
 
 class BounceOut(BaseModel):
@@ -430,18 +417,8 @@ BOUNCE_ID = Parameter(
             comma_separated=True,
         ),
         Parameter("address", "query", {"type": "string", "maxLength": 2048}, "Only this address"),
-        Parameter(
-            "limit",
-            "query",
-            lambda settings: {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": settings.max_page_size,
-                "default": settings.default_page_size,
-            },
-            "Entries per page",
-        ),
-        Parameter("cursor", "query", {"type": "string"}, "The `next_cursor` of the last page"),
+        page_limit("Entries per page"),
+        CURSOR,
     ],
     answers={
         200: Answer(
@@ -484,14 +461,8 @@ async def list_bounces(request: web.Request) -> web.Response:
         cursor=request.query.get("cursor") or None,
         limit=limit,
     )
-    headers = {}
-    if page.next_cursor:
-        query = MultiDict(request.query)
-        query["cursor"] = page.next_cursor
-        next_page = absolute_url(request, settings, request.rel_url.with_query(query))
-        headers["Link"] = f'<{next_page}>; rel="next"'
     out = BouncePage(items=[BounceOut.of(b) for b in page.items], next_cursor=page.next_cursor)
-    return respond(out, headers=headers)
+    return respond(out, headers=next_page_link(request, settings, page.next_cursor))
 
 
 @routes.route(

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDict
 from yarl import URL
 
 from conveyor.errors import NotFoundError
 from conveyor.http.routes import Parameter, RouteTable
 from conveyor.models import Job
 from conveyor.models.job import FINISHED
+from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
 from conveyor.settings import Settings
 
 routes = RouteTable(tag="jobs", known_query_only=True)
@@ -65,6 +68,47 @@ def absolute_url(request: web.Request, settings: Settings, url: URL) -> str:
     if match is None or int(match.group("port") or 0) > MAX_PORT:
         return str(url)
     return f"{request.scheme}://{host}{url}"
+
+
+def next_page_link(request: web.Request, settings: Settings, cursor: str | None) -> dict[str, str]:
+    """The `Link` header of a page whose next one starts at `cursor` (none for the last
+    page): this request's URL, its other parameters kept (repeated ones too), with `cursor`."""
+    if not cursor:
+        return {}
+    query = MultiDict(request.query)  # keeps repeated parameters (?type=a&type=b)
+    query["cursor"] = cursor
+    next_page = absolute_url(request, settings, request.rel_url.with_query(query))
+    return {"Link": f'<{next_page}>; rel="next"'}
+
+
+def page_limit(description: str | Callable[[Settings], str]) -> Parameter:
+    """The `limit` parameter of a paged list: 1 to `CONVEYOR_MAX_PAGE_SIZE`."""
+    return Parameter(
+        "limit",
+        "query",
+        lambda settings: {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": settings.max_page_size,
+            "default": settings.default_page_size,
+        },
+        description,
+    )
+
+
+def idempotency_key(description: str) -> Parameter:
+    """The `Idempotency-Key` header of a route that creates something (checked by
+    `services.submissions.check_idempotency_key`)."""
+    return Parameter(
+        "Idempotency-Key",
+        "header",
+        {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
+        description,
+    )
+
+
+#: The `cursor` parameter of a paged list.
+CURSOR = Parameter("cursor", "query", {"type": "string"}, "The `next_cursor` of the last page")
 
 
 def is_finished(job: Job) -> bool:
