@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="Longest token lifetime accepted (`exp` after `iat`, and after now); "
         "a longer-lived token is refused.",
     )
+    mfa_required_roles: Annotated[frozenset[Literal["admin", "operator", "member"]], NoDecode] = (
+        Field(
+            frozenset({"admin"}),
+            description="Roles that must sign in with a second factor (TOTP) to act as that "
+            "role, comma-separated; until they do they act as members. Empty: none.",
+        )
+    )
     host: str = Field("127.0.0.1", description="Address `conveyor web` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `conveyor web` listens on.")
     max_body_bytes: int = Field(
@@ -330,6 +337,14 @@ class Settings(BaseSettings):
     notification_max_context_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest `context` of a notification, as JSON."
     )
+
+    @field_validator("mfa_required_roles", mode="before")
+    @classmethod
+    def _roles(cls, value: object) -> object:
+        """`admin,operator`: comma-separated role names (empty: none)."""
+        if not isinstance(value, str):
+            return value
+        return frozenset(name.strip() for name in value.split(",") if name.strip())
 
     @field_validator("worker_metrics_ports", mode="before")
     @classmethod

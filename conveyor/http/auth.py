@@ -1,34 +1,96 @@
-"""Bearer-token authentication: the active user that a request's token speaks for."""
+"""Who is asking, and whether they may: the principal a request's credentials speak for, and
+the role and scope checks of the route table.
+
+Credentials are `Authorization: Bearer <access token>` (a JWT from a sign-in or from
+`conveyor tokens issue`) or `Authorization: Bearer <API key>`. Each route of the table names
+the least role that may call it and the scope an API key needs; this module is the one place
+those are enforced."""
 
 from __future__ import annotations
 
 import functools
+import uuid
 
 from aiohttp import web
 
-from conveyor.errors import AuthenticationError
-from conveyor.http.keys import TOKENS, USER, USER_CACHE
+from conveyor.errors import AuthenticationError, PermissionDeniedError
+from conveyor.http.keys import CONTAINER, PRINCIPAL, TOKENS, USER, USER_CACHE
+from conveyor.http.principal import Principal
+from conveyor.http.routes import Route
 from conveyor.http.runtime import run_db
-from conveyor.models import User
+from conveyor.models import Role, User
 from conveyor.services import users
+from conveyor.settings import Settings
+
+#: Authentication methods (RFC 8176 `amr` values) that count as a second factor; `cli`: a
+#: token issued on the server by someone who can run `conveyor` there.
+STRONG_METHODS = frozenset({"otp", "mfa", "cli"})
 
 
-async def bearer_user(request: web.Request) -> User:
-    """The active user of `Authorization: Bearer <token>`; AuthenticationError otherwise.
+def bearer_credential(request: web.Request) -> str:
+    """The credential of `Authorization: Bearer <credential>`; AuthenticationError otherwise."""
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise AuthenticationError("send 'Authorization: Bearer <token or API key>'")
+    return credential
+
+
+async def principal_of(request: web.Request) -> Principal:
+    """The principal of the request's bearer token; AuthenticationError otherwise.
 
     Verified tokens and users are cached (TokenVerifier, UserCache), so most requests cost
     no signature check and no query."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("send 'Authorization: Bearer <token>'")
+    credential = bearer_credential(request)
     state = request.config_dict
-    user_id = state[TOKENS].verify(token.strip())
+    claims = state[TOKENS].verify(credential)
+    user = await _active_user(request, claims.user_id)
+    valid_after = user.tokens_valid_after
+    if valid_after is not None and claims.issued_at < int(valid_after.timestamp()):
+        raise AuthenticationError("the token was revoked: sign in again")
+    role = acting_role(state[CONTAINER].settings, user, claims.amr)
+    return Principal(user, role, session_id=claims.session_id, amr=claims.amr)
+
+
+async def _active_user(request: web.Request, user_id: uuid.UUID) -> User:
+    state = request.config_dict
     user = await state[USER_CACHE].get(user_id, functools.partial(run_db, state, users.get_by_id))
     if user is None or not user.active:
-        raise AuthenticationError("the token's user does not exist or is deactivated")
+        raise AuthenticationError("the account does not exist or is disabled")
     return user
 
 
-async def authenticate(request: web.Request) -> None:
-    """Any active user may go on; they become `request[USER]`."""
-    request[USER] = await bearer_user(request)
+def acting_role(settings: Settings, user: User, amr: tuple[str, ...]) -> Role:
+    """The user's role, or `member` when their role must use a second factor and this
+    sign-in used none."""
+    role = Role(user.role)
+    if role in settings.mfa_required_roles and not STRONG_METHODS.intersection(amr):
+        return Role.MEMBER
+    return role
+
+
+def authorize(principal: Principal, route: Route) -> None:
+    """PermissionDeniedError unless the principal's role and scopes allow the route."""
+    least = route.role or Role.ADMIN
+    if not principal.role.at_least(least):
+        if principal.role != principal.user.role:
+            raise PermissionDeniedError(
+                f"{principal.user.role}s must sign in with a second factor to act as "
+                f"{principal.user.role}: enrol with POST /v1/me/mfa/totp, then sign in again"
+            )
+        raise PermissionDeniedError(f"this needs the {least} role (you are {principal.role})")
+    if principal.scopes is not None:
+        if route.scope is None:
+            raise PermissionDeniedError("API keys may not do this: sign in as the user")
+        if route.scope not in principal.scopes:
+            raise PermissionDeniedError(f"the API key lacks the scope {route.scope!r}")
+
+
+async def authenticate(request: web.Request, route: Route | None) -> None:
+    """The table's authenticator: the principal becomes `request[PRINCIPAL]` and its viewer
+    `request[USER]`; a route its role or scopes do not allow is refused (403)."""
+    principal = await principal_of(request)
+    if route is not None:
+        authorize(principal, route)
+    request[PRINCIPAL] = principal
+    request[USER] = principal.viewer

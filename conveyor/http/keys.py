@@ -9,6 +9,7 @@ from aiohttp import web
 
 from conveyor.bootstrap import Container
 from conveyor.http.metrics import Metrics
+from conveyor.http.principal import Principal
 from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import UserCache
 from conveyor.models import User
@@ -40,7 +41,10 @@ ACCESS_LOG = web.AppKey("access_log", bool)
 #: The tasks of the open event streams, ended when the web process stops.
 STREAMS: web.AppKey[set[asyncio.Task[object]]] = web.AppKey("streams")
 
+#: The user a request acts for, as the services see it (with the role it acts with).
 USER = web.RequestKey("user", User)
+#: Who is asking: the user, the role it acts with, an API key's scopes, the session.
+PRINCIPAL = web.RequestKey("principal", Principal)
 #: Set by a handler that holds its request open (`wait`: a long poll; `stream`: an event
 #: stream): its duration is not a request latency, and is measured apart.
 HELD = web.RequestKey("held", str)

@@ -20,6 +20,7 @@ from conveyor.http.routes import (
     openapi_path,
 )
 from conveyor.http.schemas import Problem
+from conveyor.models import Role
 from conveyor.registry import Registry
 from conveyor.settings import Settings
 
@@ -105,6 +106,12 @@ def _operation(route: Route, table: RouteTable, context: Context) -> dict[str, A
     }
     if route.description and route.description != route.summary:
         operation["description"] = route.description
+    if not route.public and route.role is not None:
+        operation["x-conveyor-role"] = route.role.value
+        operation["x-conveyor-scope"] = route.scope
+        who = _who_may(route)
+        described = operation.get("description")
+        operation["description"] = f"{described}\n\n{who}" if described else who
     if route.parameters:
         operation["parameters"] = [_parameter(p, context.settings) for p in route.parameters]
     if route.body is not None:
@@ -132,6 +139,21 @@ def _operation(route: Route, table: RouteTable, context: Context) -> dict[str, A
         responses.setdefault(str(status), _error(status, description, table.error_type, context))
     operation["responses"] = responses
     return operation
+
+
+def _who_may(route: Route) -> str:
+    """A route's access rule in words, for its description."""
+    roles = {
+        Role.MEMBER: "Any signed-in user",
+        Role.OPERATOR: "Operators and admins",
+        Role.ADMIN: "Admins",
+    }[route.role or Role.ADMIN]
+    keys = (
+        f"API keys need the `{route.scope}` scope."
+        if route.scope
+        else "API keys may not call it (sign in as the user)."
+    )
+    return f"Access: {roles}. {keys}"
 
 
 def _parameter(parameter: Parameter, settings: Settings) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from multidict import MultiMapping
 from pydantic import BaseModel
 
 from conveyor.errors import InvalidRequestError
+from conveyor.models import Role
 from conveyor.settings import Settings
 
 if TYPE_CHECKING:
@@ -22,8 +23,9 @@ if TYPE_CHECKING:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
-#: Runs before every route that is not public; raises to refuse the request.
-Authenticator = Callable[[web.Request], Awaitable[None]]
+#: Runs before every route that is not public (with the route, None for a request that
+#: matched none): says who is asking, and raises to refuse the request.
+Authenticator = Callable[[web.Request, "Route | None"], Awaitable[None]]
 #: A JSON Schema, or one computed from the settings (a limit the deployment configures);
 #: a parameter's description may depend on them the same way.
 Schema = Mapping[str, Any] | Callable[[Settings], Mapping[str, Any]]
@@ -92,6 +94,11 @@ class Route:
     parameters: tuple[Parameter, ...] = ()
     #: Error statuses this route answers (beyond authentication, 500 and 503): status -> when.
     errors: Mapping[int, str] = field(default_factory=dict)
+    #: The least role that may call it (every route that is not public says).
+    role: Role | None = None
+    #: The scope an API key needs to call it; None: API keys may not (the account's own
+    #: security: sessions, keys, MFA).
+    scope: str | None = None
 
     def check_query(self, query: MultiMapping[str]) -> None:
         """422 naming each query parameter that the route does not declare, or that it takes
@@ -161,8 +168,13 @@ class RouteTable:
         answers: Mapping[int, Answer] | None = None,
         parameters: Iterable[Parameter] = (),
         errors: Mapping[int, str] | Iterable[int] = (),
+        role: Role | None = None,
+        scope: str | None = None,
     ) -> Callable[[H], H]:
-        """Declare the decorated handler as `method path`; mistakes fail at import."""
+        """Declare the decorated handler as `method path`; mistakes fail at import.
+
+        A route that is not public says who may call it: the least `role`, and the `scope`
+        an API key needs (none: API keys may not)."""
 
         def declare(handler: H) -> H:
             doc = inspect.cleandoc(handler.__doc__ or "")
@@ -178,6 +190,8 @@ class RouteTable:
                 answers=dict(answers or {200: Answer("OK")}),
                 parameters=tuple(parameters),
                 errors=_error_descriptions(errors),
+                role=role,
+                scope=scope,
             )
             self._check(route)
             self._routes.append(route)
@@ -193,6 +207,10 @@ class RouteTable:
             raise ValueError(f"{where}: the path must start with '/'")
         if not route.summary:
             raise ValueError(f"{where}: give a summary or a docstring")
+        if route.public and (route.role is not None or route.scope is not None):
+            raise ValueError(f"{where}: a public route takes no role or scope")
+        if not route.public and route.role is None:
+            raise ValueError(f"{where}: say who may call it (role=...), or public=True")
         declared = {p.name for p in route.parameters if p.where == "path"}
         if declared != set(_PLACEHOLDER.findall(route.path)):
             raise ValueError(f"{where}: declare each path parameter, and only those")
@@ -236,7 +254,7 @@ class RouteTable:
         async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             route = self.lookup(request.match_info)
             if route is None or not route.public:
-                await authenticate(request)
+                await authenticate(request, route)
             return await handler(request)
 
         return guard

@@ -1,7 +1,19 @@
-"""SQLAlchemy 2 tables: users, jobs and job events, workers, notifications."""
+"""SQLAlchemy 2 tables: users and what signs them in, jobs and job events, workers,
+notifications."""
 
 from __future__ import annotations
 
+from conveyor.models.auth import (
+    ApiKey,
+    AuditEvent,
+    AuthSession,
+    Identity,
+    OneTimeToken,
+    RecoveryCode,
+    RefreshToken,
+    Scope,
+    TokenPurpose,
+)
 from conveyor.models.base import Base
 from conveyor.models.job import Job, JobEvent, JobEventKind, JobStatus
 from conveyor.models.notification import (
@@ -15,17 +27,26 @@ from conveyor.models.user import Role, User
 from conveyor.models.worker import Worker
 
 __all__ = [
+    "ApiKey",
+    "AuditEvent",
+    "AuthSession",
     "Base",
     "BouncedAddress",
     "Delivery",
     "DeliveryStatus",
+    "Identity",
     "Job",
     "JobEvent",
     "JobEventKind",
     "JobStatus",
     "Notification",
+    "OneTimeToken",
+    "RecoveryCode",
+    "RefreshToken",
     "Role",
+    "Scope",
     "Subscription",
+    "TokenPurpose",
     "User",
     "Worker",
 ]

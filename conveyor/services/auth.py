@@ -64,6 +64,19 @@ def issue_token(config: TokenConfig, user_id: uuid.UUID, *, ttl: dt.timedelta | 
     return jwt.encode(claims, config.secret, algorithm=ALGORITHM)
 
 
+@dataclass(frozen=True)
+class Claims:
+    """What a verified access token says."""
+
+    user_id: uuid.UUID
+    #: The sign-in session it belongs to (None: a token from `conveyor tokens issue`).
+    session_id: uuid.UUID | None
+    #: How its holder signed in (RFC 8176): `pwd`, `otp`, ...; `cli` for issued tokens.
+    amr: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+
+
 class TokenVerifier:
     """Verifies tokens, with memory: a token already verified is trusted, without checking
     its signature again, until its expiry or for `ttl` seconds, whichever comes first."""
@@ -72,22 +85,22 @@ class TokenVerifier:
         self.config = config
         self.ttl = ttl
         self.max_entries = max_entries
-        self._verified: dict[str, tuple[uuid.UUID, float]] = {}
+        self._verified: dict[str, tuple[Claims, float]] = {}
 
-    def verify(self, token: str) -> uuid.UUID:
-        """The user id a valid token speaks for; AuthenticationError otherwise."""
+    def verify(self, token: str) -> Claims:
+        """What a valid token says; AuthenticationError otherwise."""
         now = time.time()
         hit = self._verified.get(token)
         if hit is not None and hit[1] > now:
             return hit[0]
-        user_id, expires = _decode(self.config, token)
+        claims = _decode(self.config, token)
         if len(self._verified) >= self.max_entries:
             self._verified.clear()
-        self._verified[token] = (user_id, min(expires, now + self.ttl))
-        return user_id
+        self._verified[token] = (claims, min(claims.expires_at, now + self.ttl))
+        return claims
 
 
-def _decode(config: TokenConfig, token: str) -> tuple[uuid.UUID, float]:
+def _decode(config: TokenConfig, token: str) -> Claims:
     try:
         claims = jwt.decode(
             token,
@@ -112,4 +125,4 @@ def _decode(config: TokenConfig, token: str) -> tuple[uuid.UUID, float]:
         raise AuthenticationError(
             f"the token lives longer than this deployment accepts ({limit:g} seconds)"
         )
-    return user_id, float(expires)
+    return Claims(user_id, None, ("cli",), float(issued), float(expires))

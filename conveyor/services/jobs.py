@@ -119,7 +119,7 @@ def new_event(
 
 
 def _visible(job: Job | None, viewer: User) -> Job:
-    if job is None or (viewer.role != Role.ADMIN and job.owner_id != viewer.id):
+    if job is None or (not Role(viewer.role).sees_all_jobs and job.owner_id != viewer.id):
         raise NotFoundError("no such job")
     return job
 
@@ -155,7 +155,7 @@ def list_jobs(
     query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
     unread = [column for name, column in CONTENT.items() if name not in include]
     query = query.options(*(defer(column, raiseload=True) for column in unread))
-    if viewer.role != Role.ADMIN:
+    if not Role(viewer.role).sees_all_jobs:
         query = query.where(Job.owner_id == viewer.id)
     if statuses:
         query = query.where(Job.status.in_(statuses))

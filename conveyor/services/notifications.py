@@ -443,7 +443,7 @@ def get(
     with db() as session:
         notification = session.get(Notification, notification_id)
         if notification is None or (
-            viewer.role != Role.ADMIN and notification.owner_id != viewer.id
+            not Role(viewer.role).sees_all_jobs and notification.owner_id != viewer.id
         ):
             raise NotFoundError("no such notification")
         return notification, _deliveries_of(session, notification_id)
@@ -470,7 +470,7 @@ def list_deliveries(
     those of their own notifications."""
     scope = Scope.of(statuses, channels, notification_id)
     query = select(Delivery).order_by(Delivery.id.desc()).limit(limit + 1)
-    if viewer.role != Role.ADMIN:
+    if not Role(viewer.role).sees_all_jobs:
         query = query.join(Notification).where(Notification.owner_id == viewer.id)
     if notification_id is not None:
         query = query.where(Delivery.notification_id == notification_id)
@@ -862,7 +862,8 @@ def list_bounces(
     cursor: str | None = None,
     limit: int = 50,
 ) -> BouncePage:
-    """The bounce list newest first, by keyset pages (admins only: the caller checks)."""
+    """The bounce list newest first, by keyset pages (operators and admins only: the caller
+    checks)."""
     scope = Scope.of(channels, [f"address:{address or ''}"], None)
     query = select(BouncedAddress).order_by(BouncedAddress.id.desc()).limit(limit + 1)
     if channels:

@@ -50,9 +50,12 @@ def who(user: User) -> str:
     return user.email
 
 
-def require_admin(user: User) -> None:
-    if user.role != Role.ADMIN:
-        raise PermissionDeniedError("only admins may act on other users' jobs in bulk")
+def require_operator(user: User) -> None:
+    """Operators and admins may act on every user's jobs and the queues; members may not."""
+    if not Role(user.role).sees_all_jobs:
+        raise PermissionDeniedError(
+            "only operators and admins may act on other users' jobs and the queues"
+        )
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,8 @@ def bulk_cancel(
     reason: str = "bulk cancel",
 ) -> BulkResult:
     """Cancel the waiting jobs that match (at once) and ask the running ones to stop, up to
-    `limit` of them, `BATCH` per transaction. Admins only."""
-    require_admin(by)
+    `limit` of them, `BATCH` per transaction. Operators and admins only."""
+    require_operator(by)
     _check_filter(where)
     limit = _limit(limit)
     conditions = [*where.conditions(CANCELLABLE), jobs_t.c.cancel_requested.is_(False)]
@@ -259,8 +262,8 @@ def purge_queue(
     """Cancel the waiting jobs (scheduled, queued, retrying) of `queue`, up to `limit` of them
     (default `DEFAULT_BULK_LIMIT`) in batches, as `bulk_cancel` does; `more` says whether
     some are left (call again). Running jobs go on. Their messages stay on the broker, and
-    workers skip them (the job is cancelled). Admins only."""
-    require_admin(by)
+    workers skip them (the job is cancelled). Operators and admins only."""
+    require_operator(by)
     where = JobFilter(statuses=tuple(s.value for s in WAITING), queues=(queue,))
     limit = DEFAULT_BULK_LIMIT if limit is None else limit
     return bulk_cancel(db, announcer, by, where, limit=limit, reason=f"purge of queue {queue}")
@@ -378,8 +381,8 @@ def bulk_retry(
     limit: int = DEFAULT_BULK_LIMIT,
 ) -> BulkResult:
     """Retry the `failed` and `cancelled` jobs that match, up to `limit`, `BATCH` per
-    transaction, each published after its batch commits. Admins only."""
-    require_admin(by)
+    transaction, each published after its batch commits. Operators and admins only."""
+    require_operator(by)
     _check_filter(where)
     limit = _limit(limit)
     conditions = where.conditions(RETRYABLE)
@@ -442,8 +445,8 @@ def owner_id_of(db: sessionmaker[Session], owner: str) -> uuid.UUID:
 
 def find(db: sessionmaker[Session], by: User, where: JobFilter, *, limit: int = 50) -> list[Job]:
     """The newest jobs that match (any status unless `where` names some), without their
-    payload and result; admins only (the operations CLI)."""
-    require_admin(by)
+    payload and result; operators and admins only (the operations CLI)."""
+    require_operator(by)
     query = (
         select(Job)
         .where(*where.conditions(tuple(JobStatus)))

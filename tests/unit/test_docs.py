@@ -91,6 +91,8 @@ def rendered_default(value: Any) -> str:
         return "(unset)"
     if isinstance(value, bool):  # as the variable is written: true, false
         return f"`{str(value).lower()}`"
+    if isinstance(value, frozenset):  # as the variable is written: a,b
+        return "`" + ",".join(sorted(value)) + "`"
     if isinstance(value, dict):  # as the variable is written: key=value;key=value
         return "`" + ";".join(f"{k}={v}" for k, v in value.items()) + "`"
     return f"`{value}`"

@@ -7,10 +7,10 @@ from html import escape
 from aiohttp import web
 
 from conveyor.errors import PermissionDeniedError
-from conveyor.http.auth import bearer_user
-from conveyor.http.keys import USER
+from conveyor.http.auth import authenticate
+from conveyor.http.keys import PRINCIPAL
 from conveyor.http.middleware import Failure, rendering_errors
-from conveyor.http.routes import HTML, Answer, RouteTable
+from conveyor.http.routes import HTML, Answer, Route, RouteTable
 from conveyor.models import Role
 
 __all__ = ["PREFIX", "build_admin", "routes"]
@@ -20,7 +20,7 @@ PREFIX = "/admin"
 routes = RouteTable(
     tag="admin",
     error_type=HTML,
-    auth_errors={401: "Missing or invalid token", 403: "The token's user is not an admin"},
+    auth_errors={401: "Missing or invalid token", 403: "Not an operator or admin"},
 )
 
 _PAGE = """<!doctype html>
@@ -68,17 +68,18 @@ def error_page(failure: Failure) -> web.Response:
     )
 
 
-async def authenticate_admin(request: web.Request) -> None:
-    """Admins only. For now by the API's bearer token; accounts and session cookies come later."""
-    user = await bearer_user(request)
-    if user.role != Role.ADMIN:
-        raise PermissionDeniedError("this page is for admins")
-    request[USER] = user
+async def authenticate_admin(request: web.Request, route: Route | None) -> None:
+    """The pages are for operators and admins: a path that matches no page too, so others
+    learn nothing of which pages exist."""
+    await authenticate(request, route)
+    if route is None and not request[PRINCIPAL].role.at_least(Role.OPERATOR):
+        raise PermissionDeniedError("these pages are for operators and admins")
 
 
 @routes.get(
     "/",
     name="admin_index",
+    role=Role.OPERATOR,
     answers={
         200: Answer("The index page", content_type=HTML, schema={"type": "string"}),
     },
@@ -89,7 +90,7 @@ async def index(request: web.Request) -> web.Response:
 
 
 def build_admin() -> web.Application:
-    """The sub-app to mount at /admin; every route but those marked public needs an admin."""
+    """The sub-app to mount at /admin; each route names the least role that may see it."""
     app = web.Application(middlewares=[rendering_errors(error_page)])
     routes.install(app, authenticate_admin)
     return app

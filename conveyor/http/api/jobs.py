@@ -35,7 +35,7 @@ from conveyor.http.schemas import (
     PageWriter,
     SubmitJob,
 )
-from conveyor.models import Job, JobStatus
+from conveyor.models import Job, JobStatus, Role, Scope
 from conveyor.models.base import utcnow
 from conveyor.services import jobs, operations
 from conveyor.services.cursors import Cursors
@@ -146,6 +146,8 @@ async def _wait(request: web.Request, job: Job, seconds: float, *, until_finishe
 
 @routes.post(
     "/jobs",
+    role=Role.MEMBER,
+    scope=Scope.JOBS_WRITE,
     summary="Submit a job",
     body=submission_schema,
     parameters=[
@@ -228,6 +230,8 @@ async def submit_job(request: web.Request) -> web.Response:
 
 @routes.get(
     "/jobs/{job_id}",
+    role=Role.MEMBER,
+    scope=Scope.JOBS_READ,
     summary="Read a job (optionally waiting for a change)",
     parameters=[
         JOB_ID,
@@ -333,6 +337,8 @@ def _limit(request: web.Request, settings: Settings, include: frozenset[str]) ->
 
 @routes.get(
     "/jobs",
+    role=Role.MEMBER,
+    scope=Scope.JOBS_READ,
     summary="List jobs, newest first",
     parameters=[
         Parameter(
@@ -430,6 +436,8 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.post(
     "/jobs/{job_id}/cancel",
+    role=Role.MEMBER,
+    scope=Scope.JOBS_WRITE,
     summary="Cancel a job",
     parameters=[JOB_ID],
     answers={
@@ -463,6 +471,8 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 @routes.post(
     "/jobs/{job_id}/retry",
+    role=Role.MEMBER,
+    scope=Scope.JOBS_WRITE,
     summary="Retry a failed or cancelled job",
     parameters=[JOB_ID],
     answers={
@@ -497,6 +507,8 @@ async def retry_job(request: web.Request) -> web.Response:
 
 @routes.get(
     "/job-types",
+    role=Role.MEMBER,
+    scope=Scope.JOBS_READ,
     summary="List job types",
     answers={200: Answer("Every job type, with its queue, limits and payload schema", JobTypeList)},
 )

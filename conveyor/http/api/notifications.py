@@ -26,12 +26,12 @@ from conveyor.http.api.params import (
 from conveyor.http.keys import CONTAINER, NOTIFICATION_TEMPLATES, UNSUBSCRIBE_LINKS, USER
 from conveyor.http.routes import HTML, Answer, Parameter
 from conveyor.http.runtime import run_db
-from conveyor.models import BouncedAddress, Delivery, DeliveryStatus, Notification
+from conveyor.models import BouncedAddress, Delivery, DeliveryStatus, Notification, Role, Scope
 from conveyor.notifications.channels import CHANNELS
 from conveyor.notifications.http_channels import owner_key
 from conveyor.services import notifications, subscriptions
 from conveyor.services.cursors import Cursors
-from conveyor.services.operations import require_admin
+from conveyor.services.operations import require_operator
 
 Channel = Literal["email", "webhook", "sms", "push"]
 
@@ -221,6 +221,8 @@ NOTIFICATION_ID = Parameter(
 
 @routes.post(
     "/notifications",
+    role=Role.MEMBER,
+    scope=Scope.NOTIFICATIONS_WRITE,
     summary="Send a notification",
     body=CreateNotification,
     parameters=[
@@ -277,6 +279,8 @@ async def create_notification(request: web.Request) -> web.Response:
 
 @routes.get(
     "/notifications/{notification_id}",
+    role=Role.MEMBER,
+    scope=Scope.NOTIFICATIONS_READ,
     summary="Read a notification and its deliveries",
     parameters=[NOTIFICATION_ID],
     answers={200: Answer("The notification", NotificationOut)},
@@ -309,6 +313,8 @@ def _listed(request: web.Request, name: str, allowed: list[str]) -> list[str]:
 
 @routes.get(
     "/deliveries",
+    role=Role.MEMBER,
+    scope=Scope.NOTIFICATIONS_READ,
     summary="List deliveries, newest first",
     parameters=[
         Parameter(
@@ -407,7 +413,9 @@ BOUNCE_ID = Parameter(
 
 @routes.get(
     "/bounces",
-    summary="List the bounced addresses (admin)",
+    role=Role.OPERATOR,
+    scope=Scope.OPERATIONS,
+    summary="List the bounced addresses (operators and admins)",
     parameters=[
         Parameter(
             "channel",
@@ -429,14 +437,14 @@ BOUNCE_ID = Parameter(
     },
     errors={
         400: "A cursor issued for other filters",
-        403: "Not an admin",
+        403: "Not an operator or admin",
         422: "A bad filter or limit",
     },
 )
 async def list_bounces(request: web.Request) -> web.Response:
     """The addresses a provider rejected for good (an SMTP 5xx to the recipient): deliveries
     to them are recorded `suppressed` instead of sent, until an admin clears the entry."""
-    require_admin(request[USER])
+    require_operator(request[USER])
     settings = request.config_dict[CONTAINER].settings
     channels = _listed(request, "channel", list(CHANNELS))
     address = request.query.get("address") or None
@@ -468,14 +476,16 @@ async def list_bounces(request: web.Request) -> web.Response:
 @routes.route(
     "DELETE",
     "/bounces/{bounce_id}",
-    summary="Take an address off the bounce list (admin)",
+    role=Role.OPERATOR,
+    scope=Scope.OPERATIONS,
+    summary="Take an address off the bounce list (operators and admins)",
     parameters=[BOUNCE_ID],
     answers={204: Answer("Cleared: later deliveries to the address are sent", content_type=None)},
-    errors={403: "Not an admin", 404: "No such entry"},
+    errors={403: "Not an operator or admin", 404: "No such entry"},
 )
 async def clear_bounce(request: web.Request) -> web.Response:
     """Clear an entry of the bounce list (the mailbox exists again, say)."""
-    require_admin(request[USER])
+    require_operator(request[USER])
     try:
         bounce_id = uuid.UUID(request.match_info["bounce_id"])
     except ValueError:
@@ -486,6 +496,8 @@ async def clear_bounce(request: web.Request) -> web.Response:
 
 @routes.get(
     "/me/subscriptions",
+    role=Role.MEMBER,
+    scope=Scope.NOTIFICATIONS_READ,
     summary="Read my notification preferences",
     answers={200: Answer("My choices", Subscriptions)},
 )
@@ -497,6 +509,7 @@ async def get_subscriptions(request: web.Request) -> web.Response:
 
 @routes.get(
     "/me/webhook-key",
+    role=Role.MEMBER,
     summary="Read my webhook signing key",
     answers={200: Answer("The key my webhook receivers verify signatures with", WebhookKey)},
     errors={404: "Webhooks are not configured (no CONVEYOR_WEBHOOK_SECRET)"},
@@ -525,6 +538,8 @@ def _subscriptions_out(choices: list[subscriptions.Choice]) -> Subscriptions:
 @routes.route(
     "PUT",
     "/me/subscriptions",
+    role=Role.MEMBER,
+    scope=Scope.NOTIFICATIONS_WRITE,
     summary="Replace my notification preferences",
     body=Subscriptions,
     answers={200: Answer("My choices, as stored", Subscriptions)},
@@ -556,6 +571,8 @@ async def put_subscriptions(request: web.Request) -> web.Response:
 
 @routes.post(
     "/notifications/preview",
+    role=Role.MEMBER,
+    scope=Scope.NOTIFICATIONS_READ,
     summary="Render a kind's templates",
     body=PreviewIn,
     answers={200: Answer("What each channel's message would be", PreviewOut)},

@@ -11,20 +11,21 @@ from conveyor.http.keys import CONTAINER, USER
 from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.http.schemas import BulkOut, JobFilterIn
+from conveyor.models import Role, Scope
 from conveyor.services import operations
 from conveyor.services.operations import (
     DEFAULT_BULK_LIMIT,
     MAX_BULK_LIMIT,
     BulkResult,
     JobFilter,
-    require_admin,
+    require_operator,
 )
 
-ADMINS_ONLY = {403: "Not an admin"}
+OPERATORS_ONLY = {403: "Not an operator or admin"}
 
 
 async def _filter(request: web.Request) -> tuple[JobFilter, int]:
-    require_admin(request[USER])  # before reading the body: a member learns nothing more
+    require_operator(request[USER])  # before reading the body: a member learns nothing more
     body = await request.read()
     try:
         document = from_json(body or b"{}", allow_inf_nan=False)
@@ -56,11 +57,13 @@ def _out(result: BulkResult) -> BulkOut:
 
 @routes.post(
     "/jobs/cancel",
-    summary="Cancel jobs by filter (admins)",
+    role=Role.OPERATOR,
+    scope=Scope.OPERATIONS,
+    summary="Cancel jobs by filter (operators and admins)",
     body=JobFilterIn,
     answers={200: Answer("How many jobs were cancelled or asked to stop", BulkOut)},
     errors={
-        **ADMINS_ONLY,
+        **OPERATORS_ONLY,
         400: "Malformed JSON",
         422: "No filter, a bad field, or a status that cannot be cancelled",
     },
@@ -82,11 +85,13 @@ async def cancel_jobs(request: web.Request) -> web.Response:
 
 @routes.post(
     "/jobs/retry",
-    summary="Retry failed or cancelled jobs by filter (admins)",
+    role=Role.OPERATOR,
+    scope=Scope.OPERATIONS,
+    summary="Retry failed or cancelled jobs by filter (operators and admins)",
     body=JobFilterIn,
     answers={200: Answer("How many jobs were queued again", BulkOut)},
     errors={
-        **ADMINS_ONLY,
+        **OPERATORS_ONLY,
         400: "Malformed JSON",
         422: "No filter, a bad field, or a status other than failed and cancelled",
     },
@@ -125,16 +130,18 @@ LIMIT = Parameter(
 
 @routes.post(
     "/queues/{queue}/purge",
-    summary="Purge a queue (admins)",
+    role=Role.OPERATOR,
+    scope=Scope.OPERATIONS,
+    summary="Purge a queue (operators and admins)",
     parameters=[QUEUE, LIMIT],
     answers={200: Answer("How many waiting jobs were cancelled", BulkOut)},
-    errors={**ADMINS_ONLY, 422: "A limit out of range"},
+    errors={**OPERATORS_ONLY, 422: "A limit out of range"},
 )
 async def purge_queue(request: web.Request) -> web.Response:
     """Cancel the waiting jobs (scheduled, queued, retrying) of the queue, up to `limit`;
     `more` says whether some are left (call again). Running jobs go on. The broker's messages
     are skipped by the workers, as for any cancelled job."""
-    require_admin(request[USER])
+    require_operator(request[USER])
     given = request.query.get("limit")
     # Anything but 1..MAX_BULK_LIMIT becomes 0 or MAX_BULK_LIMIT + 1: a 422 naming `limit`.
     limit = DEFAULT_BULK_LIMIT if given is None else bounded_int(given, 0, MAX_BULK_LIMIT + 1)

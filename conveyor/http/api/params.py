@@ -19,7 +19,14 @@ from conveyor.models.job import FINISHED
 from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
 from conveyor.settings import Settings
 
-routes = RouteTable(tag="jobs", known_query_only=True)
+routes = RouteTable(
+    tag="jobs",
+    known_query_only=True,
+    auth_errors={
+        401: "Missing, invalid, expired or revoked token or API key",
+        403: "The role, or the API key's scopes, do not allow it",
+    },
+)
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 #: A `Host` header we put in a URL: a name or IPv4 address, or a bracketed IPv6 one; a port.

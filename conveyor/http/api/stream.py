@@ -27,6 +27,7 @@ from conveyor.http.api.params import JOB_ID, bounded_int, is_finished, job_id_of
 from conveyor.http.keys import CONTAINER, HELD, STREAMS, USER
 from conveyor.http.routes import EVENT_STREAM, Answer, Parameter
 from conveyor.http.runtime import run_db
+from conveyor.models import Role, Scope
 from conveyor.services import jobs
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ MAX_EVENT_ID = 2**63 - 1
 
 @routes.get(
     "/jobs/{job_id}/events",
+    role=Role.MEMBER,
+    scope=Scope.JOBS_READ,
     summary="Stream the job's events (server-sent events)",
     parameters=[
         JOB_ID,

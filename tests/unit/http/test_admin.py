@@ -28,7 +28,7 @@ async def test_a_member_is_forbidden(embedded_stack: Stack) -> None:
     response = await stack.client.get("/admin/", headers=stack.headers(stack.member_token))
     text = await _page(response, 403)
     assert "403 Forbidden" in text
-    assert "this page is for admins" in text
+    assert "needs the operator role" in text
 
 
 async def test_no_token_is_unauthorized_with_a_challenge(embedded_stack: Stack) -> None:

@@ -319,7 +319,7 @@ async def test_a_missing_or_malformed_token_is_unauthorized(embedded_stack: Stac
 
 async def test_an_expired_token_is_unauthorized(embedded_stack: Stack) -> None:
     config = _tokens(embedded_stack)
-    user_id = TokenVerifier(config).verify(embedded_stack.member_token)
+    user_id = TokenVerifier(config).verify(embedded_stack.member_token).user_id
     expired = issue_token(config, user_id, ttl=-dt.timedelta(minutes=5))
     response = await embedded_stack.client.get(
         "/v1/jobs", headers={"Authorization": f"Bearer {expired}"}
@@ -332,7 +332,7 @@ async def test_a_token_not_issued_by_this_deployment_is_unauthorized(
     embedded_stack: Stack,
 ) -> None:
     config = _tokens(embedded_stack)
-    user_id = TokenVerifier(config).verify(embedded_stack.member_token)
+    user_id = TokenVerifier(config).verify(embedded_stack.member_token).user_id
     for change in [
         {"secret": "another-secret-key-that-is-long-enough-for-hs256"},
         {"issuer": "someone-else"},

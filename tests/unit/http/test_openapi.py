@@ -144,12 +144,12 @@ async def test_errors_are_documented_in_each_app_s_media_type(embedded_stack: St
 async def test_the_documented_errors_of_the_jobs_api(embedded_stack: Stack) -> None:
     operations = _operations(await _document(embedded_stack))
     expected = {
-        ("POST", "/v1/jobs"): {"400", "401", "408", "409", "413", "422"},
-        ("GET", "/v1/jobs"): {"400", "401", "422"},
-        ("GET", "/v1/jobs/{job_id}"): {"401", "404", "422"},
-        ("POST", "/v1/jobs/{job_id}/cancel"): {"401", "404", "409", "422"},
-        ("GET", "/v1/jobs/{job_id}/events"): {"401", "404", "422", "429"},
-        ("GET", "/v1/job-types"): {"401", "422"},
+        ("POST", "/v1/jobs"): {"400", "401", "403", "408", "409", "413", "422"},
+        ("GET", "/v1/jobs"): {"400", "401", "403", "422"},
+        ("GET", "/v1/jobs/{job_id}"): {"401", "403", "404", "422"},
+        ("POST", "/v1/jobs/{job_id}/cancel"): {"401", "403", "404", "409", "422"},
+        ("GET", "/v1/jobs/{job_id}/events"): {"401", "403", "404", "422", "429"},
+        ("GET", "/v1/job-types"): {"401", "403", "422"},
     }
     for key, statuses in expected.items():
         errors = {s for s in operations[key]["responses"] if s.startswith("4")}

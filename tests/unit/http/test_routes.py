@@ -10,6 +10,7 @@ from aiohttp import web
 from conveyor.errors import AuthenticationError
 from conveyor.http.middleware import problems
 from conveyor.http.routes import HTML, PROBLEM_JSON, Answer, Parameter, RouteTable
+from conveyor.models import Role
 from tests.stack import Stack
 from tests.unit.http.walk import routes_of
 
@@ -102,14 +103,14 @@ async def _ok(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-async def _refuse(request: web.Request) -> None:
+async def _refuse(request: web.Request, route: object) -> None:
     raise AuthenticationError("no")
 
 
 def _table() -> RouteTable:
     table = RouteTable(tag="test")
     table.get("/open", public=True, name="open")(_ok)
-    table.get("/closed", name="closed")(_ok_closed)
+    table.get("/closed", name="closed", role=Role.MEMBER)(_ok_closed)
     return table
 
 
@@ -146,21 +147,34 @@ def test_a_route_without_a_summary_or_docstring_is_refused() -> None:
         return web.Response()
 
     with pytest.raises(ValueError, match="summary"):
-        RouteTable(tag="test").get("/x")(nameless)
+        RouteTable(tag="test").get("/x", role=Role.MEMBER)(nameless)
+
+
+def test_a_route_says_who_may_call_it_unless_it_is_public() -> None:
+    with pytest.raises(ValueError, match="who may call it"):
+        RouteTable(tag="test").get("/x")(_ok)
+    with pytest.raises(ValueError, match="public route takes no role"):
+        RouteTable(tag="test").get("/x", public=True, role=Role.MEMBER)(_ok)
+    with pytest.raises(ValueError, match="public route takes no role"):
+        RouteTable(tag="test").get("/x", public=True, scope="jobs:read")(_ok)
 
 
 def test_path_parameters_must_be_declared() -> None:
     with pytest.raises(ValueError, match="path parameter"):
-        RouteTable(tag="test").get("/jobs/{job_id}")(_ok)
+        RouteTable(tag="test").get("/jobs/{job_id}", role=Role.MEMBER)(_ok)
     with pytest.raises(ValueError, match="path parameter"):
-        RouteTable(tag="test").get("/jobs", parameters=[Parameter("job_id", "path", {})])(_ok)
-    RouteTable(tag="test").get("/jobs/{job_id}", parameters=[Parameter("job_id", "path", {})])(_ok)
+        RouteTable(tag="test").get(
+            "/jobs", role=Role.MEMBER, parameters=[Parameter("job_id", "path", {})]
+        )(_ok)
+    RouteTable(tag="test").get(
+        "/jobs/{job_id}", role=Role.MEMBER, parameters=[Parameter("job_id", "path", {})]
+    )(_ok)
 
 
 def test_a_route_declared_twice_is_refused() -> None:
     table = RouteTable(tag="test")
-    table.get("/x", answers={200: Answer("OK")})(_ok)
+    table.get("/x", role=Role.MEMBER, answers={200: Answer("OK")})(_ok)
     with pytest.raises(ValueError, match="twice"):
-        table.get("/x", name="other")(_ok_closed)
+        table.get("/x", name="other", role=Role.MEMBER)(_ok_closed)
     with pytest.raises(ValueError, match="already"):
-        table.post("/y")(_ok)
+        table.post("/y", role=Role.MEMBER)(_ok)
