@@ -6,7 +6,7 @@ import functools
 
 from aiohttp import web
 
-from conveyor.errors import AuthenticationError
+from conveyor.errors import AuthenticationError, InvalidTokenError
 from conveyor.http.keys import TOKENS, USER, USER_CACHE
 from conveyor.http.runtime import run_db
 from conveyor.models import User
@@ -22,10 +22,11 @@ async def bearer_user(request: web.Request) -> User:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("send 'Authorization: Bearer <token>'")
     state = request.config_dict
-    user_id = state[TOKENS].verify(token.strip())
-    user = await state[USER_CACHE].get(user_id, functools.partial(run_db, state, users.get_by_id))
+    claims = state[TOKENS].verify(token.strip())
+    fetch = functools.partial(run_db, state, users.get_by_id)
+    user = await state[USER_CACHE].get(claims.user_id, fetch)
     if user is None or not user.active:
-        raise AuthenticationError("the token's user does not exist or is deactivated")
+        raise InvalidTokenError("the token's user does not exist or is deactivated")
     return user
 
 
