@@ -1,5 +1,5 @@
-"""The `conveyor` command: run the processes, migrate the database, manage users, tokens
-and jobs, see the workers and queues."""
+"""The `conveyor` command: run the processes, migrate the database, manage users, tokens,
+signing keys and jobs, see the workers and queues."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.services.auth import TokenConfig
 
     configure_logging(settings.log_level, settings.log_format)
-    TokenConfig.of(settings)  # refuse to start without a secret key
+    TokenConfig.of(settings)  # refuse to start without a key that signs tokens
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     container = bootstrap.Container(settings, bootstrap.ProcessRole.WEB)
@@ -442,6 +442,15 @@ def cmd_tokens_issue(args: argparse.Namespace, settings: Settings) -> int:
     print(token)
     if sys.stdout.isatty():
         print(f"\nuse it as: curl -H 'Authorization: Bearer {token}' …", file=sys.stderr)
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.security.signing import SigningKey
+
+    key = SigningKey.generate(args.alg)
+    sys.stdout.write(key.private_pem().decode())
+    print(f"kid {key.kid} ({key.alg})", file=sys.stderr)
     return 0
 
 
@@ -746,6 +755,7 @@ def parser() -> argparse.ArgumentParser:
     _db(sub)
     _users(sub)
     _tokens(sub)
+    _keys(sub)
     _jobs(sub)
     _workers_and_queues(sub)
     _bounces(sub)
@@ -953,6 +963,26 @@ def _tokens(sub: Any) -> None:
         default=None,
         help="lifetime in days, one minute (0.000694) or more (default: "
         "CONVEYOR_TOKEN_TTL_SECONDS; at most CONVEYOR_TOKEN_MAX_LIFETIME_SECONDS)",
+    )
+
+
+def _keys(sub: Any) -> None:
+    from conveyor.security.signing import ALGORITHMS
+
+    keys = _group(sub, "keys", "keys that sign API tokens", "conveyor keys generate > jwt.pem")
+    generate = _command(
+        keys,
+        "generate",
+        "print a new private key (PEM) that can sign API tokens",
+        cmd_keys_generate,
+        "conveyor keys generate > jwt-2025-06.pem",
+        "conveyor keys generate --alg RS256 > jwt-rsa.pem",
+        description="Print a new private key as PEM on stdout, and its kid (RFC 7638 "
+        "thumbprint) on stderr. List its file in CONVEYOR_JWT_PUBLIC_KEYS, then first in "
+        "CONVEYOR_JWT_PRIVATE_KEYS: see docs/signing-keys.md. Keep it private (chmod 600).",
+    )
+    generate.add_argument(
+        "--alg", choices=ALGORITHMS, default="EdDSA", help="EdDSA (Ed25519, the default) or RS256"
     )
 
 

@@ -67,6 +67,10 @@ class AuthenticationError(ConveyorError):
     title = "Unauthorized"
 
 
+class InvalidTokenError(AuthenticationError):
+    """A bearer token was sent but is refused: forged, foreign, expired or malformed."""
+
+
 class PermissionDeniedError(ConveyorError):
     """The caller is known but may not do this."""
 

@@ -57,12 +57,27 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = Field("conveyor", description="Prefix of every Redis channel and key.")
     secret_key: SecretStr | None = Field(
-        None, description="HMAC key that signs API tokens (HS256). Required outside `conveyor dev`."
+        None,
+        description="Secret from which cursor, unsubscribe-link and (without "
+        "CONVEYOR_JWT_PRIVATE_KEYS) API token keys are derived. Required outside `conveyor dev`.",
+    )
+    jwt_private_keys: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated paths of PEM private keys (Ed25519 or RSA of 2048 bits or "
+        "more) that sign API tokens: the first signs, every one verifies; empty: an Ed25519 "
+        "key derived from CONVEYOR_SECRET_KEY signs.",
+    )
+    jwt_public_keys: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated paths of PEM public keys that only verify API tokens "
+        "(a key about to sign, or a retired one whose tokens have not expired yet).",
     )
     jwt_issuer: str = Field("conveyor", description="`iss` claim of issued tokens, checked.")
     jwt_audience: str = Field("conveyor-api", description="`aud` claim of issued tokens, checked.")
     token_ttl_seconds: int = Field(
-        30 * 24 * 3600, gt=0, description="Lifetime of tokens from `conveyor tokens issue`."
+        15 * 60,
+        gt=0,
+        description="Lifetime of access tokens, those of `conveyor tokens issue` without `--days`.",
     )
     token_max_lifetime_seconds: int = Field(
         90 * 24 * 3600,
@@ -345,6 +360,14 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         return frozenset(name.strip() for name in value.split(",") if name.strip())
+
+    @field_validator("jwt_private_keys", "jwt_public_keys", mode="before")
+    @classmethod
+    def _paths(cls, value: object) -> object:
+        """`keys/new.pem,keys/old.pem`: comma-separated, blanks ignored."""
+        if not isinstance(value, str):
+            return value
+        return tuple(Path(item.strip()) for item in value.split(",") if item.strip())
 
     @field_validator("worker_metrics_ports", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ import uuid
 
 from aiohttp import web
 
-from conveyor.errors import AuthenticationError, PermissionDeniedError
+from conveyor.errors import AuthenticationError, InvalidTokenError, PermissionDeniedError
 from conveyor.http.keys import CONTAINER, PRINCIPAL, TOKENS, USER, USER_CACHE
 from conveyor.http.principal import Principal
 from conveyor.http.routes import Route
@@ -46,8 +46,9 @@ async def principal_of(request: web.Request) -> Principal:
     claims = state[TOKENS].verify(credential)
     user = await _active_user(request, claims.user_id)
     valid_after = user.tokens_valid_after
-    if valid_after is not None and claims.issued_at < int(valid_after.timestamp()):
-        raise AuthenticationError("the token was revoked: sign in again")
+    # `iat` has whole seconds: a token of the second the revocation happened in stays good.
+    if valid_after is not None and claims.issued_at < valid_after.replace(microsecond=0):
+        raise InvalidTokenError("the token was revoked: sign in again")
     role = acting_role(state[CONTAINER].settings, user, claims.amr)
     return Principal(user, role, session_id=claims.session_id, amr=claims.amr)
 
@@ -56,7 +57,7 @@ async def _active_user(request: web.Request, user_id: uuid.UUID) -> User:
     state = request.config_dict
     user = await state[USER_CACHE].get(user_id, functools.partial(run_db, state, users.get_by_id))
     if user is None or not user.active:
-        raise AuthenticationError("the account does not exist or is disabled")
+        raise InvalidTokenError("the account does not exist or is disabled")
     return user
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 
 from conveyor import logs
-from conveyor.errors import ConveyorError, field_errors
+from conveyor.errors import ConveyorError, InvalidTokenError, field_errors
 from conveyor.http.keys import ACCESS_LOG, HELD, METRICS
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ access_logger = logging.getLogger("conveyor.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBLEM_TYPE = "application/problem+json"
 BEARER_CHALLENGE = 'Bearer realm="conveyor"'
+#: The challenge for a token that was sent but refused (RFC 6750 section 3.1).
+INVALID_TOKEN_CHALLENGE = f'{BEARER_CHALLENGE}, error="invalid_token"'
 #: On every response: no version for fingerprinting, and no content sniffing.
 SECURITY_HEADERS = {
     "Server": "conveyor",
@@ -145,10 +147,14 @@ async def secure_headers(request: web.BaseRequest, response: web.StreamResponse)
         headers["Cache-Control"] = NO_STORE
 
 
+def _challenge(exc: ConveyorError) -> str:
+    return INVALID_TOKEN_CHALLENGE if isinstance(exc, InvalidTokenError) else BEARER_CHALLENGE
+
+
 def failure_of(request: web.Request, exc: Exception) -> Failure:
     """What to answer for an error a handler raised (an unexpected one is logged, once)."""
     if isinstance(exc, ConveyorError):
-        headers = {"WWW-Authenticate": BEARER_CHALLENGE} if exc.status == 401 else {}
+        headers = {"WWW-Authenticate": _challenge(exc)} if exc.status == 401 else {}
         if exc.status == 408:  # the request was not read whole: the connection closes
             headers = {"Connection": "close"}
         return Failure(exc.status, exc.title, exc.detail, exc.errors, {**headers, **exc.headers})

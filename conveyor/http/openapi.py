@@ -33,7 +33,10 @@ SERVER_ERRORS = {
     503: "Service unavailable (the database cannot be reached); retry after Retry-After seconds",
 }
 ERROR_HEADERS = {
-    401: {"WWW-Authenticate": 'The scheme to use: Bearer realm="conveyor"'},
+    401: {
+        "WWW-Authenticate": 'The scheme to use: Bearer realm="conveyor", with '
+        'error="invalid_token" when the token sent was refused'
+    },
     429: {"Retry-After": "Seconds to wait before retrying"},
     503: {"Retry-After": "Seconds to wait before retrying"},
 }

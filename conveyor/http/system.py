@@ -1,4 +1,5 @@
-"""Operational routes: liveness, readiness, Prometheus metrics, the OpenAPI document."""
+"""Operational routes: liveness, readiness, Prometheus metrics, the OpenAPI document, the
+keys that verify API tokens."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR, READINESS
+from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR, READINESS, TOKENS
 from conveyor.http.routes import JSON, Answer, RouteTable
 from conveyor.http.schemas import Health, Readiness
 
@@ -18,6 +19,9 @@ logger = logging.getLogger(__name__)
 routes = RouteTable(tag="operations")
 
 READY_TIMEOUT_SECONDS = 3.0
+#: Verifiers may keep the key set this long: a new key is published as public-only for longer
+#: than this before it signs (see docs/signing-keys.md).
+JWKS_CACHE_CONTROL = "public, max-age=300"
 
 
 @routes.get("/healthz", public=True, answers={200: Answer("Alive", Health)})
@@ -94,3 +98,23 @@ async def metrics(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of every route."""
     return web.Response(body=request.config_dict[OPENAPI], content_type="application/json")
+
+
+@routes.get(
+    "/.well-known/jwks.json",
+    public=True,
+    answers={
+        200: Answer(
+            "The JWK Set (RFC 7517) of every key that verifies API tokens: the signing key "
+            "first, then keys about to sign or retired (public halves only)",
+            content_type=JSON,
+            schema={"type": "object", "required": ["keys"]},
+            headers={"Cache-Control": JWKS_CACHE_CONTROL},
+        )
+    },
+)
+async def jwks(request: web.Request) -> web.Response:
+    """The public keys of API tokens, for services that verify them on their own; a token's
+    `kid` header names its key."""
+    keys = request.config_dict[TOKENS].config.keys
+    return web.json_response(keys.jwks(), headers={"Cache-Control": JWKS_CACHE_CONTROL})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import psycopg
 import pytest
 from sqlalchemy import select, update
@@ -26,6 +28,7 @@ from conveyor.models.base import utcnow
 from conveyor.models.job import jobs_t
 from conveyor.models.migrate import head
 from conveyor.services import operations, submissions
+from conveyor.services.auth import TokenConfig, TokenVerifier
 from conveyor.services.submissions import NewJob
 from conveyor.services.users import create_user
 from conveyor.settings import get_settings
@@ -442,6 +445,46 @@ def test_the_notifications_pool_with_smtp_needs_a_public_url_in_one_line(
     code, out, err = run(capsys, "worker", "notifications")
     assert code == 1 and out == "" and err.count("\n") == 1, err
     assert "CONVEYOR_PUBLIC_URL is not set" in err
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "RS256"])
+def test_a_generated_key_signs_the_tokens_the_cli_issues(
+    env: None,
+    pg_db: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    alg: str,
+) -> None:
+    code, pem, err = run(capsys, "keys", "generate", "--alg", alg)
+    assert code == 0 and pem.startswith("-----BEGIN PRIVATE KEY-----")
+    kid = err.split()[1]
+    assert err == f"kid {kid} ({alg})\n"
+    (tmp_path / "jwt.pem").write_text(pem)
+    monkeypatch.setenv("CONVEYOR_JWT_PRIVATE_KEYS", str(tmp_path / "jwt.pem"))
+    monkeypatch.delenv("CONVEYOR_SECRET_KEY")
+    get_settings.cache_clear()
+    alice = create_user(pg_db, "alice@example.com")
+    code, out, _ = run(capsys, "tokens", "issue", "alice@example.com")
+    assert code == 0
+    token = out.strip()
+    assert jwt.get_unverified_header(token) == {"alg": alg, "kid": kid, "typ": "at+jwt"}
+    claims = TokenVerifier(TokenConfig.of(get_settings())).verify(token)
+    assert (claims.user_id, claims.amr) == (alice.id, ("cli",))
+    assert claims.expires_at - claims.issued_at == dt.timedelta(minutes=15)
+
+
+def test_an_unusable_key_file_is_named(
+    env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CONVEYOR_JWT_PRIVATE_KEYS", str(tmp_path / "missing.pem"))
+    get_settings.cache_clear()
+    code, _, err = run(capsys, "tokens", "issue", "alice@example.com")
+    assert code == 1 and err.count("\n") == 1
+    assert "missing.pem is not a readable PEM private key" in err
 
 
 def test_a_missing_secret_key_says_how_to_make_one(

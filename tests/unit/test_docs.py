@@ -87,7 +87,7 @@ def compose_ports(lines: list[str]) -> list[str]:
 
 def rendered_default(value: Any) -> str:
     """How the README's settings table shows a default."""
-    if value is None or isinstance(value, SecretStr):
+    if value is None or value == () or isinstance(value, SecretStr):
         return "(unset)"
     if isinstance(value, bool):  # as the variable is written: true, false
         return f"`{str(value).lower()}`"

@@ -44,6 +44,7 @@ async def test_a_bad_token_is_unauthorized(embedded_stack: Stack) -> None:
         "/admin/", headers={"Authorization": "Bearer not.a.jwt"}
     )
     await _page(response, 401)
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="conveyor", error="invalid_token"'
 
 
 async def test_an_unknown_admin_page_is_not_found_for_an_admin(embedded_stack: Stack) -> None:

@@ -8,11 +8,13 @@ import json
 import uuid
 from typing import Any
 
+import jwt
 from aiohttp import ClientResponse
 from sqlalchemy import update
 
 from conveyor.db import transaction
 from conveyor.models import Role, User
+from conveyor.security.signing import KeySet, SigningKey
 from conveyor.services.auth import TokenConfig, TokenVerifier, issue_token
 from conveyor.services.users import create_user
 from tests.stack import Stack
@@ -293,9 +295,12 @@ def _tokens(stack: Stack) -> TokenConfig:
     return TokenConfig.of(stack.settings)
 
 
-async def _unauthorized(response: ClientResponse) -> dict[str, Any]:
+async def _unauthorized(response: ClientResponse, *, sent: bool = True) -> dict[str, Any]:
+    """The 401 problem of `response`, whose challenge says the token was refused (when one
+    was `sent`)."""
     body = await problem(response, 401)
-    assert response.headers["WWW-Authenticate"] == 'Bearer realm="conveyor"'
+    refused = ', error="invalid_token"' if sent else ""
+    assert response.headers["WWW-Authenticate"] == f'Bearer realm="conveyor"{refused}'
     return body
 
 
@@ -314,7 +319,7 @@ async def test_a_missing_or_malformed_token_is_unauthorized(embedded_stack: Stac
         headers = {} if authorization is None else {"Authorization": authorization}
         for method, path in routes:
             response = await embedded_stack.client.request(method, path, headers=headers)
-            await _unauthorized(response)
+            await _unauthorized(response, sent=authorization == "Bearer not.a.jwt")
 
 
 async def test_an_expired_token_is_unauthorized(embedded_stack: Stack) -> None:
@@ -334,7 +339,7 @@ async def test_a_token_not_issued_by_this_deployment_is_unauthorized(
     config = _tokens(embedded_stack)
     user_id = TokenVerifier(config).verify(embedded_stack.member_token).user_id
     for change in [
-        {"secret": "another-secret-key-that-is-long-enough-for-hs256"},
+        {"keys": KeySet.of([SigningKey.generate()])},
         {"issuer": "someone-else"},
         {"audience": "another-api"},
     ]:
@@ -370,8 +375,42 @@ async def test_the_bearer_scheme_is_case_insensitive(embedded_stack: Stack) -> N
     assert response.status == 200
 
 
+async def test_the_published_keys_verify_this_deployments_tokens(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    response = await stack.client.get("/.well-known/jwks.json")
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "public, max-age=300"
+    document = await response.json()
+    kid = jwt.get_unverified_header(stack.member_token)["kid"]
+    (entry,) = (key for key in document["keys"] if key["kid"] == kid)
+    assert "d" not in entry  # the public half only
+    claims = jwt.decode(
+        stack.member_token,
+        jwt.PyJWK(entry),
+        algorithms=[entry["alg"]],
+        audience=stack.settings.jwt_audience,
+        issuer=stack.settings.jwt_issuer,
+    )
+    assert claims["amr"] == ["cli"]
+    spec = await (await stack.client.get("/openapi.json")).json()
+    assert "/.well-known/jwks.json" in spec["paths"]
+
+
+async def test_a_token_signed_by_a_key_no_longer_listed_is_unauthorized(
+    embedded_stack: Stack,
+) -> None:
+    config = _tokens(embedded_stack)
+    user_id = TokenVerifier(config).verify(embedded_stack.member_token).user_id
+    retired = dataclasses.replace(config, keys=KeySet.of([SigningKey.generate("RS256")]))
+    response = await embedded_stack.client.get(
+        "/v1/jobs", headers={"Authorization": f"Bearer {issue_token(retired, user_id)}"}
+    )
+    body = await _unauthorized(response)
+    assert "unknown key" in body["detail"]
+
+
 async def test_operational_routes_need_no_token(embedded_stack: Stack) -> None:
-    for path in ("/healthz", "/openapi.json", "/metrics"):
+    for path in ("/healthz", "/openapi.json", "/metrics", "/.well-known/jwks.json"):
         assert (await embedded_stack.client.get(path)).status == 200
 
 

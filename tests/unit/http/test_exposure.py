@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from conveyor.models.migrate import head
+from conveyor.services.auth import TokenConfig
 from tests.stack import Stack
 
 
@@ -119,13 +120,10 @@ async def test_readyz_fails_while_the_schema_is_behind_the_code(embedded_stack: 
 async def test_a_token_that_expires_in_the_year_9999_is_unauthorized(embedded_stack: Stack) -> None:
     stack = embedded_stack
     claims = jwt.decode(stack.member_token, options={"verify_signature": False})
-    forever = jwt.encode(
-        {**claims, "exp": 253402300799},
-        stack.settings.secret_key.get_secret_value(),  # type: ignore[union-attr]
-        algorithm="HS256",
-    )
+    signer = TokenConfig.of(stack.settings).keys.signer
+    forever = signer.sign({**claims, "exp": 253402300799}, "at+jwt")
     response = await stack.client.get("/v1/jobs", headers=stack.headers(forever))
     assert response.status == 401
     assert response.headers["Content-Type"].startswith("application/problem+json")
-    assert response.headers["WWW-Authenticate"] == 'Bearer realm="conveyor"'
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="conveyor", error="invalid_token"'
     assert "lives longer" in (await response.json())["detail"]

@@ -44,6 +44,7 @@ async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/.well-known/jwks.json",
         "/v1/unsubscribe",  # the signed token of an email's link is the proof
     }
 

@@ -1,0 +1,1 @@
+"""Security primitives: pure functions and values, no database, no HTTP."""
