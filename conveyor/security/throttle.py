@@ -187,8 +187,9 @@ class RedisStore:
 def make_store(redis_url: str | None, prefix: str) -> Store:
     """The Redis store at `redis_url`, or the in-memory one without it (embedded mode).
 
-    Its client waits at most a second and retries once: while Redis is down, a sign-in is
-    slowed by that much at most before it goes on unthrottled.
+    Its client waits at most a second per try, and tries twice: while Redis is down, an
+    attempt waits about two seconds at most (far less when the connection is refused) before
+    it goes on unthrottled.
     """
     if not redis_url:
         return MemoryStore()
