@@ -13,6 +13,8 @@ from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor.egress import EgressPolicy
+from conveyor.errors import ConfigurationError
+from conveyor.security.throttle import Rule
 
 #: How to make a CONVEYOR_SECRET_KEY, for the errors that say it is missing.
 SECRET_KEY_HINT = (
@@ -53,7 +55,8 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         "redis://127.0.0.1:6379/0",
-        description="Redis for job-status announcements; empty: in-process ones (one process).",
+        description="Redis for job-status announcements and attempt limits; empty: in-process "
+        "ones (one process).",
     )
     redis_prefix: str = Field("conveyor", description="Prefix of every Redis channel and key.")
     secret_key: SecretStr | None = Field(
@@ -352,6 +355,23 @@ class Settings(BaseSettings):
     notification_max_context_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest `context` of a notification, as JSON."
     )
+    # --- accounts and sign-in --------------------------------------------------------------
+    login_account_rate: str = Field(
+        "10/15m",
+        description="Failed sign-ins per account, as LIMIT/WINDOW (unit s, m or h); past it, "
+        "sign-ins to the account are refused (429, Retry-After) until old failures leave the "
+        "window.",
+    )
+    login_ip_rate: str = Field(
+        "100/15m", description="Sign-in attempts per client address, as LIMIT/WINDOW."
+    )
+    reset_rate: str = Field(
+        "5/1h",
+        description="Password reset requests per account and per client address, as LIMIT/WINDOW.",
+    )
+    mfa_rate: str = Field(
+        "5/5m", description="Second-factor (TOTP or recovery code) attempts per account."
+    )
 
     @field_validator("mfa_required_roles", mode="before")
     @classmethod
@@ -421,6 +441,15 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"\s*[1-9][0-9]*\s*/\s*[smh]\s*", limit):
                 raise ValueError(f"limit of {provider!r} must be COUNT/s, COUNT/m or COUNT/h")
         return limits
+
+    @field_validator("login_account_rate", "login_ip_rate", "reset_rate", "mfa_rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        try:
+            Rule.parse(value)
+        except ConfigurationError as exc:
+            raise ValueError(exc.detail) from None
+        return value
 
     @field_validator("worker_metrics_ports")
     @classmethod

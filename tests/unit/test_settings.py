@@ -103,6 +103,10 @@ def test_an_env_file_is_read(tmp_path: Path) -> None:
         ("CONVEYOR_WORKER_THREADS", "0"),
         ("CONVEYOR_MAX_WORKER_LOSSES", "-1"),
         ("CONVEYOR_LOG_FORMAT", "xml"),
+        ("CONVEYOR_LOGIN_ACCOUNT_RATE", "10/15d"),
+        ("CONVEYOR_LOGIN_IP_RATE", "0/15m"),
+        ("CONVEYOR_RESET_RATE", "5 per hour"),
+        ("CONVEYOR_MFA_RATE", "5/0m"),
     ],
 )
 def test_invalid_values_are_rejected(
