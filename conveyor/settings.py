@@ -13,6 +13,8 @@ from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor.egress import EgressPolicy
+from conveyor.errors import ConfigurationError
+from conveyor.security.oidc import ProviderConfig, parse_providers
 
 #: How to make a CONVEYOR_SECRET_KEY, for the errors that say it is missing.
 SECRET_KEY_HINT = (
@@ -69,6 +71,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest token lifetime accepted (`exp` after `iat`, and after now); "
         "a longer-lived token is refused.",
+    )
+    oidc_providers: Annotated[dict[str, ProviderConfig] | None, NoDecode] = Field(
+        None,
+        description="OpenID Connect providers users may log in with, as a JSON object: "
+        '`{"name": {"issuer": "https://…", "client_id": "…", "client_secret": "…", '
+        '"scopes": "openid email profile"}}`; names are 1 to 32 of a-z, 0-9 and -; no secret: '
+        "a public client (PKCE alone).",
     )
     host: str = Field("127.0.0.1", description="Address `conveyor web` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `conveyor web` listens on.")
@@ -396,6 +405,16 @@ class Settings(BaseSettings):
         if len(set(taken)) != len(taken):
             raise ValueError("two pools have the same metrics port")
         return ports
+
+    @field_validator("oidc_providers", mode="before")
+    @classmethod
+    def _oidc_providers(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_providers(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("outbound_allow_hosts")
     @classmethod
