@@ -179,6 +179,14 @@ class ProviderUnavailableError(TransientError):
     """A provider or webhook receiver answered with a temporary failure (408, 429, 5xx)."""
 
 
+class ProviderResponseError(ConveyorError):
+    """An identity provider answered with something unusable (a bad discovery document, key
+    set or token response): a fault of the provider or of its configuration, not the user's."""
+
+    status = 502
+    title = "Bad gateway"
+
+
 class UnknownResourceError(ConveyorError):
     """A job asked for a resource its pool did not register."""
 

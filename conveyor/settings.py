@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor.egress import EgressPolicy
 from conveyor.errors import ConfigurationError
+from conveyor.security.oidc import ProviderConfig, parse_providers
 from conveyor.security.throttle import Rule
 
 #: How to make a CONVEYOR_SECRET_KEY, for the errors that say it is missing.
@@ -94,6 +95,13 @@ class Settings(BaseSettings):
             description="Roles that must sign in with a second factor (TOTP) to act as that "
             "role, comma-separated; until they do they act as members. Empty: none.",
         )
+    )
+    oidc_providers: Annotated[dict[str, ProviderConfig] | None, NoDecode] = Field(
+        None,
+        description="OpenID Connect providers users may log in with, as a JSON object: "
+        '`{"name": {"issuer": "https://…", "client_id": "…", "client_secret": "…", '
+        '"scopes": "openid email profile"}}`; names are 1 to 32 of a-z, 0-9 and -; no secret: '
+        "a public client (PKCE alone).",
     )
     host: str = Field("127.0.0.1", description="Address `conveyor web` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `conveyor web` listens on.")
@@ -463,6 +471,16 @@ class Settings(BaseSettings):
         if len(set(taken)) != len(taken):
             raise ValueError("two pools have the same metrics port")
         return ports
+
+    @field_validator("oidc_providers", mode="before")
+    @classmethod
+    def _oidc_providers(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_providers(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("outbound_allow_hosts")
     @classmethod
