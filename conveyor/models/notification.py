@@ -70,6 +70,10 @@ class Notification(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Of a sensitive kind: its context holds secrets, erased once every delivery is settled.
+    sensitive: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    #: When its context was erased (set to `{}`); a delivery retried after that cannot render.
+    context_erased_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Delivery(Base):

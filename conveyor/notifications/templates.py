@@ -1,7 +1,8 @@
 """Notification kinds and their Jinja2 templates: sandboxed, strict, autoescaped for HTML.
 
-A kind is a folder `<kind>/` holding `kind.json` (description, `critical`, default channels,
-a sample context) and a template per part of each channel it supports:
+A kind is a folder `<kind>/` holding `kind.json` (description, `critical`, `system`,
+`sensitive`, default channels, a sample context) and a template per part of each channel it
+supports:
 
 | channel | files |
 | --- | --- |
@@ -72,6 +73,11 @@ class Kind:
     #: A digest kind batches what arrives for one recipient (and channel) within this many
     #: seconds into one message, whose templates see each notification's context in `items`.
     digest_seconds: int | None = None
+    #: Only Conveyor itself sends it (the auth emails): the API refuses to create or preview it.
+    system: bool = False
+    #: Its context holds secrets (a reset link): never shown in API answers, and erased once
+    #: every delivery of the notification is settled.
+    sensitive: bool = False
     #: Its folder (its templates are those beside its `kind.json`, nowhere else).
     folder: Path = field(default=BUILTIN_DIR, repr=False)
     #: Its folder's prefix in the template loader.
@@ -222,11 +228,19 @@ def _kind(name: str, meta: Path, prefix: str) -> Kind:
     digest = spec.get("digest_seconds")
     if digest is not None and not (isinstance(digest, int) and digest > 0):
         raise ValueError(f"{meta}: digest_seconds must be a positive whole number of seconds")
+    flags = {flag: spec.get(flag, False) for flag in ("critical", "system", "sensitive")}
+    wrong = [flag for flag, value in flags.items() if not isinstance(value, bool)]
+    if wrong:
+        raise ValueError(f"{meta}: {wrong[0]} must be true or false")
+    if digest is not None and flags["sensitive"]:  # a digest would hold secrets until it goes
+        raise ValueError(f"{meta}: a sensitive kind cannot be a digest (digest_seconds)")
     return Kind(
         name=name,
         digest_seconds=digest,
         description=str(spec.get("description", "")),
-        critical=bool(spec.get("critical", False)),
+        critical=flags["critical"],
+        system=flags["system"],
+        sensitive=flags["sensitive"],
         default_channels=defaults,
         channels=channels,
         sample=dict(spec.get("sample", {})),

@@ -3,7 +3,9 @@ and the deliveries' lifecycle as the `notifications.deliver` job drives it.
 
 Deliveries that preferences suppress are recorded (`suppressed`) and never sent; critical
 kinds bypass preferences. The notification, its deliveries and their jobs are written in one
-transaction, so a notification never exists without the jobs that send it.
+transaction, so a notification never exists without the jobs that send it. System kinds (the
+auth emails) are sent by Conveyor only (`send_system`); the context of a sensitive kind is
+never shown, and is erased in the transaction that settles its last delivery.
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ from conveyor.models import (
 )
 from conveyor.models.base import utcnow
 from conveyor.models.job import jobs_t
-from conveyor.models.notification import bounced_t, deliveries_t
+from conveyor.models.notification import (
+    DELIVERY_FINISHED,
+    bounced_t,
+    deliveries_t,
+    notifications_t,
+)
 from conveyor.notifications.channels import Outgoing
 from conveyor.notifications.email import check_address
 from conveyor.notifications.templates import (
@@ -67,6 +74,10 @@ from conveyor.services.users import normalize_email
 
 #: The job type that sends one delivery (declared in `conveyor.actors.notifications`).
 DELIVER = "notifications.deliver"
+#: Why the API refuses a system kind.
+SYSTEM_ONLY = "sent by Conveyor only"
+#: What API answers show instead of a sensitive notification's context.
+REDACTED: dict[str, Any] = {"redacted": True}
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 MAX_ERROR_LENGTH = 2000
 
@@ -104,6 +115,10 @@ class Limits:
     max_context_bytes: int
     #: Where webhooks may go (`CONVEYOR_OUTBOUND_ALLOW_HOSTS`): a URL it refuses is a 422.
     egress: EgressPolicy = field(default_factory=lambda: EgressPolicy.parse([]))
+
+
+#: What `send_system` accepts: one recipient, a context of up to 64 KiB.
+SYSTEM_LIMITS = Limits(max_recipients=1, max_context_bytes=65536)
 
 
 def _invalid(field_name: str, message: str) -> InvalidRequestError:
@@ -155,15 +170,25 @@ def _request_hash(new: NewNotification) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def validate(new: NewNotification, templates: Templates, creator: User, limits: Limits) -> Kind:
+def validate(
+    new: NewNotification,
+    templates: Templates,
+    creator: User,
+    limits: Limits,
+    *,
+    system: bool = False,
+) -> Kind:
     """The notification's kind, once the request is acceptable: 422 naming the bad field,
     403 for a recipient the creator may not notify. Members notify themselves and webhook
-    URLs; admins anyone and any address."""
+    URLs; admins anyone and any address. A system kind is refused unless `system` (Conveyor
+    itself sends it)."""
     try:
         kind = templates.kind(new.kind)
     except UnknownKindError:
-        known = ", ".join(k.name for k in templates.kinds())
+        known = ", ".join(k.name for k in templates.kinds() if not k.system)
         raise _invalid("kind", f"unknown kind; known: {known}") from None
+    if kind.system and not system:
+        raise _invalid("kind", SYSTEM_ONLY)
     if not new.recipients:
         raise _invalid("recipients", "at least one recipient")
     if len(new.recipients) > limits.max_recipients:
@@ -289,11 +314,13 @@ def create(
     limits: Limits,
     *,
     idempotency_key: str | None = None,
+    system: bool = False,
 ) -> Created:
     """Create a notification and its deliveries, and queue a `notifications.deliver` job for
     each one not suppressed, in one transaction (then publish them). With an idempotency
-    key already used for the same request, the earlier notification comes back."""
-    kind = validate(new, templates, creator, limits)
+    key already used for the same request, the earlier notification comes back. `system`:
+    Conveyor itself sends it, so a system kind is allowed."""
+    kind = validate(new, templates, creator, limits, system=system)
     fingerprint = _request_hash(new) if idempotency_key is not None else None
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
@@ -310,6 +337,7 @@ def create(
                 idempotency_key=idempotency_key,
                 request_hash=fingerprint,
                 created_at=utcnow(),
+                sensitive=kind.sensitive,
             )
             session.add(notification)
             session.flush()
@@ -360,6 +388,9 @@ def create(
                 delivery.job_id = job.id
             session.add_all(deliveries)
             session.flush()
+            if kind.sensitive:  # every delivery suppressed already: nothing will send it
+                _erase_settled(session, [d.id for d in deliveries])
+                session.refresh(notification)
             session.expunge_all()
     except IntegrityError:
         if idempotency_key is None:
@@ -370,6 +401,84 @@ def create(
         return earlier
     submissions.publish_written(jobs)
     return Created(notification, deliveries, created=True)
+
+
+def send_system(
+    db: sessionmaker[Session],
+    submissions: Submissions,
+    templates: Templates,
+    user: User,
+    kind: str,
+    context: dict[str, Any],
+    *,
+    idempotency_key: str,
+) -> Created:
+    """Email `user` a notification of a system kind (a verification or reset link, a security
+    notice), owned by that user. Critical kinds go out whatever the preferences; the bounce
+    list still applies. Idempotent on `idempotency_key` (per user): a retried auth job sends
+    once. A kind that is not a system kind is a 422 naming `kind`."""
+    try:
+        system = templates.kind(kind).system
+    except UnknownKindError:
+        raise _invalid("kind", "unknown kind") from None
+    if not system:
+        raise _invalid("kind", "not a system kind: send it with create")
+    new = NewNotification(kind, [Recipient(user_id=user.id)], context, channels=["email"])
+    return create(
+        db,
+        submissions,
+        templates,
+        user,
+        new,
+        SYSTEM_LIMITS,
+        idempotency_key=idempotency_key,
+        system=True,
+    )
+
+
+def _erase_settled(session: Session, delivery_ids: Sequence[uuid.UUID]) -> None:
+    """Erase the context of the sensitive notifications of these deliveries whose deliveries
+    are all settled (sent, failed or suppressed). Their rows are locked before their
+    deliveries are read, so of two transactions settling the last two deliveries of one at
+    once, the later sees both settled and erases it."""
+    if not delivery_ids:
+        return
+    locked = session.scalars(
+        select(notifications_t.c.id)
+        .where(
+            notifications_t.c.id.in_(
+                select(deliveries_t.c.notification_id).where(
+                    deliveries_t.c.id.in_(list(delivery_ids))
+                )
+            ),
+            notifications_t.c.sensitive,
+            notifications_t.c.context_erased_at.is_(None),
+        )
+        .order_by(notifications_t.c.id)
+        .with_for_update()
+    ).all()
+    if not locked:
+        return
+    unsettled = set(
+        session.scalars(
+            select(deliveries_t.c.notification_id).where(
+                deliveries_t.c.notification_id.in_(locked),
+                deliveries_t.c.status.not_in([s.value for s in DELIVERY_FINISHED]),
+            )
+        )
+    )
+    settled = [n for n in locked if n not in unsettled]
+    if settled:
+        session.execute(
+            update(notifications_t)
+            .where(notifications_t.c.id.in_(settled))
+            .values(context={}, context_erased_at=utcnow())
+        )
+
+
+def shown_context(notification: Notification) -> dict[str, Any]:
+    """A notification's context as API answers show it: a sensitive one's never."""
+    return dict(REDACTED) if notification.sensitive else notification.context
 
 
 #: The most notifications one digest message carries (its head included): the next one opens
@@ -561,6 +670,10 @@ def outgoing(claimed: Claimed, templates: Templates, links: UnsubscribeLinks | N
         kind = templates.kind(notification.kind)
     except UnknownKindError:
         raise PermanentDeliveryError(f"no notification kind {notification.kind!r}") from None
+    if notification.context_erased_at is not None:
+        raise PermanentDeliveryError(
+            "its context was erased once it was settled (a sensitive kind): send a new one"
+        )
     unsubscribe = None
     headers: dict[str, str] = {}
     if delivery.channel == "email" and links is not None and not kind.critical:
@@ -644,6 +757,7 @@ def record_sent(
                 updated_at=now,
             )
         )
+        _erase_settled(session, [delivery_id])
 
 
 def record_failure(
@@ -694,6 +808,7 @@ def record_failure(
                 updated_at=utcnow(),
             )
         )
+        _erase_settled(session, [delivery_id])
     return final
 
 
@@ -716,11 +831,14 @@ def preview(
     templates: Templates, kind_name: str, channel: str | None, context: dict[str, Any] | None
 ) -> tuple[Kind, dict[str, Any]]:
     """Render a kind's templates for each of its channels (or one) with `context`, or its
-    sample context: 422 naming `kind`, `channel` or `context` when that fails."""
+    sample context: 422 naming `kind` (unknown, or a system kind), `channel` or `context`
+    when that fails."""
     try:
         kind = templates.kind(kind_name)
     except UnknownKindError:
         raise _invalid("kind", "unknown kind") from None
+    if kind.system:
+        raise _invalid("kind", SYSTEM_ONLY)
     if channel is not None and channel not in kind.channels:
         raise _invalid("channel", f"kind {kind.name} has templates for: {list(kind.channels)}")
     sample = kind.sample if context is None else context
@@ -815,6 +933,7 @@ def record_suppressed(
                 )
                 .values(values)
             )
+            _erase_settled(session, [delivery_id])
 
 
 def record_bounce(
@@ -978,6 +1097,7 @@ def reconcile(
                 )
                 .values(values)
             )
+        _erase_settled(session, list(why))
     return ended
 
 

@@ -17,13 +17,15 @@ from sqlalchemy import select, update
 from conveyor.client import AsyncClient, Client
 from conveyor.client import InvalidRequestError as ClientInvalidRequestError
 from conveyor.client import Notification as ClientNotification
-from conveyor.models import Delivery, Job, JobEvent, JobStatus, User
+from conveyor.errors import InvalidRequestError
+from conveyor.models import Delivery, Job, JobEvent, JobStatus, Notification, User
 from conveyor.models.base import utcnow
 from conveyor.notifications import resources
 from conveyor.notifications.channels import TEMPLATES, resource_name
 from conveyor.notifications.email import SmtpChannel
 from conveyor.notifications.http_channels import verify_signature
 from conveyor.notifications.ratelimit import limited
+from conveyor.notifications.templates import Templates
 from conveyor.services import notifications
 from tests.fake_provider import Answer, FakeProvider, fake_provider
 from tests.mail import Mailbox, smtp_server
@@ -130,6 +132,25 @@ async def _job_finished(stack: Stack, job_id: str) -> Job:
 
 
 WELCOME = {"name": "Ada <3", "product": "Conveyor"}
+RESET_URL = "https://jobs.example.com/reset?token=s3cret-token"
+
+
+def _user(stack: Stack, email: str) -> User:
+    with stack.db() as session:
+        return session.scalars(select(User).where(User.email == email)).one()
+
+
+def _send_reset(stack: Stack, email: str, key: str) -> notifications.Created:
+    """A password reset email, as the auth pool sends it (a system kind, sensitive)."""
+    return notifications.send_system(
+        stack.db,
+        stack.container.submissions,
+        Templates(max_bytes=65536),
+        _user(stack, email),
+        "password_reset",
+        {"reset_url": RESET_URL, "expires_minutes": 30},
+        idempotency_key=key,
+    )
 
 
 async def test_an_email_arrives_over_smtp_with_both_parts_and_its_unsubscribe_link_works(
@@ -184,15 +205,8 @@ async def test_an_email_arrives_over_smtp_with_both_parts_and_its_unsubscribe_li
     assert suppressed["status"] == "suppressed" and suppressed["job_id"] is None
     assert "opted out" in suppressed["last_error"]
 
-    critical = await _notify(
-        stack,
-        {
-            "kind": "password_reset",
-            "recipients": [{"user_id": member_id}],
-            "context": {"reset_url": "https://example.com/r", "expires_minutes": 30},
-        },
-    )
-    done = await _settled(stack, critical["id"])
+    critical = _send_reset(stack, "member@example.com", "reset-1")
+    done = await _settled(stack, str(critical.notification.id))
     assert done["deliveries"][0]["status"] == "sent"
     assert mailbox.count() == 2
     assert mailbox.messages[1]["List-Unsubscribe"] is None  # critical: no opting out
@@ -312,11 +326,12 @@ async def test_the_api_refuses_bad_input_naming_the_field(
         ({"kind": "welcome", "recipients": me, "channels": ["fax"]}, None, 422, "channels.0"),
         ({"kind": "welcome", "recipients": me, "channels": []}, None, 422, "channels"),
         (
-            {"kind": "password_reset", "recipients": me, "channels": ["push"]},
+            {"kind": "jobs_digest", "recipients": me, "channels": ["push"]},
             None,
             422,
             "channels.0",
         ),
+        ({"kind": "password_reset", "recipients": me}, None, 422, "kind"),
         (
             {"kind": "welcome", "recipients": me, "context": {"recipient": 1}},
             None,
@@ -754,14 +769,7 @@ async def test_an_opt_out_between_create_and_send_suppresses_all_but_a_critical_
     welcome = await _notify(
         stack, {"kind": "welcome", "recipients": [{"user_id": member_id}], "context": WELCOME}
     )
-    reset = await _notify(
-        stack,
-        {
-            "kind": "password_reset",
-            "recipients": [{"user_id": member_id}],
-            "context": {"reset_url": "https://example.com/r", "expires_minutes": 5},
-        },
-    )
+    reset = _send_reset(stack, "member@example.com", "reset-1")
     assert [d["status"] for d in welcome["deliveries"]] == ["pending"]
     put = await stack.client.put(
         "/v1/me/subscriptions",
@@ -773,7 +781,7 @@ async def test_an_opt_out_between_create_and_send_suppresses_all_but_a_critical_
     (suppressed,) = (await _settled(stack, welcome["id"]))["deliveries"]
     assert suppressed["status"] == "suppressed", suppressed
     assert suppressed["last_error"] == "the recipient opted out before it was sent"
-    (sent,) = (await _settled(stack, reset["id"]))["deliveries"]
+    (sent,) = (await _settled(stack, str(reset.notification.id)))["deliveries"]
     assert sent["status"] == "sent", sent
     assert mailbox.count() == 1
     job = await _job_finished(stack, suppressed["job_id"])
@@ -1066,3 +1074,112 @@ async def test_a_delivery_whose_retries_are_used_up_is_failed(
     assert "answered 503" in delivery["last_error"]
     job = await _job_finished(stack, delivery["job_id"])
     assert job.status == JobStatus.FAILED and job.attempts == 2
+
+
+async def test_the_api_refuses_to_send_or_preview_a_system_kind(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    member_id = _user_id(stack, "member@example.com")
+    for kind in ("password_reset", "verify_email", "new_sign_in"):
+        problem = await _notify(
+            stack,
+            {"kind": kind, "recipients": [{"user_id": member_id}], "context": {}},
+            expect=422,
+        )
+        assert problem["errors"] == [{"field": "kind", "message": "sent by Conveyor only"}]
+        response = await stack.client.post(
+            "/v1/notifications/preview", json={"kind": kind}, headers=stack.headers()
+        )
+        problem = await response.json()
+        assert response.status == 422, problem
+        assert problem["errors"] == [{"field": "kind", "message": "sent by Conveyor only"}]
+    unknown = await _notify(
+        stack, {"kind": "nope", "recipients": [{"user_id": member_id}]}, expect=422
+    )
+    known = unknown["errors"][0]["message"]
+    assert "welcome" in known and "password_reset" not in known
+    assert mailbox.count() == 0
+
+
+async def test_a_sensitive_context_is_never_shown_and_is_erased_once_sent(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    stack.stop_worker()  # created now, sent later: its context is still held meanwhile
+    created = _send_reset(stack, "member@example.com", "reset-1")
+    assert (
+        created.created and created.notification.owner_id == _user(stack, "member@example.com").id
+    )
+    notification_id = str(created.notification.id)
+    for token in (stack.member_token, stack.admin_token):
+        response = await stack.client.get(
+            f"/v1/notifications/{notification_id}", headers=stack.headers(token)
+        )
+        body = await response.json()
+        assert response.status == 200, body
+        assert body["context"] == {"redacted": True}
+        assert RESET_URL not in await response.text()
+    with stack.db() as session:
+        row = session.get(Notification, created.notification.id)
+        assert row is not None and row.context["reset_url"] == RESET_URL
+        assert row.context_erased_at is None
+
+    stack.start_worker()
+    (delivery,) = (await _settled(stack, notification_id))["deliveries"]
+    assert delivery["status"] == "sent", delivery
+    assert mailbox.count() == 1
+    text = mailbox.messages[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert RESET_URL in text and "s3cret" not in mailbox.messages[0]["Subject"]
+    with stack.db() as session:
+        row = session.get(Notification, created.notification.id)
+        assert row is not None and row.context == {} and row.context_erased_at is not None
+
+    # A redelivered message of the sent delivery sends nothing (and renders nothing).
+    twin = stack.container.submissions.submit_now(
+        "notifications.deliver", {"delivery_id": delivery["id"]}, owner_id=row.owner_id
+    )
+    job = await _job_finished(stack, str(twin.job.id))
+    assert job.result == {"delivery_id": delivery["id"], "status": "sent", "sent": False}
+    assert mailbox.count() == 1
+
+
+async def test_a_system_email_is_sent_once_per_idempotency_key(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    first = _send_reset(stack, "member@example.com", "reset-1")
+    again = _send_reset(stack, "member@example.com", "reset-1")  # a retried auth job
+    assert not again.created and again.notification.id == first.notification.id
+    assert [d.id for d in again.deliveries] == [d.id for d in first.deliveries]
+    (delivery,) = (await _settled(stack, str(first.notification.id)))["deliveries"]
+    assert delivery["status"] == "sent"
+    after = _send_reset(stack, "member@example.com", "reset-1")  # after the erasure too
+    assert not after.created and after.notification.id == first.notification.id
+    assert mailbox.count() == 1
+    with pytest.raises(InvalidRequestError) as refused:
+        notifications.send_system(
+            stack.db,
+            stack.container.submissions,
+            Templates(max_bytes=65536),
+            _user(stack, "member@example.com"),
+            "welcome",
+            WELCOME,
+            idempotency_key="welcome-1",
+        )
+    assert refused.value.errors == [
+        {"field": "kind", "message": "not a system kind: send it with create"}
+    ]
+
+
+async def test_a_sensitive_notification_suppressed_at_once_is_erased_at_once(
+    mail_stack: tuple[Stack, Mailbox],
+) -> None:
+    stack, mailbox = mail_stack
+    notifications.record_bounce(stack.db, None, "email", "member@example.com", "550 no mailbox")
+    created = _send_reset(stack, "member@example.com", "reset-1")
+    (delivery,) = created.deliveries
+    assert delivery.status == "suppressed" and delivery.job_id is None
+    assert created.notification.context == {}
+    assert created.notification.context_erased_at is not None
+    assert mailbox.count() == 0

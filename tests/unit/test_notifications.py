@@ -52,11 +52,25 @@ def _kind(root: Path, name: str, files: dict[str, str], meta: str = "{}") -> Non
         (folder / filename).write_text(text)
 
 
-def test_the_built_in_kinds_render_and_password_reset_is_critical() -> None:
+AUTH_KINDS = (
+    "verify_email",
+    "password_reset",
+    "password_changed",
+    "new_sign_in",
+    "account_exists",
+    "mfa_changed",
+)
+
+
+def test_the_built_in_kinds_render_and_the_auth_emails_are_critical_and_system() -> None:
     templates = Templates(max_bytes=65536)
     kinds = {k.name: k for k in templates.kinds()}
-    assert {"welcome", "job_finished", "password_reset"} <= set(kinds)
-    assert kinds["password_reset"].critical and not kinds["welcome"].critical
+    assert {"welcome", "job_finished", *AUTH_KINDS} <= set(kinds)
+    assert not kinds["welcome"].critical and not kinds["welcome"].system
+    for name in AUTH_KINDS:
+        kind = kinds[name]
+        assert kind.critical and kind.system and kind.channels == ("email",), name
+        assert kind.sensitive == (name in ("verify_email", "password_reset")), name
     for kind in kinds.values():
         for channel in kind.channels:
             templates.render(
@@ -67,6 +81,35 @@ def test_the_built_in_kinds_render_and_password_reset_is_critical() -> None:
                 notification=NOTIFICATION,
                 unsubscribe_url="https://example.com/u",
             )
+
+
+def test_no_subject_of_an_auth_email_holds_its_context() -> None:
+    templates = Templates(max_bytes=65536)
+    for name in AUTH_KINDS:
+        kind = templates.kind(name)
+        rendered = templates.render(
+            name, "email", kind.sample, recipient=RECIPIENT, notification=NOTIFICATION
+        )
+        assert rendered.subject and rendered.text and rendered.html
+        shown = [str(v) for v in kind.sample.values()]
+        assert not [v for v in shown if v in rendered.subject], name
+        assert all(v in rendered.text for v in shown if "://" in v), name
+
+
+@pytest.mark.parametrize(
+    ("meta", "error"),
+    [
+        ('{"sensitive": true, "digest_seconds": 60}', "a sensitive kind cannot be a digest"),
+        ('{"system": "yes"}', "system must be true or false"),
+        ('{"critical": 1}', "critical must be true or false"),
+    ],
+)
+def test_a_kind_json_with_bad_flags_is_refused_when_loaded(
+    tmp_path: Path, meta: str, error: str
+) -> None:
+    _kind(tmp_path, "mine", {"email_subject.txt": "Hi", "email.txt": "Hi"}, meta)
+    with pytest.raises(ValueError, match=error):
+        Templates(max_bytes=65536, extra_dir=tmp_path)
 
 
 def test_html_is_autoescaped_text_is_not_and_a_subject_is_one_line() -> None:

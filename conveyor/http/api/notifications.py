@@ -113,7 +113,9 @@ class NotificationOut(BaseModel):
     id: uuid.UUID
     kind: str
     owner_id: uuid.UUID
-    context: dict[str, Any]
+    context: dict[str, Any] = Field(
+        description='The context its templates use; `{"redacted": true}` for a sensitive kind'
+    )
     idempotency_key: str | None
     created_at: dt.datetime
     deliveries: list[DeliveryOut]
@@ -125,7 +127,7 @@ class NotificationOut(BaseModel):
             id=n.id,
             kind=n.kind,
             owner_id=n.owner_id,
-            context=n.context,
+            context=notifications.shown_context(n),
             idempotency_key=n.idempotency_key,
             created_at=n.created_at,
             deliveries=[DeliveryOut.of(d) for d in deliveries],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import conveyor.actors.notifications  # noqa: F401  (declares notifications.deliver)
 from conveyor.background.sweeper import Sweeper
 from conveyor.db import transaction
-from conveyor.errors import NotFoundError
+from conveyor.errors import NotFoundError, PermanentDeliveryError
 from conveyor.ids import uuid7
 from conveyor.models import Delivery, DeliveryStatus, Job, JobStatus, Notification, User
 from conveyor.models.base import utcnow
@@ -43,11 +44,17 @@ def _delivery(
     address: str = "ada@example.com",
     user_id: uuid.UUID | None = None,
     digest_id: uuid.UUID | None = None,
+    context: dict[str, Any] | None = None,
 ) -> uuid.UUID:
     now = utcnow()
     with transaction(db) as session:
         notification = Notification(
-            id=uuid7(), kind=kind, owner_id=owner.id, context={}, created_at=now
+            id=uuid7(),
+            kind=kind,
+            owner_id=owner.id,
+            context=context or {},
+            created_at=now,
+            sensitive=TEMPLATES.kind(kind).sensitive,
         )
         session.add(notification)
         session.flush()
@@ -315,3 +322,48 @@ def test_a_deferred_attempt_keeps_the_delivery_pending_when_its_retries_are_spen
     assert notifications.claim(db, delivery_id, 11) is not None
     assert notifications.record_failure(db, delivery_id, job.id, 11, "500", permanent=False)
     assert _read(db, delivery_id).status == DeliveryStatus.FAILED
+
+
+def _notification(db: sessionmaker[Session], delivery_id: uuid.UUID) -> Notification:
+    with db() as session:
+        notification = session.get(Notification, _read(db, delivery_id).notification_id)
+        assert notification is not None
+        return notification
+
+
+RESET = {"reset_url": "https://example.com/reset?token=secret", "expires_minutes": 30}
+
+
+def test_a_sensitive_context_is_erased_when_its_delivery_fails_for_good_not_before(
+    db: sessionmaker[Session], member: User, make_job: MakeJob
+) -> None:
+    job = _job(make_job)
+    delivery_id = _delivery(db, member, job, kind="password_reset", context=RESET)
+    assert notifications.shown_context(_notification(db, delivery_id)) == {"redacted": True}
+    _claimed(db, delivery_id, 1)
+    assert not notifications.record_failure(db, delivery_id, job.id, 1, "4xx", permanent=False)
+    assert _notification(db, delivery_id).context == RESET  # its retry still needs it
+
+    _claimed(db, delivery_id, 2)
+    assert notifications.record_failure(db, delivery_id, job.id, 2, "550", permanent=True)
+    erased = _notification(db, delivery_id)
+    assert erased.context == {} and erased.context_erased_at is not None
+
+    claimed = _claimed(db, delivery_id, 3)  # an admin retries its job: it cannot render
+    with pytest.raises(PermanentDeliveryError, match="erased"):
+        notifications.outgoing(claimed, TEMPLATES, None)
+
+
+def test_a_sensitive_context_is_erased_when_its_job_ends_without_it(
+    db: sessionmaker[Session],
+    member: User,
+    make_job: MakeJob,
+    announcer: RecordingAnnouncer,
+) -> None:
+    job = _job(make_job)
+    reset = _delivery(db, member, job, kind="password_reset", context=RESET)
+    welcome = _delivery(db, member, job, context={"name": "Ada"})
+    jobs.cancel(db, announcer, job.id, member)
+    assert notifications.reconcile(db) == 2
+    assert _notification(db, reset).context == {}
+    assert _notification(db, welcome).context == {"name": "Ada"}  # not a sensitive kind
