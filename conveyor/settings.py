@@ -89,6 +89,17 @@ class Settings(BaseSettings):
         description="Longest token lifetime accepted (`exp` after `iat`, and after now); "
         "a longer-lived token is refused.",
     )
+    session_idle_seconds: int = Field(
+        14 * 24 * 3600,
+        gt=0,
+        description="A sign-in session ends when its refresh token goes unused this long.",
+    )
+    session_max_age_seconds: int = Field(
+        30 * 24 * 3600,
+        gt=0,
+        description="A sign-in session ends this long after the sign-in, however often it is "
+        "refreshed.",
+    )
     mfa_required_roles: Annotated[frozenset[Literal["admin", "operator", "member"]], NoDecode] = (
         Field(
             frozenset({"admin"}),

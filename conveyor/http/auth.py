@@ -20,11 +20,17 @@ from conveyor.http.routes import Route
 from conveyor.http.runtime import run_db
 from conveyor.models import Role, User
 from conveyor.services import users
+from conveyor.services.audit import Client
 from conveyor.settings import Settings
 
 #: Authentication methods (RFC 8176 `amr` values) that count as a second factor; `cli`: a
 #: token issued on the server by someone who can run `conveyor` there.
 STRONG_METHODS = frozenset({"otp", "mfa", "cli"})
+
+
+def client_of(request: web.Request) -> Client:
+    """Where the request came from, for the audit log and the attempt limits."""
+    return Client(ip=request.remote, user_agent=request.headers.get("User-Agent"))
 
 
 def bearer_credential(request: web.Request) -> str:

@@ -1,0 +1,258 @@
+"""Sign-in sessions: an access token (short-lived JWT) and an opaque refresh token, rotated at
+every use. A refresh token used twice means someone copied it: the whole session (every token
+of its family) is revoked, the thief's and the user's alike.
+
+Refresh tokens are 256 random bits, stored as their SHA-256: the database alone refreshes
+nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.db import transaction
+from conveyor.errors import InvalidTokenError, NotFoundError
+from conveyor.ids import uuid7
+from conveyor.models import AuthSession, RefreshToken, User
+from conveyor.models.base import utcnow
+from conveyor.services import audit
+from conveyor.services.audit import Client
+from conveyor.services.auth import TokenConfig, issue_token
+from conveyor.services.jobs import rowcount
+from conveyor.settings import Settings
+
+#: The visible start of every refresh token: recognisable in a leak scanner or a log.
+REFRESH_PREFIX = "cvr_"
+#: How long a used refresh token is kept (to recognise its reuse) after its expiry.
+REUSE_MEMORY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """How long a session lasts: idle (each refresh token) and at most (however refreshed)."""
+
+    idle: dt.timedelta
+    max_age: dt.timedelta
+
+    @classmethod
+    def of(cls, settings: Settings) -> Lifetimes:
+        return cls(
+            idle=dt.timedelta(seconds=settings.session_idle_seconds),
+            max_age=dt.timedelta(seconds=settings.session_max_age_seconds),
+        )
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """What a sign-in or a refresh answers (RFC 6749 §5.1 names)."""
+
+    access_token: str
+    refresh_token: str
+    #: Seconds the access token lives.
+    expires_in: int
+    session_id: uuid.UUID
+    user_id: uuid.UUID
+
+
+def hash_secret(secret: str) -> str:
+    """The SHA-256 hex digest under which a high-entropy secret is stored."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_refresh_token() -> str:
+    return REFRESH_PREFIX + secrets.token_urlsafe(32)
+
+
+def start(
+    session: Session,
+    config: TokenConfig,
+    lifetimes: Lifetimes,
+    user: User,
+    *,
+    amr: Sequence[str],
+    client: Client,
+) -> Tokens:
+    """Open a session for `user` (signed in by `amr`) in `session`'s transaction; the caller
+    commits. Records the `login` audit event."""
+    now = utcnow()
+    auth_session = AuthSession(
+        id=uuid7(),
+        user_id=user.id,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + lifetimes.max_age,
+        amr=list(amr),
+        ip=client.ip,
+        user_agent=(client.user_agent or None) and client.user_agent[: audit.MAX_USER_AGENT],
+    )
+    session.add(auth_session)
+    user.last_login_at = now
+    audit.record(
+        session, "login", client=client, actor_id=user.id, subject_id=user.id, amr=list(amr)
+    )
+    return _tokens(session, config, lifetimes, auth_session, now)
+
+
+def _tokens(
+    session: Session,
+    config: TokenConfig,
+    lifetimes: Lifetimes,
+    auth_session: AuthSession,
+    now: dt.datetime,
+) -> Tokens:
+    """A new refresh token of `auth_session` (added to `session`) and an access token."""
+    refresh = _new_refresh_token()
+    session.add(
+        RefreshToken(
+            session_id=auth_session.id,
+            token_hash=hash_secret(refresh),
+            created_at=now,
+            expires_at=min(now + lifetimes.idle, auth_session.expires_at),
+        )
+    )
+    ttl = min(config.ttl, auth_session.expires_at - now)
+    access = issue_token(
+        config,
+        auth_session.user_id,
+        ttl=ttl,
+        session_id=auth_session.id,
+        amr=tuple(auth_session.amr),
+    )
+    return Tokens(access, refresh, int(ttl.total_seconds()), auth_session.id, auth_session.user_id)
+
+
+def refresh(
+    db: sessionmaker[Session],
+    config: TokenConfig,
+    lifetimes: Lifetimes,
+    token: str,
+    *,
+    client: Client,
+) -> Tokens:
+    """New tokens for a refresh token, which is used up (a guarded UPDATE: of two requests
+    with the same token, one wins). A token used before revokes its whole session
+    (`refresh_reuse` in the audit log); an unknown, expired or revoked one, or one of a
+    disabled user, is an InvalidTokenError (401)."""
+    now = utcnow()
+    with transaction(db) as session:
+        found = session.execute(
+            select(RefreshToken, AuthSession, User)
+            .join(AuthSession, RefreshToken.session_id == AuthSession.id)
+            .join(User, AuthSession.user_id == User.id)
+            .where(RefreshToken.token_hash == hash_secret(token))
+        ).first()
+        if found is None:
+            raise InvalidTokenError("unknown refresh token")
+        stored, auth_session, user = found
+        if auth_session.revoked_at is not None:
+            raise InvalidTokenError("the session was ended: sign in again")
+        if not user.active:
+            raise InvalidTokenError("the account is disabled")
+        claimed = stored.used_at is None and rowcount(
+            session.execute(
+                update(RefreshToken)
+                .where(RefreshToken.id == stored.id, RefreshToken.used_at.is_(None))
+                .values(used_at=now)
+            )
+        )
+        if claimed:
+            if stored.expires_at <= now or auth_session.expires_at <= now:
+                raise InvalidTokenError("the refresh token has expired: sign in again")
+            auth_session.last_used_at = now
+            return _tokens(session, config, lifetimes, auth_session, now)
+        _revoke(auth_session, "refresh_reuse", now)
+        audit.record(
+            session,
+            "refresh_reuse",
+            client=client,
+            subject_id=user.id,
+            session_id=str(auth_session.id),
+        )
+    # Committed: the revocation stands though this request fails.
+    raise InvalidTokenError(
+        "this refresh token was used before, so it may have been stolen: the session is ended; "
+        "sign in again"
+    )
+
+
+def _revoke(auth_session: AuthSession, reason: str, now: dt.datetime) -> None:
+    if auth_session.revoked_at is None:
+        auth_session.revoked_at = now
+        auth_session.revoked_reason = reason
+
+
+def revoke(
+    db: sessionmaker[Session],
+    user_id: uuid.UUID,
+    session_id: uuid.UUID,
+    *,
+    reason: str,
+    client: Client = audit.NOBODY,
+    actor_id: uuid.UUID | None = None,
+) -> None:
+    """End one of `user_id`'s sessions (its refresh tokens stop working at once, its access
+    tokens within seconds); NotFoundError if it is not theirs."""
+    with transaction(db) as session:
+        auth_session = session.get(AuthSession, session_id, with_for_update=True)
+        if auth_session is None or auth_session.user_id != user_id:
+            raise NotFoundError(f"no session {session_id}")
+        _revoke(auth_session, reason, utcnow())
+        audit.record(
+            session,
+            "session_revoked",
+            client=client,
+            actor_id=actor_id or user_id,
+            subject_id=user_id,
+            session_id=str(session_id),
+            reason=reason,
+        )
+
+
+def revoke_all(
+    session: Session,
+    user_id: uuid.UUID,
+    *,
+    reason: str,
+    keep: uuid.UUID | None = None,
+) -> int:
+    """End every open session of a user but `keep`, in `session`'s transaction; how many."""
+    query = update(AuthSession).where(
+        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
+    )
+    if keep is not None:
+        query = query.where(AuthSession.id != keep)
+    return rowcount(session.execute(query.values(revoked_at=utcnow(), revoked_reason=reason)))
+
+
+def is_open(db: sessionmaker[Session], session_id: uuid.UUID) -> bool:
+    """Whether a session still lets its access tokens in (not revoked, not past its end)."""
+    with db() as session:
+        auth_session = session.get(AuthSession, session_id)
+    return (
+        auth_session is not None
+        and auth_session.revoked_at is None
+        and auth_session.expires_at > utcnow()
+    )
+
+
+def list_open(db: sessionmaker[Session], user_id: uuid.UUID) -> list[AuthSession]:
+    """A user's open sessions, newest first."""
+    with db() as session:
+        return list(
+            session.scalars(
+                select(AuthSession)
+                .where(
+                    AuthSession.user_id == user_id,
+                    AuthSession.revoked_at.is_(None),
+                    AuthSession.expires_at > utcnow(),
+                )
+                .order_by(AuthSession.id.desc())
+            )
+        )
