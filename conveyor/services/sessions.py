@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.db import transaction
 from conveyor.errors import InvalidTokenError, NotFoundError
 from conveyor.ids import uuid7
-from conveyor.models import AuthSession, RefreshToken, User
+from conveyor.models import AuthSession, OneTimeToken, RefreshToken, TokenPurpose, User
 from conveyor.models.base import utcnow
 from conveyor.services import audit
 from conveyor.services.audit import Client
@@ -256,3 +256,48 @@ def list_open(db: sessionmaker[Session], user_id: uuid.UUID) -> list[AuthSession
                 .order_by(AuthSession.id.desc())
             )
         )
+
+
+#: How long the second step of a sign-in may wait for its code.
+MFA_CHALLENGE_TTL = dt.timedelta(minutes=5)
+MFA_TOKEN_PREFIX = "cvm_"
+
+
+@dataclass(frozen=True)
+class MfaChallenge:
+    """A first factor accepted; the sign-in ends with `POST /v1/auth/login/mfa`, sending
+    this token and a TOTP or recovery code."""
+
+    mfa_token: str
+    expires_in: int
+    methods: tuple[str, ...] = ("totp", "recovery_code")
+
+
+def sign_in(
+    session: Session,
+    config: TokenConfig,
+    lifetimes: Lifetimes,
+    user: User,
+    *,
+    amr: Sequence[str],
+    client: Client,
+) -> Tokens | MfaChallenge:
+    """Finish a first factor (`amr`: `pwd`, `oidc:<provider>`) in `session`'s transaction:
+    a session, or, for a user with MFA on, a challenge for the second step. The caller checked
+    the first factor and that the account may sign in."""
+    if user.mfa_enabled:
+        token = MFA_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = utcnow()
+        session.add(
+            OneTimeToken(
+                id=uuid7(),
+                purpose=TokenPurpose.MFA_LOGIN.value,
+                user_id=user.id,
+                token_hash=hash_secret(token),
+                created_at=now,
+                expires_at=now + MFA_CHALLENGE_TTL,
+                data={"amr": list(amr)},
+            )
+        )
+        return MfaChallenge(token, int(MFA_CHALLENGE_TTL.total_seconds()))
+    return start(session, config, lifetimes, user, amr=amr, client=client)
