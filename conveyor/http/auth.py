@@ -63,7 +63,7 @@ async def _active_user(request: web.Request, user_id: uuid.UUID) -> User:
     state = request.config_dict
     user = await state[USER_CACHE].get(user_id, functools.partial(run_db, state, users.get_by_id))
     if user is None or not user.active:
-        raise InvalidTokenError("the account does not exist or is disabled")
+        raise InvalidTokenError("the account does not exist or is deactivated")
     return user
 
 
