@@ -8,7 +8,7 @@ import uuid
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from conveyor.errors import InvalidRequestError
+from conveyor.errors import InvalidRequestError, InvalidTokenError
 from conveyor.http.api.params import read_body, respond, routes, uuid_of
 from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, PRINCIPAL, SESSION_CACHE, TOKENS
@@ -112,14 +112,21 @@ async def refresh(request: web.Request) -> web.Response:
     state = request.config_dict
     body = await read_body(request, RefreshIn)
     settings = state[CONTAINER].settings
-    tokens = await run_db(
-        state,
-        sessions.refresh,
-        state[TOKENS].config,
-        sessions.Lifetimes.of(settings),
-        body.refresh_token,
-        client=client_of(request),
-    )
+    try:
+        tokens = await run_db(
+            state,
+            sessions.refresh,
+            state[TOKENS].config,
+            sessions.Lifetimes.of(settings),
+            body.refresh_token,
+            client=client_of(request),
+        )
+    except InvalidTokenError:
+        # A reused token ended its session here: this process refuses its access tokens now.
+        ended = await run_db(state, sessions.session_of, body.refresh_token)
+        if ended is not None:
+            state[SESSION_CACHE].drop(ended.id)
+        raise
     return respond(TokensOut.of(tokens))
 
 
