@@ -102,7 +102,6 @@ SESSION_ID = Parameter(
     answers={200: Answer("New tokens; the refresh token sent is used up", TokensOut)},
     errors={
         400: "Malformed JSON",
-        401: "An unknown, expired or used refresh token (a reused one ends its session)",
         422: "No refresh_token",
     },
 )
