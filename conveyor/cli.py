@@ -416,6 +416,21 @@ def cmd_bounces_clear(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+AUDIT_COLUMNS = ("at", "action", "actor_id", "subject_id", "ip", "details")
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services import audit
+    from conveyor.services.cursors import Cursors
+
+    with opened(settings) as container:
+        cursors = Cursors(secrets.token_bytes(32))  # one page: its cursor is not shown
+        page = audit.list_events(container.db, cursors, actions=args.action or (), limit=args.limit)
+    rows = [{name: getattr(e, name) for name in AUDIT_COLUMNS} for e in page.items]
+    show(rows, AUDIT_COLUMNS, json_output=args.json, empty="no audit events")
+    return 0
+
+
 def cmd_tokens_issue(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.services.auth import TokenConfig, issue_token
     from conveyor.services.users import get_by_email
@@ -759,7 +774,22 @@ def parser() -> argparse.ArgumentParser:
     _jobs(sub)
     _workers_and_queues(sub)
     _bounces(sub)
+    _audit(sub)
     return root
+
+
+def _audit(sub: Any) -> None:
+    audit = _command(
+        sub,
+        "audit",
+        "read the audit log (security events), newest first",
+        cmd_audit,
+        "conveyor audit",
+        "conveyor audit --action login_failed --action lockout --json",
+    )
+    audit.add_argument("--action", action="append", metavar="ACTION", help="repeatable")
+    audit.add_argument("--limit", type=int, default=100, help="at most so many (100)")
+    _json_flag(audit)
 
 
 def _bounces(sub: Any) -> None:

@@ -21,6 +21,7 @@ from conveyor.http.keys import (
     PROBE_EXECUTOR,
     READINESS,
     ROUTE_TABLES,
+    SESSION_CACHE,
     STREAMS,
     TOKENS,
     UNSUBSCRIBE_LINKS,
@@ -30,7 +31,7 @@ from conveyor.http.metrics import Metrics
 from conveyor.http.middleware import observe, problems, secure_headers
 from conveyor.http.openapi import build_openapi
 from conveyor.http.routes import RouteTable
-from conveyor.http.user_cache import UserCache
+from conveyor.http.user_cache import SESSION_TTL, SessionCache, UserCache
 from conveyor.notifications import resources as notification_resources
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
 from conveyor.services.auth import TokenConfig, TokenVerifier
@@ -59,6 +60,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[ROUTE_TABLES] = tables
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
     app[USER_CACHE] = UserCache()
+    app[SESSION_CACHE] = SessionCache(ttl=SESSION_TTL)
     app[NOTIFICATION_TEMPLATES] = notification_resources.templates(settings)
     app[UNSUBSCRIBE_LINKS] = UnsubscribeLinks.of(settings)
     app[READINESS] = {}

@@ -14,12 +14,12 @@ import uuid
 from aiohttp import web
 
 from conveyor.errors import AuthenticationError, InvalidTokenError, PermissionDeniedError
-from conveyor.http.keys import CONTAINER, PRINCIPAL, TOKENS, USER, USER_CACHE
+from conveyor.http.keys import CONTAINER, PRINCIPAL, SESSION_CACHE, TOKENS, USER, USER_CACHE
 from conveyor.http.principal import Principal
 from conveyor.http.routes import Route
 from conveyor.http.runtime import run_db
 from conveyor.models import Role, User
-from conveyor.services import users
+from conveyor.services import sessions, users
 from conveyor.services.audit import Client
 from conveyor.settings import Settings
 
@@ -45,8 +45,10 @@ def bearer_credential(request: web.Request) -> str:
 async def principal_of(request: web.Request) -> Principal:
     """The principal of the request's bearer token; AuthenticationError otherwise.
 
-    Verified tokens and users are cached (TokenVerifier, UserCache), so most requests cost
-    no signature check and no query."""
+    A token of a sign-in session is refused once the session is ended (logout, revoked,
+    stolen refresh token) or past its end. Verified tokens, users and sessions are cached
+    (TokenVerifier, UserCache, SessionCache), so most requests cost no signature check and
+    no query."""
     credential = bearer_credential(request)
     state = request.config_dict
     claims = state[TOKENS].verify(credential)
@@ -55,6 +57,8 @@ async def principal_of(request: web.Request) -> Principal:
     # `iat` has whole seconds: a token of the second the revocation happened in stays good.
     if valid_after is not None and claims.issued_at < valid_after.replace(microsecond=0):
         raise InvalidTokenError("the token was revoked: sign in again")
+    if claims.session_id is not None and not await _session_open(request, claims.session_id):
+        raise InvalidTokenError("the session was ended: sign in again")
     role = acting_role(state[CONTAINER].settings, user, claims.amr)
     return Principal(user, role, session_id=claims.session_id, amr=claims.amr)
 
@@ -65,6 +69,13 @@ async def _active_user(request: web.Request, user_id: uuid.UUID) -> User:
     if user is None or not user.active:
         raise InvalidTokenError("the account does not exist or is deactivated")
     return user
+
+
+async def _session_open(request: web.Request, session_id: uuid.UUID) -> bool:
+    state = request.config_dict
+    return await state[SESSION_CACHE].get(
+        session_id, functools.partial(run_db, state, sessions.is_open)
+    )
 
 
 def acting_role(settings: Settings, user: User, amr: tuple[str, ...]) -> Role:

@@ -11,7 +11,7 @@ from conveyor.bootstrap import Container
 from conveyor.http.metrics import Metrics
 from conveyor.http.principal import Principal
 from conveyor.http.routes import RouteTable
-from conveyor.http.user_cache import UserCache
+from conveyor.http.user_cache import SessionCache, UserCache
 from conveyor.models import User
 from conveyor.notifications.templates import Templates
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
@@ -29,6 +29,8 @@ NOTIFICATION_TEMPLATES = web.AppKey("notification_templates", Templates)
 UNSUBSCRIBE_LINKS = web.AppKey("unsubscribe_links", UnsubscribeLinks)
 OPENAPI = web.AppKey("openapi", bytes)
 USER_CACHE = web.AppKey("user_cache", UserCache)
+#: Whether each sign-in session is open: access tokens of an ended session are refused.
+SESSION_CACHE = web.AppKey("session_cache", SessionCache)
 #: The last result of each readiness check ("ok" or "failed"), so a failure is logged when
 #: it starts and when it ends, not at every probe.
 READINESS: web.AppKey[dict[str, str]] = web.AppKey("readiness")

@@ -1,4 +1,5 @@
-"""Users by id for a few seconds, in a bounded LRU: a token's user without a query per request."""
+"""Users and sessions by id for a few seconds, in bounded LRUs: a token's user, and whether its
+session is still open, without a query per request."""
 
 from __future__ import annotations
 
@@ -6,14 +7,21 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from conveyor.models import User
 
+#: Seconds a session's state is trusted: how late another process's revocation may be noticed.
+SESSION_TTL = 5.0
 
-class UserCache:
-    """Each user (or its absence) is kept `ttl` seconds, so a deactivation takes effect within
-    that time; past `max_entries` users, the least recently used go first, so the memory stays
-    bounded however many users a process sees."""
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """Each value (or a user's absence) is kept `ttl` seconds, so a change made elsewhere takes
+    effect within that time; past `max_entries`, the least recently used go first, so the
+    memory stays bounded however many keys a process sees."""
 
     def __init__(
         self,
@@ -25,22 +33,33 @@ class UserCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[uuid.UUID, tuple[float, User | None]] = OrderedDict()
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get(
-        self, user_id: uuid.UUID, load: Callable[[uuid.UUID], Awaitable[User | None]]
-    ) -> User | None:
-        """The cached user, or `load(user_id)` once the entry is missing or stale."""
-        entry = self._entries.get(user_id)
+    async def get(self, key: K, load: Callable[[K], Awaitable[V]]) -> V:
+        """The cached value, or `load(key)` once the entry is missing or stale."""
+        entry = self._entries.get(key)
         if entry is not None and entry[0] >= self._clock():
-            self._entries.move_to_end(user_id)
+            self._entries.move_to_end(key)
             return entry[1]
-        user = await load(user_id)
-        self._entries[user_id] = (self._clock() + self.ttl, user)
-        self._entries.move_to_end(user_id)
+        value = await load(key)
+        self._entries[key] = (self._clock() + self.ttl, value)
+        self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
-        return user
+        return value
+
+    def drop(self, key: K) -> None:
+        """Forget `key` (this process changed it): the next `get` loads it again."""
+        self._entries.pop(key, None)
+
+
+class UserCache(TtlCache[uuid.UUID, User | None]):
+    """Users by id (None: no such user); a deactivation elsewhere takes effect within `ttl`."""
+
+
+class SessionCache(TtlCache[uuid.UUID, bool]):
+    """Whether each sign-in session is open. A session ended by another process stops its
+    access tokens within `ttl` (SESSION_TTL); one ended by this process, at once (`drop`)."""

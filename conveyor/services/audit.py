@@ -1,18 +1,23 @@
 """The audit log: security events (sign-ins and their failures, lockouts, password and role
 changes, API keys, MFA), who acted, on whom, from where. Written in the transaction of the
-change it records, so the log and the change cannot disagree; never updated."""
+change it records, so the log and the change cannot disagree; never updated. Admins read it
+newest first (`list_events`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.ids import uuid7
 from conveyor.models import AuditEvent
 from conveyor.models.base import utcnow
+from conveyor.services.cursors import Cursors, Scope
 
 #: The longest user agent kept (the rest is cut).
 MAX_USER_AGENT = 300
@@ -52,3 +57,54 @@ def record(
     )
     session.add(event)
     return event
+
+
+@dataclass(frozen=True)
+class EventPage:
+    items: list[AuditEvent]
+    next_cursor: str | None
+
+
+def list_events(
+    db: sessionmaker[Session],
+    cursors: Cursors,
+    *,
+    actions: Sequence[str] = (),
+    subject_id: uuid.UUID | None = None,
+    actor_id: uuid.UUID | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> EventPage:
+    """Audit events newest first, by keyset pagination on the time-ordered id: of these
+    actions, about this subject, by this actor, at or after `since` and before `until`."""
+    scope = Scope.of(
+        actions,
+        [
+            "audit",
+            f"subject:{subject_id or ''}",
+            f"actor:{actor_id or ''}",
+            f"since:{since.isoformat() if since else ''}",
+            f"until:{until.isoformat() if until else ''}",
+        ],
+        None,
+    )
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
+    if actions:
+        query = query.where(AuditEvent.action.in_(actions))
+    if subject_id is not None:
+        query = query.where(AuditEvent.subject_id == subject_id)
+    if actor_id is not None:
+        query = query.where(AuditEvent.actor_id == actor_id)
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
+    if cursor is not None:
+        query = query.where(AuditEvent.id < cursors.read(cursor, scope))
+    with db() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EventPage(rows, cursors.issue(rows[-1].id, scope) if more else None)

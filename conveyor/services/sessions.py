@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
@@ -198,11 +198,13 @@ def revoke(
     actor_id: uuid.UUID | None = None,
 ) -> None:
     """End one of `user_id`'s sessions (its refresh tokens stop working at once, its access
-    tokens within seconds); NotFoundError if it is not theirs."""
+    tokens within seconds); NotFoundError if it is not theirs, or ended already."""
     with transaction(db) as session:
         auth_session = session.get(AuthSession, session_id, with_for_update=True)
         if auth_session is None or auth_session.user_id != user_id:
             raise NotFoundError(f"no session {session_id}")
+        if auth_session.revoked_at is not None:
+            raise NotFoundError(f"no open session {session_id}: it was ended already")
         _revoke(auth_session, reason, utcnow())
         audit.record(
             session,
@@ -229,6 +231,77 @@ def revoke_all(
     if keep is not None:
         query = query.where(AuthSession.id != keep)
     return rowcount(session.execute(query.values(revoked_at=utcnow(), revoked_reason=reason)))
+
+
+def logout(
+    db: sessionmaker[Session],
+    user_id: uuid.UUID,
+    session_ids: Collection[uuid.UUID],
+    *,
+    client: Client = audit.NOBODY,
+) -> None:
+    """End the sessions named, recorded as `logout`; those that are not the user's, or that
+    ended already, are passed over (signing out twice is no error)."""
+    with transaction(db) as session:
+        now = utcnow()
+        for session_id in sorted(session_ids):
+            auth_session = session.get(AuthSession, session_id, with_for_update=True)
+            if auth_session is None or auth_session.user_id != user_id:
+                continue
+            if auth_session.revoked_at is None:
+                _revoke(auth_session, "logout", now)
+                audit.record(
+                    session,
+                    "logout",
+                    client=client,
+                    actor_id=user_id,
+                    subject_id=user_id,
+                    session_id=str(session_id),
+                )
+
+
+def revoke_others(
+    db: sessionmaker[Session],
+    user_id: uuid.UUID,
+    *,
+    keep: uuid.UUID | None,
+    client: Client = audit.NOBODY,
+) -> list[uuid.UUID]:
+    """End every open session of a user but `keep` ("sign out everywhere else"); the ids of
+    those ended, recorded as one `session_revoked` event."""
+    with transaction(db) as session:
+        query = select(AuthSession.id).where(
+            AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
+        )
+        if keep is not None:
+            query = query.where(AuthSession.id != keep)
+        ended = list(session.scalars(query.with_for_update()))
+        if ended:
+            session.execute(
+                update(AuthSession)
+                .where(AuthSession.id.in_(ended))
+                .values(revoked_at=utcnow(), revoked_reason="revoked")
+            )
+            audit.record(
+                session,
+                "session_revoked",
+                client=client,
+                actor_id=user_id,
+                subject_id=user_id,
+                sessions=[str(session_id) for session_id in ended],
+                reason="revoked",
+            )
+    return ended
+
+
+def session_of(db: sessionmaker[Session], refresh_token: str) -> AuthSession | None:
+    """The session a refresh token belongs to (used or not), if it is one."""
+    with db() as session:
+        return session.scalar(
+            select(AuthSession)
+            .join(RefreshToken, RefreshToken.session_id == AuthSession.id)
+            .where(RefreshToken.token_hash == hash_secret(refresh_token))
+        )
 
 
 def is_open(db: sessionmaker[Session], session_id: uuid.UUID) -> bool:

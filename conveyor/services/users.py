@@ -1,8 +1,10 @@
-"""Users: create and look up the accounts that own jobs."""
+"""Users: create, look up and list the accounts that own jobs; admins change their role and
+disable them."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -10,6 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.db import transaction
 from conveyor.errors import ConflictError, InvalidRequestError, NotFoundError
 from conveyor.models import Role, User
+from conveyor.models.base import utcnow
+from conveyor.services import audit, sessions
+from conveyor.services.audit import Client
+from conveyor.services.cursors import Cursors, Scope
 
 
 def normalize_email(email: str) -> str:
@@ -87,3 +93,126 @@ def _by_email_for_update(session: Session, email: str) -> User:
     if user is None:
         raise NotFoundError(f"no user with email {email}")
     return user
+
+
+@dataclass(frozen=True)
+class UserPage:
+    items: list[User]
+    next_cursor: str | None
+
+
+def list_page(
+    db: sessionmaker[Session],
+    cursors: Cursors,
+    *,
+    role: Role | None = None,
+    active: bool | None = None,
+    email_prefix: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> UserPage:
+    """Users newest first, by keyset pagination on the time-ordered id, filtered by role,
+    whether active, and the start of their email address."""
+    scope = Scope.of(
+        [f"role:{role or ''}", f"active:{'' if active is None else active}"],
+        ["users", f"email:{email_prefix or ''}"],
+        None,
+    )
+    query = select(User).order_by(User.id.desc()).limit(limit + 1)
+    if role is not None:
+        query = query.where(User.role == Role(role).value)
+    if active is not None:
+        query = query.where(User.active.is_(active))
+    if email_prefix:
+        escaped = email_prefix.lower().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
+        query = query.where(User.email.like(f"{escaped}%", escape="\\"))
+    if cursor is not None:
+        query = query.where(User.id < cursors.read(cursor, scope))
+    with db() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return UserPage(rows, cursors.issue(rows[-1].id, scope) if more else None)
+
+
+def get(db: sessionmaker[Session], user_id: uuid.UUID) -> User:
+    """The user with this id; NotFoundError otherwise."""
+    user = get_by_id(db, user_id)
+    if user is None:
+        raise NotFoundError(f"no user {user_id}")
+    return user
+
+
+def update(
+    db: sessionmaker[Session],
+    actor_id: uuid.UUID,
+    user_id: uuid.UUID,
+    *,
+    role: Role | None = None,
+    active: bool | None = None,
+    client: Client = audit.NOBODY,
+) -> User:
+    """An admin changes a user's role or disables (or enables) them, each change audited.
+
+    Disabling ends every session of the user and refuses the access tokens issued until
+    now. Admins may neither demote nor disable themselves, nor leave no active admin (the
+    rows of active admins are locked, so two admins demoting each other cannot both win)."""
+    with transaction(db) as session:
+        user = session.get(User, user_id, with_for_update=True)
+        if user is None:
+            raise NotFoundError(f"no user {user_id}")
+        losing_admin = (
+            user.role == Role.ADMIN
+            and user.active
+            and ((role is not None and role != Role.ADMIN) or active is False)
+        )
+        if losing_admin:
+            _keep_an_admin(session, actor_id, user, "active" if active is False else "role")
+        if role is not None and role != user.role:
+            audit.record(
+                session,
+                "role_changed",
+                client=client,
+                actor_id=actor_id,
+                subject_id=user.id,
+                **{"from": user.role, "to": Role(role).value},
+            )
+            user.role = Role(role).value
+        if active is not None and active != user.active:
+            user.active = active
+            if active:
+                audit.record(
+                    session, "user_enabled", client=client, actor_id=actor_id, subject_id=user.id
+                )
+            else:
+                user.tokens_valid_after = utcnow()
+                ended = sessions.revoke_all(session, user.id, reason="disabled")
+                audit.record(
+                    session,
+                    "user_disabled",
+                    client=client,
+                    actor_id=actor_id,
+                    subject_id=user.id,
+                    sessions_ended=ended,
+                )
+    return user
+
+
+def _keep_an_admin(session: Session, actor_id: uuid.UUID, user: User, field: str) -> None:
+    """ConflictError when `user`, an active admin, may not stop being one: they are the
+    actor, or the last active admin."""
+    if user.id == actor_id:
+        raise ConflictError(
+            "admins cannot demote or disable themselves: ask another admin",
+            errors=[{"field": field, "message": "you cannot demote or disable yourself"}],
+        )
+    others = session.scalars(
+        select(User.id)
+        .where(User.role == Role.ADMIN.value, User.active.is_(True), User.id != user.id)
+        .with_for_update()
+    ).all()
+    if not others:
+        raise ConflictError(
+            "this is the last active admin: make another admin first",
+            errors=[{"field": field, "message": "the last active admin"}],
+        )

@@ -1,14 +1,18 @@
-"""The /v1 application: jobs and notifications, with problem+json errors and bearer auth."""
+"""The /v1 application: jobs, notifications, sessions, users and the audit log, with
+problem+json errors and bearer auth."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from conveyor.http.api import (  # noqa: F401  (their routes join the table)
+    audit,
     jobs,
     notifications,
     operations,
+    sessions,
     stream,
+    users,
 )
 from conveyor.http.api.params import routes
 from conveyor.http.auth import authenticate

@@ -6,18 +6,22 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from multidict import MultiDict
+from pydantic import BaseModel
+from pydantic_core import from_json
 from yarl import URL
 
-from conveyor.errors import NotFoundError
+from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
 from conveyor.http.routes import Parameter, RouteTable
 from conveyor.models import Job
 from conveyor.models.job import FINISHED
 from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
 from conveyor.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
 
 routes = RouteTable(
     tag="jobs",
@@ -120,3 +124,33 @@ CURSOR = Parameter("cursor", "query", {"type": "string"}, "The `next_cursor` of 
 
 def is_finished(job: Job) -> bool:
     return job.status in FINISHED
+
+
+def page_size(request: web.Request, settings: Settings) -> int:
+    """The `limit` of a paged list: 1 to `CONVEYOR_MAX_PAGE_SIZE`, 422 naming it otherwise."""
+    cap = settings.max_page_size
+    limit = bounded_int(request.query.get("limit", str(settings.default_page_size)), 0, cap + 1)
+    if not 1 <= limit <= cap:
+        raise InvalidRequestError(
+            f"limit must be an integer from 1 to {cap}",
+            errors=[{"field": "limit", "message": f"1 to {cap}"}],
+        )
+    return limit
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """The request's JSON body (strict: no NaN or Infinity; empty: `{}`) as `model`; 400 for
+    malformed JSON, 422 naming each bad field."""
+    try:
+        document = from_json(await request.read() or b"{}", allow_inf_nan=False)
+    except ValueError as exc:
+        raise BadRequestError(f"the body is not valid JSON: {exc}") from None
+    return model.model_validate(document)
+
+
+def uuid_of(request: web.Request, name: str, what: str) -> uuid.UUID:
+    """The id in the path parameter `name`; 404 (no such `what`) when it is not an id."""
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise NotFoundError(f"no such {what} (not an id)") from None

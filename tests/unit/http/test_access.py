@@ -1,0 +1,140 @@
+"""The role table: every route of the app, and what each kind of caller gets from it.
+
+The table below is the one place a route's access is written down for the tests: a route
+missing from it fails, so a new route cannot ship without someone saying who may call it."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor.errors import PermissionDeniedError
+from conveyor.http.app import route_tables
+from conveyor.http.auth import authorize
+from conveyor.http.principal import Principal
+from conveyor.http.routes import Route
+from conveyor.models import Role, Scope, User
+from conveyor.services.auth import TokenConfig, issue_token
+from conveyor.services.users import create_user, get_by_email
+from tests.stack import Stack
+from tests.unit.http.walk import routes_of
+
+#: (method, path) -> the least role that may call the route; None: public.
+EXPECTED: dict[tuple[str, str], Role | None] = {
+    ("GET", "/healthz"): None,
+    ("GET", "/readyz"): None,
+    ("GET", "/metrics"): None,
+    ("GET", "/openapi.json"): None,
+    ("GET", "/.well-known/jwks.json"): None,
+    ("GET", "/admin/"): Role.OPERATOR,
+    ("POST", "/v1/jobs"): Role.MEMBER,
+    ("GET", "/v1/jobs"): Role.MEMBER,
+    ("GET", "/v1/jobs/{job_id}"): Role.MEMBER,
+    ("POST", "/v1/jobs/{job_id}/cancel"): Role.MEMBER,
+    ("POST", "/v1/jobs/{job_id}/retry"): Role.MEMBER,
+    ("GET", "/v1/jobs/{job_id}/events"): Role.MEMBER,
+    ("GET", "/v1/job-types"): Role.MEMBER,
+    ("POST", "/v1/jobs/cancel"): Role.OPERATOR,
+    ("POST", "/v1/jobs/retry"): Role.OPERATOR,
+    ("POST", "/v1/queues/{queue}/purge"): Role.OPERATOR,
+    ("POST", "/v1/notifications"): Role.MEMBER,
+    ("GET", "/v1/notifications/{notification_id}"): Role.MEMBER,
+    ("POST", "/v1/notifications/preview"): Role.MEMBER,
+    ("GET", "/v1/deliveries"): Role.MEMBER,
+    ("GET", "/v1/bounces"): Role.OPERATOR,
+    ("DELETE", "/v1/bounces/{bounce_id}"): Role.OPERATOR,
+    ("GET", "/v1/me/subscriptions"): Role.MEMBER,
+    ("PUT", "/v1/me/subscriptions"): Role.MEMBER,
+    ("GET", "/v1/me/webhook-key"): Role.MEMBER,
+    ("GET", "/v1/unsubscribe"): None,
+    ("POST", "/v1/unsubscribe"): None,
+    ("POST", "/v1/auth/refresh"): None,
+    ("POST", "/v1/auth/logout"): Role.MEMBER,
+    ("GET", "/v1/me/sessions"): Role.MEMBER,
+    ("DELETE", "/v1/me/sessions"): Role.MEMBER,
+    ("DELETE", "/v1/me/sessions/{session_id}"): Role.MEMBER,
+    ("GET", "/v1/users"): Role.ADMIN,
+    ("GET", "/v1/users/{user_id}"): Role.ADMIN,
+    ("PATCH", "/v1/users/{user_id}"): Role.ADMIN,
+    ("GET", "/v1/audit-events"): Role.ADMIN,
+}
+
+
+def _tokens(stack: Stack) -> dict[str, tuple[str, Role]]:
+    """Each kind of caller's token, and the role it acts with."""
+    config = TokenConfig.of(stack.settings)
+    operator = create_user(stack.db, "operator@example.com", Role.OPERATOR)
+    admin = get_by_email(stack.db, "admin@example.com")
+    return {
+        "member": (stack.member_token, Role.MEMBER),
+        "operator": (issue_token(config, operator.id), Role.OPERATOR),
+        # A CLI-issued token counts as a second factor (amr `cli`).
+        "admin with MFA": (stack.admin_token, Role.ADMIN),
+        # An admin who signed in with a password only acts as a member.
+        "admin without MFA": (issue_token(config, admin.id, amr=("pwd",)), Role.MEMBER),
+    }
+
+
+async def test_every_route_answers_each_role_as_the_table_says(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    tokens = _tokens(stack)
+    found = routes_of(stack.client.app)
+    assert len(found) > 20
+    for route in found:
+        method = "GET" if route.method == "HEAD" else route.method
+        key = (method, route.path)
+        assert route.spec is not None, f"{key} is in no route table"
+        assert key in EXPECTED, f"declare the new route's access here: {key}"
+        least = EXPECTED[key]
+        assert route.spec.role == least, key
+        url = route.url()
+        anonymous = await stack.client.request(route.method, url)
+        if least is None:
+            assert anonymous.status not in (401, 403), key
+            continue
+        assert anonymous.status == 401, key
+        for who, (token, acts_as) in tokens.items():
+            response = await stack.client.request(route.method, url, headers=stack.headers(token))
+            if acts_as.at_least(least):
+                assert response.status not in (401, 403), (key, who, response.status)
+            else:
+                assert response.status == 403, (key, who, response.status)
+
+
+async def test_the_table_names_no_route_the_app_lacks(embedded_stack: Stack) -> None:
+    found = {
+        ("GET" if f.method == "HEAD" else f.method, f.path)
+        for f in routes_of(embedded_stack.client.app)
+    }
+    assert set(EXPECTED) - found == set()
+
+
+def _declared() -> list[tuple[str, Route]]:
+    return [
+        (f"{route.method} {prefix}{route.path}", route)
+        for prefix, table in route_tables().items()
+        for route in table
+        if not route.public
+    ]
+
+
+@pytest.mark.parametrize(("where", "route"), _declared())
+def test_an_api_key_needs_the_route_s_scope(where: str, route: Route) -> None:
+    admin = User(email="admin@example.com", role=Role.ADMIN.value, active=True)
+    every_scope = frozenset(Scope)
+    with pytest.raises(PermissionDeniedError):
+        authorize(Principal(admin, Role.ADMIN, scopes=frozenset()), route)
+    if route.scope is None:  # the account's own security: never with an API key
+        with pytest.raises(PermissionDeniedError):
+            authorize(Principal(admin, Role.ADMIN, scopes=every_scope), route)
+        return
+    assert route.scope in every_scope, where
+    authorize(Principal(admin, Role.ADMIN, scopes=frozenset({route.scope})), route)
+    with pytest.raises(PermissionDeniedError):
+        authorize(Principal(admin, Role.ADMIN, scopes=every_scope - {route.scope}), route)
+
+
+def test_an_api_key_cannot_go_beyond_its_owner_s_role() -> None:
+    member = User(email="member@example.com", role=Role.MEMBER.value, active=True)
+    users_route = next(r for r in route_tables()["/v1"] if r.path == "/users")
+    with pytest.raises(PermissionDeniedError):
+        authorize(Principal(member, Role.MEMBER, scopes=frozenset(Scope)), users_route)

@@ -1,0 +1,86 @@
+"""No member reaches another member's things by their id: every route with an id in its path
+answers 404 to a member who does not own it (not 403, which would say that it exists)."""
+
+from __future__ import annotations
+
+from conveyor.models import Role
+from conveyor.services.users import get_by_email
+from tests.stack import Stack
+from tests.unit.http.test_errors import problem
+from tests.unit.http.test_sessions import sign_in
+from tests.unit.http.walk import routes_of
+
+#: Routes with an id in the path that no member may call at all (the role table's test
+#: checks their 403): operators' and admins' routes, on everyone's things by design.
+NOT_FOR_MEMBERS = {
+    ("DELETE", "/v1/bounces/{bounce_id}"),
+    ("POST", "/v1/queues/{queue}/purge"),
+    ("GET", "/v1/users/{user_id}"),
+    ("PATCH", "/v1/users/{user_id}"),
+}
+
+
+async def _owned(stack: Stack) -> dict[str, str]:
+    """Ids of things the member owns, by path parameter name."""
+    member = get_by_email(stack.db, "member@example.com")
+    job = await stack.submit("system.echo", {})
+    response = await stack.client.post(
+        "/v1/notifications",
+        json={"kind": "welcome", "recipients": [{"user_id": str(member.id)}]},
+        headers=stack.headers(),
+    )
+    notification = await response.json()
+    assert response.status == 202, notification
+    return {
+        "job_id": job["id"],
+        "notification_id": notification["id"],
+        "session_id": str(sign_in(stack).session_id),
+    }
+
+
+async def test_no_member_reaches_another_member_s_things_by_id(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    owned = await _owned(stack)
+    checked = set()
+    for route in routes_of(stack.client.app):
+        method = "GET" if route.method == "HEAD" else route.method
+        key = (method, route.path)
+        names = [p.name for p in route.spec.parameters if p.where == "path"] if route.spec else []
+        if not names or key in NOT_FOR_MEMBERS or key in checked:
+            continue
+        assert route.spec is not None and route.spec.role == Role.MEMBER, key
+        missing = [name for name in names if name not in owned]
+        assert not missing, f"cover {key} here: make a thing of the member's for {missing}"
+        url = route.path.format(**owned)
+        response = await stack.client.request(method, url, headers=stack.headers(stack.other_token))
+        await problem(response, 404)
+        checked.add(key)
+    assert ("GET", "/v1/jobs/{job_id}") in checked
+    assert ("DELETE", "/v1/me/sessions/{session_id}") in checked
+
+
+async def test_no_member_lists_another_member_s_children_or_deliveries(
+    embedded_stack: Stack,
+) -> None:
+    stack = embedded_stack
+    owned = await _owned(stack)
+    for path, query in [
+        ("/v1/jobs", {"parent": owned["job_id"]}),
+        ("/v1/deliveries", {"notification_id": owned["notification_id"]}),
+        ("/v1/me/sessions", {}),
+    ]:
+        response = await stack.client.get(
+            path, params=query, headers=stack.headers(stack.other_token)
+        )
+        body = await response.json()
+        if response.status == 200:
+            assert body["items"] == [], path
+        else:
+            await problem(response, 404)
+    # The owner still sees their own.
+    response = await stack.client.get(
+        "/v1/deliveries",
+        params={"notification_id": owned["notification_id"]},
+        headers=stack.headers(),
+    )
+    assert response.status == 200
