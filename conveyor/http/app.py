@@ -17,6 +17,7 @@ from conveyor.http.keys import (
     CONTAINER,
     METRICS,
     NOTIFICATION_TEMPLATES,
+    OIDC,
     OPENAPI,
     PROBE_EXECUTOR,
     READINESS,
@@ -28,6 +29,7 @@ from conveyor.http.keys import (
 )
 from conveyor.http.metrics import Metrics
 from conveyor.http.middleware import observe, problems, secure_headers
+from conveyor.http.oidc_fetch import OidcFetcher
 from conveyor.http.openapi import build_openapi
 from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import UserCache
@@ -59,6 +61,8 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[ROUTE_TABLES] = tables
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
     app[USER_CACHE] = UserCache()
+    if settings.oidc_providers:  # the shared client (and its loop) only where logins need it
+        app[OIDC] = OidcFetcher(container.http)
     app[NOTIFICATION_TEMPLATES] = notification_resources.templates(settings)
     app[UNSUBSCRIBE_LINKS] = UnsubscribeLinks.of(settings)
     app[READINESS] = {}

@@ -7,6 +7,7 @@ from aiohttp import web
 from conveyor.http.api import (  # noqa: F401  (their routes join the table)
     jobs,
     notifications,
+    oidc,
     operations,
     stream,
 )
