@@ -5,7 +5,9 @@ account, and every way a login can go wrong is refused with its reason."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -13,10 +15,14 @@ import aiohttp
 import pytest
 from aiohttp import ClientResponse
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
+from conveyor.errors import BadRequestError
 from conveyor.models import AuditEvent, Identity, OneTimeToken, User
 from conveyor.models.base import utcnow
+from conveyor.security.oidc import LoginState
+from conveyor.services import oidc_login
 from conveyor.services.users import create_user
 from tests.oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider, oidc_provider
 from tests.stack import Stack
@@ -260,3 +266,21 @@ async def test_closed_registration_creates_no_account(embedded_stack: Stack) -> 
     body = await problem(await callback(stack, await authorize(stack)), 403)
     assert "registration is closed" in body["detail"]
     assert user_of(stack, "ada@example.com") is None
+
+
+def test_of_racing_callbacks_with_one_state_one_wins(pg_db: sessionmaker[Session]) -> None:
+    login = LoginState("local", "the-state", "the-nonce", "the-verifier", PUBLIC_URL + CALLBACK)
+    oidc_login.save(pg_db, login, return_to=None)
+    start = threading.Barrier(8)
+
+    def race() -> str:
+        start.wait(timeout=10)
+        try:
+            return oidc_login.claim(pg_db, "local", "the-state").nonce
+        except BadRequestError as exc:
+            return exc.detail
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: race(), range(8)))
+    assert outcomes.count("the-nonce") == 1
+    assert all("good once" in o for o in outcomes if o != "the-nonce")
