@@ -112,7 +112,14 @@ class Settings(BaseSettings):
         description="OpenID Connect providers users may log in with, as a JSON object: "
         '`{"name": {"issuer": "https://…", "client_id": "…", "client_secret": "…", '
         '"scopes": "openid email profile"}}`; names are 1 to 32 of a-z, 0-9 and -; no secret: '
-        "a public client (PKCE alone).",
+        "a public client (PKCE alone). Needs `CONVEYOR_PUBLIC_URL` (the provider sends the "
+        "browser back under it).",
+    )
+    registration: Literal["open", "closed"] = Field(
+        "open",
+        description="Whether people without an account may create one (`open`), or only "
+        "an admin may (`closed`): a first login with an OpenID Connect provider creates one "
+        "only when open.",
     )
     host: str = Field("127.0.0.1", description="Address `conveyor web` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `conveyor web` listens on.")
@@ -551,6 +558,14 @@ class Settings(BaseSettings):
         if url is not None and (url.query or url.fragment):
             raise ValueError("give the base URL only, without a ?query or #fragment")
         return url
+
+    @model_validator(mode="after")
+    def _oidc_needs_a_public_url(self) -> Settings:
+        if self.oidc_providers and self.public_url is None:
+            # The provider sends the browser back to a URL registered with it: ours, as the
+            # browser reaches it, which a request's `Host` header cannot be trusted to say.
+            raise ValueError("CONVEYOR_OIDC_PROVIDERS needs CONVEYOR_PUBLIC_URL")
+        return self
 
     @model_validator(mode="after")
     def _heartbeats_fit_in_their_timeout(self) -> Settings:

@@ -17,6 +17,7 @@ from conveyor.http.keys import (
     CONTAINER,
     METRICS,
     NOTIFICATION_TEMPLATES,
+    OIDC,
     OPENAPI,
     PROBE_EXECUTOR,
     READINESS,
@@ -29,6 +30,7 @@ from conveyor.http.keys import (
 )
 from conveyor.http.metrics import Metrics
 from conveyor.http.middleware import observe, problems, secure_headers
+from conveyor.http.oidc_fetch import OidcFetcher
 from conveyor.http.openapi import build_openapi
 from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import SESSION_TTL, SessionCache, UserCache
@@ -61,6 +63,8 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
     app[USER_CACHE] = UserCache()
     app[SESSION_CACHE] = SessionCache(ttl=SESSION_TTL)
+    if settings.oidc_providers:  # the shared client (and its loop) only where logins need it
+        app[OIDC] = OidcFetcher(container.http)
     app[NOTIFICATION_TEMPLATES] = notification_resources.templates(settings)
     app[UNSUBSCRIBE_LINKS] = UnsubscribeLinks.of(settings)
     app[READINESS] = {}

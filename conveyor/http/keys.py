@@ -9,6 +9,7 @@ from aiohttp import web
 
 from conveyor.bootstrap import Container
 from conveyor.http.metrics import Metrics
+from conveyor.http.oidc_fetch import OidcFetcher
 from conveyor.http.principal import Principal
 from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import SessionCache, UserCache
@@ -31,6 +32,8 @@ OPENAPI = web.AppKey("openapi", bytes)
 USER_CACHE = web.AppKey("user_cache", UserCache)
 #: Whether each sign-in session is open: access tokens of an ended session are refused.
 SESSION_CACHE = web.AppKey("session_cache", SessionCache)
+#: Fetches what the OpenID Connect providers publish (set only when some are configured).
+OIDC = web.AppKey("oidc", OidcFetcher)
 #: The last result of each readiness check ("ok" or "failed"), so a failure is logged when
 #: it starts and when it ends, not at every probe.
 READINESS: web.AppKey[dict[str, str]] = web.AppKey("readiness")

@@ -154,6 +154,15 @@ def test_a_public_url_is_an_http_base_url(monkeypatch: pytest.MonkeyPatch, url: 
         load()
 
 
+def test_oidc_providers_need_a_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = '{"corp": {"issuer": "https://login.example.com", "client_id": "conveyor"}}'
+    monkeypatch.setenv("CONVEYOR_OIDC_PROVIDERS", provider)
+    with pytest.raises(ValidationError, match="needs CONVEYOR_PUBLIC_URL"):
+        load()
+    monkeypatch.setenv("CONVEYOR_PUBLIC_URL", "https://jobs.example.com")
+    assert list(load().oidc_providers or {}) == ["corp"]
+
+
 def test_the_response_bound_leaves_room_for_a_job(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_MAX_RESPONSE_BYTES", "1000")
     with pytest.raises(ValidationError, match="max_response_bytes"):
