@@ -44,3 +44,7 @@ class UserCache:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return user
+
+    def forget(self, user_id: uuid.UUID) -> None:
+        """Drop the user's entry (changed in this process: read it again next time)."""
+        self._entries.pop(user_id, None)

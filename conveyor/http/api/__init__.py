@@ -1,11 +1,13 @@
-"""The /v1 application: jobs and notifications, with problem+json errors and bearer auth."""
+"""The /v1 application: jobs, notifications, MFA and API keys; problem+json errors, bearer auth."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from conveyor.http.api import (  # noqa: F401  (their routes join the table)
+    api_keys,
     jobs,
+    mfa,
     notifications,
     operations,
     stream,

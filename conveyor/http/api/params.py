@@ -6,18 +6,22 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from multidict import MultiDict
+from pydantic import BaseModel
+from pydantic_core import from_json
 from yarl import URL
 
-from conveyor.errors import NotFoundError
+from conveyor.errors import BadRequestError, NotFoundError
 from conveyor.http.routes import Parameter, RouteTable
 from conveyor.models import Job
 from conveyor.models.job import FINISHED
 from conveyor.services.submissions import KEY_PATTERN, MAX_KEY_LENGTH
 from conveyor.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
 
 routes = RouteTable(
     tag="jobs",
@@ -47,6 +51,16 @@ def respond(model: Any, status: int = 200, headers: dict[str, str] | None = None
         headers=headers,
         content_type="application/json",
     )
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """The request's JSON body (strict: no NaN or Infinity) validated by `model`; 400 for
+    JSON that does not parse, 422 naming each bad field."""
+    try:
+        document = from_json(await request.read() or b"{}", allow_inf_nan=False)
+    except ValueError as exc:
+        raise BadRequestError(f"the body is not valid JSON: {exc}") from None
+    return model.model_validate(document)
 
 
 def job_id_of(request: web.Request) -> uuid.UUID:
