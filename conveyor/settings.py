@@ -398,6 +398,16 @@ class Settings(BaseSettings):
     mfa_rate: str = Field(
         "5/5m", description="Second-factor (TOTP or recovery code) attempts per account."
     )
+    mfa_issuer: str = Field(
+        "Conveyor",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^:]+$",
+        description="The issuer authenticator apps show beside a TOTP code (no colon).",
+    )
+    api_keys_max_per_user: int = Field(
+        50, gt=0, description="Most API keys a user may hold at once (revoked ones not counted)."
+    )
 
     @field_validator("mfa_required_roles", mode="before")
     @classmethod

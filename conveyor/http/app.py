@@ -11,11 +11,14 @@ from conveyor.bootstrap import Container
 from conveyor.broker import outage_of
 from conveyor.http import admin, api, system
 from conveyor.http.api.stream import end_streams
+from conveyor.http.api_key_cache import ApiKeyCache
 from conveyor.http.broker_metrics import register_broker_metrics
 from conveyor.http.keys import (
     ACCESS_LOG,
+    API_KEY_CACHE,
     CONTAINER,
     METRICS,
+    MFA_THROTTLE,
     NOTIFICATION_TEMPLATES,
     OIDC,
     OPENAPI,
@@ -36,6 +39,7 @@ from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import SESSION_TTL, SessionCache, UserCache
 from conveyor.notifications import resources as notification_resources
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
+from conveyor.security.throttle import Rule, Throttle, make_store
 from conveyor.services.auth import TokenConfig, TokenVerifier
 
 
@@ -65,6 +69,10 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[SESSION_CACHE] = SessionCache(ttl=SESSION_TTL)
     if settings.oidc_providers:  # the shared client (and its loop) only where logins need it
         app[OIDC] = OidcFetcher(container.http)
+    app[API_KEY_CACHE] = ApiKeyCache()
+    app[MFA_THROTTLE] = Throttle(
+        make_store(settings.redis_url, settings.redis_prefix), Rule.parse(settings.mfa_rate)
+    )
     app[NOTIFICATION_TEMPLATES] = notification_resources.templates(settings)
     app[UNSUBSCRIBE_LINKS] = UnsubscribeLinks.of(settings)
     app[READINESS] = {}

@@ -14,12 +14,21 @@ import uuid
 from aiohttp import web
 
 from conveyor.errors import AuthenticationError, InvalidTokenError, PermissionDeniedError
-from conveyor.http.keys import CONTAINER, PRINCIPAL, SESSION_CACHE, TOKENS, USER, USER_CACHE
+from conveyor.http.keys import (
+    API_KEY_CACHE,
+    CONTAINER,
+    PRINCIPAL,
+    SESSION_CACHE,
+    TOKENS,
+    USER,
+    USER_CACHE,
+)
 from conveyor.http.principal import Principal
 from conveyor.http.routes import Route
 from conveyor.http.runtime import run_db
 from conveyor.models import Role, User
-from conveyor.services import sessions, users
+from conveyor.models.base import utcnow
+from conveyor.services import api_keys, mfa, sessions, users
 from conveyor.services.audit import Client
 from conveyor.settings import Settings
 
@@ -50,6 +59,8 @@ async def principal_of(request: web.Request) -> Principal:
     (TokenVerifier, UserCache, SessionCache), so most requests cost no signature check and
     no query."""
     credential = bearer_credential(request)
+    if credential.startswith(api_keys.KEY_PREFIX):
+        return await _api_key_principal(request, credential)
     state = request.config_dict
     claims = state[TOKENS].verify(credential)
     user = await _active_user(request, claims.user_id)
@@ -61,6 +72,21 @@ async def principal_of(request: web.Request) -> Principal:
         raise InvalidTokenError("the session was ended: sign in again")
     role = acting_role(state[CONTAINER].settings, user, claims.amr)
     return Principal(user, role, session_id=claims.session_id, amr=claims.amr)
+
+
+async def _api_key_principal(request: web.Request, key: str) -> Principal:
+    """The principal of an API key: its owner, with the user's role, narrowed to its scopes.
+    A key counts as a second factor while its owner has MFA on (keys of a role that needs
+    one are made only from a session that used one)."""
+    state = request.config_dict
+    cache = state[API_KEY_CACHE]
+    row = await cache.get(key, functools.partial(run_db, state, api_keys.find))
+    row = api_keys.check_usable(row, utcnow())
+    user = await _active_user(request, row.user_id)
+    if cache.due_for_touch(row.id):
+        await run_db(state, api_keys.touch, row.id)
+    role = acting_role(state[CONTAINER].settings, user, (mfa.OTP,))
+    return Principal(user, role, scopes=frozenset(row.scopes), api_key_id=row.id)
 
 
 async def _active_user(request: web.Request, user_id: uuid.UUID) -> User:
@@ -80,11 +106,19 @@ async def _session_open(request: web.Request, session_id: uuid.UUID) -> bool:
 
 def acting_role(settings: Settings, user: User, amr: tuple[str, ...]) -> Role:
     """The user's role, or `member` when their role must use a second factor and this
-    sign-in used none."""
+    sign-in used none (or the user has since turned MFA off)."""
     role = Role(user.role)
-    if role in settings.mfa_required_roles and not STRONG_METHODS.intersection(amr):
+    if role in settings.mfa_required_roles and not _strong(user, amr):
         return Role.MEMBER
     return role
+
+
+def _strong(user: User, amr: tuple[str, ...]) -> bool:
+    """Whether the sign-in used a second factor the user still has (one made before MFA was
+    turned off no longer counts), or was made on the server (`cli`)."""
+    if "cli" in amr:
+        return True
+    return user.mfa_enabled and bool(STRONG_METHODS.intersection(amr))
 
 
 def authorize(principal: Principal, route: Route) -> None:

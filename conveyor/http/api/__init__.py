@@ -1,13 +1,15 @@
-"""The /v1 application: jobs, notifications, sessions, users and the audit log, with
-problem+json errors and bearer auth."""
+"""The /v1 application: jobs, notifications, accounts (sessions, MFA, API keys, OIDC), users
+and the audit log, with problem+json errors and bearer auth."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from conveyor.http.api import (  # noqa: F401  (their routes join the table)
+    api_keys,
     audit,
     jobs,
+    mfa,
     notifications,
     oidc,
     operations,
