@@ -126,7 +126,7 @@ async def test_revoked_expired_and_disabled_users_keys_are_refused(embedded_stac
     with transaction(stack.db) as session:
         session.execute(update(User).where(User.email == "other@example.com").values(active=False))
     refused = await stack.client.get("/v1/jobs", headers=stack.headers(other_key))
-    assert "disabled" in (await problem(refused, 401))["detail"]
+    assert "deactivated" in (await problem(refused, 401))["detail"]
     unknown = await stack.client.get("/v1/jobs", headers=stack.headers("cvk_00000000_nope"))
     await problem(unknown, 401)
 

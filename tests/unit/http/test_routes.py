@@ -48,6 +48,10 @@ async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
         "/v1/unsubscribe",  # the signed token of an email's link is the proof
         "/v1/auth/refresh",  # the refresh token is the proof
         "/v1/auth/login/mfa",  # the mfa_token of a sign-in's first step is the proof
+        # An OpenID Connect login: the provider's answer (and the login's state) is the proof.
+        "/v1/auth/oidc/providers",
+        "/v1/auth/oidc/{provider}/start",
+        "/v1/auth/oidc/{provider}/callback",
     }
 
 
