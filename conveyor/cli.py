@@ -241,7 +241,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     make_url(settings.database_url)  # an unparseable URL: ArgumentError, said by `main`
     if (error := _driver_error(settings)) is not None:
         raise error
-    if args.pool in ("notifications", "conveyor.workers.notifications"):
+    if args.pool in (
+        "notifications",
+        "conveyor.workers.notifications",
+        "auth",
+        "conveyor.workers.auth",
+    ):
         from conveyor.notifications.resources import config_error
 
         if (problem := config_error(settings)) is not None:

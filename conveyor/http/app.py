@@ -22,6 +22,7 @@ from conveyor.http.keys import (
     READINESS,
     ROUTE_TABLES,
     STREAMS,
+    THROTTLES,
     TOKENS,
     UNSUBSCRIBE_LINKS,
     USER_CACHE,
@@ -33,6 +34,7 @@ from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import UserCache
 from conveyor.notifications import resources as notification_resources
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
+from conveyor.services.accounts import Throttles
 from conveyor.services.auth import TokenConfig, TokenVerifier
 
 
@@ -52,6 +54,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[CONTAINER] = container
     app[TOKENS] = TokenVerifier(TokenConfig.of(settings))
     app[METRICS] = Metrics()
+    app[THROTTLES] = Throttles.of(settings)
     app[ACCESS_LOG] = settings.access_log
     app[METRICS].include(container.metrics.registry)
     app[METRICS].include_database(container.stats.current)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from conveyor.http.api import (  # noqa: F401  (their routes join the table)
+    auth,
     jobs,
+    me,
     notifications,
     operations,
     stream,
