@@ -46,6 +46,13 @@ async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
         "/openapi.json",
         "/.well-known/jwks.json",
         "/v1/unsubscribe",  # the signed token of an email's link is the proof
+        # accounts: signing in, and what a person who cannot sign in yet needs
+        "/v1/auth/register",
+        "/v1/auth/verify-email",
+        "/v1/auth/verify-email/resend",
+        "/v1/auth/login",
+        "/v1/auth/password-reset",
+        "/v1/auth/password-reset/confirm",
     }
 
 
