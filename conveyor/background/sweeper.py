@@ -95,7 +95,8 @@ class Sweeper(threading.Thread):
         self._next_full_reconcile = 0.0
         self._reconciled_until: dt.datetime | None = None
         self.hourly = hourly
-        self._next_hourly = 0.0
+        # Not at start: a process that starts submits no work before it has settled.
+        self._next_hourly = time.monotonic() + HOURLY_CHECK_SECONDS
 
     def run(self) -> None:
         while not self.stopping.is_set():

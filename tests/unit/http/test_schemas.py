@@ -226,6 +226,9 @@ def test_every_operation_documents_the_problem_answers() -> None:
             if path == "/v1/unsubscribe":  # public: the link's signed token is the proof
                 assert operation["security"] == [], (path, method)
                 assert "application/problem+json" in operation["responses"]["400"]["content"]
+            elif path.startswith("/v1/auth/"):  # public: for those not signed in yet
+                assert operation["security"] == [], (path, method)
+                assert "application/problem+json" in operation["responses"]["422"]["content"]
             elif path.startswith("/v1/"):
                 assert operation["security"] == [{"bearer": []}], (path, method)
                 problem_401 = operation["responses"]["401"]["content"]
