@@ -333,3 +333,19 @@ async def test_a_newer_reset_token_voids_the_older_one(embedded_stack: Stack) ->
         {"token": older, "new_password": "a brand new passphrase"},
     )
     assert fields(await problem(response, 422)) == ["token"]
+
+
+async def test_resending_the_verification_answers_the_same_for_every_address(
+    embedded_stack: Stack,
+) -> None:
+    stack = embedded_stack
+    waiting = make_account(stack, "waiting@example.com", verified=False)
+    make_account(stack, "done@example.com")
+    answers = set()
+    for email in ("waiting@example.com", "done@example.com", "nobody@example.com"):
+        response = await post(stack, "/auth/verify-email/resend", {"email": email})
+        answers.add((response.status, await response.read()))
+    assert len(answers) == 1 and next(iter(answers))[0] == 202
+    assert [j.payload for j in jobs_of(stack, "auth.send_verification")] == [
+        {"user_id": str(waiting.id)}
+    ]
