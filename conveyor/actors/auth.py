@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.errors import InvalidRequestError
 from conveyor.notifications.templates import Templates
 from conveyor.registry import JobContext, Payload, job
-from conveyor.services import accounts
+from conveyor.services import auth_retention
 from conveyor.services.account_mail import Mailer
 from conveyor.services.submissions import Submissions
 from conveyor.settings import Settings
@@ -114,6 +114,6 @@ def purge_expired(payload: PurgeExpired, ctx: JobContext) -> dict[str, Any]:
     """Delete single-use and refresh tokens expired over a day ago, sessions ended over 30
     days ago and recovery codes used over 30 days ago, in batches. Idempotent: what is gone
     stays gone."""
-    counts = accounts.purge_expired(ctx.db)
+    counts = auth_retention.purge_expired(ctx.db)
     logger.info("purged expired auth rows: %s", counts)
     return counts

@@ -1,8 +1,8 @@
-"""Accounts: registration, email verification, password sign-in, password change and reset.
+"""Accounts: registration, email verification, password change and reset (signing in is
+`services.sign_in`; the purge, `services.auth_retention`).
 
 Nothing here tells a stranger whether an address has an account: registration and reset
-requests answer the same, and do the same work, whatever the address; a sign-in with an
-unknown address costs what a wrong password costs and fails the same way. The emails go out
+requests answer the same, and do the same work, whatever the address. The emails go out
 from the `auth` pool (`conveyor.actors.auth`), queued in the transaction of the change that
 calls for them.
 """
@@ -15,25 +15,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
 from conveyor.errors import (
-    AuthenticationError,
     ConflictError,
     InvalidRequestError,
     NotFoundError,
-    PermissionDeniedError,
 )
 from conveyor.ids import uuid7
 from conveyor.models import (
-    AuthSession,
     Job,
     OneTimeToken,
-    RecoveryCode,
-    RefreshToken,
     Role,
     TokenPurpose,
     User,
@@ -41,17 +36,14 @@ from conveyor.models import (
 from conveyor.models.base import utcnow
 from conveyor.security.passwords import (
     check_password,
-    dummy_verify,
     hash_password,
-    needs_rehash,
     verify_password,
 )
 from conveyor.security.throttle import Rule, Throttle, make_store, too_many
 from conveyor.services import audit, sessions
 from conveyor.services.audit import Client
-from conveyor.services.auth import TokenConfig
 from conveyor.services.jobs import rowcount
-from conveyor.services.sessions import Lifetimes, MfaChallenge, Tokens, hash_secret
+from conveyor.services.sessions import hash_secret
 from conveyor.services.submissions import Submissions, insert_jobs
 from conveyor.services.users import normalize_email
 from conveyor.settings import Settings
@@ -62,8 +54,6 @@ RESET_TTL = dt.timedelta(minutes=30)
 #: address that may have no account, the hourly purge). It cannot sign in: it is disabled
 #: and has no password. `.invalid` is reserved (RFC 2606): no mail reaches it.
 SYSTEM_EMAIL = "system@conveyor.invalid"
-#: Why a sign-in fails, as the audit log says; the caller hears only "wrong email or password".
-WRONG_CREDENTIALS = "wrong email or password"
 
 
 @dataclass(frozen=True)
@@ -136,7 +126,8 @@ def system_owner(db: sessionmaker[Session]) -> uuid.UUID:
         return found
 
 
-def _moment(when: dt.datetime) -> str:
+def moment(when: dt.datetime) -> str:
+    """A time as the notices write it."""
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -299,112 +290,6 @@ def mint_token(
     return token
 
 
-# --- sign-in ---------------------------------------------------------------------------------
-
-
-def login(
-    db: sessionmaker[Session],
-    submissions: Submissions,
-    config: TokenConfig,
-    lifetimes: Lifetimes,
-    throttles: Throttles,
-    email: str,
-    password: str,
-    *,
-    client: Client,
-) -> Tokens | MfaChallenge:
-    """Sign in with a password: tokens, or the challenge of the second step for a user with
-    MFA. An unknown address, a wrong password and a disabled account all fail alike (401);
-    a right password for an unverified address is a 403. Failures count against the
-    account's limit, every attempt against the client address's (429 past either)."""
-    address = normalize_email(email)
-    by_ip = throttles.login_ip.hit(f"login:ip:{client.ip}")
-    if not by_ip.allowed:
-        raise too_many(by_ip, "sign-in attempts from this address")
-    account_key = f"login:account:{address}"
-    held = throttles.login_account.peek(account_key)
-    if not held.allowed:
-        raise too_many(held, "failed sign-ins for this account", field="email")
-    jobs: list[Job] = []
-    with transaction(db) as session:
-        user = session.scalar(select(User).where(User.email == address))
-        failure = _first_factor(user, password)
-        if user is not None and failure is None:
-            if needs_rehash(user.password_hash or ""):
-                user.password_hash = hash_password(password)
-            first = user.last_login_at is None
-            result = sessions.sign_in(session, config, lifetimes, user, amr=["pwd"], client=client)
-            if isinstance(result, Tokens) and not first:
-                jobs.append(
-                    queue_notice(
-                        session,
-                        submissions,
-                        user.id,
-                        "new_sign_in",
-                        sign_in_facts(client, "password"),
-                    )
-                )
-        else:
-            _failed(session, throttles, account_key, user, failure, client)
-    if failure == "unverified":
-        raise PermissionDeniedError("verify your email address first: open the link we sent")
-    if failure is not None:
-        raise AuthenticationError(WRONG_CREDENTIALS)
-    throttles.login_account.reset(account_key)
-    submissions.publish_written(jobs)
-    return result
-
-
-def sign_in_facts(client: Client, method: str) -> dict[str, Any]:
-    """The context of a `new_sign_in` notice: when, from where, with what."""
-    return {
-        "when": _moment(utcnow()),
-        "ip": client.ip or "unknown",
-        "user_agent": client.user_agent or "unknown",
-        "method": method,
-    }
-
-
-def _first_factor(user: User | None, password: str) -> str | None:
-    """Why the password does not sign `user` in (`unknown`, `wrong_password`, `disabled`,
-    `no_password`, `unverified`), or None. Every path checks one argon2 hash."""
-    if user is None or user.password_hash is None:
-        dummy_verify(password)
-        return "unknown" if user is None else "no_password"
-    if not verify_password(user.password_hash, password):
-        return "wrong_password"
-    if not user.active:
-        return "disabled"
-    if user.email_verified_at is None:
-        return "unverified"
-    return None
-
-
-def _failed(
-    session: Session,
-    throttles: Throttles,
-    account_key: str,
-    user: User | None,
-    reason: str | None,
-    client: Client,
-) -> None:
-    """Record a failed sign-in; a wrong credential counts against the account's limit, and
-    the failure that reaches it records a `lockout`."""
-    subject = user.id if user is not None else None
-    audit.record(session, "login_failed", client=client, subject_id=subject, reason=reason)
-    if reason == "unverified":
-        return
-    counted = throttles.login_account.hit(account_key)
-    if counted.remaining == 0:
-        audit.record(
-            session,
-            "lockout",
-            client=client,
-            subject_id=subject,
-            window_seconds=throttles.login_account.rule.window,
-        )
-
-
 # --- the account itself -----------------------------------------------------------------------
 
 
@@ -466,7 +351,7 @@ def change_password(
                 submissions,
                 user.id,
                 "password_changed",
-                {"when": _moment(now), "ip": client.ip or "unknown"},
+                {"when": moment(now), "ip": client.ip or "unknown"},
             )
     if wrong:
         throttles.login_account.hit(account_key)
@@ -544,7 +429,7 @@ def reset_password(
             submissions,
             user.id,
             "password_changed",
-            {"when": _moment(now), "ip": client.ip or "unknown"},
+            {"when": moment(now), "ip": client.ip or "unknown"},
         )
     submissions.publish_written([job])
 
@@ -587,60 +472,3 @@ def set_password(db: sessionmaker[Session], email: str, password: str) -> User:
         _set_password(session, user, hashed, reason="password_reset", sign_out_tokens=True)
         audit.record(session, "password_changed", subject_id=user.id, by="cli")
     return user
-
-
-# --- the hourly purge ---------------------------------------------------------------------------
-
-PURGE_JOB = "auth.purge_expired"
-
-
-def queue_purge(db: sessionmaker[Session], submissions: Submissions, now: dt.datetime) -> bool:
-    """Submit the purge of the hour of `now`, keyed by that hour: of every web process's
-    sweeper asking, one creates it. Whether this call did."""
-    new = submissions.build(
-        PURGE_JOB,
-        {},
-        owner_id=system_owner(db),
-        idempotency_key=f"{PURGE_JOB}:{now:%Y-%m-%dT%H}",
-    )
-    return submissions.submit(new).created
-
-
-#: Rows deleted per statement, so no purge holds long locks.
-PURGE_BATCH = 1000
-#: Expired single-use and refresh tokens are kept this long (to tell "expired" from
-#: "unknown", and to recognise a refresh token's reuse); ended sessions and used recovery
-#: codes this long (the user's list of recent sessions).
-TOKEN_GRACE = dt.timedelta(days=1)
-ENDED_GRACE = dt.timedelta(days=30)
-
-
-def purge_expired(db: sessionmaker[Session]) -> dict[str, int]:
-    """Delete what the auth service no longer needs, in batches; how many rows of each."""
-    now = utcnow()
-    targets: list[tuple[type[OneTimeToken | RefreshToken | RecoveryCode | AuthSession], Any]] = [
-        (OneTimeToken, OneTimeToken.expires_at < now - TOKEN_GRACE),
-        (RefreshToken, RefreshToken.expires_at < now - TOKEN_GRACE),
-        (RecoveryCode, RecoveryCode.used_at < now - ENDED_GRACE),
-        (
-            AuthSession,
-            or_(
-                AuthSession.revoked_at < now - ENDED_GRACE,
-                AuthSession.expires_at < now - ENDED_GRACE,
-            ),
-        ),
-    ]
-    counts: dict[str, int] = {}
-    for model, condition in targets:
-        counts[model.__tablename__] = 0
-        while True:
-            with transaction(db) as session:
-                ids = list(session.scalars(select(model.id).where(condition).limit(PURGE_BATCH)))
-                if ids and model is AuthSession:  # their refresh tokens first (SQLite: no cascade)
-                    session.execute(delete(RefreshToken).where(RefreshToken.session_id.in_(ids)))
-                if ids:
-                    session.execute(delete(model).where(model.id.in_(ids)))
-            counts[model.__tablename__] += len(ids)
-            if len(ids) < PURGE_BATCH:
-                break
-    return counts

@@ -20,7 +20,7 @@ from conveyor.http.keys import CONTAINER, THROTTLES, TOKENS
 from conveyor.http.routes import Answer
 from conveyor.http.runtime import run_db
 from conveyor.security.passwords import MAX_LENGTH
-from conveyor.services import accounts
+from conveyor.services import accounts, sign_in
 from conveyor.services.sessions import Lifetimes, MfaChallenge, Tokens
 
 #: Longer than any password allowed, so a long one gets the rule's message, not a schema's.
@@ -211,7 +211,7 @@ async def login(request: web.Request) -> web.Response:
     body = LoginIn.model_validate_json(await request.read())
     result = await run_db(
         state,
-        accounts.login,
+        sign_in.login,
         container.submissions,
         state[TOKENS].config,
         Lifetimes.of(container.settings),

@@ -22,7 +22,7 @@ from conveyor.models import (
 from conveyor.models.base import utcnow
 from conveyor.notifications.resources import templates
 from conveyor.security.throttle import MemoryStore, Rule, Throttle
-from conveyor.services import accounts
+from conveyor.services import accounts, auth_retention
 from conveyor.services.account_mail import Mailer
 from conveyor.services.audit import Client
 from tests.stack import Stack
@@ -137,7 +137,7 @@ def test_the_purge_deletes_what_expired_long_enough_ago(embedded_stack: Stack) -
         session.add_all([ended, live])
         session.flush()
         session.add(RefreshToken(session_id=ended.id, token_hash="e" * 64, expires_at=long_ago))
-    counts = accounts.purge_expired(stack.db)
+    counts = auth_retention.purge_expired(stack.db)
     assert counts == {
         "one_time_tokens": 1,
         "refresh_tokens": 1,
@@ -154,9 +154,11 @@ def test_the_purge_is_submitted_once_an_hour(embedded_stack: Stack) -> None:
     assert hourly is not None
     hourly()
     hourly()
-    assert _count(stack, Job, Job.type == accounts.PURGE_JOB) == 1
+    assert _count(stack, Job, Job.type == auth_retention.PURGE_JOB) == 1
     hour = dt.datetime(2020, 1, 1, 7, 5, tzinfo=dt.UTC)
     submissions = stack.container.submissions
-    assert accounts.queue_purge(stack.db, submissions, hour) is True
-    assert accounts.queue_purge(stack.db, submissions, hour + dt.timedelta(minutes=50)) is False
-    assert accounts.queue_purge(stack.db, submissions, hour + dt.timedelta(hours=1)) is True
+    assert auth_retention.queue_purge(stack.db, submissions, hour) is True
+    assert (
+        auth_retention.queue_purge(stack.db, submissions, hour + dt.timedelta(minutes=50)) is False
+    )
+    assert auth_retention.queue_purge(stack.db, submissions, hour + dt.timedelta(hours=1)) is True
