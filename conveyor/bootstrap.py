@@ -35,9 +35,11 @@ from conveyor.feeds import Feeds
 from conveyor.httpclient import SharedHttpClient
 from conveyor.metrics import JobMetrics
 from conveyor.models import JobStatus
+from conveyor.models.base import utcnow
 from conveyor.models.migrate import SchemaCheck
 from conveyor.outbound import HttpClient
 from conveyor.registry import JOBS, Registry
+from conveyor.services import auth_retention
 from conveyor.services.jobs import Enqueuer
 from conveyor.services.submissions import Submissions, write_many
 from conveyor.settings import Settings
@@ -257,9 +259,13 @@ class Container:
                 retention_days=settings.retention_days,
                 retention_interval=settings.retention_interval_seconds,
                 on_finished=self._count_finished,
+                hourly=self._hourly if auth_retention.PURGE_JOB in self.registry else None,
             )
 
         return self._get("sweeper", build, Sweeper.stop)
+
+    def _hourly(self) -> None:
+        auth_retention.queue_purge(self.db, self.submissions, utcnow())
 
     def _count_finished(self, job_type: str, status: JobStatus) -> None:
         self.metrics.finished.labels(job_type, status.value).inc()

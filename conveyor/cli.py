@@ -241,7 +241,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     make_url(settings.database_url)  # an unparseable URL: ArgumentError, said by `main`
     if (error := _driver_error(settings)) is not None:
         raise error
-    if args.pool in ("notifications", "conveyor.workers.notifications"):
+    if args.pool in (
+        "notifications",
+        "conveyor.workers.notifications",
+        "auth",
+        "conveyor.workers.auth",
+    ):
         from conveyor.notifications.resources import config_error
 
         if (problem := config_error(settings)) is not None:
@@ -346,13 +351,29 @@ def _user_row(user: User) -> dict[str, Any]:
     return {name: getattr(user, name) for name in USER_COLUMNS}
 
 
-def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
-    from conveyor.services.users import create_user
+def _stdin_password() -> str:
+    """A password read from standard input (its first line), never from the command line."""
+    return sys.stdin.readline().rstrip("\r\n")
 
+
+def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services.accounts import create_verified
+
+    password = _stdin_password() if args.password_stdin else None
     with opened(settings) as container:
-        user = create_user(container.db, args.email, Role(args.role))
+        user = create_verified(container.db, args.email, Role(args.role), password)
     print(f"user: {user.email}\nid: {user.id}\nrole: {user.role}")
     print(f"next: conveyor tokens issue {user.email}")
+    return 0
+
+
+def cmd_users_password(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services.accounts import set_password
+
+    password = _stdin_password()
+    with opened(settings) as container:
+        user = set_password(container.db, args.email, password)
+    print(f"password set for {user.email}; every session of the account is ended")
     return 0
 
 
@@ -932,6 +953,19 @@ def _users(sub: Any) -> None:
     )
     create.add_argument("email")
     create.add_argument("--role", choices=roles, default=Role.MEMBER.value)
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the account's password from standard input (else it signs in otherwise)",
+    )
+    password = _command(
+        users,
+        "password",
+        "set a user's password (read from standard input); their sessions end",
+        cmd_users_password,
+        "read -rs PW && printf '%s\\n' \"$PW\" | conveyor users password alice@example.com",
+    )
+    password.add_argument("email")
 
     listing = _command(
         users,

@@ -20,6 +20,7 @@ import dramatiq
 from pydantic import HttpUrl, SecretStr
 
 from conveyor import bootstrap
+from conveyor.actors import auth as auth_actors
 from conveyor.logs import configure_logging
 from conveyor.models import Role
 from conveyor.models.migrate import SchemaAheadError, upgrade
@@ -119,7 +120,9 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
     except SchemaAheadError as exc:  # a newer Conveyor used this data directory
         logger.warning("%s; running on it as it is", exc)
     container = bootstrap.Container(
-        settings, bootstrap.ProcessRole.DEV, resources=notifications.resources()
+        settings,
+        bootstrap.ProcessRole.DEV,
+        resources={**notifications.resources(), **auth_actors.resources()},
     )
     try:
         requeue_unfinished(container.db)

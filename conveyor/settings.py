@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -114,12 +115,6 @@ class Settings(BaseSettings):
         '"scopes": "openid email profile"}}`; names are 1 to 32 of a-z, 0-9 and -; no secret: '
         "a public client (PKCE alone). Needs `CONVEYOR_PUBLIC_URL` (the provider sends the "
         "browser back under it).",
-    )
-    registration: Literal["open", "closed"] = Field(
-        "open",
-        description="Whether people without an account may create one (`open`), or only "
-        "an admin may (`closed`): a first login with an OpenID Connect provider creates one "
-        "only when open.",
     )
     host: str = Field("127.0.0.1", description="Address `conveyor web` listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port `conveyor web` listens on.")
@@ -312,7 +307,7 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address the worker pools' metrics servers listen on."
     )
     worker_metrics_ports: Annotated[dict[str, int] | None, NoDecode] = Field(
-        {"system": 9191, "notifications": 9192},
+        {"system": 9191, "notifications": 9192, "auth": 9193},
         description="Port of each pool's metrics server, as `pool=port;pool=port` (`,` "
         "between entries works too when no pool's name has a comma) or a JSON object; a pool "
         "not named serves no metrics, and an empty value turns them all off.",
@@ -382,6 +377,18 @@ class Settings(BaseSettings):
         64 * 1024, ge=1024, description="Largest `context` of a notification, as JSON."
     )
     # --- accounts and sign-in --------------------------------------------------------------
+    registration: Literal["open", "closed"] = Field(
+        "open",
+        description="`open`: anyone may create an account with `POST /v1/auth/register` (or "
+        "a first OpenID Connect login); `closed`: only admins make accounts "
+        "(`conveyor users create`).",
+    )
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated addresses or CIDR networks of the reverse proxies in "
+        "front of `conveyor web`: only from them is `X-Forwarded-For` believed (the client "
+        "address of the audit log and the attempt limits); empty: none.",
+    )
     login_account_rate: str = Field(
         "10/15m",
         description="Failed sign-ins per account, as LIMIT/WINDOW (unit s, m or h); past it, "
@@ -477,6 +484,20 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"\s*[1-9][0-9]*\s*/\s*[smh]\s*", limit):
                 raise ValueError(f"limit of {provider!r} must be COUNT/s, COUNT/m or COUNT/h")
         return limits
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        """`10.0.0.1, 10.1.0.0/16`: addresses or networks, comma-separated (empty: none)."""
+        if not isinstance(value, str):
+            return value
+        proxies = tuple(item.strip() for item in value.split(",") if item.strip())
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an IP address or CIDR network") from None
+        return proxies
 
     @field_validator("login_account_rate", "login_ip_rate", "reset_rate", "mfa_rate")
     @classmethod

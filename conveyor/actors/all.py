@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from conveyor.actors import notifications, system
+from conveyor.actors import auth, notifications, system
 
-__all__ = ["notifications", "system"]
+__all__ = ["auth", "notifications", "system"]

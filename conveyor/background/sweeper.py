@@ -34,6 +34,9 @@ RECONCILE_SECONDS = 5.0
 RECONCILE_MARGIN = dt.timedelta(minutes=1)
 #: ...and, at start and then this often, at every unfinished delivery.
 RECONCILE_ALL_SECONDS = 600.0
+#: How often to offer the hourly jobs (`hourly`); their idempotency key, the hour, makes each
+#: run once an hour whatever the number of web processes.
+HOURLY_CHECK_SECONDS = 60.0
 
 
 class Sweeper(threading.Thread):
@@ -42,7 +45,8 @@ class Sweeper(threading.Thread):
     publish again what a broker that lost its data no longer holds; every
     `reconcile_interval`, fail the notification deliveries whose job ended without them (a
     cancel, lost workers); and every `retention_interval`, delete the finished jobs past
-    their retention."""
+    their retention; every minute, `hourly` (which submits the hour's periodic jobs, once per
+    hour across processes)."""
 
     def __init__(
         self,
@@ -59,6 +63,7 @@ class Sweeper(threading.Thread):
         retention_interval: float = 300.0,
         on_finished: Callable[[str, JobStatus], object] | None = None,
         reconcile_interval: float = RECONCILE_SECONDS,
+        hourly: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(name="conveyor-sweeper", daemon=True)
         self.db = db
@@ -89,6 +94,9 @@ class Sweeper(threading.Thread):
         self._next_reconcile = 0.0
         self._next_full_reconcile = 0.0
         self._reconciled_until: dt.datetime | None = None
+        self.hourly = hourly
+        # Not at start: a process that starts submits no work before it has settled.
+        self._next_hourly = time.monotonic() + HOURLY_CHECK_SECONDS
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -151,6 +159,9 @@ class Sweeper(threading.Thread):
                 outbox.republish_lost(self.db, self.enqueuer)
             if time.monotonic() >= self._next_reconcile:
                 self.reconcile_deliveries()
+            if self.hourly is not None and time.monotonic() >= self._next_hourly:
+                self._next_hourly = time.monotonic() + HOURLY_CHECK_SECONDS
+                self.hourly()
             if self.retention_days > 0 and time.monotonic() >= self._next_retention:
                 self._next_retention = time.monotonic() + self.retention_interval
                 full = retention.BATCH * retention.MAX_BATCHES

@@ -27,6 +27,7 @@ from conveyor.http.keys import (
     ROUTE_TABLES,
     SESSION_CACHE,
     STREAMS,
+    THROTTLES,
     TOKENS,
     UNSUBSCRIBE_LINKS,
     USER_CACHE,
@@ -40,6 +41,7 @@ from conveyor.http.user_cache import SESSION_TTL, SessionCache, UserCache
 from conveyor.notifications import resources as notification_resources
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
 from conveyor.security.throttle import Rule, Throttle, make_store
+from conveyor.services.accounts import Throttles
 from conveyor.services.auth import TokenConfig, TokenVerifier
 
 
@@ -59,6 +61,7 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[CONTAINER] = container
     app[TOKENS] = TokenVerifier(TokenConfig.of(settings))
     app[METRICS] = Metrics()
+    app[THROTTLES] = Throttles.of(settings)
     app[ACCESS_LOG] = settings.access_log
     app[METRICS].include(container.metrics.registry)
     app[METRICS].include_database(container.stats.current)

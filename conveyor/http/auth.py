@@ -9,6 +9,7 @@ those are enforced."""
 from __future__ import annotations
 
 import functools
+import ipaddress
 import uuid
 
 from aiohttp import web
@@ -38,8 +39,47 @@ STRONG_METHODS = frozenset({"otp", "mfa", "cli"})
 
 
 def client_of(request: web.Request) -> Client:
-    """Where the request came from, for the audit log and the attempt limits."""
-    return Client(ip=request.remote, user_agent=request.headers.get("User-Agent"))
+    """Where the request came from, for the audit log and the attempt limits: the peer, or,
+    when the peer is a trusted proxy (CONVEYOR_TRUSTED_PROXIES), the address it forwarded."""
+    proxies = _networks(request.config_dict[CONTAINER].settings.trusted_proxies)
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    return Client(
+        ip=client_address(request.remote, forwarded, proxies),
+        user_agent=request.headers.get("User-Agent"),
+    )
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.cache
+def _networks(proxies: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+
+def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_address(peer: str | None, forwarded: str, proxies: tuple[Network, ...]) -> str | None:
+    """The client's address: walking `X-Forwarded-For` from its right end (the hop nearest
+    us), the first address that is not a trusted proxy. Entries a client wrote itself sit to
+    the left of what our proxies appended, so they are never reached while a proxy is
+    trusted; a malformed entry stops the walk at the proxy that passed it on."""
+    address = peer
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    while address is not None and hops and _trusted(address, proxies):
+        hop = hops.pop()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break
+        address = hop
+    return address
 
 
 def bearer_credential(request: web.Request) -> str:

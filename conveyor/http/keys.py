@@ -18,6 +18,7 @@ from conveyor.models import User
 from conveyor.notifications.templates import Templates
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
 from conveyor.security.throttle import Throttle
+from conveyor.services.accounts import Throttles
 from conveyor.services.auth import TokenVerifier
 
 #: The process's resources (database, broker, announcements, submissions...).
@@ -26,6 +27,8 @@ CONTAINER = web.AppKey("container", Container)
 PROBE_EXECUTOR = web.AppKey("probe_executor", ThreadPoolExecutor)
 TOKENS = web.AppKey("tokens", TokenVerifier)
 METRICS = web.AppKey("metrics", Metrics)
+#: The attempt limits of sign-in, password reset and verification requests.
+THROTTLES = web.AppKey("throttles", Throttles)
 #: The notification kinds and their templates (validation and previews).
 NOTIFICATION_TEMPLATES = web.AppKey("notification_templates", Templates)
 #: Reads the tokens of unsubscribe links.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ from conveyor.models import Job, JobEvent, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import jobs_t
 from conveyor.models.migrate import head
+from conveyor.security.passwords import verify_password
 from conveyor.services import operations, submissions
 from conveyor.services.auth import TokenConfig, TokenVerifier
 from conveyor.services.submissions import NewJob
@@ -557,3 +559,27 @@ def test_bounces_list_and_clear(
     assert run(capsys, "bounces", "list")[1:] == ("", "no bounced addresses\n")
     code, _, err = run(capsys, "bounces", "clear", "gone@example.com")
     assert (code, err) == (1, "conveyor: gone@example.com is not on the email bounce list\n")
+
+
+def test_users_made_with_a_password_can_sign_in_and_have_it_replaced(
+    env: None,
+    pg_db: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("a long unusual passphrase\n"))
+    assert run(capsys, "users", "create", "pw@example.com", "--password-stdin")[0] == 0
+    with pg_db() as session:
+        user = session.scalars(select(User).where(User.email == "pw@example.com")).one()
+    assert user.email_verified_at is not None  # an admin made it
+    assert user.password_hash and verify_password(user.password_hash, "a long unusual passphrase")
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("password\n"))
+    code, _, err = run(capsys, "users", "password", "pw@example.com")
+    assert code == 1 and "most common passwords" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("another fine passphrase\n"))
+    assert run(capsys, "users", "password", "pw@example.com")[0] == 0
+    with pg_db() as session:
+        user = session.scalars(select(User).where(User.email == "pw@example.com")).one()
+    assert user.tokens_valid_after is not None
+    assert user.password_hash and verify_password(user.password_hash, "another fine passphrase")

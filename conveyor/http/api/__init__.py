@@ -8,7 +8,9 @@ from aiohttp import web
 from conveyor.http.api import (  # noqa: F401  (their routes join the table)
     api_keys,
     audit,
+    auth,
     jobs,
+    me,
     mfa,
     notifications,
     oidc,

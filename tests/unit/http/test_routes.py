@@ -52,6 +52,13 @@ async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
         "/v1/auth/oidc/providers",
         "/v1/auth/oidc/{provider}/start",
         "/v1/auth/oidc/{provider}/callback",
+        # accounts: signing in, and what a person who cannot sign in yet needs
+        "/v1/auth/register",
+        "/v1/auth/verify-email",
+        "/v1/auth/verify-email/resend",
+        "/v1/auth/login",
+        "/v1/auth/password-reset",
+        "/v1/auth/password-reset/confirm",
     }
 
 

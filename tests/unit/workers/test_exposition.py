@@ -91,7 +91,7 @@ def test_bad_pool_ports_are_refused(given: str) -> None:
 
 def test_the_built_in_pools_serve_metrics_by_default() -> None:
     ports = Settings(_env_file=None).worker_metrics_ports  # type: ignore[call-arg]
-    assert ports == {"system": 9191, "notifications": 9192}
+    assert ports == {"system": 9191, "notifications": 9192, "auth": 9193}
 
 
 def test_a_pool_without_a_port_says_how_to_give_it_one(

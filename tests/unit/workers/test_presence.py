@@ -16,7 +16,7 @@ async def test_a_running_worker_is_in_the_registry_until_it_stops(embedded_stack
     stack = embedded_stack
     [row] = wait_until(lambda: workers.alive(stack.db, TIMEOUT))
     assert (row.pool, row.threads, row.jobs_in_hand) == ("all", 4, 0)
-    assert row.queues == ["notifications", "system"]
+    assert row.queues == ["auth", "notifications", "system"]
     text = await (await stack.client.get("/metrics")).text()
     found = samples(text)
     assert value(found, "conveyor_worker_up", pool="all") == 1
