@@ -18,7 +18,6 @@ from conveyor.http.keys import (
     API_KEY_CACHE,
     CONTAINER,
     METRICS,
-    MFA_THROTTLE,
     NOTIFICATION_TEMPLATES,
     OIDC,
     OPENAPI,
@@ -40,7 +39,6 @@ from conveyor.http.routes import RouteTable
 from conveyor.http.user_cache import SESSION_TTL, SessionCache, UserCache
 from conveyor.notifications import resources as notification_resources
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
-from conveyor.security.throttle import Rule, Throttle, make_store
 from conveyor.services.accounts import Throttles
 from conveyor.services.auth import TokenConfig, TokenVerifier
 
@@ -73,9 +71,6 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     if settings.oidc_providers:  # the shared client (and its loop) only where logins need it
         app[OIDC] = OidcFetcher(container.http)
     app[API_KEY_CACHE] = ApiKeyCache()
-    app[MFA_THROTTLE] = Throttle(
-        make_store(settings.redis_url, settings.redis_prefix), Rule.parse(settings.mfa_rate)
-    )
     app[NOTIFICATION_TEMPLATES] = notification_resources.templates(settings)
     app[UNSUBSCRIBE_LINKS] = UnsubscribeLinks.of(settings)
     app[READINESS] = {}

@@ -17,7 +17,6 @@ from conveyor.http.user_cache import SessionCache, UserCache
 from conveyor.models import User
 from conveyor.notifications.templates import Templates
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
-from conveyor.security.throttle import Throttle
 from conveyor.services.accounts import Throttles
 from conveyor.services.auth import TokenVerifier
 
@@ -40,8 +39,6 @@ SESSION_CACHE = web.AppKey("session_cache", SessionCache)
 #: Fetches what the OpenID Connect providers publish (set only when some are configured).
 OIDC = web.AppKey("oidc", OidcFetcher)
 API_KEY_CACHE = web.AppKey("api_key_cache", ApiKeyCache)
-#: Second-factor attempts per account (`CONVEYOR_MFA_RATE`), shared by the web processes.
-MFA_THROTTLE = web.AppKey("mfa_throttle", Throttle)
 #: The last result of each readiness check ("ok" or "failed"), so a failure is logged when
 #: it starts and when it ends, not at every probe.
 READINESS: web.AppKey[dict[str, str]] = web.AppKey("readiness")

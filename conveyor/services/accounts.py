@@ -58,12 +58,14 @@ SYSTEM_EMAIL = "system@conveyor.invalid"
 
 @dataclass(frozen=True)
 class Throttles:
-    """The attempt limits of sign-in and of reset and verification requests."""
+    """The attempt limits of sign-in (both steps) and of reset and verification requests."""
 
     login_account: Throttle
     login_ip: Throttle
     #: Reset (and verification) requests, per client address and per email address.
     reset: Throttle
+    #: Second-factor checks per account (`CONVEYOR_MFA_RATE`).
+    mfa: Throttle
 
     @classmethod
     def of(cls, settings: Settings) -> Throttles:
@@ -72,6 +74,7 @@ class Throttles:
             login_account=Throttle(store, Rule.parse(settings.login_account_rate)),
             login_ip=Throttle(store, Rule.parse(settings.login_ip_rate)),
             reset=Throttle(store, Rule.parse(settings.reset_rate)),
+            mfa=Throttle(store, Rule.parse(settings.mfa_rate)),
         )
 
 

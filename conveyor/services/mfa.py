@@ -27,17 +27,20 @@ from conveyor.errors import (
     InvalidTokenError,
     NotFoundError,
 )
-from conveyor.models import OneTimeToken, RecoveryCode, TokenPurpose, User
+from conveyor.models import Job, OneTimeToken, RecoveryCode, TokenPurpose, User
 from conveyor.models.base import utcnow
 from conveyor.security import totp
 from conveyor.security.passwords import verify_password
 from conveyor.security.sealing import Sealer, UnsealError
 from conveyor.security.throttle import Throttle, too_many
 from conveyor.services import audit, sessions
+from conveyor.services.accounts import moment, queue_notice
 from conveyor.services.audit import Client
 from conveyor.services.auth import TokenConfig
 from conveyor.services.jobs import rowcount
 from conveyor.services.sessions import Lifetimes, Tokens, hash_secret
+from conveyor.services.sign_in import sign_in_facts
+from conveyor.services.submissions import Submissions
 from conveyor.settings import SECRET_KEY_HINT, Settings
 
 #: Separates the TOTP sealing key from every other key derived from the secret key.
@@ -59,10 +62,12 @@ def sealer_of(settings: Settings) -> Sealer:
 
 @dataclass(frozen=True)
 class Checker:
-    """What checks a second factor: the sealer of TOTP secrets and the attempt limit."""
+    """What checks a second factor: the sealer of TOTP secrets and the attempt limit; and
+    the submissions that queue the notices of changes (`mfa_changed`, `new_sign_in`)."""
 
     sealer: Sealer
     throttle: Throttle
+    submissions: Submissions
 
     def count_attempt(self, user_id: uuid.UUID) -> None:
         """Count one attempt on the account; TooManyRequestsError (429) past the limit."""
@@ -237,9 +242,26 @@ def confirm_enrolment(
         user.totp_enabled_at = utcnow()
         codes = _new_recovery_codes(session, user.id)
         audit.record(session, "mfa_enabled", client=client, actor_id=user.id, subject_id=user.id)
+        notice = _changed(session, checker, user, "totp_enabled", client)
         methods = [*dict.fromkeys([*amr, OTP])]
         tokens = sessions.start(session, config, lifetimes, user, amr=methods, client=client)
-        return Enabled(tokens, codes)
+    checker.submissions.publish_written([notice])
+    return Enabled(tokens, codes)
+
+
+def _method(amr: Sequence[str]) -> str:
+    """How a sign-in was made, as a notice says it: `password and one-time code`."""
+    words = {"pwd": "password", OTP: "one-time code"}
+    return " and ".join(
+        words.get(m, f"{m.removeprefix('oidc:')} (OpenID Connect)" if m.startswith("oidc:") else m)
+        for m in amr
+    )
+
+
+def _changed(session: Session, checker: Checker, user: User, change: str, client: Client) -> Job:
+    """Queue the `mfa_changed` notice of `change` in `session`'s transaction."""
+    context = {"change": change, "when": moment(utcnow()), "ip": client.ip or "unknown"}
+    return queue_notice(session, checker.submissions, user.id, "mfa_changed", context)
 
 
 def _enabled_user(session: Session, user_id: uuid.UUID) -> User:
@@ -271,6 +293,8 @@ def disable(
         user.totp_last_step = None
         session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
         audit.record(session, "mfa_disabled", client=client, actor_id=user.id, subject_id=user.id)
+        notice = _changed(session, checker, user, "totp_disabled", client)
+    checker.submissions.publish_written([notice])
 
 
 def regenerate_recovery_codes(
@@ -290,7 +314,9 @@ def regenerate_recovery_codes(
             actor_id=user.id,
             subject_id=user.id,
         )
-        return codes
+        notice = _changed(session, checker, user, "recovery_codes_regenerated", client)
+    checker.submissions.publish_written([notice])
+    return codes
 
 
 def _claim(session: Session, token: OneTimeToken, now: dt.datetime) -> bool:
@@ -339,10 +365,23 @@ def finish_sign_in(
                 raise InvalidTokenError("this mfa_token was used: sign in again")
             checker.throttle.reset(_throttle_key(user.id))
             amr = [*dict.fromkeys([*token.data.get("amr", []), OTP])]
-            return sessions.start(session, config, lifetimes, user, amr=amr, client=client)
-        if not decision.allowed:
-            _claim(session, token, now)
-        audit.record(session, "login_failed", client=client, subject_id=user.id, reason="mfa")
+            tokens = sessions.start(session, config, lifetimes, user, amr=amr, client=client)
+            notice = queue_notice(
+                session,
+                checker.submissions,
+                user.id,
+                "new_sign_in",
+                sign_in_facts(client, _method(amr)),
+            )
+            signed_in = True
+        else:
+            signed_in = False
+            if not decision.allowed:
+                _claim(session, token, now)
+            audit.record(session, "login_failed", client=client, subject_id=user.id, reason="mfa")
+    if signed_in:
+        checker.submissions.publish_written([notice])
+        return tokens
     # Committed: the failure is recorded (and, past the limit, the token used up).
     if not decision.allowed:
         raise too_many(decision, "second-factor attempts for this account: sign in again")

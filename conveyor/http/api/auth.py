@@ -69,44 +69,53 @@ class AcceptedOut(BaseModel):
 
 class TokensOut(BaseModel):
     """A session's tokens (RFC 6749 §5.1): send `access_token` as `Authorization: Bearer`;
-    trade `refresh_token` for new tokens at `POST /v1/auth/refresh` (it works once)."""
+    trade `refresh_token` for new tokens at `POST /v1/auth/refresh` (it works once). Shown
+    this once."""
 
     access_token: str
     token_type: Literal["Bearer"] = "Bearer"
     expires_in: int = Field(description="Seconds the access token lives")
-    refresh_token: str
+    refresh_token: str = Field(description="Good once: `POST /v1/auth/refresh` gives new ones")
     session_id: uuid.UUID
+
+    @classmethod
+    def of(cls, tokens: Tokens) -> TokensOut:
+        return cls(
+            access_token=tokens.access_token,
+            expires_in=tokens.expires_in,
+            refresh_token=tokens.refresh_token,
+            session_id=tokens.session_id,
+        )
 
 
 class MfaChallengeOut(BaseModel):
-    """The password was right; finish with `POST /v1/auth/login/mfa`, sending `mfa_token`
-    and a TOTP or recovery code."""
+    """The first factor was right; finish with `POST /v1/auth/login/mfa`, sending
+    `mfa_token` and a TOTP or recovery code."""
 
     mfa_required: Literal[True] = True
     mfa_token: str
     expires_in: int = Field(description="Seconds the second step may wait")
     methods: list[str]
 
+    @classmethod
+    def of(cls, challenge: MfaChallenge) -> MfaChallengeOut:
+        return cls(
+            mfa_token=challenge.mfa_token,
+            expires_in=challenge.expires_in,
+            methods=list(challenge.methods),
+        )
+
+
+def sign_in_answer(result: Tokens | MfaChallenge) -> TokensOut | MfaChallengeOut:
+    """What a sign-in answers: its tokens, or the challenge of its second step."""
+    if isinstance(result, MfaChallenge):
+        return MfaChallengeOut.of(result)
+    return TokensOut.of(result)
+
 
 def signed_in(result: Tokens | MfaChallenge) -> web.Response:
-    """The answer of a sign-in: its tokens, or the challenge of its second step."""
-    if isinstance(result, MfaChallenge):
-        return respond(
-            MfaChallengeOut(
-                mfa_token=result.mfa_token,
-                expires_in=result.expires_in,
-                methods=list(result.methods),
-            )
-        )
-    return respond(
-        TokensOut(
-            access_token=result.access_token,
-            expires_in=result.expires_in,
-            refresh_token=result.refresh_token,
-            session_id=result.session_id,
-        ),
-        headers={"Cache-Control": "no-store"},
-    )
+    """The answer of a sign-in, as JSON."""
+    return respond(sign_in_answer(result))
 
 
 CHECK_EMAIL = AcceptedOut(

@@ -3,21 +3,19 @@ second step of a sign-in."""
 
 from __future__ import annotations
 
-import uuid
-from typing import Literal
-
 from aiohttp import ChainMapProxy, web
 from pydantic import BaseModel, ConfigDict, Field
 
+from conveyor.http.api.auth import TokensOut
 from conveyor.http.api.params import read_body, respond, routes
 from conveyor.http.auth import client_of
-from conveyor.http.keys import CONTAINER, MFA_THROTTLE, PRINCIPAL, TOKENS, USER_CACHE
+from conveyor.http.keys import CONTAINER, PRINCIPAL, THROTTLES, TOKENS, USER_CACHE
 from conveyor.http.routes import Answer
 from conveyor.http.runtime import run_db
 from conveyor.models import Role
 from conveyor.security.passwords import MAX_LENGTH as MAX_PASSWORD
 from conveyor.services import mfa
-from conveyor.services.sessions import Lifetimes, Tokens
+from conveyor.services.sessions import Lifetimes
 
 #: Longer than any TOTP or recovery code, with room for spaces and dashes.
 MAX_CODE = 64
@@ -27,25 +25,6 @@ PASSWORD = Field(
     max_length=MAX_PASSWORD,
     description="Your current password (required if your account has one)",
 )
-
-
-class TokensOut(BaseModel):
-    """A session's tokens (RFC 6749 section 5.1)."""
-
-    access_token: str
-    token_type: Literal["Bearer"] = "Bearer"
-    expires_in: int = Field(description="Seconds the access token lives")
-    refresh_token: str = Field(description="Shown once; use it once, at POST /v1/auth/refresh")
-    session_id: uuid.UUID
-
-    @classmethod
-    def of(cls, tokens: Tokens) -> TokensOut:
-        return cls(
-            access_token=tokens.access_token,
-            expires_in=tokens.expires_in,
-            refresh_token=tokens.refresh_token,
-            session_id=tokens.session_id,
-        )
 
 
 class EnrolIn(BaseModel):
@@ -95,7 +74,10 @@ class MfaLoginIn(BaseModel):
 
 
 def _checker(state: ChainMapProxy) -> mfa.Checker:
-    return mfa.Checker(mfa.sealer_of(state[CONTAINER].settings), state[MFA_THROTTLE])
+    container = state[CONTAINER]
+    return mfa.Checker(
+        mfa.sealer_of(container.settings), state[THROTTLES].mfa, container.submissions
+    )
 
 
 @routes.post(

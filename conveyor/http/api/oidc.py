@@ -8,13 +8,13 @@ sends to a server)."""
 
 from __future__ import annotations
 
-import uuid
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from conveyor.errors import BadRequestError, InvalidRequestError, NotFoundError
+from conveyor.http.api.auth import TokensOut, sign_in_answer
 from conveyor.http.api.params import respond, routes
 from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, OIDC, TOKENS
@@ -22,7 +22,7 @@ from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.security import oidc
 from conveyor.services import oidc_login
-from conveyor.services.sessions import Lifetimes, MfaChallenge, Tokens
+from conveyor.services.sessions import Lifetimes
 from conveyor.settings import Settings
 
 #: The longest `return_to` accepted, and the most of a provider's error echoed back.
@@ -68,40 +68,6 @@ class ProvidersOut(BaseModel):
     """The providers users may log in with, by name, for a UI's buttons."""
 
     providers: list[str] = Field(examples=[["corp", "google"]])
-
-
-class TokensOut(BaseModel):
-    """A session's tokens (RFC 6749 5.1); the refresh token is shown this once."""
-
-    access_token: str
-    token_type: str = "Bearer"
-    expires_in: int = Field(description="Seconds the access token lives")
-    refresh_token: str = Field(description="Good once: `POST /v1/auth/refresh` gives new ones")
-    session_id: uuid.UUID
-
-
-class MfaChallengeOut(BaseModel):
-    """The first factor was right; the login ends with a second one, sent with `mfa_token`
-    to `POST /v1/auth/login/mfa`."""
-
-    mfa_required: bool = True
-    mfa_token: str
-    expires_in: int = Field(description="Seconds left to send the second factor")
-    methods: list[str]
-
-
-def signed_in(result: Tokens | MfaChallenge) -> TokensOut | MfaChallengeOut:
-    """The answer of a login: the tokens, or the challenge of the second step."""
-    if isinstance(result, MfaChallenge):
-        return MfaChallengeOut(
-            mfa_token=result.mfa_token, expires_in=result.expires_in, methods=list(result.methods)
-        )
-    return TokensOut(
-        access_token=result.access_token,
-        expires_in=result.expires_in,
-        refresh_token=result.refresh_token,
-        session_id=result.session_id,
-    )
 
 
 @routes.get(
@@ -211,7 +177,7 @@ async def finish_login(request: web.Request) -> web.Response:
         registration=settings.registration,
         client=client_of(request),
     )
-    answer = signed_in(result)
+    answer = sign_in_answer(result)
     if pending.return_to is None:
         return respond(answer)
     fragment = urlencode(answer.model_dump(mode="json"))

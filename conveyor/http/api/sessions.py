@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.errors import InvalidRequestError, InvalidTokenError
+from conveyor.http.api.auth import TokensOut
 from conveyor.http.api.params import read_body, respond, routes, uuid_of
 from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, PRINCIPAL, SESSION_CACHE, TOKENS
@@ -16,26 +17,6 @@ from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.models import AuthSession, Role
 from conveyor.services import sessions
-
-
-class TokensOut(BaseModel):
-    """Tokens of a session (RFC 6749 section 5.1): send the access token as `Authorization:
-    Bearer`, and the refresh token, once, to `POST /v1/auth/refresh` for the next ones."""
-
-    access_token: str
-    token_type: str = Field("Bearer", description="Always `Bearer`")
-    expires_in: int = Field(description="Seconds the access token lives")
-    refresh_token: str = Field(description="`cvr_...`: good once; keep it secret")
-    session_id: uuid.UUID
-
-    @classmethod
-    def of(cls, tokens: sessions.Tokens) -> TokensOut:
-        return cls(
-            access_token=tokens.access_token,
-            expires_in=tokens.expires_in,
-            refresh_token=tokens.refresh_token,
-            session_id=tokens.session_id,
-        )
 
 
 class RefreshIn(BaseModel):
