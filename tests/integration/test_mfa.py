@@ -18,6 +18,7 @@ from conveyor.services import mfa, sessions
 from conveyor.services.audit import NOBODY
 from conveyor.services.auth import TokenConfig
 from conveyor.services.sessions import Lifetimes, MfaChallenge, Tokens
+from tests.stack import Stack
 from tests.stack import test_settings as settings_of
 
 pytestmark = pytest.mark.integration
@@ -83,13 +84,18 @@ def _race(db: sessionmaker[Session], checker: mfa.Checker, tokens: list[str], co
 
 
 @pytest.fixture
-def checker() -> mfa.Checker:
-    return mfa.Checker(mfa.sealer_of(SETTINGS), Throttle(MemoryStore(), Rule(100, 60)))
+def checker(stack: Stack) -> mfa.Checker:
+    return mfa.Checker(
+        mfa.sealer_of(SETTINGS),
+        Throttle(MemoryStore(), Rule(100, 60)),
+        stack.container.submissions,
+    )
 
 
 def test_concurrent_sign_ins_with_the_same_totp_code_let_one_in(
-    pg_db: sessionmaker[Session], checker: mfa.Checker
+    stack: Stack, checker: mfa.Checker
 ) -> None:
+    pg_db = stack.db
     user, secret, _ = _user_with_mfa(pg_db, checker)
     tokens = [_challenge(pg_db, user) for _ in range(4)]
     code = totp.code_at(secret, totp.time_step() * totp.PERIOD + totp.PERIOD)  # the next step's
@@ -97,8 +103,9 @@ def test_concurrent_sign_ins_with_the_same_totp_code_let_one_in(
 
 
 def test_concurrent_sign_ins_with_the_same_recovery_code_let_one_in(
-    pg_db: sessionmaker[Session], checker: mfa.Checker
+    stack: Stack, checker: mfa.Checker
 ) -> None:
+    pg_db = stack.db
     user, _, codes = _user_with_mfa(pg_db, checker)
     tokens = [_challenge(pg_db, user) for _ in range(4)]
     assert _race(pg_db, checker, tokens, codes[0]) == 1
