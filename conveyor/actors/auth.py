@@ -12,6 +12,9 @@ from typing import Any, Protocol
 from pydantic import Field
 from sqlalchemy.orm import Session, sessionmaker
 
+# The emails go out as deliveries of the notifications pool: its job type must be known here
+# to be queued (this pool does not run it).
+from conveyor.actors import notifications  # noqa: F401
 from conveyor.errors import InvalidRequestError
 from conveyor.notifications.templates import Templates
 from conveyor.registry import JobContext, Payload, job
