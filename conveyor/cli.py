@@ -963,7 +963,7 @@ def _users(sub: Any) -> None:
         "password",
         "set a user's password (read from standard input); their sessions end",
         cmd_users_password,
-        "read -rs PW && printf '%s\\n' \"$PW\" | conveyor users password alice@example.com",
+        "conveyor users password alice@example.com < new-password.txt",
     )
     password.add_argument("email")
 
