@@ -378,31 +378,40 @@ def cmd_users_password(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.services.accounts import SYSTEM_EMAIL
     from conveyor.services.users import list_users
 
     with opened(settings) as container:
         users = list_users(container.db, role=Role(args.role) if args.role else None)
-    show([_user_row(u) for u in users], USER_COLUMNS, json_output=args.json, empty="no users")
+    people = [u for u in users if u.email != SYSTEM_EMAIL]  # the auth pool's, no one's
+    show([_user_row(u) for u in people], USER_COLUMNS, json_output=args.json, empty="no users")
     return 0
 
 
-def cmd_users_active(args: argparse.Namespace, settings: Settings) -> int:
-    from conveyor.services.users import set_active
+def _update_user(settings: Settings, email: str, **change: Any) -> User:
+    """Apply an admin's change to the user of `email` as the API does (`users.update`, with
+    its audit events and rules), the operator at the command line acting."""
+    from conveyor.services.users import get_by_email, update
 
     with opened(settings) as container:
-        user = set_active(container.db, args.email, args.active)
+        user = get_by_email(container.db, email)
+        return update(container.db, None, user.id, **change)
+
+
+def cmd_users_active(args: argparse.Namespace, settings: Settings) -> int:
+    user = _update_user(settings, args.email, active=args.active)
     if args.active:
-        print(f"{user.email} is active again; their unexpired tokens work again")
+        print(f"{user.email} is active again; they need new tokens (the old ones stay refused)")
     else:
-        print(f"{user.email} is deactivated: web processes refuse their tokens within 10 s")
+        print(
+            f"{user.email} is deactivated: their sessions are ended, and web processes refuse "
+            "their tokens within 10 s"
+        )
     return 0
 
 
 def cmd_users_role(args: argparse.Namespace, settings: Settings) -> int:
-    from conveyor.services.users import set_role
-
-    with opened(settings) as container:
-        user = set_role(container.db, args.email, Role(args.role))
+    user = _update_user(settings, args.email, role=Role(args.role))
     print(f"{user.email} is now {user.role} (web processes notice within 10 s)")
     return 0
 
@@ -984,15 +993,16 @@ def _users(sub: Any) -> None:
         "refuse a user's tokens",
         cmd_users_active,
         "conveyor users deactivate alice@example.com",
-        description="Deactivate a user: every web process refuses their tokens within 10 s "
-        "(its user cache). Their jobs stay as they are.",
+        description="Deactivate a user: their sessions end, and every web process refuses "
+        "their tokens within 10 s (its user cache). Their jobs stay as they are. The last "
+        "active admin cannot be deactivated. Audited like the API's change.",
     )
     deactivate.add_argument("email")
     deactivate.set_defaults(active=False)
     activate = _command(
         users,
         "activate",
-        "accept a deactivated user's tokens again",
+        "let a deactivated user sign in again (old tokens stay refused)",
         cmd_users_active,
         "conveyor users activate alice@example.com",
     )

@@ -197,6 +197,9 @@ class JobType:
     permanent: tuple[type[BaseException], ...] = ()
     #: An `async def` function (run on the process's job loop).
     is_async: bool = False
+    #: Conveyor's own work (an account's emails, a notification's delivery): services submit
+    #: it, the API does not (`Registry.submittable`), and it is left out of the listings.
+    internal: bool = False
 
     def call(self, payload: Payload, ctx: JobContext) -> Any:
         """Call the function: its result, or (for an `async def`) the coroutine to await."""
@@ -228,11 +231,26 @@ class Registry:
         try:
             return self._types[name]
         except KeyError:
-            known = ", ".join(sorted(self._types)) or "none"
-            raise InvalidRequestError(
-                f"unknown job type {name!r}; known types: {known}",
-                errors=[{"field": "type", "message": f"unknown job type; known: {known}"}],
-            ) from None
+            raise self._unknown(name) from None
+
+    def submittable(self, name: str) -> JobType:
+        """The job type called `name` that users may submit: an internal one is as unknown
+        as a missing one (the same 422, whose list names only the public types)."""
+        found = self._types.get(name)
+        if found is None or found.internal:
+            raise self._unknown(name)
+        return found
+
+    def public(self) -> list[JobType]:
+        """The job types users may submit, by name (the API's listings)."""
+        return [job_type for job_type in self if not job_type.internal]
+
+    def _unknown(self, name: str) -> InvalidRequestError:
+        known = ", ".join(job_type.name for job_type in self.public()) or "none"
+        return InvalidRequestError(
+            f"unknown job type {name!r}; known types: {known}",
+            errors=[{"field": "type", "message": f"unknown job type; known: {known}"}],
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self._types
@@ -258,6 +276,7 @@ def job(
     time_limit: dt.timedelta | None = dt.timedelta(minutes=10),
     permanent: tuple[type[BaseException], ...] = (),
     jitter: Literal["equal", "full"] = "equal",
+    internal: bool = False,
     registry: Registry = JOBS,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job type. Its name defaults to `<module>.<function>` (`system.echo`).
@@ -265,7 +284,8 @@ def job(
     The function takes the payload (a `Payload` subclass, from its annotation) and optionally
     a second parameter `ctx: JobContext`; it returns a JSON-serialisable result. `permanent`
     lists the exception classes that fail the job at once instead of being retried; `jitter`
-    is that of the backoff (see `RetryPolicy`).
+    is that of the backoff (see `RetryPolicy`). An `internal` job type is submitted only by
+    Conveyor's own services: the API refuses it and does not list it.
     """
     if not all(inspect.isclass(exc) and issubclass(exc, BaseException) for exc in permanent):
         raise TypeError("permanent must be a tuple of exception classes")
@@ -301,6 +321,7 @@ def job(
                 takes_context=len(params) == 2,
                 permanent=tuple(permanent),
                 is_async=inspect.iscoroutinefunction(fn),
+                internal=internal,
             )
         )
         setattr(fn, JOB_TYPE_ATTRIBUTE, job_type)

@@ -36,6 +36,7 @@ SEND_OPTIONS: dict[str, Any] = {
     "max_backoff": dt.timedelta(minutes=10),
     "time_limit": dt.timedelta(minutes=1),
     "permanent": (InvalidRequestError,),
+    "internal": True,
 }
 
 
@@ -112,7 +113,7 @@ def send_notice(payload: SendNotice, ctx: JobContext) -> dict[str, Any]:
     return {"sent": mailer.send_notice(payload.user_id, payload.kind, payload.context, ctx.job_id)}
 
 
-@job(queue="auth", max_retries=3, time_limit=dt.timedelta(minutes=10))
+@job(queue="auth", max_retries=3, time_limit=dt.timedelta(minutes=10), internal=True)
 def purge_expired(payload: PurgeExpired, ctx: JobContext) -> dict[str, Any]:
     """Delete single-use and refresh tokens expired over a day ago, sessions ended over 30
     days ago and recovery codes used over 30 days ago, in batches. Idempotent: what is gone

@@ -40,6 +40,7 @@ class Deliver(Payload):
     time_limit=dt.timedelta(minutes=2),
     permanent=(PermanentDeliveryError,),
     jitter="full",
+    internal=True,
 )
 def deliver(payload: Deliver, ctx: JobContext) -> dict[str, Any]:
     """Send one delivery through its channel, and record `sent` or the failure.

@@ -50,9 +50,10 @@ from conveyor.settings import Settings
 
 VERIFY_TTL = dt.timedelta(hours=48)
 RESET_TTL = dt.timedelta(minutes=30)
-#: The account that owns the jobs Conveyor submits for no user (a reset request for an
-#: address that may have no account, the hourly purge). It cannot sign in: it is disabled
-#: and has no password. `.invalid` is reserved (RFC 2606): no mail reaches it.
+#: The account that owns every job of the auth pool (the emails of accounts, which are not
+#: their users' to read or cancel, and the hourly purge). It cannot sign in: it is disabled
+#: and has no password; `conveyor users list` leaves it out. `.invalid` is reserved
+#: (RFC 2606): no mail reaches it.
 SYSTEM_EMAIL = "system@conveyor.invalid"
 
 
@@ -90,43 +91,46 @@ def queue_notice(
 ) -> Job:
     """Write an `auth.send_notice` job (a security notice without secrets, such as
     `password_changed`) in `session`'s transaction; publish it with
-    `submissions.publish_written([job])` after the commit."""
+    `submissions.publish_written([job])` after the commit. The system account owns it, not
+    the user: a notice is not theirs to read, cancel or retry."""
     new = submissions.build(
         "auth.send_notice",
         {"user_id": str(user_id), "kind": kind, "context": context},
-        owner_id=user_id,
+        owner_id=system_owner_in(session),
     )
     return insert_jobs(session, [new])[0]
 
 
 def _queue(
-    session: Session,
-    submissions: Submissions,
-    job_type: str,
-    owner_id: uuid.UUID,
-    payload: dict[str, Any],
+    session: Session, submissions: Submissions, job_type: str, payload: dict[str, Any]
 ) -> Job:
-    return insert_jobs(session, [submissions.build(job_type, payload, owner_id=owner_id)])[0]
+    new = submissions.build(job_type, payload, owner_id=system_owner_in(session))
+    return insert_jobs(session, [new])[0]
 
 
 def system_owner(db: sessionmaker[Session]) -> uuid.UUID:
     """The id of the system account (see SYSTEM_EMAIL), created on first use."""
+    with transaction(db) as session:
+        return system_owner_in(session)
+
+
+def system_owner_in(session: Session) -> uuid.UUID:
+    """`system_owner` in the caller's transaction (the account is made in a savepoint, so a
+    concurrent first use costs a retry of the lookup, not the caller's transaction)."""
     query = select(User.id).where(User.email == SYSTEM_EMAIL)
-    with db() as session:
-        found = session.scalar(query)
+    found = session.scalar(query)
     if found is not None:
         return found
+    user_id = uuid7()
     try:
-        with transaction(db) as session:
-            user = User(id=uuid7(), email=SYSTEM_EMAIL, role=Role.MEMBER.value, active=False)
-            session.add(user)
-        return user.id
+        with session.begin_nested():
+            session.add(User(id=user_id, email=SYSTEM_EMAIL, role=Role.MEMBER.value, active=False))
     except IntegrityError:  # another process made it meanwhile
-        with db() as session:
-            found = session.scalar(query)
+        found = session.scalar(query)
         if found is None:
             raise
         return found
+    return user_id
 
 
 def moment(when: dt.datetime) -> str:
@@ -166,11 +170,7 @@ def register(
                         session, "registered", client=client, subject_id=user.id, actor_id=user.id
                     )
                     job = _queue(
-                        session,
-                        submissions,
-                        "auth.send_verification",
-                        user.id,
-                        {"user_id": str(user.id)},
+                        session, submissions, "auth.send_verification", {"user_id": str(user.id)}
                     )
             break
         except IntegrityError:
@@ -198,9 +198,7 @@ def resend_verification(
         user = session.scalar(select(User).where(User.email == address))
         if user is None or not user.active or user.email_verified_at is not None:
             return
-        job = _queue(
-            session, submissions, "auth.send_verification", user.id, {"user_id": str(user.id)}
-        )
+        job = _queue(session, submissions, "auth.send_verification", {"user_id": str(user.id)})
     submissions.publish_written([job])
 
 
@@ -399,9 +397,8 @@ def request_reset(
     address = _limited_request(throttles, "reset", email, client)
     if address is None:
         return
-    owner = system_owner(db)
     with transaction(db) as session:
-        job = _queue(session, submissions, "auth.send_password_reset", owner, {"email": address})
+        job = _queue(session, submissions, "auth.send_password_reset", {"email": address})
     submissions.publish_written([job])
 
 

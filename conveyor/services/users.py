@@ -17,11 +17,21 @@ from conveyor.services import audit, sessions
 from conveyor.services.audit import Client
 from conveyor.services.cursors import Cursors, Scope
 
+#: Characters an address holds only quoted (RFC 5322 specials), which no account's address
+#: needs: a `:` would break the MFA provisioning URI's label, for one.
+_SPECIALS = frozenset('()<>[]:;@\\,"')
+
 
 def normalize_email(email: str) -> str:
+    """The address trimmed and lowercased; 422 naming `email` unless it is one `local@domain`
+    without spaces, control characters or (unquoted) specials, at most 320 characters."""
     email = email.strip().lower()
     local, at, domain = email.partition("@")
-    if not (local and at and domain) or len(email) > 320 or " " in email:
+    if (
+        not (local and at and domain)
+        or len(email) > 320
+        or any(c in _SPECIALS or c.isspace() or not c.isprintable() for c in local + domain)
+    ):
         raise InvalidRequestError(
             f"{email!r} is not an email address",
             errors=[{"field": "email", "message": "not an email address"}],
@@ -30,12 +40,13 @@ def normalize_email(email: str) -> str:
 
 
 def create_user(db: sessionmaker[Session], email: str, role: Role = Role.MEMBER) -> User:
-    """A new active user; an email already taken is a conflict."""
+    """A new active user without a password, made by the operator (`conveyor dev`'s admin,
+    tests): its address counts as verified. An email already taken is a conflict."""
     email = normalize_email(email)
     with transaction(db) as session:
         if session.scalar(select(func.count()).where(User.email == email)):
             raise ConflictError(f"a user with email {email} already exists")
-        user = User(email=email, role=Role(role).value, active=True)
+        user = User(email=email, role=Role(role).value, active=True, email_verified_at=utcnow())
         session.add(user)
     return user
 
@@ -54,7 +65,8 @@ def get_by_id(db: sessionmaker[Session], user_id: uuid.UUID) -> User | None:
 
 
 def ensure_user(db: sessionmaker[Session], email: str, role: Role) -> User:
-    """The user with this email, created if missing (for the embedded mode's admin)."""
+    """The user with this email, created (verified) if missing (for the embedded mode's
+    admin)."""
     try:
         return get_by_email(db, email)
     except NotFoundError:
@@ -68,31 +80,6 @@ def list_users(db: sessionmaker[Session], *, role: Role | None = None) -> list[U
         query = query.where(User.role == Role(role).value)
     with db() as session:
         return list(session.scalars(query))
-
-
-def set_active(db: sessionmaker[Session], email: str, active: bool) -> User:
-    """Activate or deactivate a user. A deactivated user's tokens are refused (by each web
-    process within the few seconds it caches users); their jobs stay as they are."""
-    with transaction(db) as session:
-        user = _by_email_for_update(session, email)
-        user.active = active
-    return user
-
-
-def set_role(db: sessionmaker[Session], email: str, role: Role) -> User:
-    """Make a user an admin or a member."""
-    with transaction(db) as session:
-        user = _by_email_for_update(session, email)
-        user.role = Role(role).value
-    return user
-
-
-def _by_email_for_update(session: Session, email: str) -> User:
-    query = select(User).where(User.email == normalize_email(email)).with_for_update()
-    user = session.scalars(query).first()
-    if user is None:
-        raise NotFoundError(f"no user with email {email}")
-    return user
 
 
 @dataclass(frozen=True)
@@ -145,18 +132,21 @@ def get(db: sessionmaker[Session], user_id: uuid.UUID) -> User:
 
 def update(
     db: sessionmaker[Session],
-    actor_id: uuid.UUID,
+    actor_id: uuid.UUID | None,
     user_id: uuid.UUID,
     *,
     role: Role | None = None,
     active: bool | None = None,
     client: Client = audit.NOBODY,
 ) -> User:
-    """An admin changes a user's role or disables (or enables) them, each change audited.
+    """An admin (`actor_id`; None for the operator at the command line) changes a user's role
+    or disables (or enables) them, each change audited (the CLI's with `via: "cli"`).
 
     Disabling ends every session of the user and refuses the access tokens issued until
-    now. Admins may neither demote nor disable themselves, nor leave no active admin (the
-    rows of active admins are locked, so two admins demoting each other cannot both win)."""
+    now; enabling them again revives neither. Admins may neither demote nor disable
+    themselves, and nobody may leave no active admin (the rows of active admins are locked,
+    so two admins demoting each other cannot both win)."""
+    via = {"via": "cli"} if actor_id is None else {}
     with transaction(db) as session:
         user = session.get(User, user_id, with_for_update=True)
         if user is None:
@@ -176,13 +166,19 @@ def update(
                 actor_id=actor_id,
                 subject_id=user.id,
                 **{"from": user.role, "to": Role(role).value},
+                **via,
             )
             user.role = Role(role).value
         if active is not None and active != user.active:
             user.active = active
             if active:
                 audit.record(
-                    session, "user_enabled", client=client, actor_id=actor_id, subject_id=user.id
+                    session,
+                    "user_enabled",
+                    client=client,
+                    actor_id=actor_id,
+                    subject_id=user.id,
+                    **via,
                 )
             else:
                 user.tokens_valid_after = utcnow()
@@ -194,11 +190,12 @@ def update(
                     actor_id=actor_id,
                     subject_id=user.id,
                     sessions_ended=ended,
+                    **via,
                 )
     return user
 
 
-def _keep_an_admin(session: Session, actor_id: uuid.UUID, user: User, field: str) -> None:
+def _keep_an_admin(session: Session, actor_id: uuid.UUID | None, user: User, field: str) -> None:
     """ConflictError when `user`, an active admin, may not stop being one: they are the
     actor, or the last active admin."""
     if user.id == actor_id:

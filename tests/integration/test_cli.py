@@ -583,3 +583,56 @@ def test_users_made_with_a_password_can_sign_in_and_have_it_replaced(
         user = session.scalars(select(User).where(User.email == "pw@example.com")).one()
     assert user.tokens_valid_after is not None
     assert user.password_hash and verify_password(user.password_hash, "another fine passphrase")
+
+
+def test_cli_user_changes_follow_the_apis_rules(
+    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conveyor.models import AuditEvent
+    from conveyor.services import accounts, sessions
+    from conveyor.services.audit import NOBODY
+
+    settings = get_settings()
+    ops = create_user(pg_db, "ops@example.com", Role.ADMIN)
+    alice = create_user(pg_db, "alice@example.com")
+    accounts.system_owner(pg_db)  # the auth pool's jobs have an owner: listed for no one
+    with transaction(pg_db) as session:
+        opened = sessions.start(
+            session,
+            TokenConfig.of(settings),
+            sessions.Lifetimes.of(settings),
+            session.get(User, alice.id),  # type: ignore[arg-type]
+            amr=["pwd"],
+            client=NOBODY,
+        )
+
+    assert run(capsys, "users", "deactivate", "alice@example.com")[0] == 0
+    assert not sessions.is_open(pg_db, opened.session_id)
+    assert run(capsys, "users", "activate", "alice@example.com")[0] == 0
+    assert not sessions.is_open(pg_db, opened.session_id)  # not revived
+    assert run(capsys, "users", "role", "alice@example.com", "admin")[0] == 0
+    with pg_db() as session:
+        assert session.get(User, alice.id).tokens_valid_after is not None  # type: ignore[union-attr]
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.subject_id == alice.id).order_by(AuditEvent.id)
+        ).all()
+    changes = [e for e in events if e.action != "login"]
+    assert [e.action for e in changes] == ["user_disabled", "user_enabled", "role_changed"]
+    assert {(e.actor_id, e.details.get("via")) for e in changes} == {(None, "cli")}
+
+    assert run(capsys, "users", "role", "alice@example.com", "member")[0] == 0
+    code, _, err = run(capsys, "users", "deactivate", "ops@example.com")
+    assert code == 1 and "last active admin" in err
+    with pg_db() as session:
+        assert session.get(User, ops.id).active  # type: ignore[union-attr]
+
+    code, out, _ = run(capsys, "users", "list", "--json")
+    assert code == 0
+    assert {u["email"] for u in json.loads(out)} == {"ops@example.com", "alice@example.com"}
+
+
+def test_the_dev_admin_and_operator_made_users_are_verified(pg_db: sessionmaker[Session]) -> None:
+    from conveyor.services.users import ensure_user
+
+    admin = ensure_user(pg_db, "dev-admin@example.com", Role.ADMIN)
+    assert admin.email_verified_at is not None

@@ -149,9 +149,10 @@ async def test_a_purge_is_bounded_by_its_limit(stack: Stack) -> None:
 
 
 async def test_a_deactivated_user_cannot_use_their_tokens(stack: Stack) -> None:
-    from conveyor.services.users import set_active
+    from conveyor.services.users import get_by_email, update
 
-    set_active(stack.db, "other@example.com", False)  # before this process cached the user
+    other = get_by_email(stack.db, "other@example.com")
+    update(stack.db, None, other.id, active=False)  # before this process cached the user
     response = await stack.client.get("/v1/jobs", headers=stack.headers(stack.other_token))
     assert response.status == 401
     assert "deactivated" in (await response.json())["detail"]

@@ -53,8 +53,8 @@ UNFINISHED_HEADERS = {"Retry-After": "Seconds to wait before polling again (unfi
 
 
 def submission_schema(context: Context) -> dict[str, Any]:
-    """The body of POST /v1/jobs: one variant per registered job type, with its payload, and
-    the delay fields of `SubmitJob` (with the real limit of `delay_seconds`)."""
+    """The body of POST /v1/jobs: one variant per job type users may submit, with its payload,
+    and the delay fields of `SubmitJob` (with the real limit of `delay_seconds`)."""
     limit = context.settings.max_delay_seconds
     fields = SubmitJob.model_fields
     timing = {
@@ -71,7 +71,7 @@ def submission_schema(context: Context) -> dict[str, Any]:
         },
     }
     variants = []
-    for job_type in context.registry:
+    for job_type in context.registry.public():
         name = f"Payload_{job_type.name.replace('.', '_')}"
         variants.append(
             {
@@ -204,7 +204,7 @@ async def submit_job(request: web.Request) -> web.Response:
     submission = SubmitJob.model_validate(document)
     submissions = container.submissions
     new = submissions.build(
-        submission.type,
+        container.registry.submittable(submission.type),
         submission.payload,
         owner_id=request[USER].id,
         idempotency_key=request.headers.get("Idempotency-Key"),
@@ -483,6 +483,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         ),
     },
     errors={
+        403: "A job Conveyor submitted for itself (only operators and admins retry those)",
         404: "No such job (or another member's)",
         409: "The job is not failed or cancelled (the detail says its status), or its type "
         "is not known to this server",
@@ -510,9 +511,15 @@ async def retry_job(request: web.Request) -> web.Response:
     role=Role.MEMBER,
     scope=Scope.JOBS_READ,
     summary="List job types",
-    answers={200: Answer("Every job type, with its queue, limits and payload schema", JobTypeList)},
+    answers={
+        200: Answer(
+            "Every job type users may submit, with its queue, limits and payload schema",
+            JobTypeList,
+        )
+    },
 )
 async def job_types(request: web.Request) -> web.Response:
-    """Every job type with its queue, limits and payload JSON Schema."""
+    """Every job type users may submit (not Conveyor's internal ones) with its queue, limits
+    and payload JSON Schema."""
     registry = request.config_dict[CONTAINER].registry
-    return respond(JobTypeList(items=[JobTypeOut.of(t) for t in registry]))
+    return respond(JobTypeList(items=[JobTypeOut.of(t) for t in registry.public()]))
