@@ -150,5 +150,5 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     await run_db(
         state, api_keys.revoke, request[PRINCIPAL].user.id, key_id, client=client_of(request)
     )
-    state[API_KEY_CACHE].drop(key_id)
+    state[API_KEY_CACHE].drop_id(key_id)
     return web.Response(status=204)
