@@ -188,3 +188,11 @@ async def test_a_prefix_already_taken_is_drawn_again(
     second = await _create(stack)
     assert not drawn and second["prefix"] != first["prefix"]
     assert (await stack.client.get("/v1/jobs", headers=stack.headers(second["key"]))).status == 200
+
+
+@pytest.mark.parametrize("expires_at", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+async def test_an_expiry_without_a_utc_time_is_refused(
+    embedded_stack: Stack, expires_at: str
+) -> None:
+    answer = await _create(embedded_stack, expect=422, expires_at=expires_at)
+    assert fields(answer) == ["expires_at"]
