@@ -499,6 +499,20 @@ def cmd_keys_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_keys_export_derived(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.security.signing import SigningKey
+
+    if settings.secret_key is None:
+        raise CommandError(
+            "CONVEYOR_SECRET_KEY is not set: there is no derived key to export",
+            "run it with the settings of the web processes",
+        )
+    key = SigningKey.derived(settings.secret_key.get_secret_value())
+    sys.stdout.write(key.private_pem().decode())
+    print(f"kid {key.kid} ({key.alg})", file=sys.stderr)
+    return 0
+
+
 # --- workers and queues ---------------------------------------------------------------------
 
 
@@ -1057,6 +1071,17 @@ def _keys(sub: Any) -> None:
     )
     generate.add_argument(
         "--alg", choices=ALGORITHMS, default="EdDSA", help="EdDSA (Ed25519, the default) or RS256"
+    )
+    _command(
+        keys,
+        "export-derived",
+        "print the key derived from CONVEYOR_SECRET_KEY (PEM), to move to key files",
+        cmd_keys_export_derived,
+        "conveyor keys export-derived > jwt-derived.pem",
+        description="Print the Ed25519 key that signs while no CONVEYOR_JWT_PRIVATE_KEYS is "
+        "set (derived from CONVEYOR_SECRET_KEY) as PEM on stdout, and its kid on stderr. "
+        "Listed first in CONVEYOR_JWT_PRIVATE_KEYS, it signs as before, so no token is "
+        "refused; then rotate as docs/signing-keys.md says. Keep it private (chmod 600).",
     )
 
 

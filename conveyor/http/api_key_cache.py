@@ -8,15 +8,16 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from conveyor.http.user_cache import TtlCache
 from conveyor.models import ApiKey
 from conveyor.services.api_keys import TOUCH_INTERVAL
 from conveyor.services.sessions import hash_secret
 
 
-class ApiKeyCache:
-    """Each key's row (or its absence) is kept `ttl` seconds, so a revocation in another
-    process takes effect within that time (in this one, `drop` makes it immediate); past
-    `max_entries` keys, the least recently used go first."""
+class ApiKeyCache(TtlCache[str, ApiKey | None]):
+    """Each key's row (or its absence) is kept `ttl` seconds under the key's hash, so a
+    revocation in another process takes effect within that time (in this one, `drop_id` makes
+    it immediate); past `max_entries` keys, the least recently used go first."""
 
     def __init__(
         self,
@@ -25,31 +26,19 @@ class ApiKeyCache:
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
+        super().__init__(ttl=ttl, max_entries=max_entries, clock=clock)
         self._touched: OrderedDict[uuid.UUID, float] = OrderedDict()
 
     async def get(self, key: str, load: Callable[[str], Awaitable[ApiKey | None]]) -> ApiKey | None:
         """The cached row of `key`, or `load(key)` once the entry is missing or stale."""
-        hashed = hash_secret(key)  # no key in clear stays in memory
-        entry = self._entries.get(hashed)
-        if entry is not None and entry[0] >= self._clock():
-            self._entries.move_to_end(hashed)
-            return entry[1]
-        row = await load(key)
-        self._entries[hashed] = (self._clock() + self.ttl, row)
-        self._entries.move_to_end(hashed)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return row
+        # no key in clear stays in memory: entries are kept under its hash
+        return await super().get(hash_secret(key), lambda _hashed: load(key))
 
-    def drop(self, key_id: uuid.UUID) -> None:
+    def drop_id(self, key_id: uuid.UUID) -> None:
         """Forget the key with this id (revoked here: refused from the next request on)."""
         for hashed, (_, row) in list(self._entries.items()):
             if row is not None and row.id == key_id:
-                del self._entries[hashed]
+                self.drop(hashed)
 
     def due_for_touch(self, key_id: uuid.UUID) -> bool:
         """Whether this process should record a use of the key now (first use, or a minute

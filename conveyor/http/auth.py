@@ -35,17 +35,20 @@ from conveyor.settings import Settings
 
 #: Authentication methods (RFC 8176 `amr` values) that count as a second factor; `cli`: a
 #: token issued on the server by someone who can run `conveyor` there.
-STRONG_METHODS = frozenset({"otp", "mfa", "cli"})
+STRONG_METHODS = frozenset({mfa.OTP, "cli"})
 
 
 def client_of(request: web.Request) -> Client:
     """Where the request came from, for the audit log and the attempt limits: the peer, or,
-    when the peer is a trusted proxy (CONVEYOR_TRUSTED_PROXIES), the address it forwarded."""
+    when the peer is a trusted proxy (CONVEYOR_TRUSTED_PROXIES), the address it forwarded;
+    and the API key it was made with, if any."""
     proxies = _networks(request.config_dict[CONTAINER].settings.trusted_proxies)
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    principal = request.get(PRINCIPAL)
     return Client(
         ip=client_address(request.remote, forwarded, proxies),
         user_agent=request.headers.get("User-Agent"),
+        api_key_id=principal and principal.api_key_id,
     )
 
 

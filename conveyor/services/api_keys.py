@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
@@ -24,6 +25,10 @@ from conveyor.services.sessions import hash_secret
 
 #: The visible start of every API key: recognisable in a leak scanner or a log.
 KEY_PREFIX = "cvk_"
+#: Hex characters of a key's visible prefix after `cvk_` (48 bits: the column holds 16).
+PREFIX_HEX = 12
+#: Keys drawn before giving up on a prefix that is not taken (one is, about once in 2**48).
+PREFIX_ATTEMPTS = 3
 #: `last_used_at` is written at most this often per key: no write per request.
 TOUCH_INTERVAL = dt.timedelta(minutes=1)
 #: The least role that may use each scope; the others are a member's.
@@ -62,8 +67,8 @@ def _scopes_for(role: Role, scopes: Sequence[str]) -> list[str]:
 
 
 def new_key() -> tuple[str, str]:
-    """A new key and its visible prefix (`cvk_` and 8 hex characters)."""
-    prefix = KEY_PREFIX + secrets.token_hex(4)
+    """A new key and its visible prefix (`cvk_` and PREFIX_HEX hex characters)."""
+    prefix = KEY_PREFIX + secrets.token_hex(PREFIX_HEX // 2)
     return f"{prefix}_{secrets.token_urlsafe(32)}", prefix
 
 
@@ -83,6 +88,24 @@ def create(
             "the key would be expired already",
             errors=[{"field": "expires_at", "message": "must be in the future"}],
         )
+    for _ in range(PREFIX_ATTEMPTS):
+        try:
+            return _insert(db, user_id, new, now=now, max_keys=max_keys, client=client)
+        except IntegrityError:  # the prefix is another key's: draw again
+            continue
+    raise ConflictError("could not draw an unused key prefix: try again")
+
+
+def _insert(
+    db: sessionmaker[Session],
+    user_id: uuid.UUID,
+    new: NewKey,
+    *,
+    now: dt.datetime,
+    max_keys: int,
+    client: Client,
+) -> tuple[ApiKey, str]:
+    """`create`'s transaction, with a newly drawn key; IntegrityError if its prefix is taken."""
     with transaction(db) as session:
         user = session.get(User, user_id, with_for_update=True)
         if user is None:

@@ -25,10 +25,12 @@ MAX_USER_AGENT = 300
 
 @dataclass(frozen=True)
 class Client:
-    """Where a request came from: its address and user agent, for the log and the limits."""
+    """Where a request came from: its address and user agent, for the log and the limits, and
+    the API key it was made with (the log names it as `via_api_key`)."""
 
     ip: str | None = None
     user_agent: str | None = None
+    api_key_id: uuid.UUID | None = None
 
 
 #: Conveyor itself, or a command run on the server.
@@ -45,6 +47,8 @@ def record(
     **details: Any,
 ) -> AuditEvent:
     """Add an audit event to `session` (committed with the rest of its transaction)."""
+    if client.api_key_id is not None:
+        details = {**details, "via_api_key": str(client.api_key_id)}
     event = AuditEvent(
         id=uuid7(),
         at=utcnow(),

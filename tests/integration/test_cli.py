@@ -489,6 +489,29 @@ def test_an_unusable_key_file_is_named(
     assert "missing.pem is not a readable PEM private key" in err
 
 
+def test_the_derived_key_moved_to_a_file_keeps_its_tokens_good(
+    env: None,
+    pg_db: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    alice = create_user(pg_db, "alice@example.com")
+    code, out, _ = run(capsys, "tokens", "issue", "alice@example.com")
+    assert code == 0
+    token = out.strip()
+    code, pem, err = run(capsys, "keys", "export-derived")
+    assert code == 0 and pem.startswith("-----BEGIN PRIVATE KEY-----")
+    assert err == f"kid {jwt.get_unverified_header(token)['kid']} (EdDSA)\n"
+    (tmp_path / "jwt.pem").write_text(pem)
+    monkeypatch.setenv("CONVEYOR_JWT_PRIVATE_KEYS", str(tmp_path / "jwt.pem"))
+    monkeypatch.delenv("CONVEYOR_SECRET_KEY")
+    get_settings.cache_clear()
+    assert TokenVerifier(TokenConfig.of(get_settings())).verify(token).user_id == alice.id
+    code, _, err = run(capsys, "keys", "export-derived")
+    assert code == 1 and "CONVEYOR_SECRET_KEY is not set" in err
+
+
 def test_a_missing_secret_key_says_how_to_make_one(
     env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

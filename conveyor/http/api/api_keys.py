@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from conveyor.http.api.params import read_body, respond, routes
@@ -33,6 +33,15 @@ class CreateApiKey(BaseModel):
     expires_in_days: int | None = Field(
         None, ge=1, le=MAX_DAYS, description="Or: how many days from now it stops working"
     )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_range(cls, value: dt.datetime | None) -> dt.datetime | None:
+        """The time in UTC; an error for one that has none (0001-01-01T00:00:00+01:00)."""
+        try:
+            return None if value is None else value.astimezone(dt.UTC)
+        except OverflowError:
+            raise ValueError("out of range") from None
 
     def expiry(self) -> dt.datetime | None:
         """When the key expires (None: never); InvalidRequestError when given both ways."""
@@ -150,5 +159,5 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     await run_db(
         state, api_keys.revoke, request[PRINCIPAL].user.id, key_id, client=client_of(request)
     )
-    state[API_KEY_CACHE].drop(key_id)
+    state[API_KEY_CACHE].drop_id(key_id)
     return web.Response(status=204)

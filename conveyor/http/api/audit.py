@@ -80,7 +80,12 @@ def _time(request: web.Request, name: str) -> dt.datetime | None:
             f"{name} must be an ISO 8601 time with its offset (2025-01-31T12:00:00Z)",
             errors=[{"field": name, "message": "an ISO 8601 time with an offset"}],
         )
-    return moment.astimezone(dt.UTC)
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 has no UTC time
+        raise InvalidRequestError(
+            f"{name} is out of range", errors=[{"field": name, "message": "out of range"}]
+        ) from None
 
 
 def _actions(request: web.Request) -> list[str]:

@@ -174,3 +174,25 @@ def test_a_user_holds_at_most_so_many_keys(embedded_stack: Stack) -> None:
     api_keys.create(stack.db, member_id, new, max_keys=1, client=NOBODY)
     with pytest.raises(ConflictError, match="revoke one first"):
         api_keys.create(stack.db, member_id, new, max_keys=1, client=NOBODY)
+
+
+async def test_a_prefix_already_taken_is_drawn_again(
+    embedded_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = embedded_stack
+    first = await _create(stack)
+    assert len(first["prefix"]) == len("cvk_") + api_keys.PREFIX_HEX
+    drawn = [(f"{first['prefix']}_another-secret", first["prefix"])]
+    draw = api_keys.new_key
+    monkeypatch.setattr(api_keys, "new_key", lambda: drawn.pop() if drawn else draw())
+    second = await _create(stack)
+    assert not drawn and second["prefix"] != first["prefix"]
+    assert (await stack.client.get("/v1/jobs", headers=stack.headers(second["key"]))).status == 200
+
+
+@pytest.mark.parametrize("expires_at", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+async def test_an_expiry_without_a_utc_time_is_refused(
+    embedded_stack: Stack, expires_at: str
+) -> None:
+    answer = await _create(embedded_stack, expect=422, expires_at=expires_at)
+    assert fields(answer) == ["expires_at"]
