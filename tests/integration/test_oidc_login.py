@@ -118,6 +118,14 @@ def user_of(stack: Stack, email: str) -> User | None:
         return session.scalars(select(User).where(User.email == email)).first()
 
 
+def unverified_user(stack: Stack, email: str) -> User:
+    """An account whose owner never proved the address (a self-registered one)."""
+    user = create_user(stack.db, email)
+    with transaction(stack.db) as session:
+        session.get_one(User, user.id).email_verified_at = None
+    return user
+
+
 def actions(stack: Stack) -> list[str]:
     with stack.db() as session:
         return list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
@@ -173,7 +181,7 @@ async def test_an_address_the_provider_did_not_verify_links_nothing(
     embedded_stack: Stack, provider: OidcProvider
 ) -> None:
     stack = embedded_stack
-    existing = create_user(stack.db, "ada@example.com")
+    existing = unverified_user(stack, "ada@example.com")
     provider.user = {**provider.user, "email_verified": False}
     body = await problem(await callback(stack, await authorize(stack)), 401)
     assert "not verified" in body["detail"]
@@ -186,7 +194,7 @@ async def test_an_account_that_never_verified_its_address_is_not_linked(
     embedded_stack: Stack,
 ) -> None:
     stack = embedded_stack
-    create_user(stack.db, "ada@example.com")
+    unverified_user(stack, "ada@example.com")
     body = await problem(await callback(stack, await authorize(stack)), 409)
     assert "not verified" in body["detail"]
 
