@@ -88,6 +88,9 @@ class TokenPurpose(enum.StrEnum):
     MFA_LOGIN = "mfa_login"
     #: An OpenID Connect login under way: its state (hashed), nonce and PKCE verifier.
     OIDC_LOGIN = "oidc_login"
+    #: An OpenID Connect login done, for a browser sent to `return_to`: the front end trades
+    #: this code for the session (a minute, once).
+    OIDC_CODE = "oidc_code"
 
 
 class OneTimeToken(Base):

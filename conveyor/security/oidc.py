@@ -49,6 +49,9 @@ class ProviderConfig(BaseModel):
     #: None for a public client, which proves itself with PKCE alone.
     client_secret: SecretStr | None = None
     scopes: str = "openid email profile"
+    #: Whether a first login may link an existing account by the email address the provider
+    #: verified. False: only new accounts (and those linked before) sign in with it.
+    link_existing: bool = True
 
     @field_validator("issuer")
     @classmethod

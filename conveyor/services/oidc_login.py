@@ -1,6 +1,7 @@
 """OpenID Connect login on our side: the login under way between its start and the provider's
-callback (kept server side as a single-use token), and the account an identity the provider
-vouches for signs in to (found, linked by verified email, or created).
+callback (kept server side as a single-use token, bound to the browser that started it), the
+account an identity the provider vouches for signs in to (found, linked by verified email, or
+created), and the login code a browser sent back to `return_to` trades for the session.
 
 The protocol itself (state, nonce, PKCE, the ID token's checks) is `conveyor.security.oidc`'s.
 """
@@ -8,6 +9,8 @@ The protocol itself (state, nonce, PKCE, the ID token's checks) is `conveyor.sec
 from __future__ import annotations
 
 import datetime as dt
+import hmac
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -17,20 +20,32 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
-from conveyor.errors import BadRequestError, ConflictError, PermissionDeniedError
+from conveyor.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    PermissionDeniedError,
+)
 from conveyor.ids import uuid7
-from conveyor.models import Identity, OneTimeToken, Role, TokenPurpose, User
+from conveyor.models import Identity, Job, OneTimeToken, Role, TokenPurpose, User
 from conveyor.models.base import utcnow
 from conveyor.security import oidc
+from conveyor.security.throttle import Throttle, too_many
 from conveyor.services import audit, sessions
+from conveyor.services.accounts import queue_notice
 from conveyor.services.audit import Client
 from conveyor.services.auth import TokenConfig
 from conveyor.services.jobs import rowcount
 from conveyor.services.sessions import Lifetimes, MfaChallenge, Tokens, hash_secret
+from conveyor.services.sign_in import sign_in_facts
+from conveyor.services.submissions import Submissions
 from conveyor.services.users import normalize_email
 
 #: How long a user has at the provider to finish a login.
 LOGIN_TTL = dt.timedelta(minutes=10)
+#: How long the front end has to trade a login code for the session; and the code's prefix.
+CODE_TTL = dt.timedelta(seconds=60)
+CODE_PREFIX = "cvo_"
 #: The longest display name kept from a provider (the column's size).
 MAX_NAME = 200
 
@@ -49,9 +64,22 @@ class PendingLogin:
     return_to: str | None
 
 
-def save(db: sessionmaker[Session], login: oidc.LoginState, *, return_to: str | None) -> None:
+def save(
+    db: sessionmaker[Session],
+    throttle: Throttle,
+    login: oidc.LoginState,
+    *,
+    return_to: str | None,
+    binding: str,
+    client: Client,
+) -> None:
     """Keep a login's nonce and PKCE verifier until its callback, under the hash of its state
-    (the state travels through the browser; the rest never does)."""
+    (the state travels through the browser; the rest never does), with the hash of `binding`,
+    the secret of the browser's cookie. Starts count against the client address's sign-in
+    attempts (429 past them): each keeps a row for 10 minutes."""
+    by_ip = throttle.hit(f"login:ip:{client.ip}")
+    if not by_ip.allowed:
+        raise too_many(by_ip, "sign-in attempts from this address")
     now = utcnow()
     with transaction(db) as session:
         session.add(
@@ -66,9 +94,31 @@ def save(db: sessionmaker[Session], login: oidc.LoginState, *, return_to: str | 
                     "nonce": login.nonce,
                     "verifier": login.verifier,
                     "return_to": return_to,
+                    "binding": hash_secret(binding),
                 },
             )
         )
+
+
+def check_browser(db: sessionmaker[Session], state: str, binding: str | None) -> None:
+    """Refuse the callback of `state` in another browser than the one that started the login
+    (RFC 6749 10.12: else anyone could sign a victim's browser in to the sender's account by
+    sending it their own callback link). `binding` is the secret of the start's cookie. An
+    unknown state passes: `claim` says why it is refused."""
+    if not binding:
+        raise _bad_state(
+            "this browser did not start this login (its cookie is missing): start it again"
+        )
+    with db() as session:
+        data = session.scalar(
+            select(OneTimeToken.data).where(
+                OneTimeToken.token_hash == hash_secret(state),
+                OneTimeToken.purpose == TokenPurpose.OIDC_LOGIN.value,
+            )
+        )
+    expected = str((data or {}).get("binding", ""))
+    if data is not None and not hmac.compare_digest(expected, hash_secret(binding)):
+        raise _bad_state("this login was started in another browser: start it again")
 
 
 def claim(db: sessionmaker[Session], provider: str, state: str) -> PendingLogin:
@@ -112,9 +162,10 @@ def _bad_state(reason: str) -> BadRequestError:
 
 def sign_in(
     db: sessionmaker[Session],
+    submissions: Submissions,
     config: TokenConfig,
     lifetimes: Lifetimes,
-    provider: str,
+    provider: oidc.ProviderConfig,
     identity: oidc.Identity,
     *,
     registration: Registration,
@@ -122,17 +173,126 @@ def sign_in(
 ) -> Tokens | MfaChallenge:
     """Sign in the account of `identity` (a verified ID token of `provider`): a session, or
     a second-factor challenge for a user with MFA. The account is the one linked to the
-    identity; else the one of the email address the provider verified (linked now); else a new
-    one, if registration is open. A disabled account is refused (403)."""
+    identity; else the one of the email address the provider verified (linked now, if the
+    provider's `link_existing` allows; its owner is told); else a new one, if registration is
+    open. A disabled account is refused (403). A sign-in to an account used before is
+    notified by email (`new_sign_in`)."""
 
-    def attempt(session: Session) -> Tokens | MfaChallenge:
-        user = _account(session, provider, identity, registration=registration, client=client)
+    def attempt(session: Session) -> tuple[Tokens | MfaChallenge, list[Job]]:
+        user, jobs = _account(
+            session, submissions, provider, identity, registration=registration, client=client
+        )
+        amr = [f"oidc:{provider.name}"]
+        result, notices = _open(session, submissions, config, lifetimes, user, amr, client)
+        return result, jobs + notices
+
+    result, jobs = _once_more_on_conflict(db, attempt)
+    submissions.publish_written(jobs)
+    return result
+
+
+def issue_code(
+    db: sessionmaker[Session],
+    submissions: Submissions,
+    provider: oidc.ProviderConfig,
+    identity: oidc.Identity,
+    *,
+    registration: Registration,
+    client: Client,
+) -> str:
+    """The account of `identity`, found as `sign_in` finds it, but a login code instead of a
+    session: the browser carries it to `return_to`, whose page trades it (`exchange`) within
+    a minute, once. Neither the code's row nor the URL holds a token."""
+    code = CODE_PREFIX + secrets.token_urlsafe(32)
+
+    def attempt(session: Session) -> tuple[str, list[Job]]:
+        user, jobs = _account(
+            session, submissions, provider, identity, registration=registration, client=client
+        )
+        now = utcnow()
+        session.add(
+            OneTimeToken(
+                id=uuid7(),
+                purpose=TokenPurpose.OIDC_CODE.value,
+                user_id=user.id,
+                token_hash=hash_secret(code),
+                created_at=now,
+                expires_at=now + CODE_TTL,
+                data={"amr": [f"oidc:{provider.name}"]},
+            )
+        )
+        return code, jobs
+
+    code, jobs = _once_more_on_conflict(db, attempt)
+    submissions.publish_written(jobs)
+    return code
+
+
+def exchange(
+    db: sessionmaker[Session],
+    submissions: Submissions,
+    config: TokenConfig,
+    lifetimes: Lifetimes,
+    code: str,
+    *,
+    client: Client,
+) -> Tokens | MfaChallenge:
+    """Trade a login code for the session of its sign-in (or its second-factor challenge).
+    A code works once, for a minute (a guarded UPDATE: of two trades, one wins); an unknown,
+    used or expired code, or one of an account disabled since, is an AuthenticationError."""
+    now = utcnow()
+    with transaction(db) as session:
+        claimed = session.execute(
+            update(OneTimeToken)
+            .where(
+                OneTimeToken.token_hash == hash_secret(code),
+                OneTimeToken.purpose == TokenPurpose.OIDC_CODE.value,
+                OneTimeToken.used_at.is_(None),
+                OneTimeToken.expires_at > now,
+            )
+            .values(used_at=now)
+            .returning(OneTimeToken.user_id, OneTimeToken.data)
+            .execution_options(synchronize_session=False)
+        ).first()
+        user = session.get(User, claimed.user_id) if claimed is not None else None
+        if claimed is None or user is None:
+            raise _bad_code("unknown, used or expired login_code: log in again")
         if not user.active:
-            raise PermissionDeniedError("this account is disabled")
-        amr = [f"oidc:{provider}"]
-        return sessions.sign_in(session, config, lifetimes, user, amr=amr, client=client)
+            raise _bad_code("this account is disabled")
+        result, jobs = _open(
+            session, submissions, config, lifetimes, user, claimed.data["amr"], client
+        )
+    submissions.publish_written(jobs)
+    return result
 
-    return _once_more_on_conflict(db, attempt)
+
+def _bad_code(reason: str) -> AuthenticationError:
+    return AuthenticationError(reason, errors=[{"field": "login_code", "message": reason}])
+
+
+def _open(
+    session: Session,
+    submissions: Submissions,
+    config: TokenConfig,
+    lifetimes: Lifetimes,
+    user: User,
+    amr: list[str],
+    client: Client,
+) -> tuple[Tokens | MfaChallenge, list[Job]]:
+    """The session (or MFA challenge) of `user`, and the `new_sign_in` notice of a session of
+    an account used before (a first sign-in, or an MFA challenge, whose second step notifies,
+    sends none), as a password sign-in does."""
+    first = user.last_login_at is None
+    result = sessions.sign_in(session, config, lifetimes, user, amr=amr, client=client)
+    if first or isinstance(result, MfaChallenge):
+        return result, []
+    facts = sign_in_facts(client, _method(amr))
+    return result, [queue_notice(session, submissions, user.id, "new_sign_in", facts)]
+
+
+def _method(amr: list[str]) -> str:
+    """How a notice names an OpenID Connect sign-in: `corp (OpenID Connect)`."""
+    return " and ".join(f"{m.removeprefix('oidc:')} (OpenID Connect)" for m in amr)
 
 
 def _once_more_on_conflict(db: sessionmaker[Session], work: Callable[[Session], T]) -> T:
@@ -148,12 +308,37 @@ def _once_more_on_conflict(db: sessionmaker[Session], work: Callable[[Session], 
 
 def _account(
     session: Session,
-    provider: str,
+    submissions: Submissions,
+    provider: oidc.ProviderConfig,
     identity: oidc.Identity,
     *,
     registration: Registration,
     client: Client,
-) -> User:
+) -> tuple[User, list[Job]]:
+    """The active account `identity` signs in to, and the `identity_linked` notice to its
+    owner if it was linked now (not for an account made now)."""
+    user, linked = _linked_account(
+        session, provider, identity, registration=registration, client=client
+    )
+    if not user.active:
+        raise PermissionDeniedError("this account is disabled")
+    if not linked:
+        return user, []
+    facts = sign_in_facts(client, _method([f"oidc:{provider.name}"]))
+    return user, [queue_notice(session, submissions, user.id, "identity_linked", facts)]
+
+
+def _linked_account(
+    session: Session,
+    config: oidc.ProviderConfig,
+    identity: oidc.Identity,
+    *,
+    registration: Registration,
+    client: Client,
+) -> tuple[User, bool]:
+    """The account of `identity` (found, linked, or made), and whether an existing account
+    was linked to it now."""
+    provider = config.name
     now = utcnow()
     linked = session.scalars(
         select(Identity).where(Identity.provider == provider, Identity.subject == identity.subject)
@@ -163,9 +348,10 @@ def _account(
         linked.email = identity.email
         user = session.get(User, linked.user_id)
         assert user is not None  # an identity goes with its user (ON DELETE CASCADE)
-        return user
+        return user, False
     email = normalize_email(identity.verified_email())
     user = session.scalars(select(User).where(User.email == email)).first()
+    existing = user is not None
     if user is None:
         user = _register(session, identity, email, registration=registration)
         audit.record(
@@ -182,6 +368,11 @@ def _account(
         raise ConflictError(
             f"an account with the address {email} exists but its address is not verified: "
             "verify it (or reset the password) first, then log in with the provider again"
+        )
+    elif not config.link_existing:
+        raise ConflictError(
+            f"an account with the address {email} exists, and accounts are not linked to "
+            f"{provider} by their address: sign in with its password instead"
         )
     session.add(
         Identity(
@@ -203,7 +394,7 @@ def _account(
         provider=provider,
         subject=identity.subject,
     )
-    return user
+    return user, existing
 
 
 def _register(

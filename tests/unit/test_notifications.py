@@ -59,6 +59,7 @@ AUTH_KINDS = (
     "new_sign_in",
     "account_exists",
     "mfa_changed",
+    "identity_linked",
 )
 
 

@@ -76,6 +76,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("GET", "/v1/auth/oidc/providers"): None,
     ("GET", "/v1/auth/oidc/{provider}/start"): None,
     ("GET", "/v1/auth/oidc/{provider}/callback"): None,
+    ("POST", "/v1/auth/oidc/exchange"): None,
 }
 
 

@@ -52,6 +52,7 @@ async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
         "/v1/auth/oidc/providers",
         "/v1/auth/oidc/{provider}/start",
         "/v1/auth/oidc/{provider}/callback",
+        "/v1/auth/oidc/exchange",  # the one-time login code of a callback is the proof
         # accounts: signing in, and what a person who cannot sign in yet needs
         "/v1/auth/register",
         "/v1/auth/verify-email",

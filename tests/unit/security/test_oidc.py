@@ -83,12 +83,14 @@ def verify(token: str, jwks: Any = JWKS, now: float = NOW) -> Any:
 def test_providers_are_read_from_a_json_object() -> None:
     providers = parse_providers(
         '{"acme": {"issuer": "https://id.example.com", "client_id": "c", "client_secret": "s"},'
-        ' "local-1": {"issuer": "http://127.0.0.1:8080", "client_id": "d", "scopes": "openid"}}'
+        ' "local-1": {"issuer": "http://127.0.0.1:8080", "client_id": "d", "scopes": "openid",'
+        ' "link_existing": false}}'
     )
     assert providers["acme"].client_secret is not None
     assert providers["acme"].client_secret.get_secret_value() == "s"
     assert providers["acme"].scopes == "openid email profile"
     assert providers["local-1"].client_secret is None
+    assert providers["acme"].link_existing and not providers["local-1"].link_existing
     assert parse_providers("") == {} and parse_providers(None) == {}
 
 
