@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +25,6 @@ from conveyor.security import oidc
 from conveyor.services import audit, sessions
 from conveyor.services.audit import Client
 from conveyor.services.auth import TokenConfig
-from conveyor.services.jobs import rowcount
 from conveyor.services.sessions import Lifetimes, MfaChallenge, Tokens, hash_secret
 from conveyor.services.users import normalize_email
 
@@ -89,14 +88,7 @@ def claim(db: sessionmaker[Session], provider: str, state: str) -> PendingLogin:
             raise _bad_state("this state belongs to a login with another provider")
         if token.expires_at <= now:
             raise _bad_state("this login has expired (10 minutes): start it again")
-        claimed = token.used_at is None and rowcount(
-            session.execute(
-                update(OneTimeToken)
-                .where(OneTimeToken.id == token.id, OneTimeToken.used_at.is_(None))
-                .values(used_at=now)
-            )
-        )
-        if not claimed:
+        if token.used_at is not None or not sessions.use_up(session, token.id, now):
             raise _bad_state("this login was finished already (a state is good once)")
         return PendingLogin(
             provider=provider,

@@ -16,7 +16,7 @@ from conveyor.security import totp
 from conveyor.security.passwords import hash_password
 from conveyor.services import mfa, sessions
 from conveyor.services.audit import NOBODY
-from conveyor.services.auth import TokenConfig, issue_token
+from conveyor.services.auth import TokenConfig
 from conveyor.services.sessions import Lifetimes, MfaChallenge
 from tests.stack import Stack
 from tests.stack import test_settings as settings_of
@@ -40,9 +40,20 @@ def _actions(stack: Stack, action: str) -> list[AuditEvent]:
         )
 
 
-def _password_token(stack: Stack, email: str) -> str:
-    """An access token of a sign-in with a password only."""
-    return issue_token(TokenConfig.of(stack.settings), _user(stack, email).id, amr=("pwd",))
+def _signed_in(stack: Stack, email: str, amr: tuple[str, ...] = ("pwd",)) -> str:
+    """An access token of a session that began now (first factor `amr`): an account without a
+    password changes its second factor only from a recent sign-in."""
+    with transaction(stack.db) as session:
+        user = session.scalars(select(User).where(User.email == email)).one()
+        tokens = sessions.start(
+            session,
+            TokenConfig.of(stack.settings),
+            Lifetimes.of(stack.settings),
+            user,
+            amr=amr,
+            client=NOBODY,
+        )
+    return tokens.access_token
 
 
 async def _post(stack: Stack, path: str, token: str | None, body: dict[str, Any]) -> Any:
@@ -91,7 +102,8 @@ async def test_enrolling_stores_the_secret_sealed_and_confirming_turns_mfa_on(
     embedded_stack: Stack,
 ) -> None:
     stack = embedded_stack
-    response = await _post(stack, "/me/mfa/totp", stack.member_token, {})
+    member = _signed_in(stack, MEMBER)
+    response = await _post(stack, "/me/mfa/totp", member, {})
     enrolment = await response.json()
     assert response.status == 200, enrolment
     secret = enrolment["secret"]
@@ -100,9 +112,7 @@ async def test_enrolling_stores_the_secret_sealed_and_confirming_turns_mfa_on(
     assert pending.totp_secret is not None and pending.totp_secret.startswith("v1.")
     assert secret not in pending.totp_secret and not pending.mfa_enabled
 
-    response = await _post(
-        stack, "/me/mfa/totp/confirm", stack.member_token, {"code": totp.code_at(secret)}
-    )
+    response = await _post(stack, "/me/mfa/totp/confirm", member, {"code": totp.code_at(secret)})
     enabled = await response.json()
     assert response.status == 200, enabled
     assert enabled["token_type"] == "Bearer" and enabled["refresh_token"].startswith("cvr_")
@@ -113,7 +123,7 @@ async def test_enrolling_stores_the_secret_sealed_and_confirming_turns_mfa_on(
     assert stored == {totp.hash_recovery_code(code) for code in enabled["recovery_codes"]}
     assert [e.subject_id for e in _actions(stack, "mfa_enabled")] == [pending.id]
 
-    again = await _post(stack, "/me/mfa/totp", stack.member_token, {})
+    again = await _post(stack, "/me/mfa/totp", member, {})
     assert "already on" in (await problem(again, 409))["detail"]
 
 
@@ -121,26 +131,28 @@ async def test_enrolling_needs_the_current_password_when_the_account_has_one(
     embedded_stack: Stack,
 ) -> None:
     stack = embedded_stack
+    member = _signed_in(stack, MEMBER)
     with transaction(stack.db) as session:
         user = session.scalars(select(User).where(User.email == MEMBER)).one()
         user.password_hash = hash_password("correct horse battery staple")
     for body in ({}, {"password": "wrong"}):
-        response = await _post(stack, "/me/mfa/totp", stack.member_token, body)
+        response = await _post(stack, "/me/mfa/totp", member, body)
         assert fields(await problem(response, 422)) == ["password"]
-    await _enrol(stack, stack.member_token, password="correct horse battery staple")
+    await _enrol(stack, member, password="correct horse battery staple")
 
 
 async def test_a_code_is_good_once_and_only_near_the_current_time(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    secret = await _enrol(stack, stack.member_token)
+    member = _signed_in(stack, MEMBER)
+    secret = await _enrol(stack, member)
     stale = totp.code_at(secret, time.time() - 3 * totp.PERIOD)
-    response = await _post(stack, "/me/mfa/totp/confirm", stack.member_token, {"code": stale})
+    response = await _post(stack, "/me/mfa/totp/confirm", member, {"code": stale})
     assert fields(await problem(response, 422)) == ["code"]
     code = totp.code_at(secret)
-    response = await _post(stack, "/me/mfa/totp/confirm", stack.member_token, {"code": code})
+    response = await _post(stack, "/me/mfa/totp/confirm", member, {"code": code})
     assert response.status == 200
     replay = await stack.client.delete(
-        "/v1/me/mfa", json={"code": code}, headers=stack.headers(stack.member_token)
+        "/v1/me/mfa", json={"code": code}, headers=stack.headers(member)
     )
     assert fields(await problem(replay, 422)) == ["code"]
     assert _user(stack, MEMBER).mfa_enabled
@@ -150,7 +162,7 @@ async def test_confirming_makes_an_admin_act_as_admin_at_once_and_disabling_undo
     embedded_stack: Stack,
 ) -> None:
     stack = embedded_stack
-    weak = _password_token(stack, ADMIN)
+    weak = _signed_in(stack, ADMIN)
     refused = await stack.client.get("/admin/", headers=stack.headers(weak))
     assert refused.status == 403
     secret, enabled = await _enable(stack, weak)
@@ -171,7 +183,8 @@ async def test_confirming_makes_an_admin_act_as_admin_at_once_and_disabling_undo
 
 async def test_signing_in_takes_a_code_after_the_password(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    secret, _ = await _enable(stack, stack.member_token)
+    member = _signed_in(stack, MEMBER)
+    secret, _ = await _enable(stack, member)
     mfa_token = _challenge(stack, MEMBER)
     assert mfa_token.startswith("cvm_")
 
@@ -205,7 +218,8 @@ async def test_an_unknown_mfa_token_is_refused(embedded_stack: Stack) -> None:
 
 async def test_a_recovery_code_signs_in_once(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    _, enabled = await _enable(stack, stack.member_token)
+    member = _signed_in(stack, MEMBER)
+    _, enabled = await _enable(stack, member)
     code = enabled["recovery_codes"][0].upper()  # typed loosely: case does not matter
     body = {"mfa_token": _challenge(stack, MEMBER), "code": code}
     assert (await _post(stack, "/auth/login/mfa", None, body)).status == 200
@@ -218,10 +232,9 @@ async def test_a_recovery_code_signs_in_once(embedded_stack: Stack) -> None:
 
 async def test_new_recovery_codes_replace_the_old_ones(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    secret, enabled = await _enable(stack, stack.member_token)
-    response = await _post(
-        stack, "/me/mfa/recovery-codes", stack.member_token, {"code": _next_code(secret)}
-    )
+    member = _signed_in(stack, MEMBER)
+    secret, enabled = await _enable(stack, member)
+    response = await _post(stack, "/me/mfa/recovery-codes", member, {"code": _next_code(secret)})
     renewed = await response.json()
     assert response.status == 200, renewed
     assert not set(renewed["recovery_codes"]) & set(enabled["recovery_codes"])
@@ -234,7 +247,8 @@ async def test_new_recovery_codes_replace_the_old_ones(embedded_stack: Stack) ->
 
 async def test_second_factor_attempts_are_limited_per_account(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    secret, _ = await _enable(stack, stack.member_token)  # two attempts of the five
+    member = _signed_in(stack, MEMBER)
+    secret, _ = await _enable(stack, member)  # two attempts of the five
     mfa_token = _challenge(stack, MEMBER)
     for _ in range(3):
         response = await _post(

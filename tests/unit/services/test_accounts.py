@@ -104,7 +104,10 @@ def test_requests_past_an_address_limit_are_dropped_without_a_sign(
     rule = Rule.parse("2/1h")
     store = MemoryStore()
     throttles = accounts.Throttles(
-        Throttle(store, rule), Throttle(store, rule), Throttle(store, Rule.parse("2/1h"))
+        Throttle(store, rule),
+        Throttle(store, rule),
+        Throttle(store, Rule.parse("2/1h")),
+        Throttle(store, rule),
     )
     for n in range(3):  # three clients, one address
         accounts.request_reset(
