@@ -3,6 +3,7 @@ a sign-in, recovery codes and the attempt limit."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -10,13 +11,19 @@ import pytest
 from sqlalchemy import select
 
 from conveyor.db import transaction
-from conveyor.errors import ConfigurationError
-from conveyor.models import AuditEvent, RecoveryCode, User
+from conveyor.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidTokenError,
+    TooManyRequestsError,
+)
+from conveyor.models import AuditEvent, AuthSession, RecoveryCode, User
 from conveyor.security import totp
 from conveyor.security.passwords import hash_password
+from conveyor.security.throttle import MemoryStore, Rule, Throttle
 from conveyor.services import mfa, sessions
-from conveyor.services.audit import NOBODY
-from conveyor.services.auth import TokenConfig
+from conveyor.services.audit import NOBODY, Client
+from conveyor.services.auth import TokenConfig, TokenVerifier
 from conveyor.services.sessions import Lifetimes, MfaChallenge
 from tests.stack import Stack
 from tests.stack import test_settings as settings_of
@@ -265,8 +272,95 @@ async def test_second_factor_attempts_are_limited_per_account(embedded_stack: St
             select(AuditEvent).where(AuditEvent.action == "login_failed")
         ).all()
     assert len(failures) == 4
+    assert [e.details["reason"] for e in _actions(stack, "lockout")] == ["mfa"]
 
 
 def test_enrolment_needs_a_secret_key() -> None:
     with pytest.raises(ConfigurationError, match="CONVEYOR_SECRET_KEY"):
         mfa.sealer_of(settings_of(secret_key=None))
+
+
+def _age(stack: Stack, token: str, by: dt.timedelta) -> None:
+    """Make the session of `token` have begun `by` earlier."""
+    session_id = TokenVerifier(TokenConfig.of(stack.settings)).verify(token).session_id
+    with transaction(stack.db) as session:
+        auth_session = session.get(AuthSession, session_id)
+        assert auth_session is not None
+        auth_session.created_at -= by
+
+
+async def test_an_account_without_a_password_changes_mfa_only_from_a_recent_sign_in(
+    embedded_stack: Stack,
+) -> None:
+    """A stolen access token of an old sign-in cannot turn on a second factor (and so act
+    with the account's full role), nor turn it off or read new recovery codes."""
+    stack = embedded_stack
+    for stale in (stack.member_token, _signed_in(stack, MEMBER, ("oidc:example",))):
+        if stale != stack.member_token:
+            _age(stack, stale, mfa.FRESH_SIGN_IN + dt.timedelta(minutes=1))
+        refused = await _post(stack, "/me/mfa/totp", stale, {})
+        assert "sign in again" in (await problem(refused, 403))["detail"]
+    assert _user(stack, MEMBER).totp_secret is None
+
+    fresh = _signed_in(stack, ADMIN, ("oidc:example",))  # an account of its own limit
+    secret, _ = await _enable(stack, fresh)
+    _age(stack, fresh, mfa.FRESH_SIGN_IN + dt.timedelta(minutes=1))
+    renew = await _post(stack, "/me/mfa/recovery-codes", fresh, {"code": _next_code(secret)})
+    await problem(renew, 403)
+    off = await stack.client.delete(
+        "/v1/me/mfa", json={"code": _next_code(secret)}, headers=stack.headers(fresh)
+    )
+    await problem(off, 403)
+    assert _user(stack, ADMIN).mfa_enabled
+
+
+def _checker(stack: Stack, per_address: int = 100) -> mfa.Checker:
+    return mfa.Checker(
+        mfa.sealer_of(stack.settings),
+        Throttle(MemoryStore(), Rule(100, 60)),
+        stack.container.submissions,
+        Throttle(MemoryStore(), Rule(per_address, 60)),
+    )
+
+
+def _finish(stack: Stack, checker: mfa.Checker, mfa_token: str, code: str) -> Any:
+    return mfa.finish_sign_in(
+        stack.db,
+        checker,
+        TokenConfig.of(stack.settings),
+        Lifetimes.of(stack.settings),
+        mfa_token,
+        code,
+        client=Client("192.0.2.7", None),
+    )
+
+
+def test_the_second_step_is_limited_per_client_address(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    checker = _checker(stack, per_address=2)
+    for _ in range(2):
+        with pytest.raises(InvalidTokenError):
+            _finish(stack, checker, "cvm_guess", "123456")
+    with pytest.raises(TooManyRequestsError):
+        _finish(stack, checker, "cvm_guess", "123456")
+
+
+async def test_a_second_step_that_fails_late_keeps_the_account_s_count(
+    embedded_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count is cleared only once the sign-in is committed."""
+    stack = embedded_stack
+    secret, _ = await _enable(stack, _signed_in(stack, MEMBER))
+    checker = _checker(stack)
+    mfa_token = _challenge(stack, MEMBER)
+    with pytest.raises(AuthenticationError):
+        _finish(stack, checker, mfa_token, "000000")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(mfa.sessions, "start", broken)
+    with pytest.raises(RuntimeError):
+        _finish(stack, checker, mfa_token, _next_code(secret))
+    key = f"mfa:account:{_user(stack, MEMBER).id}"
+    assert checker.throttle.peek(key).remaining == 100 - 2
