@@ -57,11 +57,13 @@ SYSTEM_EMAIL = "system@conveyor.invalid"
 
 @dataclass(frozen=True)
 class Throttles:
-    """The attempt limits of sign-in (both steps) and of reset and verification requests."""
+    """The attempt limits of sign-in (both steps), registration, and reset and verification
+    requests."""
 
     login_account: Throttle
     login_ip: Throttle
-    #: Reset (and verification) requests, per client address and per email address.
+    #: Reset requests, verification resends and registrations (each counted apart), per
+    #: client address and per email address.
     reset: Throttle
     #: Second-factor checks per account (`CONVEYOR_MFA_RATE`).
     mfa: Throttle
