@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -271,16 +271,7 @@ def mint_token(
     token = secrets.token_urlsafe(32)
     now = utcnow()
     with transaction(db) as session:
-        session.execute(
-            update(OneTimeToken)
-            .where(
-                OneTimeToken.user_id == user.id,
-                OneTimeToken.purpose == purpose.value,
-                OneTimeToken.used_at.is_(None),
-                OneTimeToken.id != token_id,
-            )
-            .values(used_at=now)
-        )
+        sessions.void_pending(session, user.id, purpose, now, keep=token_id)
         row = session.get(OneTimeToken, token_id)
         if row is None:
             row = OneTimeToken(id=token_id, purpose=purpose.value, user_id=user.id)
@@ -391,15 +382,7 @@ def _set_password(
     user.password_changed_at = now
     if sign_out_tokens:
         user.tokens_valid_after = now
-    session.execute(
-        update(OneTimeToken)
-        .where(
-            OneTimeToken.user_id == user.id,
-            OneTimeToken.purpose == TokenPurpose.MFA_LOGIN.value,
-            OneTimeToken.used_at.is_(None),
-        )
-        .values(used_at=now)
-    )
+    sessions.void_pending(session, user.id, TokenPurpose.MFA_LOGIN, now)
     ended = sessions.revoke_all(session, user.id, reason=reason, keep=keep)
     return PasswordSet(user.id, now, ended)
 

@@ -253,6 +253,26 @@ def use_up(session: Session, token_id: uuid.UUID, now: dt.datetime) -> bool:
     return rowcount(used) == 1
 
 
+def void_pending(
+    session: Session,
+    user_id: uuid.UUID,
+    purpose: TokenPurpose,
+    now: dt.datetime,
+    *,
+    keep: uuid.UUID | None = None,
+) -> None:
+    """Use up every unused single-use token of `purpose` of a user but `keep`, in `session`'s
+    transaction: they stop working."""
+    query = update(OneTimeToken).where(
+        OneTimeToken.user_id == user_id,
+        OneTimeToken.purpose == purpose.value,
+        OneTimeToken.used_at.is_(None),
+    )
+    if keep is not None:
+        query = query.where(OneTimeToken.id != keep)
+    session.execute(query.values(used_at=now))
+
+
 def logout(
     db: sessionmaker[Session],
     user_id: uuid.UUID,
