@@ -391,16 +391,20 @@ class Settings(BaseSettings):
     )
     login_account_rate: str = Field(
         "10/15m",
-        description="Failed sign-ins per account, as LIMIT/WINDOW (unit s, m or h); past it, "
-        "sign-ins to the account are refused (429, Retry-After) until old failures leave the "
-        "window.",
+        description="Failed sign-ins (and wrong current passwords) per account, as "
+        "LIMIT/WINDOW (unit s, m or h); past it, sign-ins to the account are refused (429, "
+        "Retry-After) until old failures leave the window.",
     )
     login_ip_rate: str = Field(
-        "100/15m", description="Sign-in attempts per client address, as LIMIT/WINDOW."
+        "100/15m",
+        description="Sign-in attempts per client address, as LIMIT/WINDOW; second steps "
+        "(POST /v1/auth/login/mfa) are counted apart, by the same rule.",
     )
     reset_rate: str = Field(
         "5/1h",
-        description="Password reset requests per account and per client address, as LIMIT/WINDOW.",
+        description="Password reset requests per email address and per client address, as "
+        "LIMIT/WINDOW; verification resends and registrations are each counted apart, by the "
+        "same rule.",
     )
     mfa_rate: str = Field(
         "5/5m", description="Second-factor (TOTP or recovery code) attempts per account."

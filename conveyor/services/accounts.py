@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,7 +42,6 @@ from conveyor.security.passwords import (
 from conveyor.security.throttle import Rule, Throttle, make_store, too_many
 from conveyor.services import audit, sessions
 from conveyor.services.audit import Client
-from conveyor.services.jobs import rowcount
 from conveyor.services.sessions import hash_secret
 from conveyor.services.submissions import Submissions, insert_jobs
 from conveyor.services.users import normalize_email
@@ -59,11 +58,13 @@ SYSTEM_EMAIL = "system@conveyor.invalid"
 
 @dataclass(frozen=True)
 class Throttles:
-    """The attempt limits of sign-in (both steps) and of reset and verification requests."""
+    """The attempt limits of sign-in (both steps), registration, and reset and verification
+    requests."""
 
     login_account: Throttle
     login_ip: Throttle
-    #: Reset (and verification) requests, per client address and per email address.
+    #: Reset requests, verification resends and registrations (each counted apart), per
+    #: client address and per email address.
     reset: Throttle
     #: Second-factor checks per account (`CONVEYOR_MFA_RATE`).
     mfa: Throttle
@@ -144,6 +145,7 @@ def moment(when: dt.datetime) -> str:
 def register(
     db: sessionmaker[Session],
     submissions: Submissions,
+    throttles: Throttles,
     email: str,
     password: str,
     name: str | None,
@@ -152,9 +154,13 @@ def register(
 ) -> None:
     """Create an unverified account and queue its verification email; for an address that
     has an account already, queue an `account_exists` notice to it instead. Either way the
-    caller answers the same, and the password is hashed (the same cost)."""
-    address = normalize_email(email)
-    check_password(password, email=address)
+    caller answers the same, and the password is hashed (the same cost). Registrations count
+    against the limits of reset requests (CONVEYOR_RESET_RATE): 429 past the client
+    address's; past the email address's, nothing happens and nothing tells."""
+    check_password(password, email=normalize_email(email))
+    address = _limited_request(throttles, "register", email, client)
+    if address is None:
+        return
     hashed = hash_password(password)
     for _ in range(2):  # a concurrent registration of the address makes it "existing"
         try:
@@ -189,16 +195,18 @@ def resend_verification(
     client: Client,
 ) -> None:
     """Queue a new verification email for an unverified account. Refused (429) past the
-    client address's limit; past the address's own limit, or for no such account, nothing
-    happens and nothing tells."""
+    client address's limit; past the address's own limit nothing happens and nothing tells.
+    Any other address gets the same work: its job is queued for the system account, which
+    is sent nothing (it is disabled), so the time of the answer tells nothing either."""
     address = _limited_request(throttles, "verify", email, client)
     if address is None:
         return
     with transaction(db) as session:
         user = session.scalar(select(User).where(User.email == address))
-        if user is None or not user.active or user.email_verified_at is not None:
-            return
-        job = _queue(session, submissions, "auth.send_verification", {"user_id": str(user.id)})
+        recipient = system_owner_in(session)
+        if user is not None and user.active and user.email_verified_at is None:
+            recipient = user.id
+        job = _queue(session, submissions, "auth.send_verification", {"user_id": str(recipient)})
     submissions.publish_written([job])
 
 
@@ -228,13 +236,7 @@ def _claim(session: Session, token: str, purpose: TokenPurpose) -> OneTimeToken:
         problem = "this link was used already: each works once"
     elif row.expires_at <= now:
         problem = "this link has expired: ask for a new one"
-    elif not rowcount(
-        session.execute(
-            update(OneTimeToken)
-            .where(OneTimeToken.id == row.id, OneTimeToken.used_at.is_(None))
-            .values(used_at=now)
-        )
-    ):
+    elif not sessions.use_up(session, row.id, now):
         problem = "this link was used already: each works once"
     if problem is not None or row is None:
         raise InvalidRequestError(problem, errors=[{"field": "token", "message": problem}])
@@ -269,16 +271,7 @@ def mint_token(
     token = secrets.token_urlsafe(32)
     now = utcnow()
     with transaction(db) as session:
-        session.execute(
-            update(OneTimeToken)
-            .where(
-                OneTimeToken.user_id == user.id,
-                OneTimeToken.purpose == purpose.value,
-                OneTimeToken.used_at.is_(None),
-                OneTimeToken.id != token_id,
-            )
-            .values(used_at=now)
-        )
+        sessions.void_pending(session, user.id, purpose, now, keep=token_id)
         row = session.get(OneTimeToken, token_id)
         if row is None:
             row = OneTimeToken(id=token_id, purpose=purpose.value, user_id=user.id)
@@ -329,38 +322,47 @@ def change_password(
     *,
     keep_session: uuid.UUID | None,
     client: Client,
-) -> None:
-    """Replace a signed-in user's password after checking the current one (a wrong one counts
-    like a failed sign-in); every other session of theirs ends, and they get a notice."""
+) -> PasswordSet:
+    """Replace a signed-in user's password after checking the current one: every other
+    session of theirs ends, and they get a notice. Each check counts against the account's
+    sign-in limit before it is made (so concurrent guesses cannot outrun it); a right one
+    clears it."""
     with transaction(db) as session:
         user = _user(session, user_id)
         account_key = f"login:account:{user.email}"
-        held = throttles.login_account.peek(account_key)
-        if not held.allowed:
-            raise too_many(held, "wrong passwords for this account", field="current_password")
-        hashed = _new_password_hash(new, user.email, "new_password")
+        counted = throttles.login_account.hit(account_key)
+        if not counted.allowed:
+            raise too_many(counted, "wrong passwords for this account", field="current_password")
         if user.password_hash is None or not verify_password(user.password_hash, current):
-            wrong = True
-        else:
-            wrong = False
-            now = _set_password(session, user, hashed, reason="password_changed", keep=keep_session)
-            audit.record(
-                session, "password_changed", client=client, actor_id=user.id, subject_id=user.id
+            message = "not your current password"
+            raise InvalidRequestError(
+                message, errors=[{"field": "current_password", "message": message}]
             )
-            job = queue_notice(
-                session,
-                submissions,
-                user.id,
-                "password_changed",
-                {"when": moment(now), "ip": client.ip or "unknown"},
-            )
-    if wrong:
-        throttles.login_account.hit(account_key)
-        message = "not your current password"
-        raise InvalidRequestError(
-            message, errors=[{"field": "current_password", "message": message}]
+        throttles.login_account.reset(account_key)
+        hashed = _new_password_hash(new, user.email, "new_password")
+        changed = _set_password(session, user, hashed, reason="password_changed", keep=keep_session)
+        audit.record(
+            session, "password_changed", client=client, actor_id=user.id, subject_id=user.id
+        )
+        job = queue_notice(
+            session,
+            submissions,
+            user.id,
+            "password_changed",
+            {"when": moment(changed.when), "ip": client.ip or "unknown"},
         )
     submissions.publish_written([job])
+    return changed
+
+
+@dataclass(frozen=True)
+class PasswordSet:
+    """A new password stored: whose, when, and the sign-in sessions it ended (a web process
+    forgets those at once)."""
+
+    user_id: uuid.UUID
+    when: dt.datetime
+    ended: list[uuid.UUID]
 
 
 def _set_password(
@@ -371,16 +373,18 @@ def _set_password(
     reason: str,
     keep: uuid.UUID | None = None,
     sign_out_tokens: bool = False,
-) -> dt.datetime:
-    """Store a new password hash and end the user's sessions but `keep`; with
-    `sign_out_tokens`, every access token issued until now is refused too."""
+) -> PasswordSet:
+    """Store a new password hash, end the user's sessions but `keep` and the second steps
+    of sign-ins made with the old password; with `sign_out_tokens`, every access token
+    issued until now is refused too."""
     now = utcnow()
     user.password_hash = hashed
     user.password_changed_at = now
     if sign_out_tokens:
         user.tokens_valid_after = now
-    sessions.revoke_all(session, user.id, reason=reason, keep=keep)
-    return now
+    sessions.void_pending(session, user.id, TokenPurpose.MFA_LOGIN, now)
+    ended = sessions.revoke_all(session, user.id, reason=reason, keep=keep)
+    return PasswordSet(user.id, now, ended)
 
 
 def request_reset(
@@ -409,7 +413,7 @@ def reset_password(
     new: str,
     *,
     client: Client,
-) -> None:
+) -> PasswordSet:
     """Set a new password with a reset token (used up): the address counts as verified (its
     owner read the email), every session and access token of the account ends, and a notice
     goes out."""
@@ -420,18 +424,21 @@ def reset_password(
             message = "this link is not valid for the account any more"
             raise InvalidRequestError(message, errors=[{"field": "token", "message": message}])
         hashed = _new_password_hash(new, user.email, "new_password")
-        now = _set_password(session, user, hashed, reason="password_reset", sign_out_tokens=True)
+        changed = _set_password(
+            session, user, hashed, reason="password_reset", sign_out_tokens=True
+        )
         if user.email_verified_at is None:
-            user.email_verified_at = now
+            user.email_verified_at = changed.when
         audit.record(session, "password_reset", client=client, actor_id=user.id, subject_id=user.id)
         job = queue_notice(
             session,
             submissions,
             user.id,
             "password_changed",
-            {"when": moment(now), "ip": client.ip or "unknown"},
+            {"when": moment(changed.when), "ip": client.ip or "unknown"},
         )
     submissions.publish_written([job])
+    return changed
 
 
 # --- accounts an admin makes on the server ------------------------------------------------------

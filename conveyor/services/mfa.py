@@ -5,7 +5,9 @@ The TOTP secret is stored sealed (AES-GCM, a key derived from the secret key, th
 as associated data). A code is good once: the step it matched is stored with a guarded
 UPDATE, so two requests with the same code cannot both pass; a recovery code is used up the
 same way. Every check counts against the account's attempt limit (CONVEYOR_MFA_RATE), the
-current password's too."""
+current password's too; the second step of a sign-in counts against the client address's
+sign-in limit as well (CONVEYOR_LOGIN_IP_RATE). Changing the second factor needs the current
+password or, for an account without one, a sign-in of the last ten minutes."""
 
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ from conveyor.errors import (
     InvalidRequestError,
     InvalidTokenError,
     NotFoundError,
+    PermissionDeniedError,
 )
-from conveyor.models import Job, OneTimeToken, RecoveryCode, TokenPurpose, User
+from conveyor.models import AuthSession, Job, OneTimeToken, RecoveryCode, TokenPurpose, User
 from conveyor.models.base import utcnow
 from conveyor.security import totp
 from conveyor.security.passwords import verify_password
@@ -39,7 +42,7 @@ from conveyor.services.audit import Client
 from conveyor.services.auth import TokenConfig
 from conveyor.services.jobs import rowcount
 from conveyor.services.sessions import Lifetimes, Tokens, hash_secret
-from conveyor.services.sign_in import sign_in_facts
+from conveyor.services.sign_in import notify_sign_in
 from conveyor.services.submissions import Submissions
 from conveyor.settings import SECRET_KEY_HINT, Settings
 
@@ -49,6 +52,9 @@ RECOVERY_CODES = 10
 #: The `amr` value a second factor adds to a sign-in (RFC 8176), recovery codes included.
 OTP = "otp"
 _TOTP_CODE = re.compile(rf"[0-9]{{{totp.DIGITS}}}")
+#: How recent the sign-in of an account without a password must be to change its second
+#: factor: a stolen access token outlives it, a user who just signed in does not.
+FRESH_SIGN_IN = dt.timedelta(minutes=10)
 
 
 def sealer_of(settings: Settings) -> Sealer:
@@ -62,12 +68,14 @@ def sealer_of(settings: Settings) -> Sealer:
 
 @dataclass(frozen=True)
 class Checker:
-    """What checks a second factor: the sealer of TOTP secrets and the attempt limit; and
-    the submissions that queue the notices of changes (`mfa_changed`, `new_sign_in`)."""
+    """What checks a second factor: the sealer of TOTP secrets and the attempt limit; the
+    submissions that queue the notices of changes (`mfa_changed`, `new_sign_in`); and the
+    sign-in limit of client addresses, which the second step of a sign-in counts against."""
 
     sealer: Sealer
     throttle: Throttle
     submissions: Submissions
+    login_ip: Throttle
 
     def count_attempt(self, user_id: uuid.UUID) -> None:
         """Count one attempt on the account; TooManyRequestsError (429) past the limit."""
@@ -103,16 +111,33 @@ def _user_for_update(session: Session, user_id: uuid.UUID) -> User:
     return user
 
 
-def _reauthenticate(user: User, password: str | None) -> None:
+def _reauthenticate(
+    session: Session, user: User, password: str | None, session_id: uuid.UUID | None
+) -> None:
     """InvalidRequestError (naming `password`) unless `password` is the user's, when they
-    have one: a stolen access token alone does not change the second factor."""
+    have one; without one, PermissionDeniedError unless the caller's session (`session_id`)
+    began within FRESH_SIGN_IN. A stolen access token alone does not change the second
+    factor."""
     if user.password_hash is None:
+        _require_fresh_sign_in(session, user, session_id)
         return
     if not password or not verify_password(user.password_hash, password):
         message = "required, and must be your current password"
         raise InvalidRequestError(
             "the current password is missing or wrong",
             errors=[{"field": "password", "message": message}],
+        )
+
+
+def _require_fresh_sign_in(session: Session, user: User, session_id: uuid.UUID | None) -> None:
+    """PermissionDeniedError unless `session_id` is a session of `user` that began within
+    FRESH_SIGN_IN (an account without a password has nothing else to prove itself with)."""
+    began = None if session_id is None else session.get(AuthSession, session_id)
+    if began is None or began.user_id != user.id or began.created_at < utcnow() - FRESH_SIGN_IN:
+        minutes = int(FRESH_SIGN_IN.total_seconds() // 60)
+        raise PermissionDeniedError(
+            f"sign in again to change two-factor settings (a sign-in of the last {minutes} "
+            "minutes is needed)"
         )
 
 
@@ -201,16 +226,18 @@ def begin_enrolment(
     user_id: uuid.UUID,
     *,
     password: str | None,
+    session_id: uuid.UUID | None,
     issuer: str,
 ) -> Enrolment:
     """A new pending TOTP secret for the user (replacing a pending one); ConflictError when
-    MFA is already on. Needs the current password, if the user has one."""
+    MFA is already on. Needs the current password, or for a user without one, a recent
+    sign-in (`session_id`, the caller's session)."""
     checker.count_attempt(user_id)
     with transaction(db) as session:
         user = _user_for_update(session, user_id)
         if user.mfa_enabled:
             raise ConflictError("two-factor sign-in is already on: turn it off first")
-        _reauthenticate(user, password)
+        _reauthenticate(session, user, password, session_id)
         secret = totp.new_secret()
         user.totp_secret = checker.sealer.seal(secret, user.id.bytes)
         user.totp_last_step = None
@@ -249,15 +276,6 @@ def confirm_enrolment(
     return Enabled(tokens, codes)
 
 
-def _method(amr: Sequence[str]) -> str:
-    """How a sign-in was made, as a notice says it: `password and one-time code`."""
-    words = {"pwd": "password", OTP: "one-time code"}
-    return " and ".join(
-        words.get(m, f"{m.removeprefix('oidc:')} (OpenID Connect)" if m.startswith("oidc:") else m)
-        for m in amr
-    )
-
-
 def _changed(session: Session, checker: Checker, user: User, change: str, client: Client) -> Job:
     """Queue the `mfa_changed` notice of `change` in `session`'s transaction."""
     context = {"change": change, "when": moment(utcnow()), "ip": client.ip or "unknown"}
@@ -277,15 +295,16 @@ def disable(
     user_id: uuid.UUID,
     *,
     password: str | None,
+    session_id: uuid.UUID | None,
     code: str,
     client: Client,
 ) -> None:
-    """Turn MFA off, with a current code (TOTP or recovery) and the password if the user has
-    one: the secret and the recovery codes are deleted."""
+    """Turn MFA off, with a current code (TOTP or recovery) and the password, or for a user
+    without one, a recent sign-in: the secret and the recovery codes are deleted."""
     checker.count_attempt(user_id)
     with transaction(db) as session:
         user = _enabled_user(session, user_id)
-        _reauthenticate(user, password)
+        _reauthenticate(session, user, password, session_id)
         if not _use_second_factor(session, checker.sealer, user, code, client):
             raise _wrong_code(InvalidRequestError)
         user.totp_secret = None
@@ -298,12 +317,21 @@ def disable(
 
 
 def regenerate_recovery_codes(
-    db: sessionmaker[Session], checker: Checker, user_id: uuid.UUID, code: str, *, client: Client
+    db: sessionmaker[Session],
+    checker: Checker,
+    user_id: uuid.UUID,
+    code: str,
+    *,
+    session_id: uuid.UUID | None,
+    client: Client,
 ) -> list[str]:
-    """New recovery codes (the old ones stop working), with a current code."""
+    """New recovery codes (the old ones stop working), with a current code; for a user
+    without a password, from a recent sign-in (`session_id`) only."""
     checker.count_attempt(user_id)
     with transaction(db) as session:
         user = _enabled_user(session, user_id)
+        if user.password_hash is None:
+            _require_fresh_sign_in(session, user, session_id)
         if not _use_second_factor(session, checker.sealer, user, code, client):
             raise _wrong_code(InvalidRequestError)
         codes = _new_recovery_codes(session, user.id)
@@ -319,17 +347,6 @@ def regenerate_recovery_codes(
     return codes
 
 
-def _claim(session: Session, token: OneTimeToken, now: dt.datetime) -> bool:
-    """Use the token up (a guarded UPDATE): whether this call did."""
-    used = session.execute(
-        update(OneTimeToken)
-        .where(OneTimeToken.id == token.id, OneTimeToken.used_at.is_(None))
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return rowcount(used) == 1
-
-
 def finish_sign_in(
     db: sessionmaker[Session],
     checker: Checker,
@@ -343,7 +360,11 @@ def finish_sign_in(
     """The second step of a sign-in: the challenge's `mfa_token` (single use, 5 minutes) and a
     TOTP or recovery code give a session. A wrong code leaves the token usable until the
     account's attempt limit, which uses it up (429); an unknown, used or expired token, or one
-    of a disabled account, is an InvalidTokenError (401)."""
+    of a disabled account, is an InvalidTokenError (401). Every attempt counts against the
+    client address's sign-in limit too (429 past it)."""
+    by_ip = checker.login_ip.hit(f"login:mfa:ip:{client.ip}")
+    if not by_ip.allowed:
+        raise too_many(by_ip, "sign-in attempts from this address")
     now = utcnow()
     with transaction(db) as session:
         found = session.execute(
@@ -359,27 +380,32 @@ def finish_sign_in(
         token, user = found
         if not user.active or not user.mfa_enabled:
             raise InvalidTokenError("the account is disabled or no longer uses MFA")
-        decision = checker.throttle.hit(_throttle_key(user.id))
+        account_key = _throttle_key(user.id)
+        decision = checker.throttle.hit(account_key)
         if decision.allowed and _use_second_factor(session, checker.sealer, user, code, client):
-            if not _claim(session, token, now):
+            if not sessions.use_up(session, token.id, now):
                 raise InvalidTokenError("this mfa_token was used: sign in again")
-            checker.throttle.reset(_throttle_key(user.id))
             amr = [*dict.fromkeys([*token.data.get("amr", []), OTP])]
             tokens = sessions.start(session, config, lifetimes, user, amr=amr, client=client)
-            notice = queue_notice(
-                session,
-                checker.submissions,
-                user.id,
-                "new_sign_in",
-                sign_in_facts(client, _method(amr)),
-            )
+            notice = notify_sign_in(session, checker.submissions, user.id, client, amr)
             signed_in = True
         else:
             signed_in = False
             if not decision.allowed:
-                _claim(session, token, now)
+                sessions.use_up(session, token.id, now)
             audit.record(session, "login_failed", client=client, subject_id=user.id, reason="mfa")
+            if decision.allowed and decision.remaining == 0:
+                audit.record(
+                    session,
+                    "lockout",
+                    client=client,
+                    subject_id=user.id,
+                    reason="mfa",
+                    window_seconds=checker.throttle.rule.window,
+                )
     if signed_in:
+        # Only now: a sign-in rolled back (a race lost) must not clear the account's count.
+        checker.throttle.reset(account_key)
         checker.submissions.publish_written([notice])
         return tokens
     # Committed: the failure is recorded (and, past the limit, the token used up).

@@ -32,12 +32,10 @@ from conveyor.models.base import utcnow
 from conveyor.security import oidc
 from conveyor.security.throttle import Throttle, too_many
 from conveyor.services import audit, sessions
-from conveyor.services.accounts import queue_notice
 from conveyor.services.audit import Client
 from conveyor.services.auth import TokenConfig
-from conveyor.services.jobs import rowcount
 from conveyor.services.sessions import Lifetimes, MfaChallenge, Tokens, hash_secret
-from conveyor.services.sign_in import sign_in_facts
+from conveyor.services.sign_in import notify_sign_in
 from conveyor.services.submissions import Submissions
 from conveyor.services.users import normalize_email
 
@@ -139,14 +137,7 @@ def claim(db: sessionmaker[Session], provider: str, state: str) -> PendingLogin:
             raise _bad_state("this state belongs to a login with another provider")
         if token.expires_at <= now:
             raise _bad_state("this login has expired (10 minutes): start it again")
-        claimed = token.used_at is None and rowcount(
-            session.execute(
-                update(OneTimeToken)
-                .where(OneTimeToken.id == token.id, OneTimeToken.used_at.is_(None))
-                .values(used_at=now)
-            )
-        )
-        if not claimed:
+        if token.used_at is not None or not sessions.use_up(session, token.id, now):
             raise _bad_state("this login was finished already (a state is good once)")
         return PendingLogin(
             provider=provider,
@@ -286,13 +277,7 @@ def _open(
     result = sessions.sign_in(session, config, lifetimes, user, amr=amr, client=client)
     if first or isinstance(result, MfaChallenge):
         return result, []
-    facts = sign_in_facts(client, _method(amr))
-    return result, [queue_notice(session, submissions, user.id, "new_sign_in", facts)]
-
-
-def _method(amr: list[str]) -> str:
-    """How a notice names an OpenID Connect sign-in: `corp (OpenID Connect)`."""
-    return " and ".join(f"{m.removeprefix('oidc:')} (OpenID Connect)" for m in amr)
+    return result, [notify_sign_in(session, submissions, user.id, client, amr)]
 
 
 def _once_more_on_conflict(db: sessionmaker[Session], work: Callable[[Session], T]) -> T:
@@ -324,8 +309,10 @@ def _account(
         raise PermissionDeniedError("this account is disabled")
     if not linked:
         return user, []
-    facts = sign_in_facts(client, _method([f"oidc:{provider.name}"]))
-    return user, [queue_notice(session, submissions, user.id, "identity_linked", facts)]
+    amr = [f"oidc:{provider.name}"]
+    return user, [
+        notify_sign_in(session, submissions, user.id, client, amr, kind="identity_linked")
+    ]
 
 
 def _linked_account(

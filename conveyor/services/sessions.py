@@ -223,14 +223,54 @@ def revoke_all(
     *,
     reason: str,
     keep: uuid.UUID | None = None,
-) -> int:
-    """End every open session of a user but `keep`, in `session`'s transaction; how many."""
-    query = update(AuthSession).where(
+) -> list[uuid.UUID]:
+    """End every open session of a user but `keep`, in `session`'s transaction; the ids of
+    those ended (a web process forgets them at once)."""
+    query = select(AuthSession.id).where(
         AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
     )
     if keep is not None:
         query = query.where(AuthSession.id != keep)
-    return rowcount(session.execute(query.values(revoked_at=utcnow(), revoked_reason=reason)))
+    ended = list(session.scalars(query.with_for_update()))
+    if ended:
+        session.execute(
+            update(AuthSession)
+            .where(AuthSession.id.in_(ended))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+    return ended
+
+
+def use_up(session: Session, token_id: uuid.UUID, now: dt.datetime) -> bool:
+    """Use a single-use token up, in `session`'s transaction: a guarded UPDATE, so of two
+    requests with the same token only one does. Whether this call did."""
+    used = session.execute(
+        update(OneTimeToken)
+        .where(OneTimeToken.id == token_id, OneTimeToken.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(used) == 1
+
+
+def void_pending(
+    session: Session,
+    user_id: uuid.UUID,
+    purpose: TokenPurpose,
+    now: dt.datetime,
+    *,
+    keep: uuid.UUID | None = None,
+) -> None:
+    """Use up every unused single-use token of `purpose` of a user but `keep`, in `session`'s
+    transaction: they stop working."""
+    query = update(OneTimeToken).where(
+        OneTimeToken.user_id == user_id,
+        OneTimeToken.purpose == purpose.value,
+        OneTimeToken.used_at.is_(None),
+    )
+    if keep is not None:
+        query = query.where(OneTimeToken.id != keep)
+    session.execute(query.values(used_at=now))
 
 
 def logout(
@@ -270,18 +310,8 @@ def revoke_others(
     """End every open session of a user but `keep` ("sign out everywhere else"); the ids of
     those ended, recorded as one `session_revoked` event."""
     with transaction(db) as session:
-        query = select(AuthSession.id).where(
-            AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
-        )
-        if keep is not None:
-            query = query.where(AuthSession.id != keep)
-        ended = list(session.scalars(query.with_for_update()))
+        ended = revoke_all(session, user_id, reason="revoked", keep=keep)
         if ended:
-            session.execute(
-                update(AuthSession)
-                .where(AuthSession.id.in_(ended))
-                .values(revoked_at=utcnow(), revoked_reason="revoked")
-            )
             audit.record(
                 session,
                 "session_revoked",

@@ -7,6 +7,8 @@ audit log alone says which it was.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -22,7 +24,7 @@ from conveyor.security.passwords import (
     needs_rehash,
     verify_password,
 )
-from conveyor.security.throttle import too_many
+from conveyor.security.throttle import Decision, too_many
 from conveyor.services import audit, sessions
 from conveyor.services.accounts import Throttles, moment, queue_notice
 from conveyor.services.audit import Client
@@ -48,16 +50,18 @@ def login(
 ) -> Tokens | MfaChallenge:
     """Sign in with a password: tokens, or the challenge of the second step for a user with
     MFA. An unknown address, a wrong password and a disabled account all fail alike (401);
-    a right password for an unverified address is a 403. Failures count against the
-    account's limit, every attempt against the client address's (429 past either)."""
+    a right password for an unverified address is a 403. Every attempt counts against the
+    client address's limit and, before its password is checked (so concurrent guesses cannot
+    outrun it), against the account's; a right password clears the account's (429 past
+    either)."""
     address = normalize_email(email)
     by_ip = throttles.login_ip.hit(f"login:ip:{client.ip}")
     if not by_ip.allowed:
         raise too_many(by_ip, "sign-in attempts from this address")
     account_key = f"login:account:{address}"
-    held = throttles.login_account.peek(account_key)
-    if not held.allowed:
-        raise too_many(held, "failed sign-ins for this account", field="email")
+    counted = throttles.login_account.hit(account_key)
+    if not counted.allowed:
+        raise too_many(counted, "failed sign-ins for this account", field="email")
     jobs: list[Job] = []
     with transaction(db) as session:
         user = session.scalar(select(User).where(User.email == address))
@@ -68,34 +72,51 @@ def login(
             first = user.last_login_at is None
             result = sessions.sign_in(session, config, lifetimes, user, amr=["pwd"], client=client)
             if isinstance(result, Tokens) and not first:
-                jobs.append(
-                    queue_notice(
-                        session,
-                        submissions,
-                        user.id,
-                        "new_sign_in",
-                        sign_in_facts(client, "password"),
-                    )
-                )
+                jobs.append(notify_sign_in(session, submissions, user.id, client, ["pwd"]))
         else:
-            _failed(session, throttles, account_key, user, failure, client)
+            _failed(session, throttles, counted, user, failure, client)
+    if failure in (None, "unverified"):  # the right password
+        throttles.login_account.reset(account_key)
     if failure == "unverified":
         raise PermissionDeniedError("verify your email address first: open the link we sent")
     if failure is not None:
         raise AuthenticationError(WRONG_CREDENTIALS)
-    throttles.login_account.reset(account_key)
     submissions.publish_written(jobs)
     return result
 
 
-def sign_in_facts(client: Client, method: str) -> dict[str, Any]:
-    """The context of a `new_sign_in` notice: when, from where, with what."""
+def notify_sign_in(
+    session: Session,
+    submissions: Submissions,
+    user_id: uuid.UUID,
+    client: Client,
+    amr: Sequence[str],
+    *,
+    kind: str = "new_sign_in",
+) -> Job:
+    """Queue the notice of a sign-in made with `amr` (`new_sign_in`: when, from where, with
+    what) in `session`'s transaction; publish it after the commit."""
+    return queue_notice(session, submissions, user_id, kind, sign_in_facts(client, amr))
+
+
+def sign_in_facts(client: Client, amr: Sequence[str]) -> dict[str, Any]:
+    """What a sign-in notice says: when, from where, with what."""
     return {
         "when": moment(utcnow()),
         "ip": client.ip or "unknown",
         "user_agent": client.user_agent or "unknown",
-        "method": method,
+        "method": method_words(amr),
     }
+
+
+def method_words(amr: Sequence[str]) -> str:
+    """How a notice names the way of a sign-in: `password and one-time code`,
+    `corp (OpenID Connect)`."""
+    words = {"pwd": "password", "otp": "one-time code"}
+    return " and ".join(
+        words.get(m, f"{m.removeprefix('oidc:')} (OpenID Connect)" if m.startswith("oidc:") else m)
+        for m in amr
+    )
 
 
 def _first_factor(user: User | None, password: str) -> str | None:
@@ -116,18 +137,17 @@ def _first_factor(user: User | None, password: str) -> str | None:
 def _failed(
     session: Session,
     throttles: Throttles,
-    account_key: str,
+    counted: Decision,
     user: User | None,
     reason: str | None,
     client: Client,
 ) -> None:
-    """Record a failed sign-in; a wrong credential counts against the account's limit, and
-    the failure that reaches it records a `lockout`."""
+    """Record a failed sign-in; a wrong credential that used the account's last attempt
+    (`counted`) records a `lockout` too."""
     subject = user.id if user is not None else None
     audit.record(session, "login_failed", client=client, subject_id=subject, reason=reason)
     if reason == "unverified":
         return
-    counted = throttles.login_account.hit(account_key)
     if counted.remaining == 0:
         audit.record(
             session,

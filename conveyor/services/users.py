@@ -189,7 +189,7 @@ def update(
                     client=client,
                     actor_id=actor_id,
                     subject_id=user.id,
-                    sessions_ended=ended,
+                    sessions_ended=len(ended),
                     **via,
                 )
     return user

@@ -31,7 +31,23 @@ def _user_with_mfa(db: sessionmaker[Session], checker: mfa.Checker) -> tuple[Use
     with transaction(db) as session:
         user = User(email="mfa@example.com", role="member", active=True)
         session.add(user)
-    enrolment = mfa.begin_enrolment(db, checker, user.id, password=None, issuer="Conveyor")
+        session.flush()
+        signed_in = sessions.start(
+            session,
+            TokenConfig.of(SETTINGS),
+            Lifetimes.of(SETTINGS),
+            user,
+            amr=["oidc:example"],
+            client=NOBODY,
+        )
+    enrolment = mfa.begin_enrolment(
+        db,
+        checker,
+        user.id,
+        password=None,
+        session_id=signed_in.session_id,
+        issuer="Conveyor",
+    )
     enabled = mfa.confirm_enrolment(
         db,
         checker,
@@ -89,6 +105,7 @@ def checker(stack: Stack) -> mfa.Checker:
         mfa.sealer_of(SETTINGS),
         Throttle(MemoryStore(), Rule(100, 60)),
         stack.container.submissions,
+        Throttle(MemoryStore(), Rule(100, 60)),
     )
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from aiohttp import web
+from aiohttp import ChainMapProxy, web
 from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.errors import PermissionDeniedError
-from conveyor.http.api.params import respond, routes
+from conveyor.http.api.params import read_body, respond, routes
 from conveyor.http.auth import client_of
-from conveyor.http.keys import CONTAINER, THROTTLES, TOKENS
+from conveyor.http.keys import CONTAINER, SESSION_CACHE, THROTTLES, TOKENS, USER_CACHE
 from conveyor.http.routes import Answer
 from conveyor.http.runtime import run_db
 from conveyor.security.passwords import MAX_LENGTH
@@ -118,6 +118,14 @@ def signed_in(result: Tokens | MfaChallenge) -> web.Response:
     return respond(sign_in_answer(result))
 
 
+def forget_sign_ins(state: ChainMapProxy, changed: accounts.PasswordSet) -> None:
+    """Make this process refuse at once what a password change ended: the sessions' tokens,
+    and (with the account's new state) tokens issued before a reset."""
+    for session_id in changed.ended:
+        state[SESSION_CACHE].drop(session_id)
+    state[USER_CACHE].drop(changed.user_id)
+
+
 CHECK_EMAIL = AcceptedOut(
     detail="If this address can receive it, an email is on its way: follow its link."
 )
@@ -131,23 +139,27 @@ _ACCEPTED = {202: Answer("Accepted (the same answer for every address)", Accepte
     body=RegisterIn,
     answers=_ACCEPTED,
     errors={
+        400: "Malformed JSON",
         403: "Registration is closed (CONVEYOR_REGISTRATION)",
         422: "A bad address, or a password that breaks a rule (named)",
+        429: "Too many requests from this client address (CONVEYOR_RESET_RATE)",
     },
 )
 async def register(request: web.Request) -> web.Response:
     """Create an account, unverified until its owner opens the link emailed to it. For an
     address that has an account, that account's owner is told by email instead; the answer
-    is the same."""
+    is the same. Registrations share the limits of reset requests: past the client address's,
+    a 429; past the email address's, the request is dropped, with the same answer."""
     state = request.config_dict
     container = state[CONTAINER]
     if container.settings.registration == "closed":
         raise PermissionDeniedError("registration is closed: ask an administrator")
-    body = RegisterIn.model_validate_json(await request.read())
+    body = await read_body(request, RegisterIn)
     await run_db(
         state,
         accounts.register,
         container.submissions,
+        state[THROTTLES],
         body.email,
         body.password,
         body.name,
@@ -162,11 +174,11 @@ async def register(request: web.Request) -> web.Response:
     summary="Confirm an email address",
     body=TokenIn,
     answers={204: Answer("Verified: the account may sign in", content_type=None)},
-    errors={422: "An unknown, used or expired token (said which)"},
+    errors={400: "Malformed JSON", 422: "An unknown, used or expired token (said which)"},
 )
 async def verify_email(request: web.Request) -> web.Response:
     """Confirm the address with the token of the verification email (it works once)."""
-    body = TokenIn.model_validate_json(await request.read())
+    body = await read_body(request, TokenIn)
     await run_db(request.config_dict, accounts.verify_email, body.token, client=client_of(request))
     return web.Response(status=204)
 
@@ -177,12 +189,16 @@ async def verify_email(request: web.Request) -> web.Response:
     summary="Send the verification email again",
     body=EmailIn,
     answers=_ACCEPTED,
-    errors={422: "Not an email address", 429: "Too many requests from this client address"},
+    errors={
+        400: "Malformed JSON",
+        422: "Not an email address",
+        429: "Too many requests from this client address",
+    },
 )
 async def resend_verification(request: web.Request) -> web.Response:
     """Send an unverified account a new verification link (earlier ones stop working)."""
     state = request.config_dict
-    body = EmailIn.model_validate_json(await request.read())
+    body = await read_body(request, EmailIn)
     await run_db(
         state,
         accounts.resend_verification,
@@ -207,6 +223,7 @@ async def resend_verification(request: web.Request) -> web.Response:
         )
     },
     errors={
+        400: "Malformed JSON",
         401: "Wrong email or password (or a disabled account: the same answer)",
         403: "The email address is not verified yet",
         422: "Not an email address",
@@ -217,7 +234,7 @@ async def login(request: web.Request) -> web.Response:
     """Sign in: a session's tokens, or the challenge of the second step."""
     state = request.config_dict
     container = state[CONTAINER]
-    body = LoginIn.model_validate_json(await request.read())
+    body = await read_body(request, LoginIn)
     result = await run_db(
         state,
         sign_in.login,
@@ -238,13 +255,17 @@ async def login(request: web.Request) -> web.Response:
     summary="Ask for a password reset link",
     body=EmailIn,
     answers=_ACCEPTED,
-    errors={422: "Not an email address", 429: "Too many requests from this client address"},
+    errors={
+        400: "Malformed JSON",
+        422: "Not an email address",
+        429: "Too many requests from this client address",
+    },
 )
 async def request_password_reset(request: web.Request) -> web.Response:
     """Email the account of the address a reset link (30 minutes, single use), if it has
     one; the answer is the same either way."""
     state = request.config_dict
-    body = EmailIn.model_validate_json(await request.read())
+    body = await read_body(request, EmailIn)
     await run_db(
         state,
         accounts.request_reset,
@@ -262,14 +283,17 @@ async def request_password_reset(request: web.Request) -> web.Response:
     summary="Choose a new password with a reset link's token",
     body=ResetIn,
     answers={204: Answer("Done: every session of the account is ended", content_type=None)},
-    errors={422: "An unknown, used or expired token, or a password that breaks a rule"},
+    errors={
+        400: "Malformed JSON",
+        422: "An unknown, used or expired token, or a password that breaks a rule",
+    },
 )
 async def confirm_password_reset(request: web.Request) -> web.Response:
     """Set the new password; every session and access token of the account ends, the address
     counts as verified, and the owner gets a notice."""
     state = request.config_dict
-    body = ResetIn.model_validate_json(await request.read())
-    await run_db(
+    body = await read_body(request, ResetIn)
+    changed = await run_db(
         state,
         accounts.reset_password,
         state[CONTAINER].submissions,
@@ -277,4 +301,5 @@ async def confirm_password_reset(request: web.Request) -> web.Response:
         body.new_password,
         client=client_of(request),
     )
+    forget_sign_ins(state, changed)
     return web.Response(status=204)

@@ -10,10 +10,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor.errors import InvalidRequestError
-from conveyor.http.api.auth import PASSWORD
-from conveyor.http.api.params import respond, routes
+from conveyor.http.api.auth import PASSWORD, forget_sign_ins
+from conveyor.http.api.params import read_body, respond, routes
 from conveyor.http.auth import client_of
-from conveyor.http.keys import CONTAINER, PRINCIPAL, THROTTLES
+from conveyor.http.keys import CONTAINER, PRINCIPAL, THROTTLES, USER_CACHE
 from conveyor.http.routes import Answer
 from conveyor.http.runtime import run_db
 from conveyor.models import Role, User
@@ -78,17 +78,18 @@ async def get_me(request: web.Request) -> web.Response:
     summary="Change my profile",
     body=MeUpdate,
     answers={200: Answer("The account, changed", MeOut)},
-    errors={422: "A name too long, or an email change (not supported yet)"},
+    errors={400: "Malformed JSON", 422: "A name too long, or an email change (not supported yet)"},
 )
 async def patch_me(request: web.Request) -> web.Response:
     """Change the display name. The email address cannot be changed yet."""
-    body = MeUpdate.model_validate_json(await request.read())
+    body = await read_body(request, MeUpdate)
     if "email" in body.model_fields_set:
         message = "changing the email address is not supported yet"
         raise InvalidRequestError(message, errors=[{"field": "email", "message": message}])
     user = request[PRINCIPAL].user
     if "name" in body.model_fields_set:
         user = await run_db(request.config_dict, accounts.update_profile, user.id, body.name)
+        request.config_dict[USER_CACHE].drop(user.id)
     return respond(MeOut.of(user))
 
 
@@ -99,6 +100,7 @@ async def patch_me(request: web.Request) -> web.Response:
     body=PasswordChange,
     answers={204: Answer("Changed: my other sessions are ended", content_type=None)},
     errors={
+        400: "Malformed JSON",
         422: "A wrong current password, or a new one that breaks a rule (named)",
         429: "Too many wrong passwords for the account",
     },
@@ -108,8 +110,8 @@ async def change_password(request: web.Request) -> web.Response:
     signed in), and a notice is emailed."""
     state = request.config_dict
     principal = request[PRINCIPAL]
-    body = PasswordChange.model_validate_json(await request.read())
-    await run_db(
+    body = await read_body(request, PasswordChange)
+    changed = await run_db(
         state,
         accounts.change_password,
         state[CONTAINER].submissions,
@@ -120,4 +122,5 @@ async def change_password(request: web.Request) -> web.Response:
         keep_session=principal.session_id,
         client=client_of(request),
     )
+    forget_sign_ins(state, changed)
     return web.Response(status=204)

@@ -75,8 +75,9 @@ class MfaLoginIn(BaseModel):
 
 def _checker(state: ChainMapProxy) -> mfa.Checker:
     container = state[CONTAINER]
+    throttles = state[THROTTLES]
     return mfa.Checker(
-        mfa.sealer_of(container.settings), state[THROTTLES].mfa, container.submissions
+        mfa.sealer_of(container.settings), throttles.mfa, container.submissions, throttles.login_ip
     )
 
 
@@ -87,6 +88,7 @@ def _checker(state: ChainMapProxy) -> mfa.Checker:
     body=EnrolIn,
     answers={200: Answer("The pending secret (shown once)", EnrolmentOut)},
     errors={
+        403: "An account without a password, signed in over 10 minutes ago: sign in again",
         409: "Two-factor sign-in is already on",
         422: "A missing or wrong password",
         429: "Too many attempts",
@@ -94,7 +96,8 @@ def _checker(state: ChainMapProxy) -> mfa.Checker:
 )
 async def begin_totp(request: web.Request) -> web.Response:
     """Make a new TOTP secret for the caller (replacing a pending one); two-factor sign-in is
-    on once a code of it is confirmed."""
+    on once a code of it is confirmed. Needs the current password or, for an account
+    without one, a sign-in of the last 10 minutes."""
     body = await read_body(request, EnrolIn)
     state = request.config_dict
     enrolment = await run_db(
@@ -103,6 +106,7 @@ async def begin_totp(request: web.Request) -> web.Response:
         _checker(state),
         request[PRINCIPAL].user.id,
         password=body.password,
+        session_id=request[PRINCIPAL].session_id,
         issuer=state[CONTAINER].settings.mfa_issuer,
     )
     return respond(EnrolmentOut(**vars(enrolment)))
@@ -153,6 +157,7 @@ async def confirm_totp(request: web.Request) -> web.Response:
     body=DisableIn,
     answers={204: Answer("Off: the secret and recovery codes are deleted", content_type=None)},
     errors={
+        403: "An account without a password, signed in over 10 minutes ago: sign in again",
         409: "Two-factor sign-in is not on",
         422: "A wrong code, or a missing or wrong password",
         429: "Too many attempts",
@@ -163,13 +168,15 @@ async def disable_mfa(request: web.Request) -> web.Response:
     use a second factor (CONVEYOR_MFA_REQUIRED_ROLES) then acts as a member."""
     body = await read_body(request, DisableIn)
     state = request.config_dict
-    user_id = request[PRINCIPAL].user.id
+    principal = request[PRINCIPAL]
+    user_id = principal.user.id
     await run_db(
         state,
         mfa.disable,
         _checker(state),
         user_id,
         password=body.password,
+        session_id=principal.session_id,
         code=body.code,
         client=client_of(request),
     )
@@ -185,7 +192,12 @@ async def disable_mfa(request: web.Request) -> web.Response:
     answers={
         200: Answer("The new codes (shown once; the old ones stop working)", RecoveryCodesOut)
     },
-    errors={409: "Two-factor sign-in is not on", 422: "A wrong code", 429: "Too many attempts"},
+    errors={
+        403: "An account without a password, signed in over 10 minutes ago: sign in again",
+        409: "Two-factor sign-in is not on",
+        422: "A wrong code",
+        429: "Too many attempts",
+    },
 )
 async def regenerate_recovery_codes(request: web.Request) -> web.Response:
     """New recovery codes, with a current code; the old ones stop working."""
@@ -197,6 +209,7 @@ async def regenerate_recovery_codes(request: web.Request) -> web.Response:
         _checker(state),
         request[PRINCIPAL].user.id,
         body.code,
+        session_id=request[PRINCIPAL].session_id,
         client=client_of(request),
     )
     return respond(RecoveryCodesOut(recovery_codes=codes))
@@ -210,7 +223,8 @@ async def regenerate_recovery_codes(request: web.Request) -> web.Response:
     answers={200: Answer("The session's tokens", TokensOut)},
     errors={
         401: "An unknown, used or expired mfa_token, or a wrong code",
-        429: "Too many attempts for the account: the mfa_token is used up, sign in again",
+        429: "Too many attempts for the account (the mfa_token is used up: sign in again), "
+        "or from the client address",
     },
 )
 async def login_mfa(request: web.Request) -> web.Response:

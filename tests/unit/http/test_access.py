@@ -84,6 +84,14 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
 #: their least role is member: what they make would act with the user's full role.
 STRONG_ONLY = {("POST", "/v1/me/api-keys")}
 
+#: Routes that refuse (403, "sign in again") an account without a password whose token is of
+#: no recent sign-in, as the tokens here are: the role let the request through.
+FRESH_SIGN_IN = {
+    ("POST", "/v1/me/mfa/totp"),
+    ("DELETE", "/v1/me/mfa"),
+    ("POST", "/v1/me/mfa/recovery-codes"),
+}
+
 
 def _tokens(stack: Stack) -> dict[str, tuple[str, Role]]:
     """Each kind of caller's token, and the role it acts with."""
@@ -122,6 +130,8 @@ async def test_every_route_answers_each_role_as_the_table_says(embedded_stack: S
             response = await stack.client.request(route.method, url, headers=stack.headers(token))
             if who == "admin without MFA" and key in STRONG_ONLY:
                 assert response.status == 403, (key, who, response.status)
+            elif acts_as.at_least(least) and key in FRESH_SIGN_IN and response.status == 403:
+                assert "sign in again" in (await response.json())["detail"], (key, who)
             elif acts_as.at_least(least):
                 assert response.status not in (401, 403), (key, who, response.status)
             else:

@@ -10,10 +10,15 @@ import pytest
 from argon2 import PasswordHasher, Type
 from sqlalchemy import select
 
-from conveyor.models import AuditEvent, AuthSession, Job, TokenPurpose, User
+from conveyor.db import transaction
+from conveyor.errors import AuthenticationError, InvalidRequestError
+from conveyor.models import AuditEvent, AuthSession, Job, OneTimeToken, TokenPurpose, User
 from conveyor.models.base import utcnow
 from conveyor.security.passwords import hash_password
-from conveyor.services import accounts
+from conveyor.services import accounts, sessions, sign_in
+from conveyor.services.audit import NOBODY, Client
+from conveyor.services.auth import TokenConfig
+from conveyor.services.sessions import Lifetimes, MfaChallenge
 from tests.stack import Stack
 from tests.unit.http.test_errors import fields, problem
 
@@ -346,6 +351,180 @@ async def test_resending_the_verification_answers_the_same_for_every_address(
         response = await post(stack, "/auth/verify-email/resend", {"email": email})
         answers.add((response.status, await response.read()))
     assert len(answers) == 1 and next(iter(answers))[0] == 202
+    # The same work for each: the other two are queued for the system account (sent nothing).
+    system = str(accounts.system_owner(stack.db))
     assert [j.payload for j in jobs_of(stack, "auth.send_verification")] == [
-        {"user_id": str(waiting.id)}
+        {"user_id": str(waiting.id)},
+        {"user_id": system},
+        {"user_id": system},
     ]
+
+
+async def test_registrations_are_limited_per_client_address(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    for n in range(3):
+        body = {"email": f"r{n}@example.com", "password": PASSWORD}
+        assert (await post(stack, "/auth/register", body)).status == 202
+    refused = await post(stack, "/auth/register", {"email": "r9@example.com", "password": PASSWORD})
+    await problem(refused, 429)
+    assert int(refused.headers["Retry-After"]) > 0
+    with stack.db() as session:
+        assert session.scalar(select(User).where(User.email == "r9@example.com")) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/auth/register"),
+        ("POST", "/v1/auth/login"),
+        ("POST", "/v1/auth/verify-email"),
+        ("POST", "/v1/auth/verify-email/resend"),
+        ("POST", "/v1/auth/password-reset"),
+        ("POST", "/v1/auth/password-reset/confirm"),
+        ("PATCH", "/v1/me"),
+        ("POST", "/v1/me/password"),
+    ],
+)
+async def test_malformed_json_is_a_400(embedded_stack: Stack, method: str, path: str) -> None:
+    stack = embedded_stack
+    response = await stack.client.request(
+        method,
+        path,
+        data=b'{"email": ',
+        headers={**stack.headers(), "Content-Type": "application/json"},
+    )
+    assert "not valid JSON" in (await problem(response, 400))["detail"]
+
+
+async def _sign_in(stack: Stack, email: str, password: str = PASSWORD) -> dict[str, Any]:
+    response = await post(stack, "/auth/login", {"email": email, "password": password})
+    answer: dict[str, Any] = await response.json()
+    assert response.status == 200, answer
+    return answer
+
+
+async def _me(stack: Stack, token: str) -> Any:
+    return await stack.client.get("/v1/me", headers=stack.headers(token))
+
+
+async def test_a_password_change_refuses_the_other_sessions_at_once(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    make_account(stack, "now@example.com")
+    kept, ended = [await _sign_in(stack, "now@example.com") for _ in range(2)]
+    assert (await _me(stack, ended["access_token"])).status == 200  # known open here
+    done = await stack.client.post(
+        "/v1/me/password",
+        headers=stack.headers(kept["access_token"]),
+        json={"current_password": PASSWORD, "new_password": "another fine passphrase"},
+    )
+    assert done.status == 204, await done.text()
+    await problem(await _me(stack, ended["access_token"]), 401)
+    assert (await _me(stack, kept["access_token"])).status == 200
+
+
+async def test_a_reset_refuses_the_account_s_tokens_at_once(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    user = make_account(stack, "gone@example.com")
+    signed = await _sign_in(stack, "gone@example.com")
+    assert (await _me(stack, signed["access_token"])).status == 200  # known here
+    body = {
+        "token": token_for(stack, user, TokenPurpose.PASSWORD_RESET),
+        "new_password": "a brand new passphrase",
+    }
+    assert (await post(stack, "/auth/password-reset/confirm", body)).status == 204
+    await problem(await _me(stack, signed["access_token"]), 401)
+
+
+async def test_a_reset_voids_the_second_step_of_a_sign_in_under_way(
+    embedded_stack: Stack,
+) -> None:
+    stack = embedded_stack
+    user = make_account(stack, "half@example.com")
+    with transaction(stack.db) as session:
+        stored = session.get(User, user.id)
+        assert stored is not None
+        stored.totp_enabled_at = utcnow()
+        challenge = sessions.sign_in(
+            session,
+            TokenConfig.of(stack.settings),
+            Lifetimes.of(stack.settings),
+            stored,
+            amr=["pwd"],
+            client=NOBODY,
+        )
+    assert isinstance(challenge, MfaChallenge)
+    body = {
+        "token": token_for(stack, user, TokenPurpose.PASSWORD_RESET),
+        "new_password": "a brand new passphrase",
+    }
+    assert (await post(stack, "/auth/password-reset/confirm", body)).status == 204
+    with stack.db() as session:
+        pending = session.scalars(
+            select(OneTimeToken).where(OneTimeToken.purpose == TokenPurpose.MFA_LOGIN.value)
+        ).one()
+    assert pending.used_at is not None
+
+
+async def test_a_new_name_shows_at_once(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    assert (await (await _me(stack, stack.member_token)).json())["name"] != "Ada"
+    changed = await stack.client.patch("/v1/me", headers=stack.headers(), json={"name": "Ada"})
+    assert changed.status == 200
+    assert (await (await _me(stack, stack.member_token)).json())["name"] == "Ada"
+
+
+def test_a_sign_in_attempt_counts_before_its_password_is_checked(
+    embedded_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted first, so concurrent guesses cannot all pass a look at the count."""
+    stack = embedded_stack
+    make_account(stack, "race@example.com")
+    throttles = accounts.Throttles.of(stack.settings)
+    key = "login:account:race@example.com"
+    seen: list[int] = []
+
+    def verify(hashed: str, password: str) -> bool:
+        seen.append(throttles.login_account.peek(key).remaining)
+        return False
+
+    monkeypatch.setattr(sign_in, "verify_password", verify)
+    with pytest.raises(AuthenticationError):
+        sign_in.login(
+            stack.db,
+            stack.container.submissions,
+            TokenConfig.of(stack.settings),
+            Lifetimes.of(stack.settings),
+            throttles,
+            "race@example.com",
+            "a guess",
+            client=Client("192.0.2.1", None),
+        )
+    assert seen == [throttles.login_account.rule.limit - 1]
+
+
+def test_a_password_change_counts_its_attempt_before_the_check(
+    embedded_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = embedded_stack
+    user = make_account(stack, "race2@example.com")
+    throttles = accounts.Throttles.of(stack.settings)
+    key = "login:account:race2@example.com"
+    seen: list[int] = []
+
+    def verify(hashed: str, password: str) -> bool:
+        seen.append(throttles.login_account.peek(key).remaining)
+        return False
+
+    monkeypatch.setattr(accounts, "verify_password", verify)
+    with pytest.raises(InvalidRequestError):
+        accounts.change_password(
+            stack.db,
+            stack.container.submissions,
+            throttles,
+            user.id,
+            "a guess",
+            "another fine passphrase",
+            keep_session=None,
+            client=NOBODY,
+        )
+    assert seen == [throttles.login_account.rule.limit - 1]

@@ -3,6 +3,7 @@ a sign-in, recovery codes and the attempt limit."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -10,13 +11,19 @@ import pytest
 from sqlalchemy import select
 
 from conveyor.db import transaction
-from conveyor.errors import ConfigurationError
-from conveyor.models import AuditEvent, RecoveryCode, User
+from conveyor.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidTokenError,
+    TooManyRequestsError,
+)
+from conveyor.models import AuditEvent, AuthSession, RecoveryCode, User
 from conveyor.security import totp
 from conveyor.security.passwords import hash_password
+from conveyor.security.throttle import MemoryStore, Rule, Throttle
 from conveyor.services import mfa, sessions
-from conveyor.services.audit import NOBODY
-from conveyor.services.auth import TokenConfig, issue_token
+from conveyor.services.audit import NOBODY, Client
+from conveyor.services.auth import TokenConfig, TokenVerifier
 from conveyor.services.sessions import Lifetimes, MfaChallenge
 from tests.stack import Stack
 from tests.stack import test_settings as settings_of
@@ -40,9 +47,20 @@ def _actions(stack: Stack, action: str) -> list[AuditEvent]:
         )
 
 
-def _password_token(stack: Stack, email: str) -> str:
-    """An access token of a sign-in with a password only."""
-    return issue_token(TokenConfig.of(stack.settings), _user(stack, email).id, amr=("pwd",))
+def _signed_in(stack: Stack, email: str, amr: tuple[str, ...] = ("pwd",)) -> str:
+    """An access token of a session that began now (first factor `amr`): an account without a
+    password changes its second factor only from a recent sign-in."""
+    with transaction(stack.db) as session:
+        user = session.scalars(select(User).where(User.email == email)).one()
+        tokens = sessions.start(
+            session,
+            TokenConfig.of(stack.settings),
+            Lifetimes.of(stack.settings),
+            user,
+            amr=amr,
+            client=NOBODY,
+        )
+    return tokens.access_token
 
 
 async def _post(stack: Stack, path: str, token: str | None, body: dict[str, Any]) -> Any:
@@ -91,7 +109,8 @@ async def test_enrolling_stores_the_secret_sealed_and_confirming_turns_mfa_on(
     embedded_stack: Stack,
 ) -> None:
     stack = embedded_stack
-    response = await _post(stack, "/me/mfa/totp", stack.member_token, {})
+    member = _signed_in(stack, MEMBER)
+    response = await _post(stack, "/me/mfa/totp", member, {})
     enrolment = await response.json()
     assert response.status == 200, enrolment
     secret = enrolment["secret"]
@@ -100,9 +119,7 @@ async def test_enrolling_stores_the_secret_sealed_and_confirming_turns_mfa_on(
     assert pending.totp_secret is not None and pending.totp_secret.startswith("v1.")
     assert secret not in pending.totp_secret and not pending.mfa_enabled
 
-    response = await _post(
-        stack, "/me/mfa/totp/confirm", stack.member_token, {"code": totp.code_at(secret)}
-    )
+    response = await _post(stack, "/me/mfa/totp/confirm", member, {"code": totp.code_at(secret)})
     enabled = await response.json()
     assert response.status == 200, enabled
     assert enabled["token_type"] == "Bearer" and enabled["refresh_token"].startswith("cvr_")
@@ -113,7 +130,7 @@ async def test_enrolling_stores_the_secret_sealed_and_confirming_turns_mfa_on(
     assert stored == {totp.hash_recovery_code(code) for code in enabled["recovery_codes"]}
     assert [e.subject_id for e in _actions(stack, "mfa_enabled")] == [pending.id]
 
-    again = await _post(stack, "/me/mfa/totp", stack.member_token, {})
+    again = await _post(stack, "/me/mfa/totp", member, {})
     assert "already on" in (await problem(again, 409))["detail"]
 
 
@@ -121,26 +138,28 @@ async def test_enrolling_needs_the_current_password_when_the_account_has_one(
     embedded_stack: Stack,
 ) -> None:
     stack = embedded_stack
+    member = _signed_in(stack, MEMBER)
     with transaction(stack.db) as session:
         user = session.scalars(select(User).where(User.email == MEMBER)).one()
         user.password_hash = hash_password("correct horse battery staple")
     for body in ({}, {"password": "wrong"}):
-        response = await _post(stack, "/me/mfa/totp", stack.member_token, body)
+        response = await _post(stack, "/me/mfa/totp", member, body)
         assert fields(await problem(response, 422)) == ["password"]
-    await _enrol(stack, stack.member_token, password="correct horse battery staple")
+    await _enrol(stack, member, password="correct horse battery staple")
 
 
 async def test_a_code_is_good_once_and_only_near_the_current_time(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    secret = await _enrol(stack, stack.member_token)
+    member = _signed_in(stack, MEMBER)
+    secret = await _enrol(stack, member)
     stale = totp.code_at(secret, time.time() - 3 * totp.PERIOD)
-    response = await _post(stack, "/me/mfa/totp/confirm", stack.member_token, {"code": stale})
+    response = await _post(stack, "/me/mfa/totp/confirm", member, {"code": stale})
     assert fields(await problem(response, 422)) == ["code"]
     code = totp.code_at(secret)
-    response = await _post(stack, "/me/mfa/totp/confirm", stack.member_token, {"code": code})
+    response = await _post(stack, "/me/mfa/totp/confirm", member, {"code": code})
     assert response.status == 200
     replay = await stack.client.delete(
-        "/v1/me/mfa", json={"code": code}, headers=stack.headers(stack.member_token)
+        "/v1/me/mfa", json={"code": code}, headers=stack.headers(member)
     )
     assert fields(await problem(replay, 422)) == ["code"]
     assert _user(stack, MEMBER).mfa_enabled
@@ -150,7 +169,7 @@ async def test_confirming_makes_an_admin_act_as_admin_at_once_and_disabling_undo
     embedded_stack: Stack,
 ) -> None:
     stack = embedded_stack
-    weak = _password_token(stack, ADMIN)
+    weak = _signed_in(stack, ADMIN)
     refused = await stack.client.get("/admin/", headers=stack.headers(weak))
     assert refused.status == 403
     secret, enabled = await _enable(stack, weak)
@@ -171,7 +190,8 @@ async def test_confirming_makes_an_admin_act_as_admin_at_once_and_disabling_undo
 
 async def test_signing_in_takes_a_code_after_the_password(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    secret, _ = await _enable(stack, stack.member_token)
+    member = _signed_in(stack, MEMBER)
+    secret, _ = await _enable(stack, member)
     mfa_token = _challenge(stack, MEMBER)
     assert mfa_token.startswith("cvm_")
 
@@ -205,7 +225,8 @@ async def test_an_unknown_mfa_token_is_refused(embedded_stack: Stack) -> None:
 
 async def test_a_recovery_code_signs_in_once(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    _, enabled = await _enable(stack, stack.member_token)
+    member = _signed_in(stack, MEMBER)
+    _, enabled = await _enable(stack, member)
     code = enabled["recovery_codes"][0].upper()  # typed loosely: case does not matter
     body = {"mfa_token": _challenge(stack, MEMBER), "code": code}
     assert (await _post(stack, "/auth/login/mfa", None, body)).status == 200
@@ -218,10 +239,9 @@ async def test_a_recovery_code_signs_in_once(embedded_stack: Stack) -> None:
 
 async def test_new_recovery_codes_replace_the_old_ones(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    secret, enabled = await _enable(stack, stack.member_token)
-    response = await _post(
-        stack, "/me/mfa/recovery-codes", stack.member_token, {"code": _next_code(secret)}
-    )
+    member = _signed_in(stack, MEMBER)
+    secret, enabled = await _enable(stack, member)
+    response = await _post(stack, "/me/mfa/recovery-codes", member, {"code": _next_code(secret)})
     renewed = await response.json()
     assert response.status == 200, renewed
     assert not set(renewed["recovery_codes"]) & set(enabled["recovery_codes"])
@@ -234,7 +254,8 @@ async def test_new_recovery_codes_replace_the_old_ones(embedded_stack: Stack) ->
 
 async def test_second_factor_attempts_are_limited_per_account(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    secret, _ = await _enable(stack, stack.member_token)  # two attempts of the five
+    member = _signed_in(stack, MEMBER)
+    secret, _ = await _enable(stack, member)  # two attempts of the five
     mfa_token = _challenge(stack, MEMBER)
     for _ in range(3):
         response = await _post(
@@ -251,8 +272,95 @@ async def test_second_factor_attempts_are_limited_per_account(embedded_stack: St
             select(AuditEvent).where(AuditEvent.action == "login_failed")
         ).all()
     assert len(failures) == 4
+    assert [e.details["reason"] for e in _actions(stack, "lockout")] == ["mfa"]
 
 
 def test_enrolment_needs_a_secret_key() -> None:
     with pytest.raises(ConfigurationError, match="CONVEYOR_SECRET_KEY"):
         mfa.sealer_of(settings_of(secret_key=None))
+
+
+def _age(stack: Stack, token: str, by: dt.timedelta) -> None:
+    """Make the session of `token` have begun `by` earlier."""
+    session_id = TokenVerifier(TokenConfig.of(stack.settings)).verify(token).session_id
+    with transaction(stack.db) as session:
+        auth_session = session.get(AuthSession, session_id)
+        assert auth_session is not None
+        auth_session.created_at -= by
+
+
+async def test_an_account_without_a_password_changes_mfa_only_from_a_recent_sign_in(
+    embedded_stack: Stack,
+) -> None:
+    """A stolen access token of an old sign-in cannot turn on a second factor (and so act
+    with the account's full role), nor turn it off or read new recovery codes."""
+    stack = embedded_stack
+    for stale in (stack.member_token, _signed_in(stack, MEMBER, ("oidc:example",))):
+        if stale != stack.member_token:
+            _age(stack, stale, mfa.FRESH_SIGN_IN + dt.timedelta(minutes=1))
+        refused = await _post(stack, "/me/mfa/totp", stale, {})
+        assert "sign in again" in (await problem(refused, 403))["detail"]
+    assert _user(stack, MEMBER).totp_secret is None
+
+    fresh = _signed_in(stack, ADMIN, ("oidc:example",))  # an account of its own limit
+    secret, _ = await _enable(stack, fresh)
+    _age(stack, fresh, mfa.FRESH_SIGN_IN + dt.timedelta(minutes=1))
+    renew = await _post(stack, "/me/mfa/recovery-codes", fresh, {"code": _next_code(secret)})
+    await problem(renew, 403)
+    off = await stack.client.delete(
+        "/v1/me/mfa", json={"code": _next_code(secret)}, headers=stack.headers(fresh)
+    )
+    await problem(off, 403)
+    assert _user(stack, ADMIN).mfa_enabled
+
+
+def _checker(stack: Stack, per_address: int = 100) -> mfa.Checker:
+    return mfa.Checker(
+        mfa.sealer_of(stack.settings),
+        Throttle(MemoryStore(), Rule(100, 60)),
+        stack.container.submissions,
+        Throttle(MemoryStore(), Rule(per_address, 60)),
+    )
+
+
+def _finish(stack: Stack, checker: mfa.Checker, mfa_token: str, code: str) -> Any:
+    return mfa.finish_sign_in(
+        stack.db,
+        checker,
+        TokenConfig.of(stack.settings),
+        Lifetimes.of(stack.settings),
+        mfa_token,
+        code,
+        client=Client("192.0.2.7", None),
+    )
+
+
+def test_the_second_step_is_limited_per_client_address(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    checker = _checker(stack, per_address=2)
+    for _ in range(2):
+        with pytest.raises(InvalidTokenError):
+            _finish(stack, checker, "cvm_guess", "123456")
+    with pytest.raises(TooManyRequestsError):
+        _finish(stack, checker, "cvm_guess", "123456")
+
+
+async def test_a_second_step_that_fails_late_keeps_the_account_s_count(
+    embedded_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count is cleared only once the sign-in is committed."""
+    stack = embedded_stack
+    secret, _ = await _enable(stack, _signed_in(stack, MEMBER))
+    checker = _checker(stack)
+    mfa_token = _challenge(stack, MEMBER)
+    with pytest.raises(AuthenticationError):
+        _finish(stack, checker, mfa_token, "000000")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(mfa.sessions, "start", broken)
+    with pytest.raises(RuntimeError):
+        _finish(stack, checker, mfa_token, _next_code(secret))
+    key = f"mfa:account:{_user(stack, MEMBER).id}"
+    assert checker.throttle.peek(key).remaining == 100 - 2

@@ -118,6 +118,19 @@ def test_requests_past_an_address_limit_are_dropped_without_a_sign(
             client=Client(ip=f"192.0.2.{n}"),
         )
     assert _count(stack, Job, Job.type == "auth.send_password_reset") == 2
+    for n in range(3):  # registrations of one address share the limit's rule, not its count
+        accounts.register(
+            stack.db,
+            stack.container.submissions,
+            throttles,
+            "same@example.com",
+            "a long unusual passphrase",
+            None,
+            client=Client(ip=f"192.0.2.{n}"),
+        )
+    # the first made the account, the second told its owner, the third was dropped
+    assert _count(stack, Job, Job.type == "auth.send_verification") == 1
+    assert _count(stack, Job, Job.type == "auth.send_notice") == 1
 
 
 def test_the_purge_deletes_what_expired_long_enough_ago(embedded_stack: Stack) -> None:
