@@ -483,7 +483,6 @@ async def cancel_job(request: web.Request) -> web.Response:
         ),
     },
     errors={
-        403: "A job Conveyor submitted for itself (only operators and admins retry those)",
         404: "No such job (or another member's)",
         409: "The job is not failed or cancelled (the detail says its status), or its type "
         "is not known to this server",
