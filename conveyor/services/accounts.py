@@ -344,13 +344,7 @@ def change_password(
         audit.record(
             session, "password_changed", client=client, actor_id=user.id, subject_id=user.id
         )
-        job = queue_notice(
-            session,
-            submissions,
-            user.id,
-            "password_changed",
-            {"when": moment(changed.when), "ip": client.ip or "unknown"},
-        )
+        job = _password_changed_notice(session, submissions, user.id, changed, client)
     submissions.publish_written([job])
     return changed
 
@@ -430,15 +424,21 @@ def reset_password(
         if user.email_verified_at is None:
             user.email_verified_at = changed.when
         audit.record(session, "password_reset", client=client, actor_id=user.id, subject_id=user.id)
-        job = queue_notice(
-            session,
-            submissions,
-            user.id,
-            "password_changed",
-            {"when": moment(changed.when), "ip": client.ip or "unknown"},
-        )
+        job = _password_changed_notice(session, submissions, user.id, changed, client)
     submissions.publish_written([job])
     return changed
+
+
+def _password_changed_notice(
+    session: Session,
+    submissions: Submissions,
+    user_id: uuid.UUID,
+    changed: PasswordSet,
+    client: Client,
+) -> Job:
+    """Queue the `password_changed` notice in `session`'s transaction."""
+    context = {"when": moment(changed.when), "ip": client.ip or "unknown"}
+    return queue_notice(session, submissions, user_id, "password_changed", context)
 
 
 # --- accounts an admin makes on the server ------------------------------------------------------

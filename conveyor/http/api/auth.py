@@ -8,6 +8,7 @@ send a fragment to servers, so no log sees it. The page reads it and POSTs it he
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Literal
 
 from aiohttp import ChainMapProxy, web
@@ -126,6 +127,10 @@ def forget_sign_ins(state: ChainMapProxy, changed: accounts.PasswordSet) -> None
     state[USER_CACHE].drop(changed.user_id)
 
 
+#: A request that emails an address if it has an account: `accounts.request_reset` or
+#: `accounts.resend_verification` (db, submissions, throttles, email, *, client).
+EmailRequest = Callable[..., None]
+
 CHECK_EMAIL = AcceptedOut(
     detail="If this address can receive it, an email is on its way: follow its link."
 )
@@ -197,17 +202,7 @@ async def verify_email(request: web.Request) -> web.Response:
 )
 async def resend_verification(request: web.Request) -> web.Response:
     """Send an unverified account a new verification link (earlier ones stop working)."""
-    state = request.config_dict
-    body = await read_body(request, EmailIn)
-    await run_db(
-        state,
-        accounts.resend_verification,
-        state[CONTAINER].submissions,
-        state[THROTTLES],
-        body.email,
-        client=client_of(request),
-    )
-    return respond(CHECK_EMAIL, 202)
+    return await _email_request(request, accounts.resend_verification)
 
 
 @routes.post(
@@ -264,11 +259,17 @@ async def login(request: web.Request) -> web.Response:
 async def request_password_reset(request: web.Request) -> web.Response:
     """Email the account of the address a reset link (30 minutes, single use), if it has
     one; the answer is the same either way."""
+    return await _email_request(request, accounts.request_reset)
+
+
+async def _email_request(request: web.Request, service: EmailRequest) -> web.Response:
+    """Run `service` (a request that emails an address, if it has an account) and answer
+    202 "check your email", the same for every address."""
     state = request.config_dict
     body = await read_body(request, EmailIn)
     await run_db(
         state,
-        accounts.request_reset,
+        service,
         state[CONTAINER].submissions,
         state[THROTTLES],
         body.email,
