@@ -237,6 +237,9 @@ def bulk_cancel(
         done += len(rows)
         stopping += len(running)
         if len(rows) < size:
+            # Rows another transaction held (a publish marking them) were skipped, not
+            # cancelled: they still match, so say there is more.
+            more = _exists(db, conditions, None)
             break
     for job_id, status in changed:
         announcer.announce(job_id, status)

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from conveyor.models import JobEvent
-from tests.stack import Stack
+from tests.stack import Stack, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("broker_kind", ["rabbitmq"])]
 
@@ -64,6 +64,9 @@ async def test_bulk_cancel_and_retry_by_filter(stack: Stack) -> None:
     mine = [(await stack.submit("system.echo", {"i": i}))["id"] for i in range(3)]
     theirs = (await stack.submit("system.echo", {}, token=stack.other_token))["id"]
     admin = stack.headers(stack.admin_token)
+    # A bulk cancel skips the rows another transaction holds, such as the publisher marking
+    # them published: let that end first, so the counts below are exact.
+    wait_until(lambda: all(stack.row(job_id).published_at for job_id in [*mine, theirs]))
 
     response = await stack.client.post(
         "/v1/jobs/cancel", json={"owner": "member@example.com", "limit": 2}, headers=admin
