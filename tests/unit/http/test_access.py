@@ -24,6 +24,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("GET", "/readyz"): None,
     ("GET", "/metrics"): None,
     ("GET", "/openapi.json"): None,
+    ("GET", "/static/{name}"): None,
     ("GET", "/.well-known/jwks.json"): None,
     ("GET", "/admin/"): Role.OPERATOR,
     ("POST", "/v1/jobs"): Role.MEMBER,

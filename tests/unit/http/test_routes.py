@@ -45,6 +45,7 @@ async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
         "/metrics",
         "/openapi.json",
         "/.well-known/jwks.json",
+        "/static/{name}",  # the pages' stylesheet and script
         "/v1/unsubscribe",  # the signed token of an email's link is the proof
         "/v1/auth/refresh",  # the refresh token is the proof
         "/v1/auth/login/mfa",  # the mfa_token of a sign-in's first step is the proof
