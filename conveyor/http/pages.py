@@ -27,6 +27,7 @@ from markupsafe import Markup
 from multidict import MultiDictProxy
 
 from conveyor.errors import PermissionDeniedError
+from conveyor.http.middleware import Failure
 from conveyor.models.base import utcnow
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "PAGE_HEADERS",
     "Asset",
     "csrf_input",
+    "error_page",
     "form_of",
     "render",
     "render_text",
@@ -158,6 +160,27 @@ def environment() -> jinja2.Environment:
 def render_text(template: str, context: Mapping[str, Any]) -> str:
     """`template` (a path under `conveyor/templates/`) rendered with `context`."""
     return environment().get_template(template).render(context)
+
+
+def error_page(failure: Failure) -> web.Response:
+    """An error as a small page: its status, title and detail (and any bad fields)."""
+    text = render_text(
+        "web/error.html",
+        {
+            "title": f"{failure.status} {failure.title}",
+            "status": failure.status,
+            "detail": failure.detail,
+            "errors": failure.errors or [],
+            "principal": None,
+            "csrf_input": "",
+        },
+    )
+    return web.Response(
+        text=text,
+        status=failure.status,
+        content_type="text/html",
+        headers={**PAGE_HEADERS, **failure.headers},
+    )
 
 
 def csrf_input(request: web.Request) -> Markup:

@@ -7,8 +7,8 @@ from aiohttp import web
 from conveyor.errors import PermissionDeniedError
 from conveyor.http.auth import authenticate
 from conveyor.http.keys import PRINCIPAL
-from conveyor.http.middleware import Failure, rendering_errors
-from conveyor.http.pages import PAGE_HEADERS, render, render_text
+from conveyor.http.middleware import rendering_errors
+from conveyor.http.pages import error_page, render
 from conveyor.http.routes import HTML, Answer, Route, RouteTable
 from conveyor.models import Role
 
@@ -21,27 +21,6 @@ routes = RouteTable(
     error_type=HTML,
     auth_errors={401: "Missing or invalid token", 403: "Not an operator or admin"},
 )
-
-
-def error_page(failure: Failure) -> web.Response:
-    """An error as a small page: its status, title and detail (and any bad fields)."""
-    text = render_text(
-        "web/error.html",
-        {
-            "title": f"{failure.status} {failure.title}",
-            "status": failure.status,
-            "detail": failure.detail,
-            "errors": failure.errors or [],
-            "principal": None,
-            "csrf_input": "",
-        },
-    )
-    return web.Response(
-        text=text,
-        status=failure.status,
-        content_type="text/html",
-        headers={**PAGE_HEADERS, **failure.headers},
-    )
 
 
 async def authenticate_admin(request: web.Request, route: Route | None) -> None:

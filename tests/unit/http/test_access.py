@@ -27,6 +27,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("GET", "/static/{name}"): None,
     ("GET", "/.well-known/jwks.json"): None,
     ("GET", "/admin/"): Role.OPERATOR,
+    ("GET", "/app/"): Role.MEMBER,
     ("POST", "/v1/jobs"): Role.MEMBER,
     ("GET", "/v1/jobs"): Role.MEMBER,
     ("GET", "/v1/jobs/{job_id}"): Role.MEMBER,
