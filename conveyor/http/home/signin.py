@@ -17,6 +17,7 @@ from multidict import MultiDictProxy
 
 from conveyor.errors import (
     AuthenticationError,
+    InvalidTokenError,
     PermissionDeniedError,
     TooManyRequestsError,
 )
@@ -37,7 +38,7 @@ from conveyor.http.routes import HTML, Answer, Parameter
 from conveyor.http.runtime import run_db
 from conveyor.models import Role
 from conveyor.security.passwords import MAX_LENGTH as MAX_PASSWORD
-from conveyor.services import mfa, sessions, sign_in
+from conveyor.services import mfa, sessions, sign_in, sign_in_links
 from conveyor.services.sessions import Lifetimes, MfaChallenge, Tokens
 
 #: The double-submit token of the sign-in forms (a browser with no session yet).
@@ -326,6 +327,70 @@ async def login_mfa(request: web.Request) -> web.Response:
     response = await _signed_in(request, tokens, ("pwd", mfa.OTP), next_path)
     response.del_cookie(MFA_COOKIE, path=MFA_PATH)
     return response
+
+
+LINK_TOKEN = Parameter(
+    "token",
+    "query",
+    {"type": "string", "maxLength": 100},
+    "The token of a sign-in link (`conveyor dev` prints one)",
+)
+MAX_LINK_TOKEN = 100
+
+
+@routes.get(
+    "/login/link",
+    name="login_link_page",
+    public=True,
+    answers=_PAGE,
+    parameters=(LINK_TOKEN,),
+)
+async def login_link_page(request: web.Request) -> web.Response:
+    """A sign-in link's page: a button that uses the link. Opening the page uses nothing, so
+    a link preview or a prefetch cannot spend it."""
+    token = request.query.get("token", "")
+    if len(token) > MAX_LINK_TOKEN:
+        token = ""
+    return _form_page(request, "app/login_link.html", title="Sign in", token=token, error=None)
+
+
+@routes.post(
+    "/login/link",
+    name="login_link",
+    public=True,
+    answers={**_SEE_OTHER, 200: _PAGE[200]},
+    errors={
+        401: "An unknown, used or expired link (the page again)",
+        403: "A form not sent by this site",
+    },
+)
+async def login_link(request: web.Request) -> web.Response:
+    """Sign in with a sign-in link made on the server: on to the dashboard (or the user's
+    page), signed in."""
+    form = await _login_form_of(request)
+    token = text_field(form, "token")
+    state = request.config_dict
+    try:
+        if not token or len(token) > MAX_LINK_TOKEN:
+            raise InvalidTokenError("this sign-in link is unknown, used or expired")
+        tokens = await run_db(
+            state,
+            sign_in_links.redeem,
+            state[TOKENS].config,
+            Lifetimes.of(state[CONTAINER].settings),
+            token,
+            client=client_of(request),
+        )
+    except InvalidTokenError as exc:
+        return _form_page(
+            request,
+            "app/login_link.html",
+            status=exc.status,
+            title="Sign in",
+            token="",
+            error=_sentence(exc.detail),
+        )
+    return await _signed_in(request, tokens, sign_in_links.AMR, "")
 
 
 @routes.post(

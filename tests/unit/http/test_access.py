@@ -32,6 +32,8 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("POST", "/app/login"): None,
     ("GET", "/app/login/mfa"): None,
     ("POST", "/app/login/mfa"): None,
+    ("GET", "/app/login/link"): None,
+    ("POST", "/app/login/link"): None,
     ("POST", "/app/logout"): Role.MEMBER,
     ("POST", "/v1/jobs"): Role.MEMBER,
     ("GET", "/v1/jobs"): Role.MEMBER,
@@ -91,7 +93,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
 PAGES = ("/admin/", "/app/")
 
 #: Public forms that a browser may post only with the double-submit token of their page.
-SIGN_IN_FORMS = {("POST", "/app/login"), ("POST", "/app/login/mfa")}
+SIGN_IN_FORMS = {("POST", "/app/login"), ("POST", "/app/login/mfa"), ("POST", "/app/login/link")}
 
 #: Routes that refuse (403) a user acting below their role for want of a second factor, though
 #: their least role is member: what they make would act with the user's full role.

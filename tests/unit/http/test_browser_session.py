@@ -24,6 +24,7 @@ from conveyor.http.user_cache import BrowserSessionCache
 from conveyor.models import AuditEvent, AuthSession, Role, User
 from conveyor.models.base import utcnow
 from conveyor.security import totp
+from conveyor.services import sign_in_links
 from conveyor.services.accounts import set_password
 from tests.stack import Stack
 from tests.stack import test_settings as settings_of
@@ -294,9 +295,10 @@ async def test_a_session_ended_from_the_api_stops_its_cookie(embedded_stack: Sta
     stack = embedded_stack
     cookie = await _signed_in(stack)
     session_id = _session_id(stack, cookie)
-    listed = await stack.client.get("/v1/me/sessions", headers=stack.headers())
+    bearer = stack.headers(await _bearer(stack, MEMBER))  # the password ended older tokens
+    listed = await stack.client.get("/v1/me/sessions", headers=bearer)
     assert str(session_id) in await listed.text()
-    ended = await stack.client.delete(f"/v1/me/sessions/{session_id}", headers=stack.headers())
+    ended = await stack.client.delete(f"/v1/me/sessions/{session_id}", headers=bearer)
     assert ended.status == 204, await ended.text()
     assert (await stack.client.get("/app/", allow_redirects=False)).status == 303
 
@@ -589,3 +591,26 @@ def test_cookies_need_a_secret_key() -> None:
     session_id = uuid.uuid4()
     assert one.read(one.value(session_id)) == session_id
     assert one.csrf(session_id) != one.value(session_id).partition(".")[2]
+
+
+async def test_a_sign_in_link_opens_a_session_once(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    settings = stack.settings.model_copy(update={"mfa_required_roles": frozenset({"admin"})})
+    stack.container.settings = settings  # admins must use a second factor: a link counts
+    with stack.db() as session:
+        admin = session.scalars(select(User).where(User.email == ADMIN)).one()
+    token = sign_in_links.issue(stack.db, admin.id, dt.timedelta(minutes=5))
+    page = await stack.client.get(f"/app/login/link?token={token}")
+    text = await page.text()
+    assert page.status == 200 and f'value="{token}"' in text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', text)
+    assert csrf is not None
+    form = {"csrf_token": csrf.group(1), "token": token}
+    response = await stack.client.post("/app/login/link", data=form, allow_redirects=False)
+    assert response.status == 303, await response.text()
+    assert response.headers["Location"] == "/admin/"
+    assert (await stack.client.get("/admin/", allow_redirects=False)).status == 200
+    again = await stack.client.post("/app/login/link", data=form, allow_redirects=False)
+    assert again.status == 401
+    assert "unknown, used or expired" in await again.text()
+    assert [e.details["amr"] for e in _actions(stack, "login")] == [["cli"]]

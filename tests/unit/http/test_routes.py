@@ -74,6 +74,7 @@ async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
         # the browser's sign-in forms (a double-submit token guards their posts)
         "/app/login",
         "/app/login/mfa",
+        "/app/login/link",  # the single-use token of a link made on the server is the proof
     }
 
 
