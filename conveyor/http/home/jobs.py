@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -30,6 +31,9 @@ from conveyor.models.job import FINISHED
 from conveyor.registry import JobType
 from conveyor.services import jobs, operations
 from conveyor.services.cursors import Cursors
+from conveyor.services.submissions import validated_payload
+
+T = TypeVar("T")
 
 PAGE = {200: Answer("A page", content_type=HTML, schema={"type": "string"})}
 FRAGMENT = {200: Answer("A part of a page", content_type=HTML, schema={"type": "string"})}
@@ -266,17 +270,15 @@ async def submit_job(request: web.Request) -> web.Response:
         except ValueError:
             errors.append({"field": "delay_seconds", "message": "must be a number of seconds"})
     key = text_field(posted, "idempotency_key") or None
+    if delay is not None:  # a bad delay fails the build first: check the payload on its own
+        _collect(errors, lambda: validated_payload(job_type, payload))
     submissions = container.submissions
-    try:
-        new = submissions.build(
+    new = _collect(
+        errors,
+        lambda: submissions.build(
             job_type, payload, owner_id=own_viewer(request).id, idempotency_key=key, delay=delay
-        )
-    except (InvalidRequestError, BadRequestError) as exc:
-        seen = {e["field"] for e in errors}
-        errors.extend(e for e in exc.errors if e.get("field") not in seen)
-        if not exc.errors:
-            errors.append({"field": "", "message": exc.detail})
-        new = None
+        ),
+    )
     if errors or new is None:
         context = _form_context(request, job_type, form, values, errors)
         return render(request, "app/new.html", status=422, **context)
@@ -285,6 +287,18 @@ async def submit_job(request: web.Request) -> web.Response:
         request.config_dict[METRICS].submitted.labels(submitted.job.type).inc()
     done = "submitted" if submitted.created else "replayed"
     raise web.HTTPSeeOther(f"/app/jobs/{submitted.job.id}?done={done}")
+
+
+def _collect(errors: list[dict[str, Any]], check: Callable[[], T]) -> T | None:
+    """`check()`, or None with its errors added to `errors` (but for fields already there)."""
+    try:
+        return check()
+    except (InvalidRequestError, BadRequestError) as exc:
+        seen = {e["field"] for e in errors}
+        errors.extend(e for e in exc.errors if e.get("field") not in seen)
+        if not exc.errors:
+            errors.append({"field": "", "message": exc.detail})
+        return None
 
 
 # --- a job --------------------------------------------------------------------------------
