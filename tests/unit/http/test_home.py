@@ -240,7 +240,8 @@ async def test_a_member_saves_notification_preferences(embedded_stack: Stack) ->
     assert "choose default, on or off" in _select(text, "job_finished.email", "</td>")
     assert set(subscriptions.list_for_user(stack.db, member.id)) == stored
     # Others' preferences are their own.
-    assert subscriptions.list_for_user(stack.db, get_by_email(stack.db, "other@example.com").id) == []
+    other = get_by_email(stack.db, "other@example.com")
+    assert subscriptions.list_for_user(stack.db, other.id) == []
 
 
 def _select(text: str, name: str, end: str = "</select>") -> str:

@@ -7,7 +7,7 @@ import datetime as dt
 import enum
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from conveyor.http.home.forms import FREE_FIELD, field_of_error, payload_form
 from conveyor.registry import Payload
@@ -33,7 +33,7 @@ class Everything(Payload):
     above: int = Field(1, gt=0)
     loud: bool = False
     maybe: bool | None = None
-    tags: list[str] = []
+    tags: list[str] = Field(default_factory=list)
     inner: Inner | None = None
 
 
@@ -150,7 +150,7 @@ def test_inputs_that_cannot_be_read_as_their_type_are_errors_of_their_field() ->
 
 def test_a_payload_that_takes_any_fields_is_one_json_object() -> None:
     class Anything(Payload):
-        model_config = {"extra": "allow"}
+        model_config = ConfigDict(extra="allow")
 
     form = payload_form(Anything.model_json_schema())
     assert form.fields == () and form.free
