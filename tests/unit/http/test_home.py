@@ -143,6 +143,19 @@ async def test_a_member_cancels_a_waiting_job_and_retries_it(embedded_stack: Sta
     assert response.headers["Location"] == f"{url}?done=finished"
 
 
+async def test_a_running_job_is_asked_to_stop(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    job = await stack.submit("system.sleep", {"seconds": 30, "steps": 300})
+    await stack.wait_for(job["id"], "running")
+    url = f"/app/jobs/{job['id']}"
+    response = await _post(stack, f"{url}/cancel", {})
+    assert response.headers["Location"] == f"{url}?done=stopping"
+    live = await _get(stack, f"{url}/live")
+    assert "asked to stop" in live or "status-cancelled" in live  # it may have stopped already
+    await stack.wait_for(job["id"], "cancelled")
+    assert "data-refresh-stop" in await _get(stack, f"{url}/live")
+
+
 async def test_the_new_job_page_offers_the_public_job_types(embedded_stack: Stack) -> None:
     stack = embedded_stack
     text = await _get(stack, "/app/jobs/new")
@@ -154,6 +167,10 @@ async def test_the_new_job_page_offers_the_public_job_types(embedded_stack: Stac
     assert "How long to sleep." in seconds
     assert 'name="delay_seconds"' in text and 'name="idempotency_key"' in text
     await _get(stack, "/app/jobs/new?type=no.such", status=422)
+    # Conveyor's own job types are not offered, nor taken.
+    await _get(stack, "/app/jobs/new?type=notifications.deliver", status=422)
+    response = await _post(stack, "/app/jobs/new?type=notifications.deliver", {})
+    await _page(response, 422)
 
 
 async def test_submitting_the_form_creates_the_job_with_a_typed_payload(
