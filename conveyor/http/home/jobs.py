@@ -1,8 +1,8 @@
 """The user's jobs at /app: their list, each job's page (cancel, retry), and the form that
 submits a new one.
 
-These pages show the signed-in user's own jobs only, also to an admin (whose everyone's jobs
-are under /admin): every service is called with the user acting as a member. A submission
+These pages show the signed-in user's own jobs only, an admin's too (everyone's jobs are
+under /admin): every service is called with the user acting as a member. A submission
 takes the path of `POST /v1/jobs` (the same submission service, limits and idempotency), and
 cancel and retry the services of the API's routes, so a page can do nothing the API would
 refuse the user.
