@@ -50,4 +50,5 @@ def build_admin() -> web.Application:
     routes.install(app, authenticate_admin)
     return app
 
+
 from conveyor.http.admin import audit, users  # noqa: E402, F401  (the pages add their routes)

@@ -103,7 +103,7 @@ def _moment(request: web.Request, name: str) -> dt.datetime | None:
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise bad_field(name, "a time like 2025-01-31T12:00 (UTC unless it has an offset)") from None
+        raise bad_field(name, "a time like 2025-01-31T12:00 (UTC unless it says)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     try:
@@ -174,8 +174,10 @@ class EventRow:
         ),
         Parameter("target", "query", {"type": "string"}, "Only events about this user"),
         Parameter(
-            "since", "query", {"type": "string"}, "Only events at or after this time (UTC unless "
-            "it gives its offset)"
+            "since",
+            "query",
+            {"type": "string"},
+            "Only events at or after this time (UTC unless it gives its offset)",
         ),
         Parameter("until", "query", {"type": "string"}, "Only events before this time"),
         LIMIT,

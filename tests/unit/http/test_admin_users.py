@@ -311,8 +311,6 @@ async def test_sign_out_everywhere_ends_every_session_and_names_the_admin(
         assert response.status == 401
     [event] = events(stack, "session_revoked")
     assert (event.actor_id, event.subject_id) == (admin.id, member.id)
-    assert sorted(event.details["sessions"]) == sorted(
-        str(t.session_id) for t in (first, second)
-    )
+    assert sorted(event.details["sessions"]) == sorted(str(t.session_id) for t in (first, second))
     # Their API access without a session (the stack's token) is not a sign-in: it stays.
     assert (await stack.client.get("/v1/jobs", headers=stack.headers())).status == 200
