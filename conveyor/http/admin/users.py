@@ -44,11 +44,11 @@ DONE = {
 _BOOLEANS = {"true": True, "false": False}
 
 
-def _role(value: str | None, name: str = "role") -> Role | None:
+def _role(value: str | None) -> Role | None:
     if value is None:
         return None
     if value not in set(Role):
-        raise bad_field(name, f"one of {', '.join(Role)}")
+        raise bad_field("role", f"one of {', '.join(Role)}")
     return Role(value)
 
 
@@ -168,7 +168,7 @@ async def change_role(request: web.Request) -> web.Response:
     """Change a user's role (`role_changed` in the audit log)."""
     state = request.config_dict
     user_id = uuid_of(request, "user_id", "user")
-    role = _role(text_field(await form_of(request), "role") or "")
+    role = _role(text_field(await form_of(request), "role"))
     await run_db(
         state,
         users.update,
@@ -198,7 +198,7 @@ async def change_active(request: web.Request) -> web.Response:
     once) or activate them again (`user_enabled`)."""
     state = request.config_dict
     user_id = uuid_of(request, "user_id", "user")
-    active = _active(text_field(await form_of(request), "active") or "")
+    active = _active(text_field(await form_of(request), "active"))
     await run_db(
         state,
         users.update,
