@@ -70,6 +70,18 @@ class FormField:
     def max_text(self) -> str:
         return "" if self.maximum is None else _text(self.maximum)
 
+    def show(self, value: Any) -> str:
+        """`value` as this input shows it (what `parse` reads back as the same value)."""
+        if self.widget == "checkbox":
+            return "on" if value else ""
+        if value is None:
+            return ""
+        if self.widget == "json":
+            return json.dumps(value, indent=2)
+        if self.widget == "datetime":
+            return _local(str(value))
+        return _text(value)
+
     def parse(self, text: str) -> tuple[bool, Any]:
         """(present, value) of the posted `text`: not present when left empty (the model's
         default applies, or its "required" error); ValueError with a message when unreadable."""
@@ -108,6 +120,16 @@ class PayloadForm:
         values = {f.key: f.default for f in self.fields}
         if self.free:
             values[FREE_FIELD] = self.free_default
+        return values
+
+    def values_of(self, payload: Mapping[str, Any]) -> dict[str, str]:
+        """The posted-form values that make `payload` again (a form filled in from an earlier
+        job's input)."""
+        values = {f.key: f.show(payload[f.name]) if f.name in payload else "" for f in self.fields}
+        if self.free:
+            named = {f.name for f in self.fields}
+            rest = {k: v for k, v in payload.items() if k not in named}
+            values[FREE_FIELD] = json.dumps(rest, indent=2) if rest or not self.fields else ""
         return values
 
     def payload(self, posted: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -64,6 +64,7 @@ NOTICES = {
     "retried": "The job was queued again.",
     "finished": "The job had already finished: there was nothing to cancel.",
     "not_retryable": "Only a failed or cancelled job can be retried.",
+    "unknown_type": "This server does not know the job's type any more: it cannot run again.",
 }
 
 
@@ -226,12 +227,24 @@ def _form_context(
     "/jobs/new",
     name="home_new_job",
     role=Role.MEMBER,
-    parameters=[Parameter("type", "query", {"type": "string"}, "The job type to submit")],
+    parameters=[
+        Parameter("type", "query", {"type": "string"}, "The job type to submit"),
+        Parameter(
+            "from",
+            "query",
+            {"type": "string", "format": "uuid"},
+            "One of the user's jobs of that type: the form starts with its input",
+        ),
+    ],
     answers=PAGE,
-    errors={422: "Not a job type users may submit"},
+    errors={
+        404: "`from` is no job of the user's",
+        422: "Not a job type users may submit, or a `from` that is not a job id of that type",
+    },
 )
 async def new_job(request: web.Request) -> web.Response:
-    """Pick a job type, then fill in the form generated from its payload's JSON Schema."""
+    """Pick a job type, then fill in the form generated from its payload's JSON Schema
+    (`from`: starting with an earlier job's input, to run it again)."""
     registry = request.config_dict[CONTAINER].registry
     name = request.query.get("type", "")
     if not name:
@@ -239,7 +252,27 @@ async def new_job(request: web.Request) -> web.Response:
     job_type = registry.submittable(name)
     form = payload_form(job_type.payload.model_json_schema())
     values = {**form.defaults(), "delay_seconds": "", "idempotency_key": ""}
+    earlier = request.query.get("from", "")
+    if earlier:
+        values.update(form.values_of(await _input_of(request, earlier, job_type)))
     return render(request, "app/new.html", **_form_context(request, job_type, form, values, []))
+
+
+async def _input_of(request: web.Request, job_id: str, job_type: JobType) -> dict[str, Any]:
+    """The payload of the user's job `job_id`, which must be of `job_type`."""
+    try:
+        found = uuid.UUID(job_id)
+    except ValueError:
+        raise InvalidRequestError(
+            "from must be a job id", errors=[{"field": "from", "message": "not a job id"}]
+        ) from None
+    job = await run_db(request.config_dict, jobs.get, found, own_viewer(request))
+    if job.type != job_type.name:
+        raise InvalidRequestError(
+            f"from is a {job.type} job, not a {job_type.name} one",
+            errors=[{"field": "from", "message": f"a job of type {job_type.name}"}],
+        )
+    return job.payload
 
 
 @routes.post(
@@ -315,6 +348,7 @@ async def _job_context(request: web.Request) -> dict[str, Any]:
         "finished": job.status in FINISHED,
         "progress_message": said[-1] if said else "",
         "retryable": job.status in operations.RETRYABLE,
+        "submittable": job.type in {t.name for t in state[CONTAINER].registry.public()},
     }
 
 
@@ -402,7 +436,8 @@ async def retry_job(request: web.Request) -> web.Response:
             own_viewer(request),
         )
     except ConflictError:
-        _back(job_id, "not_retryable")
+        job = await run_db(request.config_dict, jobs.get, job_id, own_viewer(request))
+        _back(job_id, "unknown_type" if job.status in operations.RETRYABLE else "not_retryable")
     _back(job_id, "retried")
 
 

@@ -199,6 +199,16 @@ async def test_submitting_the_form_creates_the_job_with_a_typed_payload(
     echo_id = first.headers["Location"].partition("?")[0].rsplit("/", 1)[1]
     assert again.headers["Location"].startswith(f"/app/jobs/{echo_id}?")
     assert stack.row(echo_id).payload == {"a": [1, True]}
+    # Run again: the form starts with an earlier job's input.
+    text = await get_page(stack, f"/app/jobs/{job_id}")
+    again_url = f"/app/jobs/new?type=system.sleep&amp;from={job_id}"
+    assert again_url in text
+    text = await get_page(stack, again_url.replace("&amp;", "&"))
+    assert 'value="0.05"' in _field(text, "payload.seconds")
+    assert 'value="2"' in _field(text, "payload.steps")
+    await get_page(stack, again_url.replace("&amp;", "&"), stack.other_token, status=404)
+    await get_page(stack, f"/app/jobs/new?type=system.echo&from={job_id}", status=422)
+    await get_page(stack, "/app/jobs/new?type=system.echo&from=nope", status=422)
 
 
 async def test_validation_errors_are_shown_next_to_their_fields_with_the_values_kept(

@@ -174,3 +174,34 @@ def test_errors_go_next_to_the_input_they_name() -> None:
     assert field_of_error("payload.unknown", inputs) == "payload"
     assert field_of_error("delay_seconds", inputs) == "delay_seconds"
     assert field_of_error("type", inputs) is None
+
+
+def test_an_earlier_payload_fills_the_form_that_makes_it_again() -> None:
+    form = payload_form(Everything.model_json_schema())
+    earlier = Everything(
+        name="Ada",
+        colour=Colour.BLUE,
+        when=dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        count=4,
+        ratio=0.25,
+        loud=True,
+        maybe=False,
+        tags=["a"],
+        inner=Inner(x=2),
+    ).model_dump(mode="json")
+    values = form.values_of(earlier)
+    assert values["payload.when"] == "2030-01-02T03:04:05"
+    assert values["payload.loud"] == "on" and values["payload.maybe"] == "false"
+    assert values["payload.day"] == ""  # None: left empty
+    payload, errors = form.payload(values)
+    assert errors == {}
+    assert Everything.model_validate(payload).model_dump(mode="json") == earlier
+
+
+def test_an_earlier_free_payload_fills_its_json_object() -> None:
+    class Anything(Payload):
+        model_config = ConfigDict(extra="allow")
+
+    form = payload_form(Anything.model_json_schema())
+    values = form.values_of({"a": [1, 2]})
+    assert form.payload(values) == ({"a": [1, 2]}, {})
