@@ -9,18 +9,22 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+import conveyor.actors.all  # noqa: F401  (system.* job types)
 from conveyor.db import make_engine, make_sessionmaker, transaction
-from conveyor.models import Job, JobStatus, Role, User
+from conveyor.errors import PermissionDeniedError
+from conveyor.models import AuditEvent, Job, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import error_type_of, events_t, jobs_t
+from conveyor.registry import JOBS
 from conveyor.services import dashboard, error_groups, runs, submissions, workers
 from conveyor.services.dashboard import Minute
 from conveyor.services.jobs import new_event
 from conveyor.services.submissions import NewJob
 from conveyor.services.users import create_user
+from tests.unit.support import RecordingAnnouncer, RecordingEnqueuer
 
 pytestmark = pytest.mark.integration
 
@@ -273,3 +277,100 @@ def test_error_type_of_cuts_long_names() -> None:
     assert error_type_of(None) is None
     assert error_type_of({"message": "no type"}) is None
     assert error_type_of({"type": "E" * 300}) == "E" * 200
+
+
+# --- acting on a group --------------------------------------------------------------------
+
+
+@pytest.fixture
+def operator(any_db: sessionmaker[Session]) -> User:
+    return create_user(any_db, "operator@example.com", Role.OPERATOR)
+
+
+def _audit(db: sessionmaker[Session]) -> list[AuditEvent]:
+    with db() as session:
+        return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+
+
+def _count(db: sessionmaker[Session], table: Any, *where: Any) -> int:
+    with db() as session:
+        return int(session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
+
+
+def test_discarding_a_group_deletes_its_jobs_and_events_in_batches(
+    any_db: sessionmaker[Session],
+    make: MakeJob,
+    operator: User,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(error_groups, "BATCH", 2)
+    group = [make(JobStatus.FAILED, finished_at=NOW - i * MINUTE) for i in range(5)]
+    other = make(JobStatus.FAILED, error_type="KeyError")
+
+    first = error_groups.discard_group(any_db, "system.fail", "ValueError", operator, limit=3)
+    assert (first.count, first.more) == (3, True)
+    rest = error_groups.discard_group(any_db, "system.fail", "ValueError", operator)
+    assert (rest.count, rest.more) == (2, False)
+
+    ids = [j.id for j in group]
+    assert _count(any_db, jobs_t, jobs_t.c.id.in_(ids)) == 0
+    assert _count(any_db, events_t, events_t.c.job_id.in_(ids)) == 0
+    assert _count(any_db, jobs_t, jobs_t.c.id == other.id) == 1
+    assert _count(any_db, events_t, events_t.c.job_id == other.id) == 3  # queued, retrying, failed
+    found = _audit(any_db)
+    assert [(e.action, e.actor_id, e.details["count"]) for e in found] == [
+        ("error_group_discarded", operator.id, 3),
+        ("error_group_discarded", operator.id, 2),
+    ]
+    assert found[0].details["job_type"] == "system.fail"
+    assert found[0].details["error_type"] == "ValueError"
+
+
+def test_retrying_a_group_queues_its_jobs_again(
+    any_db: sessionmaker[Session], make: MakeJob, operator: User
+) -> None:
+    group = [make(JobStatus.FAILED, attempts=4) for _ in range(3)]
+    other = make(JobStatus.FAILED, error_type="KeyError")
+    enqueuer, announcer = RecordingEnqueuer(), RecordingAnnouncer()
+
+    done = error_groups.retry_group(
+        any_db, enqueuer, announcer, JOBS, "system.fail", "ValueError", operator
+    )
+
+    assert (done.count, done.more) == (3, False)
+    assert {m.job_id for m in enqueuer.messages} == {j.id for j in group}
+    with any_db() as session:
+        assert {session.get(Job, j.id).status for j in group} == {"queued"}  # type: ignore[union-attr]
+        assert session.get(Job, other.id).status == "failed"  # type: ignore[union-attr]
+    [event] = _audit(any_db)
+    assert (event.action, event.details["count"]) == ("error_group_retried", 3)
+    assert error_groups.group(any_db, "system.fail", "ValueError") is None
+
+
+def test_a_group_without_an_error_type_is_acted_on_as_one(
+    any_db: sessionmaker[Session], make: MakeJob, operator: User
+) -> None:
+    untyped = make(JobStatus.FAILED, error_type=None)
+    make(JobStatus.FAILED)
+    done = error_groups.discard_group(any_db, "system.fail", None, operator)
+    assert done.count == 1
+    assert _count(any_db, jobs_t, jobs_t.c.id == untyped.id) == 0
+    assert [g.error_type for g in error_groups.groups(any_db)] == ["ValueError"]
+
+
+def test_members_act_on_no_group(any_db: sessionmaker[Session], make: MakeJob, owner: User) -> None:
+    make(JobStatus.FAILED)
+    with pytest.raises(PermissionDeniedError):
+        error_groups.discard_group(any_db, "system.fail", "ValueError", owner)
+    with pytest.raises(PermissionDeniedError):
+        error_groups.retry_group(
+            any_db,
+            RecordingEnqueuer(),
+            RecordingAnnouncer(),
+            JOBS,
+            "system.fail",
+            "ValueError",
+            owner,
+        )
+    assert _count(any_db, jobs_t) == 1
+    assert _audit(any_db) == []
