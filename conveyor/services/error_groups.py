@@ -112,12 +112,33 @@ def groups(
         .group_by(jobs_t.c.type, jobs_t.c.error_type)
         .order_by(func.max(jobs_t.c.finished_at).desc(), jobs_t.c.type, jobs_t.c.error_type)
         .limit(limit)
+        .subquery()
+    )
+    # Each group's newest job, in the same statement: one probe of the index per group.
+    newest = (
+        select(jobs_t.c.id)
+        .where(
+            _failed(),
+            jobs_t.c.type == grouped.c.type,
+            jobs_t.c.error_type == grouped.c.error_type,
+        )
+        .order_by(jobs_t.c.finished_at.desc(), jobs_t.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    query = select(grouped, newest.label("sample")).order_by(
+        grouped.c.last_seen.desc(), grouped.c.type, grouped.c.error_type
     )
     with db() as session:
         bound(session, timeout_seconds)
-        rows = session.execute(grouped).all()
+        rows = session.execute(query).all()
         samples = {
-            (row.type, row.error_type): _newest(row.type, row.error_type, session) for row in rows
+            (row.type, row.error_type): (
+                row.sample
+                if row.error_type is not None
+                else _newest(row.type, None, session)  # `=` never matches NULL
+            )
+            for row in rows
         }
         messages = _messages(session, [i for i in samples.values() if i is not None])
     found = []
