@@ -9,7 +9,7 @@ from aiohttp import web
 
 from conveyor.bootstrap import Container
 from conveyor.broker import outage_of
-from conveyor.http import admin, api, system
+from conveyor.http import admin, api, home, system
 from conveyor.http.api.stream import end_streams
 from conveyor.http.api_key_cache import ApiKeyCache
 from conveyor.http.broker_metrics import register_broker_metrics
@@ -45,7 +45,12 @@ from conveyor.services.auth import TokenConfig, TokenVerifier
 
 def route_tables() -> dict[str, RouteTable]:
     """The route table of each app by its mount prefix ("" for the root app)."""
-    return {"": system.routes, api.PREFIX: api.routes, admin.PREFIX: admin.routes}
+    return {
+        "": system.routes,
+        api.PREFIX: api.routes,
+        admin.PREFIX: admin.routes,
+        home.PREFIX: home.routes,
+    }
 
 
 def create_app(container: Container, *, sweeper: bool = True) -> web.Application:
@@ -93,4 +98,5 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     system.routes.install(app, authenticate=None)
     app.add_subapp(api.PREFIX, api.build_api())
     app.add_subapp(admin.PREFIX, admin.build_admin())
+    app.add_subapp(home.PREFIX, home.build_home())
     return app

@@ -10,7 +10,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from conveyor.http.keys import CONTAINER, METRICS, OPENAPI, PROBE_EXECUTOR, READINESS, TOKENS
-from conveyor.http.routes import JSON, Answer, RouteTable
+from conveyor.http.pages import asset
+from conveyor.http.routes import JSON, Answer, Parameter, RouteTable
 from conveyor.http.schemas import Health, Readiness
 
 logger = logging.getLogger(__name__)
@@ -118,3 +119,36 @@ async def jwks(request: web.Request) -> web.Response:
     `kid` header names its key."""
     keys = request.config_dict[TOKENS].config.keys
     return web.json_response(keys.jwks(), headers={"Cache-Control": JWKS_CACHE_CONTROL})
+
+
+#: A static file asked for with its current content hash never changes.
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@routes.get(
+    "/static/{name}",
+    public=True,
+    summary="A stylesheet or script of the pages",
+    answers={
+        200: Answer("The file", content_type=None),
+        304: Answer("Not modified", content_type=None),
+    },
+    parameters=(
+        Parameter("name", "path", {"type": "string"}, "The file's name", required=True),
+        Parameter("v", "query", {"type": "string"}, "Its content hash, as the pages link it"),
+    ),
+    errors={404: "No such file"},
+)
+async def static_file(request: web.Request) -> web.Response:
+    """The pages' CSS and script, served by the app (no CDN). Asked for with its content hash
+    (`?v=`, as the pages link it), a file may be cached for a year; otherwise browsers check
+    it again each time (ETag)."""
+    found = asset(request.match_info["name"])
+    if found is None:
+        raise web.HTTPNotFound()
+    etag = f'"{found.digest}"'
+    current = request.query.get("v") == found.digest
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE if current else "no-cache"}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=found.body, content_type=found.content_type, headers=headers)

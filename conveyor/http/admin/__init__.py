@@ -1,15 +1,14 @@
-"""The /admin application: HTML pages for admins, with HTML errors; the dashboard comes later."""
+"""The /admin application: the dashboard's HTML pages for operators and admins, with HTML errors."""
 
 from __future__ import annotations
-
-from html import escape
 
 from aiohttp import web
 
 from conveyor.errors import PermissionDeniedError
 from conveyor.http.auth import authenticate
 from conveyor.http.keys import PRINCIPAL
-from conveyor.http.middleware import Failure, rendering_errors
+from conveyor.http.middleware import rendering_errors
+from conveyor.http.pages import error_page, render
 from conveyor.http.routes import HTML, Answer, Route, RouteTable
 from conveyor.models import Role
 
@@ -22,50 +21,6 @@ routes = RouteTable(
     error_type=HTML,
     auth_errors={401: "Missing or invalid token", 403: "Not an operator or admin"},
 )
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>{title}</title></head>
-<body>
-<main>
-<h1>{title}</h1>
-{body}
-</main>
-</body>
-</html>
-"""
-#: Pages hold no script and no outside resource, and (soon) private data: keep them uncached.
-_PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'",
-    "X-Content-Type-Options": "nosniff",
-}
-
-
-def page(
-    title: str, body: str, *, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    """An HTML page; `title` is escaped here, `body` must already be safe HTML."""
-    return web.Response(
-        text=_PAGE.format(title=escape(title), body=body),
-        status=status,
-        content_type="text/html",
-        headers={**_PAGE_HEADERS, **(headers or {})},
-    )
-
-
-def error_page(failure: Failure) -> web.Response:
-    """An error as a small page: its status, title and detail (and any bad fields)."""
-    body = f"<p>{escape(failure.detail)}</p>"
-    if failure.errors:
-        items = "".join(
-            f"<li>{escape(str(e.get('field', '')))}: {escape(str(e.get('message', '')))}</li>"
-            for e in failure.errors
-        )
-        body += f"<ul>{items}</ul>"
-    return page(
-        f"{failure.status} {failure.title}", body, status=failure.status, headers=failure.headers
-    )
 
 
 async def authenticate_admin(request: web.Request, route: Route | None) -> None:
@@ -85,8 +40,8 @@ async def authenticate_admin(request: web.Request, route: Route | None) -> None:
     },
 )
 async def index(request: web.Request) -> web.Response:
-    """The admin index page (the dashboard is not built yet)."""
-    return page("Conveyor admin", "<p>The dashboard is not built yet.</p>")
+    """The overview: what the platform is doing now."""
+    return render(request, "admin/overview.html", title="Overview")
 
 
 def build_admin() -> web.Application:
@@ -94,3 +49,6 @@ def build_admin() -> web.Application:
     app = web.Application(middlewares=[rendering_errors(error_page)])
     routes.install(app, authenticate_admin)
     return app
+
+
+from conveyor.http.admin import audit, users  # noqa: E402, F401  (the pages add their routes)

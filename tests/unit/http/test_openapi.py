@@ -132,7 +132,7 @@ async def test_every_operation_documents_500_and_503(embedded_stack: Stack) -> N
 
 async def test_errors_are_documented_in_each_app_s_media_type(embedded_stack: Stack) -> None:
     for (method, path), operation in _operations(await _document(embedded_stack)).items():
-        expected = HTML if path.startswith("/admin/") else PROBLEM_JSON
+        expected = HTML if path.startswith(("/admin/", "/app/")) else PROBLEM_JSON
         for status, response in operation["responses"].items():
             if int(status) >= 400 and (path, status) != ("/readyz", "503"):
                 assert list(response["content"]) == [expected], (method, path, status)

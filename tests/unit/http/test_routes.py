@@ -15,12 +15,12 @@ from tests.stack import Stack
 from tests.unit.http.walk import routes_of
 
 #: The media type of each sub-app's errors, as the README promises them.
-ERROR_TYPE = {"": PROBLEM_JSON, "/v1": PROBLEM_JSON, "/admin": HTML}
+ERROR_TYPE = {"": PROBLEM_JSON, "/v1": PROBLEM_JSON, "/admin": HTML, "/app": HTML}
 
 
 async def test_every_route_not_marked_public_needs_a_token(embedded_stack: Stack) -> None:
     found = routes_of(embedded_stack.client.app)
-    assert {f.prefix for f in found} == {"", "/v1", "/admin"}
+    assert {f.prefix for f in found} == {"", "/v1", "/admin", "/app"}
     assert len(found) > 10
     for route in found:
         response = await embedded_stack.client.request(route.method, route.url())
@@ -45,6 +45,7 @@ async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
         "/metrics",
         "/openapi.json",
         "/.well-known/jwks.json",
+        "/static/{name}",  # the pages' stylesheet and script
         "/v1/unsubscribe",  # the signed token of an email's link is the proof
         "/v1/auth/refresh",  # the refresh token is the proof
         "/v1/auth/login/mfa",  # the mfa_token of a sign-in's first step is the proof

@@ -1,0 +1,40 @@
+"""The /app application: the user's own pages (their jobs, a form to submit one, their
+notification preferences), and the sign-in pages the dashboard shares. HTML errors."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from conveyor.http.auth import authenticate
+from conveyor.http.middleware import rendering_errors
+from conveyor.http.pages import error_page, render
+from conveyor.http.routes import HTML, Answer, RouteTable
+from conveyor.models import Role
+
+__all__ = ["PREFIX", "build_home", "routes"]
+
+PREFIX = "/app"
+
+routes = RouteTable(
+    tag="pages",
+    error_type=HTML,
+    auth_errors={401: "Not signed in"},
+)
+
+
+@routes.get(
+    "/",
+    name="home_index",
+    role=Role.MEMBER,
+    answers={200: Answer("The user's page", content_type=HTML, schema={"type": "string"})},
+)
+async def index(request: web.Request) -> web.Response:
+    """The signed-in user's page: their jobs."""
+    return render(request, "app/index.html", title="Your jobs")
+
+
+def build_home() -> web.Application:
+    """The sub-app to mount at /app."""
+    app = web.Application(middlewares=[rendering_errors(error_page)])
+    routes.install(app, authenticate)
+    return app
