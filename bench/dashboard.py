@@ -181,7 +181,7 @@ def median_ms(fn: Callable[[], object], repeat: int) -> float:
 def readers(url: str) -> dict[str, Callable[[], object]]:
     """The service functions the dashboard calls, by the name the output gives them."""
     from conveyor.db import make_engine, make_sessionmaker
-    from conveyor.services import capacity, dashboard, error_groups
+    from conveyor.services import capacity, dashboard, error_groups, queues
     from conveyor.settings import Settings
 
     db = make_sessionmaker(make_engine(url))
@@ -190,6 +190,7 @@ def readers(url: str) -> dict[str, Callable[[], object]]:
     [first] = error_groups.groups(db, limit=1)
     return {
         "throughput": lambda: dashboard.throughput(db),
+        "queue_stats": lambda: queues.stats(db, QUEUES),
         "overview": lambda: dashboard.overview(db, worker_timeout=timeout, queue_names=QUEUES),
         "error_groups": lambda: error_groups.groups(db),
         "error_group": lambda: error_groups.group(db, first.job_type, first.error_type),
