@@ -586,6 +586,37 @@ def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.models.base import utcnow
+    from conveyor.services import error_groups
+
+    with opened(settings) as container:
+        found = error_groups.groups(container.db, limit=args.limit)
+    rows = [
+        {
+            "type": g.job_type,
+            "error_type": g.error_type,
+            "count": g.count,
+            "first_seen": g.first_seen,
+            "last_seen": g.last_seen,
+            "sample_job_id": str(g.sample_id),
+            "message": g.message,
+        }
+        for g in found
+    ]
+    if args.json:
+        as_json(rows)
+        return 0
+    now = utcnow()
+    for row, g in zip(rows, found, strict=True):
+        row["error_type"] = g.error_type or "-"
+        row["last_seen"] = _age((now - g.last_seen).total_seconds()) + " ago"
+        row["first_seen"] = _age((now - g.first_seen).total_seconds()) + " ago"
+    columns = ("type", "error_type", "count", "last_seen", "first_seen", "sample_job_id")
+    show(rows, columns, json_output=False, empty="no failed jobs")
+    return 0
+
+
 # --- jobs -----------------------------------------------------------------------------------
 
 
@@ -1184,6 +1215,20 @@ def _workers_and_queues(sub: Any) -> None:
         "been due.",
     )
     _json_flag(queues)
+    errors = _command(
+        sub,
+        "errors",
+        "failed jobs grouped by job type and error type: count, last and first seen, a sample",
+        cmd_errors,
+        "conveyor errors",
+        "conveyor errors --json | jq '.[] | select(.count > 100)'",
+        description="The failed jobs, grouped by job type and ERROR TYPE (the exception's "
+        "class), the most recently seen first: how many, when the newest and the oldest "
+        "failed, and the newest job's id (`conveyor jobs show ID` has its traceback). Retry "
+        "or discard a group with POST /v1/errors/retry or /v1/errors/discard.",
+    )
+    errors.add_argument("--limit", type=count, default=100, help="at most so many groups (100)")
+    _json_flag(errors)
 
 
 # --- errors, and main -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Prometheus metrics of the web process: requests by route and status, jobs submitted, the
 process and Python collectors; the container's job metrics and the database-derived
-figures (queue depths, oldest waiting job, live workers) joined in at scrape time."""
+figures (queue depths, oldest waiting job, live workers, desired workers per pool) joined in
+at scrape time."""
 
 from __future__ import annotations
 
@@ -157,3 +158,20 @@ class DatabaseCollector(Collector):
         for pool, n in sorted(reading.workers_alive.items()):
             alive.add_metric([pool], n)
         yield alive
+        desired = GaugeMetricFamily(
+            "conveyor_pool_desired_workers",
+            "Worker processes the pool needs for the jobs arriving, their run times and its "
+            "backlog (the capacity signal: feed it to KEDA or an HPA).",
+            labels=["pool"],
+        )
+        utilization = GaugeMetricFamily(
+            "conveyor_pool_utilization",
+            "Share of the threads of the pool's live processes that run a job now.",
+            labels=["pool"],
+        )
+        for figure in reading.capacity:
+            desired.add_metric([figure.pool], figure.desired)
+            if figure.utilization is not None:
+                utilization.add_metric([figure.pool], figure.utilization)
+        yield desired
+        yield utilization

@@ -343,3 +343,40 @@ class BulkOut(BaseModel):
         0, description="Of `count`, running jobs asked to stop (a cancel)"
     )
     skipped: int = Field(0, description="Jobs of a type this server does not know (a retry)")
+
+
+class ErrorGroupOut(BaseModel):
+    """The failed jobs of one job type that raised the same kind of error."""
+
+    type: str = Field(description="The job type")
+    error_type: str | None = Field(
+        description="The error's type (the exception's class); null: the error named none"
+    )
+    count: int = Field(description="Failed jobs in the group")
+    first_seen: dt.datetime = Field(description="When the group's oldest job failed")
+    last_seen: dt.datetime = Field(description="When its newest job failed")
+    sample_job_id: uuid.UUID = Field(description="The group's newest job")
+    message: str | None = Field(description="The sample job's error message")
+
+
+class ErrorGroupList(BaseModel):
+    """The error groups, the most recently seen first."""
+
+    items: list[ErrorGroupOut]
+
+
+class ErrorGroupIn(BaseModel):
+    """Which error group a bulk action acts on, and how many of its jobs at most."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=200, description="The job type")
+    error_type: str | None = Field(
+        max_length=200, description="The error's type, as the group gives it (null included)"
+    )
+    limit: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="Most jobs changed by this request; call again while `more` is true",
+    )

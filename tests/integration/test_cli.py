@@ -170,6 +170,36 @@ def _status(db: sessionmaker[Session], job_id: uuid.UUID) -> str:
         return job.status
 
 
+def test_errors_lists_the_groups_of_failed_jobs(
+    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice = create_user(pg_db, "alice@example.com")
+    assert run(capsys, "errors")[2] == "no failed jobs\n"
+    error = {"type": "RuntimeError", "message": "boom"}
+    for _ in range(2):
+        _job(
+            pg_db,
+            alice,
+            JobStatus.FAILED,
+            error=error,
+            error_type="RuntimeError",
+            finished_at=utcnow(),
+        )
+
+    code, out, _ = run(capsys, "errors")
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["TYPE", "ERROR_TYPE", "COUNT"]
+    assert out.splitlines()[1].split()[:3] == ["system.echo", "RuntimeError", "2"]
+    code, out, _ = run(capsys, "errors", "--json")
+    [group] = json.loads(out)
+    assert (group["type"], group["error_type"], group["count"]) == (
+        "system.echo",
+        "RuntimeError",
+        2,
+    )
+    assert group["message"] == "boom"
+
+
 def test_jobs_list_show_cancel_retry_and_purge(
     env: None,
     pg_db: sessionmaker[Session],

@@ -9,6 +9,7 @@ from conveyor.http.api import (  # noqa: F401  (their routes join the table)
     api_keys,
     audit,
     auth,
+    errors,
     jobs,
     me,
     mfa,

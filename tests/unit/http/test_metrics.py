@@ -142,6 +142,8 @@ async def test_database_series_come_from_the_last_reading(embedded_stack: Stack)
     oldest = value(found, "conveyor_queue_oldest_waiting_age_seconds", queue="system")
     assert oldest is not None and 0 <= oldest < 10
     assert value(found, "conveyor_outbox_unpublished") is not None
+    # One job arrived and waits: the system pool needs a process (the capacity signal).
+    assert value(found, "conveyor_pool_desired_workers", pool="system") == 1
 
 
 async def test_the_exposition_has_the_process_and_python_collectors(
