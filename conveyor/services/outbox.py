@@ -193,10 +193,16 @@ def mark_published(
 ) -> None:
     """Note that these jobs' messages were confirmed by the broker. With `first_only`, only
     for jobs still waiting for their first run: a late confirmation of a job's first message
-    must not pass for the message of a retry that failed to publish."""
+    must not pass for the message of a retry that failed to publish.
+
+    Never for a job of a paused queue: its worker may have parked it already (the message
+    taken and acknowledged), and a stamp now would hide it from the resume. At worst the
+    resume publishes a job whose message still waits: a duplicate, which the claim skips."""
     ids = list(job_ids)
     if ids:
-        stmt = update(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.status.in_(OUTBOX))
+        stmt = update(jobs_t).where(
+            jobs_t.c.id.in_(ids), jobs_t.c.status.in_(OUTBOX), ~is_paused(jobs_t.c.queue)
+        )
         if first_only:
             stmt = stmt.where(jobs_t.c.attempts == 0, jobs_t.c.status == JobStatus.QUEUED)
         session.execute(stmt.values(published_at=utcnow()))

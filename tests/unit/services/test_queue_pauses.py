@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.db import transaction
 from conveyor.errors import NotFoundError, PermissionDeniedError
 from conveyor.models import AuditEvent, Job, JobStatus, Role, User
 from conveyor.models.base import utcnow
@@ -71,6 +72,10 @@ def test_a_job_of_a_paused_queue_is_not_claimed_but_parked(
     assert runs.park(db, job.id) is True
     parked = load(job.id)
     assert (parked.status, parked.published_at, parked.attempts) == ("queued", None, 0)
+    # The broker's confirmation of its first message, late: it must not hide the parked job.
+    with transaction(db) as session:
+        outbox.mark_published(session, [job.id], first_only=True)
+    assert load(job.id).published_at is None
     # Another queue's job runs; a job that is not waiting is never parked.
     assert runs.claim(db, other.id, worker="w", lease=LEASE) is not None
     assert runs.park(db, other.id) is False
