@@ -243,9 +243,8 @@ def test_queues_pause_resume_and_the_listing(
 
     code, out, _ = run(capsys, "queues")
     header, *lines = out.splitlines()
-    assert header.split() == [
-        "QUEUE", "WAITING", "SCHEDULED", "RUNNING", "FAILED", "OLDEST_WAITING", "CONSUMERS", "PAUSED"
-    ]  # fmt: skip
+    columns = "QUEUE WAITING SCHEDULED RUNNING FAILED OLDEST_WAITING CONSUMERS PAUSED"
+    assert header.split() == columns.split()
     system = next(line.split() for line in lines if line.startswith("system"))
     assert system[1] == "1" and system[6] == "0" and system[7:] == ["for", "0s"]
     code, out, _ = run(capsys, "queues", "--json")
