@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
-from conveyor.errors import NotFoundError
+from conveyor.errors import InvalidRequestError, NotFoundError
 from conveyor.models import JobStatus, QueuePause, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import UNSTARTED, jobs_t
@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 #: Parked jobs published per transaction by a resume.
 RESUME_BATCH = 500
-#: The longest reason kept with a pause (the column's size).
+#: The longest reason kept with a pause, and the longest queue name (the columns' sizes).
 MAX_REASON = 200
+MAX_QUEUE = 100
 
 
 def _actor_id(by: User) -> uuid.UUID | None:
@@ -57,6 +58,11 @@ def pause(
     """Pause `queue`; False if it was paused already (nothing changes then, the first pause's
     time, author and reason stay). Operators and admins only."""
     require_operator(by)
+    if not queue or len(queue) > MAX_QUEUE:
+        raise InvalidRequestError(
+            f"a queue name has 1 to {MAX_QUEUE} characters",
+            errors=[{"field": "queue", "message": f"1 to {MAX_QUEUE} characters"}],
+        )
     reason = (reason or "").strip()[:MAX_REASON] or None
     actor_id = _actor_id(by)
     values = {"queue": queue, "paused_at": utcnow(), "paused_by": actor_id, "reason": reason}

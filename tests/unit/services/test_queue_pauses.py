@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
-from conveyor.errors import NotFoundError, PermissionDeniedError
+from conveyor.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from conveyor.models import AuditEvent, Job, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.registry import JOBS
@@ -45,6 +45,8 @@ def test_a_pause_is_recorded_once_and_audited(
     ]
     with pytest.raises(PermissionDeniedError):
         queue_pauses.pause(db, "reports", member)
+    with pytest.raises(InvalidRequestError):
+        queue_pauses.pause(db, "q" * 101, admin)
     with pytest.raises(PermissionDeniedError):
         queue_pauses.resume(db, RecordingEnqueuer(), "system", member)
     assert list(queue_pauses.paused(db)) == ["system"]
