@@ -65,6 +65,7 @@ async def _known_queue(request: web.Request) -> str:
     summary="Pause a queue (operators and admins)",
     parameters=[QUEUE],
     body=PauseIn,
+    body_required=False,
     answers={200: Answer("The queue is paused (`changed`: by this request)", PauseOut)},
     errors={**OPERATORS_ONLY, **UNKNOWN_QUEUE, 400: "Malformed JSON", 422: "A reason too long"},
 )

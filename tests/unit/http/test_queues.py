@@ -36,3 +36,12 @@ async def test_a_paused_queue_runs_its_jobs_after_the_resume(
     response = await stack.client.post("/v1/queues/system/resume", headers=admin)
     assert (await response.json())["published"] == 1
     assert (await stack.wait_for(job["id"], "succeeded"))["attempts"] == 1
+
+
+async def test_the_pause_body_is_optional_in_the_openapi_document(embedded_stack: Stack) -> None:
+    response = await embedded_stack.client.get("/openapi.json")
+    document = await response.json()
+    pause = document["paths"]["/v1/queues/{queue}/pause"]["post"]
+    assert pause["requestBody"]["required"] is False
+    cancel = document["paths"]["/v1/jobs/cancel"]["post"]
+    assert cancel["requestBody"]["required"] is True
