@@ -259,28 +259,36 @@ def promote_due(
 
 
 def publish_parked(
-    db: sessionmaker[Session], enqueuer: Enqueuer, queue: str, *, limit: int = 500
+    db: sessionmaker[Session],
+    enqueuer: Enqueuer,
+    queue: str,
+    *,
+    limit: int = 500,
+    most: int | None = None,
 ) -> int:
     """Publish the waiting jobs of `queue` that have no message (parked while it was paused),
-    `limit` per transaction, each with its due time; how many. A broker that fails stops it:
-    the rows stay unpublished, for the outbox sweep."""
+    `limit` per transaction, each with its due time, up to about `most` of them; how many.
+    What it leaves (past `most`, or when the broker fails) stays unpublished, for the outbox
+    sweep."""
     published = 0
-    now = utcnow()
-    stmt = (
-        select(jobs_t.c.id, jobs_t.c.type, jobs_t.c.queue, jobs_t.c.next_attempt_at)
-        .where(
+    after: uuid.UUID | None = None
+    while True:
+        now = utcnow()
+        # By id, each job once: should the queue be paused again meanwhile, its jobs are not
+        # marked published, and would otherwise be taken again and again.
+        stmt = select(jobs_t.c.id, jobs_t.c.type, jobs_t.c.queue, jobs_t.c.next_attempt_at).where(
             jobs_t.c.queue == queue,
             jobs_t.c.status.in_(OUTBOX),
             jobs_t.c.published_at.is_(None),
         )
-        .order_by(jobs_t.c.id)
-        .limit(limit)
-    )
-    while True:
+        if after is not None:
+            stmt = stmt.where(jobs_t.c.id > after)
+        stmt = stmt.order_by(jobs_t.c.id).limit(limit)
         with transaction(db) as session:
             rows = session.execute(_locked(session, stmt)).all()  # type: ignore[call-overload]
             if not rows:
                 break
+            after = rows[-1].id
             try:
                 enqueuer.publish(
                     [JobMessage.due_at(r.id, r.type, r.queue, r.next_attempt_at, now) for r in rows]
@@ -295,7 +303,7 @@ def publish_parked(
                 break
             mark_published(session, [r.id for r in rows])
         published += len(rows)
-        if len(rows) < limit:
+        if len(rows) < limit or (most is not None and published >= most):
             break
     return published
 

@@ -34,8 +34,11 @@ from conveyor.services.outbox import publish_parked
 
 logger = logging.getLogger(__name__)
 
-#: Parked jobs published per transaction by a resume.
+#: Parked jobs published per transaction by a resume, and the most it publishes itself (a
+#: few seconds' work at most, so an HTTP request ends in time): the outbox sweep publishes
+#: the rest within its next pass.
 RESUME_BATCH = 500
+RESUME_MOST = 10_000
 #: The longest reason kept with a pause, and the longest queue name (the columns' sizes).
 MAX_REASON = 200
 MAX_QUEUE = 100
@@ -98,8 +101,8 @@ def resume(
     client: audit.Client = audit.NOBODY,
 ) -> int:
     """Resume `queue` and publish its parked jobs; how many were published (0 if it was not
-    paused: nothing is recorded then). Jobs the broker does not take now are left to the
-    outbox sweep. Operators and admins only."""
+    paused: nothing is recorded then). Jobs past `RESUME_MOST`, or that the broker does not
+    take now, are left to the outbox sweep. Operators and admins only."""
     require_operator(by)
     with transaction(db) as session:
         removed = session.scalar(
@@ -118,7 +121,7 @@ def resume(
             paused_for_seconds=round((utcnow() - removed).total_seconds(), 3),
             by=who(by),
         )
-    published = publish_parked(db, enqueuer, queue, limit=RESUME_BATCH)
+    published = publish_parked(db, enqueuer, queue, limit=RESUME_BATCH, most=RESUME_MOST)
     logger.info("queue %s resumed by %s; %d waiting job(s) published", queue, who(by), published)
     return published
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from sqlalchemy import select
@@ -129,7 +129,7 @@ def test_a_resume_the_broker_refuses_leaves_the_jobs_to_the_sweep(
     assert [m.job_id for m in enqueuer.messages] == [job.id]
 
 
-def test_a_resume_publishes_in_batches(
+def test_a_resume_publishes_in_batches_up_to_its_most(
     db: sessionmaker[Session],
     make_job: MakeJob,
     admin: User,
@@ -137,10 +137,39 @@ def test_a_resume_publishes_in_batches(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(queue_pauses, "RESUME_BATCH", 2)
-    made = {make_job().id for _ in range(5)}
+    made = [make_job().id for _ in range(5)]
     queue_pauses.pause(db, "system", admin)
     assert queue_pauses.resume(db, enqueuer, "system", admin) == 5
-    assert {m.job_id for m in enqueuer.messages} == made
+    assert [m.job_id for m in enqueuer.messages] == made  # oldest first
+
+    monkeypatch.setattr(queue_pauses, "RESUME_MOST", 3)
+    more = [make_job().id for _ in range(5)]
+    queue_pauses.pause(db, "system", admin)
+    assert queue_pauses.resume(db, enqueuer, "system", admin) == 4  # two whole batches
+    grace, requeue_after = dt.timedelta(0), dt.timedelta(minutes=15)
+    outbox.publish_pending(db, enqueuer, grace=grace, requeue_after=requeue_after)
+    assert [m.job_id for m in enqueuer.messages[5:]] == more  # the last by the sweep
+
+
+def test_a_queue_paused_again_while_resuming_is_not_published_in_a_loop(
+    db: sessionmaker[Session],
+    make_job: MakeJob,
+    admin: User,
+    enqueuer: RecordingEnqueuer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(queue_pauses, "RESUME_BATCH", 2)
+    made = [make_job().id for _ in range(5)]
+    queue_pauses.pause(db, "system", admin)
+    publish = enqueuer.publish
+
+    def paused_again(messages: Sequence[JobMessage]) -> None:
+        publish(messages)
+        queue_pauses.pause(db, "system", admin)  # nothing is marked published any more
+
+    monkeypatch.setattr(enqueuer, "publish", paused_again)
+    assert queue_pauses.resume(db, enqueuer, "system", admin) == 5
+    assert [m.job_id for m in enqueuer.messages] == made  # each once
 
 
 def test_the_outbox_publishes_no_job_of_a_paused_queue(
