@@ -579,6 +579,7 @@ def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
             "oldest_waiting_seconds": round(q.oldest_waiting_seconds, 3),
             "paused": q.paused,
             "paused_at": q.paused_at,
+            "pause_reason": q.pause_reason,
             "consumers": q.consumers or 0,
             "consumer_threads": q.consumer_threads or 0,
         }

@@ -364,7 +364,7 @@ class QueueOut(BaseModel):
     consumer_threads: int = Field(description="Their worker threads together")
 
     @classmethod
-    def of(cls, stats: QueueStats, reason: str | None = None) -> Self:
+    def of(cls, stats: QueueStats) -> Self:
         return cls(
             name=stats.queue,
             waiting=stats.waiting,
@@ -374,7 +374,7 @@ class QueueOut(BaseModel):
             oldest_waiting_seconds=round(stats.oldest_waiting_seconds, 3),
             paused=stats.paused,
             paused_at=stats.paused_at,
-            pause_reason=reason if stats.paused else None,
+            pause_reason=stats.pause_reason,
             consumers=stats.consumers or 0,
             consumer_threads=stats.consumer_threads or 0,
         )

@@ -145,4 +145,4 @@ def check_known(db: sessionmaker[Session], registry: Registry, queue: str) -> No
         )
         if session.scalar(held.limit(1)) is not None:
             return
-    raise NotFoundError(f"no queue {queue!r}: no job type uses it and it holds no jobs")
+    raise NotFoundError(f"no queue {queue!r}: no job type uses it and it holds no unfinished jobs")

@@ -39,9 +39,10 @@ class QueueStats:
     running: int = 0
     failed: int | None = None
     oldest_waiting_seconds: float = 0.0
-    #: Paused: its workers take none of its jobs (`services.queue_pauses`); since when.
+    #: Paused: its workers take none of its jobs (`services.queue_pauses`); since when, why.
     paused: bool = False
     paused_at: dt.datetime | None = None
+    pause_reason: str | None = None
     #: Live worker processes that consume the queue, and their threads together.
     consumers: int | None = None
     consumer_threads: int | None = None
@@ -90,11 +91,10 @@ def stats(
                     entry.running = n
                 else:
                     entry.failed = n
-        for queue, paused_at in session.execute(
-            select(queue_pauses_t.c.queue, queue_pauses_t.c.paused_at)
-        ):
+        pauses = select(queue_pauses_t.c.queue, queue_pauses_t.c.paused_at, queue_pauses_t.c.reason)
+        for queue, paused_at, reason in session.execute(pauses):
             entry = found.setdefault(queue, QueueStats(queue))
-            entry.paused, entry.paused_at = True, paused_at
+            entry.paused, entry.paused_at, entry.pause_reason = True, paused_at, reason
     if workers_within is not None:
         _consumers(found, workers.alive(db, workers_within))
     for queue, first_due in oldest.items():

@@ -19,7 +19,9 @@ from conveyor.models import Role, Scope
 from conveyor.services import queue_pauses, queues
 from conveyor.services.operations import require_operator
 
-UNKNOWN_QUEUE = {404: "No job type uses the queue, it holds no jobs, and it is not paused"}
+UNKNOWN_QUEUE = {
+    404: "No job type uses the queue, it holds no unfinished jobs, and it is not paused"
+}
 
 
 @routes.get(
@@ -44,9 +46,7 @@ async def list_queues(request: web.Request) -> web.Response:
         failed=True,
         workers_within=timeout,
     )
-    pauses = await run_db(request.config_dict, queue_pauses.paused)
-    items = [QueueOut.of(q, pauses[q.queue].reason if q.queue in pauses else None) for q in found]
-    return respond(QueueList(items=items))
+    return respond(QueueList(items=[QueueOut.of(q) for q in found]))
 
 
 async def _known_queue(request: web.Request) -> str:
