@@ -138,13 +138,20 @@ class DatabaseCollector(Collector):
             "How long the oldest waiting job of the queue has been due (0: none waits).",
             labels=["queue"],
         )
+        paused = GaugeMetricFamily(
+            "conveyor_queue_paused",
+            "1 while the queue is paused (its workers take none of its jobs), else 0.",
+            labels=["queue"],
+        )
         for queue in reading.queues:
             jobs.add_metric([queue.queue, "waiting"], queue.waiting)
             jobs.add_metric([queue.queue, "scheduled"], queue.scheduled)
             jobs.add_metric([queue.queue, "running"], queue.running)
             oldest.add_metric([queue.queue], queue.oldest_waiting_seconds)
+            paused.add_metric([queue.queue], 1 if queue.paused else 0)
         yield jobs
         yield oldest
+        yield paused
         yield GaugeMetricFamily(
             "conveyor_outbox_unpublished",
             "Waiting jobs whose message the broker has not confirmed yet, database-wide.",

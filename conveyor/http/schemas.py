@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from conveyor.models import Job, JobStatus
 from conveyor.registry import JobType
 from conveyor.services.cursors import CURSOR_LENGTH
+from conveyor.services.queues import QueueStats
 
 #: The fields of a job that may be large, which a list leaves out unless asked for.
 Content = Literal["payload", "result"]
@@ -380,3 +381,58 @@ class ErrorGroupIn(BaseModel):
         le=10_000,
         description="Most jobs changed by this request; call again while `more` is true",
     )
+
+
+class QueueOut(BaseModel):
+    """One queue's figures, from the database (the same on RabbitMQ and Redis)."""
+
+    name: str
+    waiting: int = Field(description="Queued, or retrying and due: a worker may start them now")
+    scheduled: int = Field(description="Delayed, or retrying later")
+    running: int
+    failed: int = Field(description="Failed jobs still kept")
+    oldest_waiting_seconds: float = Field(
+        description="How long the oldest waiting job has been due (0: none waits)"
+    )
+    paused: bool = Field(description="Its workers take none of its jobs (submissions still land)")
+    paused_at: dt.datetime | None = None
+    pause_reason: str | None = None
+    consumers: int = Field(description="Live worker processes that consume the queue")
+    consumer_threads: int = Field(description="Their worker threads together")
+
+    @classmethod
+    def of(cls, stats: QueueStats) -> Self:
+        return cls(
+            name=stats.queue,
+            waiting=stats.waiting,
+            scheduled=stats.scheduled,
+            running=stats.running,
+            failed=stats.failed or 0,
+            oldest_waiting_seconds=round(stats.oldest_waiting_seconds, 3),
+            paused=stats.paused,
+            paused_at=stats.paused_at,
+            pause_reason=stats.pause_reason,
+            consumers=stats.consumers or 0,
+            consumer_threads=stats.consumer_threads or 0,
+        )
+
+
+class QueueList(BaseModel):
+    items: list[QueueOut]
+
+
+class PauseIn(BaseModel):
+    """Why the queue is paused (optional; kept with the pause and in the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=200)
+
+
+class PauseOut(BaseModel):
+    """What a pause or a resume did."""
+
+    queue: str
+    paused: bool = Field(description="Whether the queue is paused now")
+    changed: bool = Field(description="False: it was paused (or running) already")
+    published: int = Field(0, description="Waiting jobs published again by a resume")

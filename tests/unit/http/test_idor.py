@@ -17,6 +17,8 @@ from tests.unit.http.walk import routes_of
 NOT_FOR_MEMBERS = {
     ("DELETE", "/v1/bounces/{bounce_id}"),
     ("POST", "/v1/queues/{queue}/purge"),
+    ("POST", "/v1/queues/{queue}/pause"),
+    ("POST", "/v1/queues/{queue}/resume"),
     ("GET", "/v1/users/{user_id}"),
     ("PATCH", "/v1/users/{user_id}"),
     ("GET", "/admin/users/{user_id}"),
