@@ -52,3 +52,6 @@ def build_admin() -> web.Application:
     app = web.Application(middlewares=[rendering_errors(error_page)])
     routes.install(app, authenticate_admin)
     return app
+
+
+from conveyor.http.admin import audit, users  # noqa: E402, F401  (the pages add their routes)
