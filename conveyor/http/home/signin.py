@@ -27,6 +27,7 @@ from conveyor.http.browser_session import (
     LOGIN_PATH,
     check_same_origin,
     clear_session_cookie,
+    cookie_principal,
     is_secure,
     landing,
     set_session_cookie,
@@ -157,11 +158,13 @@ def _login_page(
     parameters=(NEXT, DONE),
 )
 async def login_page(request: web.Request) -> web.Response:
-    """The sign-in form."""
+    """The sign-in form (a browser signed in already goes on to the page asked for)."""
+    next_path = request.query.get("next", "")[:2000]
+    principal = await cookie_principal(request)
+    if principal is not None:
+        return _see_other(landing(next_path, principal.role))
     done = request.query.get("done", "")
-    return _login_page(
-        request, next_path=request.query.get("next", "")[:2000], notice=NOTICES.get(done)
-    )
+    return _login_page(request, next_path=next_path, notice=NOTICES.get(done))
 
 
 @routes.post(

@@ -152,6 +152,7 @@ async def test_an_operator_lands_on_the_dashboard_or_the_page_asked_for(
     _with_password(stack, ADMIN)
     response = await _sign_in(stack, ADMIN)
     assert response.headers["Location"] == "/admin/"
+    stack.client.session.cookie_jar.clear()
     response = await _sign_in(stack, ADMIN, next="/admin/jobs?status=failed")
     assert response.headers["Location"] == "/admin/jobs?status=failed"
     page = await stack.client.get("/admin/", allow_redirects=False)
@@ -262,7 +263,8 @@ async def test_a_tampered_cookie_is_refused(embedded_stack: Stack) -> None:
     stack.client.session.cookie_jar.clear()
     other = SessionCookies(b"another deployment's key").value(session_id)
     forged_id = uuid.UUID(int=session_id.int ^ 1).hex + cookie[32:]
-    for value in (other, forged_id, cookie[:-1] + "A", session_id.hex, "", "x" * 500):
+    changed = cookie[:-1] + ("B" if cookie.endswith("A") else "A")
+    for value in (other, forged_id, changed, session_id.hex, "", "x" * 500):
         response = await stack.client.get(
             "/app/", headers={"Cookie": f"{COOKIE}={value}"}, allow_redirects=False
         )
@@ -614,3 +616,11 @@ async def test_a_sign_in_link_opens_a_session_once(embedded_stack: Stack) -> Non
     assert again.status == 401
     assert "unknown, used or expired" in await again.text()
     assert [e.details["amr"] for e in _actions(stack, "login")] == [["cli"]]
+
+
+async def test_the_login_form_sends_a_signed_in_browser_on(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    await _signed_in(stack)
+    response = await stack.client.get("/app/login?next=/app/preferences", allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"] == "/app/preferences"
