@@ -560,6 +560,11 @@ async def _bearer(stack: Stack, email: str) -> str:
 
 
 async def _enable_totp(stack: Stack, token: str) -> str:
+    return (await _enable_totp_with_codes(stack, token))[0]
+
+
+async def _enable_totp_with_codes(stack: Stack, token: str) -> tuple[str, list[str]]:
+    """Turn TOTP on: the secret and the recovery codes."""
     headers = stack.headers(token)
     response = await stack.client.post(
         "/v1/me/mfa/totp", json={"password": PASSWORD}, headers=headers
@@ -568,8 +573,9 @@ async def _enable_totp(stack: Stack, token: str) -> str:
     confirmed = await stack.client.post(
         "/v1/me/mfa/totp/confirm", json={"code": totp.code_at(secret)}, headers=headers
     )
-    assert confirmed.status == 200, await confirmed.text()
-    return secret
+    body = await confirmed.json()
+    assert confirmed.status == 200, body
+    return secret, body["recovery_codes"]
 
 
 def test_a_session_s_use_is_written_at_most_once_a_minute() -> None:
@@ -624,3 +630,32 @@ async def test_the_login_form_sends_a_signed_in_browser_on(embedded_stack: Stack
     response = await stack.client.get("/app/login?next=/app/preferences", allow_redirects=False)
     assert response.status == 303
     assert response.headers["Location"] == "/app/preferences"
+
+
+async def test_a_recovery_code_finishes_a_sign_in_once(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    _with_password(stack, MEMBER)
+    _, codes = await _enable_totp_with_codes(stack, await _bearer(stack, MEMBER))
+    for expected in (303, 401):
+        stack.client.session.cookie_jar.clear()
+        response = await _sign_in(stack)
+        assert response.headers["Location"].startswith("/app/login/mfa")
+        csrf = await _login_form(stack, "/app/login/mfa")
+        response = await stack.client.post(
+            "/app/login/mfa", data={"csrf_token": csrf, "code": codes[0]}, allow_redirects=False
+        )
+        assert response.status == expected, await response.text()
+
+
+@pytest.mark.parametrize("stack_settings", [{"login_account_rate": "2/15m"}])
+async def test_too_many_attempts_show_the_form_with_retry_after(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    _with_password(stack, MEMBER)
+    for _ in range(2):
+        assert (await _sign_in(stack, password="wrong password")).status == 401
+    response = await _sign_in(stack)
+    text = await response.text()
+    assert response.status == 429, text
+    assert int(response.headers["Retry-After"]) > 0
+    assert "Too many failed sign-ins for this account" in text
+    assert 'name="email"' in text
