@@ -82,14 +82,17 @@ def cookie_name(request: web.Request) -> str:
     return SECURE_COOKIE if is_secure(request) else COOKIE
 
 
-def own_origin(request: web.Request) -> str:
-    """This server's origin as the browser sees it (CONVEYOR_PUBLIC_URL's, or the request's
-    scheme and `Host`)."""
+def own_origins(request: web.Request) -> frozenset[str]:
+    """The origins of this server as a browser may name it: CONVEYOR_PUBLIC_URL's, and the
+    request's `Host` over http or https (a proxy in front may end TLS without saying so). A
+    page of another site never has one of them, and a site that points its own name at us
+    (DNS rebinding) gets no cookie of ours to send."""
+    origins = {f"http://{request.host}", f"https://{request.host}"}
     public_url = request.config_dict[CONTAINER].settings.public_url
     if public_url is not None:
         parts = urlsplit(str(public_url))
-        return f"{parts.scheme}://{parts.netloc}"
-    return f"{'https' if is_secure(request) else 'http'}://{request.host}"
+        origins.add(f"{parts.scheme}://{parts.netloc}")
+    return frozenset(origins)
 
 
 def check_same_origin(request: web.Request) -> None:
@@ -98,7 +101,7 @@ def check_same_origin(request: web.Request) -> None:
     if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
         raise PermissionDeniedError("a request from another site may not use your session")
     origin = request.headers.get("Origin")
-    if origin is not None and origin != own_origin(request):
+    if origin is not None and origin not in own_origins(request):
         raise PermissionDeniedError("a request from another origin may not use your session")
 
 
