@@ -1,4 +1,4 @@
-"""Browser test fixtures: one headless Chromium per run, one server per test module (`conveyor
+"""Browser test fixtures: one headless Chromium for them all, one server per test module (`conveyor
 web`, and the worker pools the module asks for, as real processes on a database, RabbitMQ
 vhost and Redis prefix of the module's own), a fresh browser context per test, and users
 with passwords."""
@@ -51,9 +51,11 @@ class BrowserServer:
         return user
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless, launched once for the run."""
+    """Debian's Chromium, headless, launched once for all the browser tests. Not once per
+    run: Playwright's synchronous API keeps its event loop running in this thread while it
+    is open, which the asynchronous tests of the other folders cannot share."""
     need_browser()
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
