@@ -49,3 +49,6 @@ def build_admin() -> web.Application:
     app = web.Application(middlewares=[rendering_errors(error_page)])
     routes.install(app, authenticate_admin)
     return app
+
+
+from conveyor.http.admin import jobs  # noqa: E402, F401  (the page modules add to `routes`)
