@@ -51,4 +51,4 @@ def build_admin() -> web.Application:
     return app
 
 
-from conveyor.http.admin import jobs  # noqa: E402, F401  (the page modules add to `routes`)
+from conveyor.http.admin import audit, jobs, users  # noqa: E402, F401  (the pages add their routes)
