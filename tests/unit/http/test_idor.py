@@ -21,6 +21,8 @@ NOT_FOR_MEMBERS = {
     ("POST", "/admin/jobs/{job_id}/cancel"),
     ("DELETE", "/v1/bounces/{bounce_id}"),
     ("POST", "/v1/queues/{queue}/purge"),
+    ("POST", "/v1/queues/{queue}/pause"),
+    ("POST", "/v1/queues/{queue}/resume"),
     ("GET", "/v1/users/{user_id}"),
     ("PATCH", "/v1/users/{user_id}"),
     ("GET", "/admin/users/{user_id}"),
