@@ -25,7 +25,7 @@ from conveyor.errors import BrokerUnavailableError
 from conveyor.logs import job_fields
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
-from conveyor.models.job import OUTBOX, events_t, jobs_t
+from conveyor.models.job import OUTBOX, error_type_of, events_t, jobs_t
 from conveyor.services import outcomes
 from conveyor.services.jobs import Enqueuer, JobMessage, new_event
 
@@ -306,6 +306,7 @@ def expire_leases(
                 .values(
                     status=outcome.status.value,
                     error=outcome.error,
+                    error_type=error_type_of(outcome.error),
                     updated_at=now,
                     lease_expires_at=None,
                     worker_losses=row.worker_losses + 1,

@@ -13,9 +13,10 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.db import bound
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import OUTBOX, UNSTARTED, jobs_t
@@ -96,7 +97,4 @@ def unpublished(db: sessionmaker[Session], *, timeout_seconds: float | None = No
     return int(n or 0)
 
 
-def _limit(session: Session, timeout_seconds: float | None) -> None:
-    """Bound the statements of this transaction (PostgreSQL; SQLite has its busy timeout)."""
-    if timeout_seconds is not None and session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_seconds * 1000)}"))
+_limit = bound

@@ -30,7 +30,7 @@ from conveyor.errors import TransientError
 from conveyor.logs import job_fields
 from conveyor.models import JobEventKind, JobStatus
 from conveyor.models.base import utcnow
-from conveyor.models.job import DUE_SQL, OUTBOX, events_t, jobs_t
+from conveyor.models.job import DUE_SQL, OUTBOX, error_type_of, events_t, jobs_t
 from conveyor.services.jobs import Enqueuer, JobMessage, new_event, rowcount
 from conveyor.services.outbox import publish_now
 from conveyor.services.outcomes import Outcome
@@ -75,7 +75,8 @@ SELECT claimed.*, (SELECT due_at FROM before) AS due_at FROM claimed
 _FINISH_PG = f"""
 WITH done AS (
     UPDATE jobs SET status = %(status)s::varchar, result = %(result)s::jsonb,
-        error = %(error)s::jsonb, finished_at = %(now)s::timestamptz,
+        error = %(error)s::jsonb, error_type = %(error_type)s::varchar,
+        finished_at = %(now)s::timestamptz,
         updated_at = %(now)s::timestamptz, lease_expires_at = NULL,
         progress = CASE WHEN %(status)s::varchar = '{JobStatus.SUCCEEDED.value}' THEN 1.0
             ELSE progress END
@@ -209,6 +210,7 @@ def finish(
             "status": status.value,
             "result": result_json if result_json is not None else _storable(result),
             "error": _storable(error),
+            "error_type": error_type_of(error),
             "message": error["message"][:1000] if error else None,
             "traceback": error.get("traceback") if error else None,
             "now": utcnow(),
@@ -239,6 +241,7 @@ def _finish_in(
         "status": status.value,
         "result": result,
         "error": error,
+        "error_type": error_type_of(error),
         "finished_at": now,
         "updated_at": now,
         "lease_expires_at": None,
@@ -282,6 +285,7 @@ def retry_later(
     values: dict[str, Any] = {
         "status": JobStatus.RETRYING.value,
         "error": error,
+        "error_type": error_type_of(error),
         "next_attempt_at": next_attempt_at,
         "published_at": None,
         "updated_at": now,
