@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-from sqlalchemy import ColumnElement, func, or_, select, text
+from sqlalchemy import ColumnElement, or_, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -176,29 +176,26 @@ def search(
         .limit(limit + 1)
         .options(defer(Job.payload, raiseload=True), defer(Job.result, raiseload=True))
     )
-    looked_through: int | None = None
     oldest: uuid.UUID | None = None
     with _reading(db) as session:
         if criteria.error_text:
-            window = (
+            # The oldest job of the window: the window ends there, or at the last job.
+            oldest = session.scalar(
                 select(jobs_t.c.id)
                 .where(*conditions)
                 .order_by(jobs_t.c.id.desc())
-                .limit(SCAN_WINDOW)
-                .subquery()
+                .offset(SCAN_WINDOW - 1)
+                .limit(1)
             )
-            looked_through, oldest = session.execute(
-                select(func.count(), func.min(window.c.id))
-            ).one()
-            if not looked_through:
-                return SearchPage([], None)
-            conditions += [jobs_t.c.id >= oldest, _error_contains(criteria.error_text)]
+            if oldest is not None:
+                conditions.append(jobs_t.c.id >= oldest)
+            conditions.append(_error_contains(criteria.error_text))
         found = list(session.scalars(query.where(*conditions)))
         owners = _emails(session, {job.owner_id for job in found[:limit]})
     if len(found) > limit:
         return SearchPage(found[:limit], found[limit - 1].id, owners)
-    if looked_through == SCAN_WINDOW:  # the window ended the page: older jobs are left
-        return SearchPage(found, oldest, owners, looked_through=looked_through)
+    if oldest is not None:  # the window ended the page: older jobs are left
+        return SearchPage(found, oldest, owners, looked_through=SCAN_WINDOW)
     return SearchPage(found, None, owners)
 
 
