@@ -51,4 +51,5 @@ def build_admin() -> web.Application:
     return app
 
 
-from conveyor.http.admin import jobs  # noqa: E402, F401  (the page modules add to `routes`)
+# The page modules add their routes to `routes`.
+from conveyor.http.admin import errors, jobs  # noqa: E402, F401
