@@ -149,7 +149,9 @@ def _int(query: MultiMapping[str], name: str, default: int, low: int, high: int)
     value = _text(query, name)
     if not value:
         return default
-    if not (value.isascii() and value.isdigit() and low <= int(value[:12]) <= high):
+    if not (len(value) <= 19 and value.isascii() and value.isdigit()):
+        raise _invalid(name, f"a whole number from {low} to {high}")
+    if not low <= int(value) <= high:
         raise _invalid(name, f"a whole number from {low} to {high}")
     return int(value)
 
@@ -175,11 +177,12 @@ async def _search_of(request: web.Request) -> Search:
     return Search(where, error_text=_text(query, "error"), parent_id=_uuid(query, "parent"))
 
 
-def _next_url(request: web.Request, before: uuid.UUID | None) -> str | None:
-    if before is None:
-        return None
-    query = MultiDict(request.query)
-    query["before"] = str(before)
+def _page_url(request: web.Request, before: uuid.UUID | None) -> str:
+    """This page's URL, its filters kept (repeated ones too), at the page after `before`
+    (None: the first page)."""
+    query = MultiDict((k, v) for k, v in request.query.items() if k != "before")
+    if before is not None:
+        query["before"] = str(before)
     return str(request.rel_url.with_query(query))
 
 
@@ -223,10 +226,8 @@ async def jobs_page(request: web.Request) -> web.Response:
         job_types=[t.name for t in container.registry],
         queues=sorted({t.queue for t in container.registry}),
         filtered=bool(set(query) - {"limit"}),
-        first_url=str(request.rel_url.with_query({k: v for k, v in query.items() if k != "before"}))
-        if before
-        else None,
-        next_url=_next_url(request, page.next_before),
+        first_url=_page_url(request, None) if before else None,
+        next_url=_page_url(request, page.next_before) if page.next_before else None,
     )
 
 

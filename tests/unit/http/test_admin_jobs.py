@@ -134,13 +134,16 @@ async def test_a_queue_is_found_through_the_types_that_run_on_it(embedded_stack:
 async def test_the_list_is_paged_by_the_id_of_the_last_job(embedded_stack: Stack) -> None:
     stack = embedded_stack
     ids = _add(stack, 5)
-    text = await _get(stack, "/admin/jobs", limit="2", type="system.echo")
+    text = await _get(
+        stack, "/admin/jobs", limit="2", type="system.echo", status=["succeeded", "failed"]
+    )
     assert _listed(text) == set(ids[3:])
     seen = _listed(text)
     while 'rel="next"' in text:
         href = re.search(r'<a href="([^"]+)" rel="next">', text)
         assert href is not None
-        assert "type=system.echo" in href.group(1)  # the filters stay
+        assert "type=system.echo" in href.group(1)  # the filters stay, repeated ones too
+        assert "status=succeeded&status=failed" in href.group(1)
         text = await _get(stack, href.group(1))
         assert not seen & _listed(text)
         seen |= _listed(text)
@@ -236,7 +239,8 @@ async def test_the_timeline_is_paged_when_long(embedded_stack: Stack, monkeypatc
     text = await _get(stack, href.group(1))
     assert "First events" in text
     assert 'class="status status-succeeded"' in text
-    await _get(stack, f"/admin/jobs/{job['id']}", 422, events_after="-1")
+    for bad in ("-1", "x", "9" * 40):
+        await _get(stack, f"/admin/jobs/{job['id']}", 422, events_after=bad)
 
 
 async def test_a_job_s_page_links_its_parent_and_children(embedded_stack: Stack) -> None:
