@@ -51,5 +51,9 @@ def build_admin() -> web.Application:
     return app
 
 
-# The page modules add their routes to `routes`.
-from conveyor.http.admin import errors, jobs  # noqa: E402, F401
+from conveyor.http.admin import (  # noqa: E402, F401  (the pages add their routes)
+    audit,
+    errors,
+    jobs,
+    users,
+)
