@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-from sqlalchemy import ColumnElement, or_, select, text
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from conveyor.announcements import Announcer
-from conveyor.db import transaction
+from conveyor.db import bound, transaction
 from conveyor.errors import InvalidRequestError, TransientError
 from conveyor.models import Job, JobEvent, JobStatus, User
 from conveyor.models.job import FINISHED, jobs_t
@@ -95,8 +95,7 @@ def _reading(db: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose statements are bounded by `TIMEOUT_SECONDS` (PostgreSQL); a reading
     cut short is a 503 that asks for a narrower search."""
     with db() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text(f"SET LOCAL statement_timeout = {int(TIMEOUT_SECONDS * 1000)}"))
+        bound(session, TIMEOUT_SECONDS)
         try:
             yield session
         except OperationalError as exc:
