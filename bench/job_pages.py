@@ -1,4 +1,4 @@
-"""How fast the admin's job pages answer on a database of a million jobs.
+"""How fast the admin's job and error pages answer on a database of a million jobs.
 
 It creates a fresh PostgreSQL database (a random suffix in its name), migrates it, and fills
 it with N jobs of the job types Conveyor declares (each on its type's queue), owned by 1000
@@ -6,7 +6,8 @@ users, created over the last week, mostly succeeded, about 10 % failed and 1 % r
 an error message), a few percent waiting or running; and a job with 500 events and 60
 children. Then it asks the web app (in this process, the stub broker, no workers) for each
 page: the job list without a filter and with each filter, the next page, an error-text
-search, a job's page and its live part; prints the median time of `--repeat` requests (7 by
+search, a job's page and its live part, the errors page, a group's page and its discard
+confirmation; prints the median time of `--repeat` requests (7 by
 default) of each, and drops the database, also on errors and Ctrl-C.
 
 Standard output: a `#` header, then one `name: value ms` line per page. Progress goes to
@@ -39,11 +40,13 @@ from bench.harness import fmt, interrupt_on_sigterm, log, source_version  # noqa
 
 ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 OWNERS = 1000
+ERRORS = ("ValueError", "TimeoutError", "KeyError")
 
 # Each job's fate comes from i % 100: 10 failed, 1 retrying, 2 queued, 1 running, 3
 # cancelled, 83 succeeded; its type from i / 100, its owner from i % OWNERS (shifted).
 _SEED_JOBS = """
-INSERT INTO jobs (id, type, queue, status, payload, result, error, attempts, worker_losses,
+INSERT INTO jobs (id, type, queue, status, payload, result, error, error_type, attempts,
+    worker_losses,
     handbacks, max_retries, owner_id, cancel_requested, created_at, updated_at, published_at,
     started_at, finished_at, next_attempt_at, lease_expires_at)
 SELECT
@@ -54,7 +57,9 @@ SELECT
     status, '{"n": 1}'::jsonb,
     CASE WHEN status = 'succeeded' THEN '{"ok": true}'::jsonb END,
     CASE WHEN status IN ('failed', 'retrying')
-         THEN jsonb_build_object('type', 'ValueError', 'message', 'case ' || (i %% 997)) END,
+         THEN jsonb_build_object('type', (%(errors)s::text[])[1 + (i / 3) %% 3],
+                                 'message', 'case ' || (i %% 997)) END,
+    CASE WHEN status IN ('failed', 'retrying') THEN (%(errors)s::text[])[1 + (i / 3) %% 3] END,
     CASE WHEN status IN ('queued') THEN 0 WHEN status IN ('failed', 'retrying') THEN 4 ELSE 1 END,
     0, 0, 3, (%(owners)s::uuid[])[1 + (i * 7) %% cardinality(%(owners)s::uuid[])], false,
     created, created, created,
@@ -114,6 +119,7 @@ def seed(dsn: str, n: int, types: list[tuple[str, str]]) -> tuple[str, str]:
             "types": [name for name, _queue in types],
             "queues": [queue for _name, queue in types],
             "owners": owners,
+            "errors": list(ERRORS),
         }
         connection.execute(_SEED_JOBS, params)
         connection.execute(_SEED_FAMILY, params)
@@ -183,6 +189,12 @@ async def measure(url: str, owner: str, family: str, repeat: int) -> dict[str, f
         "jobs_children": ("/admin/jobs", {"parent": family}),
         "job_page_500_events": (f"/admin/jobs/{family}", {}),
         "job_live_500_events": (f"/admin/jobs/{family}/live", {}),
+        "errors": ("/admin/errors", {}),
+        "error_group": ("/admin/errors/group", {"type": "system.echo", "error_type": "KeyError"}),
+        "error_group_discard_confirm": (
+            "/admin/errors/group/discard",
+            {"type": "system.echo", "error_type": "KeyError"},
+        ),
     }
     found: dict[str, float] = {}
     app = create_app(container, sweeper=False)
