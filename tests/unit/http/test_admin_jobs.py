@@ -223,6 +223,7 @@ async def test_a_failed_job_s_page_shows_its_error_traceback_and_every_event(
         assert f'class="status status-{status}"' in text, status
     assert "data-refresh-stop" in text  # finished: the live part stops
     assert "Retry this job" in text and "Cancel this job" not in text
+    assert 'href="/admin/errors/group?type=testing.explode&error_type=RuntimeError"' in text
     assert '"message": "kaboom"' in text  # the payload
     assert "member@example.com" in text
 
