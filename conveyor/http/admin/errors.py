@@ -20,7 +20,7 @@ from conveyor.http.runtime import run_db
 from conveyor.models import Role
 from conveyor.services import error_groups
 from conveyor.services.error_groups import ErrorGroup
-from conveyor.services.operations import BulkResult
+from conveyor.services.operations import DEFAULT_BULK_LIMIT, BulkResult
 
 #: Groups listed on the errors page, and jobs on a page of a group.
 GROUPS = 200
@@ -30,9 +30,11 @@ MAX_NAME = 200
 #: What a page says after an action (the `done` key of the redirect: never free text).
 NOTICES = {
     "retried": "The group's jobs were queued again.",
-    "retried_more": "A thousand of the group's jobs were queued again; more are left: retry again.",
+    "retried_more": f"{DEFAULT_BULK_LIMIT} of the group's jobs were queued again; more are left: "
+    "retry again.",
     "discarded": "The group's jobs were deleted.",
-    "discarded_more": "A thousand of the group's jobs were deleted; more are left: discard again.",
+    "discarded_more": f"{DEFAULT_BULK_LIMIT} of the group's jobs were deleted; more are left: "
+    "discard again.",
     "empty": "The group has no failed job any more.",
 }
 
@@ -57,22 +59,22 @@ def _invalid(name: str, message: str) -> InvalidRequestError:
     return InvalidRequestError(f"{name}: {message}", errors=[{"field": name, "message": message}])
 
 
-def _name(values: Any, name: str, *, required: bool) -> str | None:
+def _text(values: Any, name: str) -> str:
+    """A single text parameter of a query or a form, trimmed ("" when absent)."""
     given = values.getall(name, [])
     if len(given) > 1:
         raise _invalid(name, "given more than once")
     value = given[0].strip() if given and isinstance(given[0], str) else ""
     if len(value) > MAX_NAME:
         raise _invalid(name, f"at most {MAX_NAME} characters")
-    if not value and required:
-        raise _invalid(name, "required")
-    return value or None
+    return value
 
 
 def _group_of(values: Any) -> tuple[str, str | None]:
-    job_type = _name(values, "type", required=True)
-    assert job_type is not None
-    return job_type, _name(values, "error_type", required=False)
+    job_type = _text(values, "type")
+    if not job_type:
+        raise _invalid("type", "required")
+    return job_type, _text(values, "error_type") or None
 
 
 def group_url(job_type: str, error_type: str | None, action: str = "", **more: str) -> str:
@@ -120,7 +122,7 @@ async def _group(request: web.Request, job_type: str, error_type: str | None) ->
 async def group_page(request: web.Request) -> web.Response:
     """An error group: its counts, its sample's traceback, its jobs; retry or discard it."""
     job_type, error_type = _group_of(request.query)
-    after_text = _name(request.query, "after", required=False)
+    after_text = _text(request.query, "after")
     try:
         after = uuid.UUID(after_text) if after_text else None
     except ValueError:
