@@ -54,4 +54,9 @@ def build_admin() -> web.Application:
     return app
 
 
-from conveyor.http.admin import audit, users  # noqa: E402, F401  (the pages add their routes)
+from conveyor.http.admin import (  # noqa: E402, F401  (the pages add their routes)
+    audit,
+    errors,
+    jobs,
+    users,
+)

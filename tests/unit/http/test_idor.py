@@ -15,6 +15,10 @@ from tests.unit.http.walk import routes_of
 #: Routes with an id in the path that no member may call at all (the role table's test
 #: checks their 403): operators' and admins' routes, on everyone's things by design.
 NOT_FOR_MEMBERS = {
+    ("GET", "/admin/jobs/{job_id}"),
+    ("GET", "/admin/jobs/{job_id}/live"),
+    ("POST", "/admin/jobs/{job_id}/retry"),
+    ("POST", "/admin/jobs/{job_id}/cancel"),
     ("DELETE", "/v1/bounces/{bounce_id}"),
     ("POST", "/v1/queues/{queue}/purge"),
     ("POST", "/v1/queues/{queue}/pause"),
