@@ -194,7 +194,7 @@ if "testing.fail_first" not in JOBS:
 
 
 class Compose(Payload):
-    title: str = Field(max_length=40, description="What the document is called.")
+    title: str = Field(min_length=3, max_length=40, description="What the document is called.")
     pages: int = Field(3, ge=1, le=20, description="How many pages to write.")
     draft: bool = Field(False, description="Mark it as a draft.")
 
@@ -203,7 +203,7 @@ if "testing.compose" not in JOBS:
 
     @job(queue="system", name="testing.compose", max_retries=0)
     def compose(payload: Compose, ctx: JobContext) -> dict[str, Any]:
-        """Write `pages` pages a little apart, reporting progress after each."""
+        """Write the pages a little apart, reporting progress after each."""
         for page in range(1, payload.pages + 1):
             ctx.sleep(0.3)
             ctx.progress(page / payload.pages, f"page {page} of {payload.pages}")
