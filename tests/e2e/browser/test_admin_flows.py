@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -16,6 +17,7 @@ from conveyor.models import Role
 from tests.e2e.browser.browsing import look_at, sign_in_with_code
 from tests.e2e.browser.conftest import PASSWORD, BrowserServer, open_page
 from tests.e2e.processes import Api
+from tests.stack import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -89,3 +91,52 @@ def test_an_admin_retries_an_error_group_and_sees_its_jobs_succeed(
         expect(admin.get_by_text('"attempt": 2')).to_be_visible()
     admin.goto("/admin/jobs?type=testing.fail_first&status=succeeded")
     expect(admin.locator("tbody tr")).to_have_count(3)
+
+
+@pytest.fixture(scope="module")
+def jobs(server: BrowserServer, member: Api, admin: Page) -> dict[str, str]:
+    """Jobs in several states for the pages to show, by state; error groups of two types."""
+    succeeded = member.submit("system.echo", {"greeting": "hello"})
+    failed = member.submit("testing.explode", {"message": "the ledger does not balance"})
+    _failed(member, 2)
+    member.wait_finished(succeeded["id"])
+    member.wait_finished(failed["id"])
+    body = {"type": "system.sleep", "payload": {"seconds": 1}, "delay_seconds": 3600}
+    status, scheduled = member.request("POST", "/v1/jobs", body)
+    assert status == 202, scheduled
+    running = member.submit("system.sleep", {"seconds": 60, "steps": 60})
+    wait_until(lambda: member.get(running["id"])["progress"], timeout=20)
+    return {
+        "succeeded": succeeded["id"],
+        "failed": failed["id"],
+        "scheduled": scheduled["id"],
+        "running": running["id"],
+        "member": str(server.users[MEMBER].id),
+        "group": urlencode({"type": "testing.explode", "error_type": "RuntimeError"}),
+    }
+
+
+ADMIN_PAGES = {
+    "admin-overview": "/admin/",
+    "admin-jobs": "/admin/jobs",
+    "admin-jobs-failed": "/admin/jobs?status=failed",
+    "admin-jobs-none": "/admin/jobs?type=system.fail",
+    "admin-job-failed": "/admin/jobs/{failed}",
+    "admin-job-running": "/admin/jobs/{running}",
+    "admin-job-scheduled": "/admin/jobs/{scheduled}",
+    "admin-errors": "/admin/errors",
+    "admin-error-group": "/admin/errors/group?{group}",
+    "admin-error-discard": "/admin/errors/group/discard?{group}",
+    "admin-users": "/admin/users",
+    "admin-user": "/admin/users/{member}",
+    "admin-audit": "/admin/audit",
+}
+
+
+@pytest.mark.parametrize("name", list(ADMIN_PAGES))
+def test_the_admin_pages_are_accessible_on_a_laptop_and_a_phone(
+    admin: Page, jobs: dict[str, str], name: str
+) -> None:
+    admin.goto(ADMIN_PAGES[name].format(**jobs))
+    expect(admin.get_by_role("heading", level=1)).to_be_visible()
+    look_at(admin, name)

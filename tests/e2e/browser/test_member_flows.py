@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e.browser.browsing import look_at, sign_in
 from tests.e2e.browser.conftest import PASSWORD, BrowserServer, open_page
+from tests.stack import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -80,3 +81,46 @@ def test_a_member_submits_a_job_through_its_form_and_watches_it_finish(
     expect(member.get_by_text('"title": "Quarterly report"').first).to_be_visible()
     expect(member.get_by_text('"draft": true').first).to_be_visible()
     expect(member.get_by_role("button", name="Cancel this job")).to_have_count(0)
+
+
+@pytest.fixture(scope="module")
+def jobs(server: BrowserServer, member: Page) -> dict[str, str]:
+    """The member's jobs in several states, by state: what their pages show."""
+    api = server.api_as(MEMBER)
+    succeeded = api.submit("system.echo", {"greeting": "hello"})
+    failed = api.submit("testing.fail_first", {"message": "the printer is out of paper"})
+    for job in (succeeded, failed):
+        api.wait_finished(job["id"])
+    body = {"type": "system.sleep", "payload": {"seconds": 1}, "delay_seconds": 3600}
+    status, scheduled = api.request("POST", "/v1/jobs", body)
+    assert status == 202, scheduled
+    running = api.submit("system.sleep", {"seconds": 60, "steps": 60})
+    wait_until(lambda: api.get(running["id"])["progress"], timeout=20)
+    return {
+        "succeeded": succeeded["id"],
+        "failed": failed["id"],
+        "scheduled": scheduled["id"],
+        "running": running["id"],
+    }
+
+
+MEMBER_PAGES = {
+    "app-index": "/app/",
+    "app-index-failed": "/app/?status=failed",
+    "app-job-types": "/app/jobs/new",
+    "app-new-job": "/app/jobs/new?type=testing.compose",
+    "app-job-succeeded": "/app/jobs/{succeeded}",
+    "app-job-failed": "/app/jobs/{failed}",
+    "app-job-scheduled": "/app/jobs/{scheduled}",
+    "app-job-running": "/app/jobs/{running}",
+    "app-preferences": "/app/preferences",
+}
+
+
+@pytest.mark.parametrize("name", list(MEMBER_PAGES))
+def test_the_members_pages_are_accessible_on_a_laptop_and_a_phone(
+    member: Page, jobs: dict[str, str], name: str
+) -> None:
+    member.goto(MEMBER_PAGES[name].format(**jobs))
+    expect(member.get_by_role("heading", level=1)).to_be_visible()
+    look_at(member, name)
