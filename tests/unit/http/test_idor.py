@@ -14,6 +14,8 @@ from tests.unit.http.walk import routes_of
 #: Routes with an id in the path that no member may call at all (the role table's test
 #: checks their 403): operators' and admins' routes, on everyone's things by design.
 NOT_FOR_MEMBERS = {
+    ("GET", "/admin/queues/{queue}/purge"),
+    ("POST", "/admin/queues/{queue}/purge"),
     ("DELETE", "/v1/bounces/{bounce_id}"),
     ("POST", "/v1/queues/{queue}/purge"),
     ("GET", "/v1/users/{user_id}"),

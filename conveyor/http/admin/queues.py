@@ -1,0 +1,164 @@
+"""The queues page (`/admin/queues`): per queue the jobs waiting, scheduled, running and
+failed, and how long the oldest waiting job has been due; and purging a queue, through a page
+that says how many jobs it settles before the operator confirms. Its figures refresh every
+few seconds. Every action answers with a redirect back to the page (post, redirect, get),
+which shows a fixed notice for the action's key; the action is in the audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from conveyor.errors import InvalidRequestError, NotFoundError
+from conveyor.http.admin import routes
+from conveyor.http.admin.overview import FRAGMENT, PAGE
+from conveyor.http.auth import client_of
+from conveyor.http.keys import CONTAINER, USER
+from conveyor.http.pages import form_of, render
+from conveyor.http.routes import Parameter
+from conveyor.http.runtime import run_db
+from conveyor.models import Role
+from conveyor.services import operations
+from conveyor.services.operations import MAX_BULK_LIMIT
+from conveyor.services.queues import QueueStats, stats
+
+#: What the page says after an action, by the `done` key of its redirect.
+NOTICES: Mapping[str, str] = {
+    "purged": "The queue was purged: {n} waiting jobs were cancelled.",
+    "purged_more": (
+        "{n} waiting jobs were cancelled, the most one purge settles; more wait in the queue: "
+        "purge it again."
+    ),
+}
+#: The longest queue name (the column's size).
+MAX_QUEUE = 100
+
+DONE = Parameter(
+    "done",
+    "query",
+    {"type": "string", "enum": sorted(NOTICES)},
+    "The action just done (set by the action's redirect): the page says so",
+)
+COUNT = Parameter(
+    "n",
+    "query",
+    {"type": "integer", "minimum": 0},
+    "How many jobs the action just done changed (set by its redirect)",
+)
+QUEUE = Parameter("queue", "path", {"type": "string", "maxLength": MAX_QUEUE}, "The queue")
+
+
+def _invalid(name: str, message: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"the {name} parameter {message}", errors=[{"field": name, "message": message}]
+    )
+
+
+def notice_of(query: Mapping[str, str]) -> str | None:
+    """The notice for the action of `?done=...&n=...`; 422 naming a parameter that is bad."""
+    done = query.get("done")
+    if done is None:
+        return None
+    if done not in NOTICES:
+        raise _invalid("done", f"must be one of {', '.join(sorted(NOTICES))}")
+    given = query.get("n", "0")
+    if not (given.isascii() and given.isdigit() and len(given) <= 9):
+        raise _invalid("n", "must be a whole number")
+    return NOTICES[done].format(n=f"{int(given):,}")
+
+
+async def _queues(request: web.Request) -> list[QueueStats]:
+    """Every queue a job type uses or that holds jobs not finished, by name."""
+    container = request.config_dict[CONTAINER]
+    names = {job_type.queue for job_type in container.registry}
+    return await run_db(request.config_dict, stats, names, failed=True, timeout_seconds=5.0)
+
+
+async def _queue(request: web.Request) -> QueueStats:
+    """The path's queue; 404 unless a job type uses it or it holds jobs not finished."""
+    name = request.match_info["queue"]
+    if len(name) > MAX_QUEUE:
+        raise _invalid("queue", f"must be at most {MAX_QUEUE} characters")
+    for found in await _queues(request):
+        if found.queue == name:
+            return found
+    raise NotFoundError(f"no queue {name!r}: no job type uses it and it holds no jobs")
+
+
+def _live_context(request: web.Request, found: list[QueueStats]) -> dict[str, Any]:
+    timeout = request.config_dict[CONTAINER].settings.worker_timeout_seconds
+    return {"queues": found, "worker_timeout": dt.timedelta(seconds=timeout)}
+
+
+@routes.get(
+    "/queues",
+    name="admin_queues",
+    role=Role.OPERATOR,
+    answers={200: PAGE},
+    parameters=(DONE, COUNT),
+)
+async def queues_page(request: web.Request) -> web.Response:
+    """Every queue's figures, and its actions."""
+    notice = notice_of(request.query)
+    found = await _queues(request)
+    return render(
+        request,
+        "admin/queues.html",
+        title="Queues",
+        notice=notice,
+        **_live_context(request, found),
+    )
+
+
+@routes.get("/queues/live", name="admin_queues_live", role=Role.OPERATOR, answers={200: FRAGMENT})
+async def queues_live(request: web.Request) -> web.Response:
+    """Every queue's figures alone, for the page to refresh them in place."""
+    found = await _queues(request)
+    return render(request, "admin/_queues.html", **_live_context(request, found))
+
+
+@routes.get(
+    "/queues/{queue}/purge",
+    name="admin_queue_purge_confirm",
+    role=Role.OPERATOR,
+    answers={200: PAGE},
+    parameters=(QUEUE,),
+)
+async def purge_confirm(request: web.Request) -> web.Response:
+    """What purging the queue would do, and the form that does it."""
+    queue = await _queue(request)
+    return render(
+        request,
+        "admin/queues_purge.html",
+        title=f"Purge the queue {queue.queue}",
+        queue=queue,
+        limit=MAX_BULK_LIMIT,
+    )
+
+
+@routes.post(
+    "/queues/{queue}/purge",
+    name="admin_queue_purge",
+    role=Role.OPERATOR,
+    answers={303: PAGE},
+    parameters=(QUEUE,),
+)
+async def purge(request: web.Request) -> web.Response:
+    """Purge the queue: cancel its waiting and scheduled jobs (up to the bulk limit; running
+    ones go on), then back to the queues page, which says how many."""
+    await form_of(request)
+    queue = await _queue(request)
+    result = await run_db(
+        request.config_dict,
+        operations.purge_queue,
+        request.config_dict[CONTAINER].announcements,
+        request[USER],
+        queue.queue,
+        limit=MAX_BULK_LIMIT,
+        client=client_of(request),
+    )
+    done = "purged_more" if result.more else "purged"
+    raise web.HTTPSeeOther(f"/admin/queues?done={done}&n={result.count}")
