@@ -306,9 +306,11 @@ def revoke_others(
     *,
     keep: uuid.UUID | None,
     client: Client = audit.NOBODY,
+    actor_id: uuid.UUID | None = None,
 ) -> list[uuid.UUID]:
-    """End every open session of a user but `keep` ("sign out everywhere else"); the ids of
-    those ended, recorded as one `session_revoked` event."""
+    """End every open session of a user but `keep` ("sign out everywhere else", or an admin's
+    "sign out everywhere": `actor_id`); the ids of those ended, recorded as one
+    `session_revoked` event."""
     with transaction(db) as session:
         ended = revoke_all(session, user_id, reason="revoked", keep=keep)
         if ended:
@@ -316,7 +318,7 @@ def revoke_others(
                 session,
                 "session_revoked",
                 client=client,
-                actor_id=user_id,
+                actor_id=actor_id or user_id,
                 subject_id=user_id,
                 sessions=[str(session_id) for session_id in ended],
                 reason="revoked",

@@ -4,6 +4,7 @@ disable them."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -120,6 +121,16 @@ def list_page(
     more = len(rows) > limit
     rows = rows[:limit]
     return UserPage(rows, cursors.issue(rows[-1].id, scope) if more else None)
+
+
+def emails_of(db: sessionmaker[Session], user_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The email addresses of these users, by id (those that no longer exist are left out):
+    how a page names the people of a list of events."""
+    if not user_ids:
+        return {}
+    with db() as session:
+        rows = session.execute(select(User.id, User.email).where(User.id.in_(set(user_ids))))
+        return {user_id: email for user_id, email in rows}
 
 
 def get(db: sessionmaker[Session], user_id: uuid.UUID) -> User:

@@ -38,5 +38,12 @@ def build_admin() -> web.Application:
     return app
 
 
-# The pages, each adding its routes to `routes` (imported last: they import it).
-from conveyor.http.admin import overview, pools, queues, workers  # noqa: E402, F401
+# The pages add their routes to `routes` (imported last: they import it).
+from conveyor.http.admin import (  # noqa: E402
+    audit,  # noqa: F401
+    overview,  # noqa: F401
+    pools,  # noqa: F401
+    queues,  # noqa: F401
+    users,  # noqa: F401
+    workers,  # noqa: F401
+)

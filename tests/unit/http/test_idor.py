@@ -20,6 +20,10 @@ NOT_FOR_MEMBERS = {
     ("POST", "/v1/queues/{queue}/purge"),
     ("GET", "/v1/users/{user_id}"),
     ("PATCH", "/v1/users/{user_id}"),
+    ("GET", "/admin/users/{user_id}"),
+    ("POST", "/admin/users/{user_id}/role"),
+    ("POST", "/admin/users/{user_id}/active"),
+    ("POST", "/admin/users/{user_id}/sign-out"),
 }
 
 #: The order the owner calls the routes in: a thing is ended only after it was read.
