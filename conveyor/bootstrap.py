@@ -287,6 +287,7 @@ class Container:
                 {job_type.queue for job_type in self.registry},
                 interval=settings.metrics_refresh_seconds,
                 worker_timeout=settings.worker_timeout_seconds,
+                settings=settings,
             )
 
         return self._get("stats", build, StatsReader.stop)

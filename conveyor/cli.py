@@ -560,11 +560,15 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
     import conveyor.actors.all  # noqa: F401  (every job type, so every queue is listed)
+    from conveyor.models.base import utcnow
     from conveyor.registry import JOBS
     from conveyor.services import queues
 
+    timeout = dt.timedelta(seconds=settings.worker_timeout_seconds)
     with opened(settings) as container:
-        found = queues.stats(container.db, {t.queue for t in JOBS}, failed=True)
+        found = queues.stats(
+            container.db, {t.queue for t in JOBS}, failed=True, workers_within=timeout
+        )
     rows = [
         {
             "queue": q.queue,
@@ -573,16 +577,90 @@ def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
             "running": q.running,
             "failed": q.failed or 0,
             "oldest_waiting_seconds": round(q.oldest_waiting_seconds, 3),
+            "paused": q.paused,
+            "paused_at": q.paused_at,
+            "pause_reason": q.pause_reason,
+            "consumers": q.consumers or 0,
+            "consumer_threads": q.consumer_threads or 0,
         }
         for q in found
     ]
     if args.json:
         as_json(rows)
         return 0
+    now = utcnow()
     for row, q in zip(rows, found, strict=True):
         row["oldest_waiting"] = _age(q.oldest_waiting_seconds) if q.waiting else "-"
-    columns = ("queue", "waiting", "scheduled", "running", "failed", "oldest_waiting")
+        row["paused"] = f"for {_age((now - q.paused_at).total_seconds())}" if q.paused_at else "-"
+    columns = (
+        "queue",
+        "waiting",
+        "scheduled",
+        "running",
+        "failed",
+        "oldest_waiting",
+        "consumers",
+        "paused",
+    )
     show(rows, columns, json_output=False, empty="no queues")
+    return 0
+
+
+def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
+    from conveyor.models.base import utcnow
+    from conveyor.services import error_groups
+
+    with opened(settings) as container:
+        found = error_groups.groups(container.db, limit=args.limit)
+    rows = [
+        {
+            "type": g.job_type,
+            "error_type": g.error_type,
+            "count": g.count,
+            "first_seen": g.first_seen,
+            "last_seen": g.last_seen,
+            "sample_job_id": str(g.sample_id),
+            "message": g.message,
+        }
+        for g in found
+    ]
+    if args.json:
+        as_json(rows)
+        return 0
+    now = utcnow()
+    for row, g in zip(rows, found, strict=True):
+        row["error_type"] = g.error_type or "-"
+        row["last_seen"] = _age((now - g.last_seen).total_seconds()) + " ago"
+        row["first_seen"] = _age((now - g.first_seen).total_seconds()) + " ago"
+    columns = ("type", "error_type", "count", "last_seen", "first_seen", "sample_job_id")
+    show(rows, columns, json_output=False, empty="no failed jobs")
+
+
+def cmd_queues_pause(args: argparse.Namespace, settings: Settings) -> int:
+    import conveyor.actors.all  # noqa: F401  (every job type: a queue no type uses is refused)
+    from conveyor.services import queue_pauses
+
+    with opened(settings) as container:
+        queue_pauses.check_known(container.db, container.registry, args.queue)
+        paused = queue_pauses.pause(container.db, args.queue, operator(), args.reason)
+    if paused:
+        print(f"queue {args.queue}: paused; its workers take none of its jobs until resumed")
+    else:
+        print(f"queue {args.queue}: paused already")
+    return 0
+
+
+def cmd_queues_resume(args: argparse.Namespace, settings: Settings) -> int:
+    import conveyor.actors.all  # noqa: F401  (every job type: a queue no type uses is refused)
+    from conveyor.services import queue_pauses
+
+    with opened(settings) as container, _publishing(container):
+        queue_pauses.check_known(container.db, container.registry, args.queue)
+        if args.queue not in queue_pauses.paused(container.db):
+            print(f"queue {args.queue}: not paused")
+            return 0
+        published = queue_pauses.resume(container.db, container.enqueuer, args.queue, operator())
+    print(f"queue {args.queue}: resumed; {published} waiting job(s) published again")
     return 0
 
 
@@ -1174,16 +1252,53 @@ def _workers_and_queues(sub: Any) -> None:
     queues = _command(
         sub,
         "queues",
-        "per queue: waiting, scheduled, running, failed, oldest waiting",
+        "per queue: waiting, scheduled, running, failed, oldest waiting, consumers, paused",
         cmd_queues,
         "conveyor queues",
         "conveyor queues --json",
+        "conveyor queues pause reports --reason 'database maintenance'",
+        "conveyor queues resume reports",
         description="Per queue, from the database (the same on RabbitMQ and Redis): WAITING "
         "jobs a worker may start now (queued, or retrying and due), SCHEDULED ones (delayed, or "
-        "retrying later), RUNNING and FAILED ones, and how long the OLDEST WAITING job has "
-        "been due.",
+        "retrying later), RUNNING and FAILED ones, how long the OLDEST WAITING job has "
+        "been due, the live worker processes that consume it (CONSUMERS), and for how long it "
+        "has been PAUSED. `pause` and `resume` stop and restart a queue's workers taking jobs.",
     )
     _json_flag(queues)
+    errors = _command(
+        sub,
+        "errors",
+        "failed jobs grouped by job type and error type: count, last and first seen, a sample",
+        cmd_errors,
+        "conveyor errors",
+        "conveyor errors --json | jq '.[] | select(.count > 100)'",
+        description="The failed jobs, grouped by job type and ERROR TYPE (the exception's "
+        "class), the most recently seen first: how many, when the newest and the oldest "
+        "failed, and the newest job's id (`conveyor jobs show ID` has its traceback). Retry "
+        "or discard a group with POST /v1/errors/retry or /v1/errors/discard.",
+    )
+    errors.add_argument("--limit", type=count, default=100, help="at most so many groups (100)")
+    _json_flag(errors)
+    actions = queues.add_subparsers(dest="queues", required=False, metavar="COMMAND")
+    pause = _command(
+        actions,
+        "pause",
+        "pause a queue: its workers take none of its jobs (submissions still land)",
+        cmd_queues_pause,
+        "conveyor queues pause reports --reason 'database maintenance'",
+        description="Pause QUEUE: its workers take none of its jobs, which wait (submissions "
+        "are still accepted) until `conveyor queues resume`; jobs already running finish.",
+    )
+    pause.add_argument("queue")
+    pause.add_argument("--reason", help="why (kept with the pause and in the audit log)")
+    resume = _command(
+        actions,
+        "resume",
+        "resume a paused queue: its waiting jobs are published again at once",
+        cmd_queues_resume,
+        "conveyor queues resume reports",
+    )
+    resume.add_argument("queue")
 
 
 # --- errors, and main -----------------------------------------------------------------------

@@ -86,6 +86,13 @@ def ping(db: sessionmaker[Session]) -> None:
         session.execute(text("SELECT 1"))
 
 
+def bound(session: Session, timeout_seconds: float | None) -> None:
+    """Bound the statements of `session`'s transaction to `timeout_seconds` (PostgreSQL;
+    SQLite has its busy timeout)."""
+    if timeout_seconds is not None and session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_seconds * 1000)}"))
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on error."""

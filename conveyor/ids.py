@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
 import time
@@ -30,3 +31,11 @@ def uuid7() -> uuid.UUID:
     rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand
     return uuid.UUID(int=value)
+
+
+def first_uuid7_at(moment: dt.datetime) -> uuid.UUID:
+    """The smallest UUIDv7 of `moment`'s millisecond: every id made at or after `moment` is
+    at least this one (`id >= first_uuid7_at(t)` is a primary-key range of the rows made
+    since `t`, as far as the clocks of the hosts that made them agree)."""
+    ms = int(moment.timestamp() * 1000)
+    return uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | 0b10 << 62)

@@ -303,6 +303,23 @@ class Settings(BaseSettings):
         description="How often each web process reads the database-derived metrics (queue "
         "depths, oldest waiting job, live workers); `/metrics` serves the last reading.",
     )
+    capacity_target_utilization: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="The share of a pool's threads the capacity signal "
+        "(`conveyor_pool_desired_workers`) plans to keep busy with the jobs arriving.",
+    )
+    capacity_drain_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How soon the capacity signal plans to clear a queue's backlog.",
+    )
+    capacity_max_workers: int = Field(
+        20,
+        ge=1,
+        description="The most worker processes the capacity signal asks for, per pool.",
+    )
     metrics_host: str = Field(
         "127.0.0.1", description="Address the worker pools' metrics servers listen on."
     )

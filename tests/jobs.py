@@ -83,6 +83,16 @@ if "testing.wait_and_retry" not in JOBS:
         raise RetryLater(payload.seconds)
 
 
+if "testing.retry_once" not in JOBS:
+
+    @job(queue="system", name="testing.retry_once", max_retries=1)
+    def retry_once(payload: Wait, ctx: JobContext) -> dict[str, Any]:
+        """Ask to run again after `seconds` on the first attempt; succeed on the next."""
+        if ctx.attempt == 1:
+            raise RetryLater(payload.seconds)
+        return {"attempt": ctx.attempt}
+
+
 if "testing.decline" not in JOBS:
 
     @job(queue="system", name="testing.decline", max_retries=5, permanent=(CardDeclinedError,))

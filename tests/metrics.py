@@ -37,9 +37,9 @@ def promtool_required() -> bool:
     return any(os.environ.get(name, "") not in ("", "0") for name in (REQUIRE_PROMTOOL, "CI"))
 
 
-def promtool_check(text: str) -> None:
-    """Fail unless `promtool check metrics` accepts the exposition. Without promtool: fail
-    under `make test` or CI (which must not pass by skipping), else skip."""
+def _promtool() -> str:
+    """promtool's path. Without promtool: fail under `make test` or CI (which must not pass
+    by skipping), else skip."""
     promtool = shutil.which("promtool")
     if promtool is None:
         if promtool_required():
@@ -48,6 +48,22 @@ def promtool_check(text: str) -> None:
                 "or CI: install Debian's prometheus package (`make promtool` does)"
             )
         pytest.skip("promtool is not installed (make test installs Debian's prometheus)")
+    return promtool
+
+
+def promtool_check_rules(path: str) -> None:
+    """Fail unless `promtool check rules` accepts the rule file at `path` (without promtool:
+    as `promtool_check`)."""
+    done = subprocess.run(
+        [_promtool(), "check", "rules", path], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, f"promtool check rules:\n{done.stdout}{done.stderr}"
+
+
+def promtool_check(text: str) -> None:
+    """Fail unless `promtool check metrics` accepts the exposition. Without promtool: fail
+    under `make test` or CI (which must not pass by skipping), else skip."""
+    promtool = _promtool()
     done = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )

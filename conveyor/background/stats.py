@@ -1,5 +1,5 @@
 """The web process's reading of the database-derived metrics (queue depths, the oldest
-waiting job, live workers, the outbox), on a thread of its own every
+waiting job, live workers, the outbox, each pool's desired workers), on a thread of its own every
 `CONVEYOR_METRICS_REFRESH_SECONDS`: a scrape of `/metrics` only reads the last reading, so it
 never waits on the database, and it finds none while the database does not answer."""
 
@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.logs import Outage
-from conveyor.services import queues, workers
+from conveyor.services import capacity, queues, workers
+from conveyor.services.capacity import PoolCapacity
 from conveyor.services.queues import QueueStats
+from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class Reading:
     queues: list[QueueStats]
     unpublished: int
     workers_alive: dict[str, int] = field(default_factory=dict)
+    capacity: list[PoolCapacity] = field(default_factory=list)
 
 
 class StatsReader(threading.Thread):
@@ -45,12 +48,15 @@ class StatsReader(threading.Thread):
         *,
         interval: float,
         worker_timeout: float,
+        settings: Settings | None = None,
     ) -> None:
+        """`settings`: those of the capacity signal, which is read only when given."""
         super().__init__(name="conveyor-stats", daemon=True)
         self.db = db
         self.queue_names = sorted(set(queue_names))
         self.interval = interval
         self.worker_timeout = dt.timedelta(seconds=worker_timeout)
+        self.settings = settings
         self.stopping = threading.Event()
         self.outage = Outage("database (metrics)", logger)
         self._reading: Reading | None = None
@@ -67,11 +73,19 @@ class StatsReader(threading.Thread):
         """Read the figures now; None (and no reading kept) if the database failed."""
         try:
             timeout = min(READ_TIMEOUT_SECONDS, self.interval)
+            at = time.monotonic()
+            stats = queues.stats(self.db, self.queue_names, timeout_seconds=timeout)
+            pools = []
+            if self.settings is not None:
+                pools = capacity.desired(
+                    self.db, self.settings, stats=stats, timeout_seconds=timeout
+                )
             reading = Reading(
-                at=time.monotonic(),
-                queues=queues.stats(self.db, self.queue_names, timeout_seconds=timeout),
+                at=at,
+                queues=stats,
                 unpublished=queues.unpublished(self.db, timeout_seconds=timeout),
                 workers_alive=workers.alive_by_pool(self.db, self.worker_timeout),
+                capacity=pools,
             )
         except Exception as exc:
             self._reading = None

@@ -1,6 +1,7 @@
 """Prometheus metrics of the web process: requests by route and status, jobs submitted, the
 process and Python collectors; the container's job metrics and the database-derived
-figures (queue depths, oldest waiting job, live workers) joined in at scrape time."""
+figures (queue depths, oldest waiting job, live workers, desired workers per pool) joined in
+at scrape time."""
 
 from __future__ import annotations
 
@@ -137,13 +138,20 @@ class DatabaseCollector(Collector):
             "How long the oldest waiting job of the queue has been due (0: none waits).",
             labels=["queue"],
         )
+        paused = GaugeMetricFamily(
+            "conveyor_queue_paused",
+            "1 while the queue is paused (its workers take none of its jobs), else 0.",
+            labels=["queue"],
+        )
         for queue in reading.queues:
             jobs.add_metric([queue.queue, "waiting"], queue.waiting)
             jobs.add_metric([queue.queue, "scheduled"], queue.scheduled)
             jobs.add_metric([queue.queue, "running"], queue.running)
             oldest.add_metric([queue.queue], queue.oldest_waiting_seconds)
+            paused.add_metric([queue.queue], 1 if queue.paused else 0)
         yield jobs
         yield oldest
+        yield paused
         yield GaugeMetricFamily(
             "conveyor_outbox_unpublished",
             "Waiting jobs whose message the broker has not confirmed yet, database-wide.",
@@ -157,3 +165,20 @@ class DatabaseCollector(Collector):
         for pool, n in sorted(reading.workers_alive.items()):
             alive.add_metric([pool], n)
         yield alive
+        desired = GaugeMetricFamily(
+            "conveyor_pool_desired_workers",
+            "Worker processes the pool needs for the jobs arriving, their run times and its "
+            "backlog (the capacity signal: feed it to KEDA or an HPA).",
+            labels=["pool"],
+        )
+        utilization = GaugeMetricFamily(
+            "conveyor_pool_utilization",
+            "Share of the threads of the pool's live processes that run a job now.",
+            labels=["pool"],
+        )
+        for figure in reading.capacity:
+            desired.add_metric([figure.pool], figure.desired)
+            if figure.utilization is not None:
+                utilization.add_metric([figure.pool], figure.utilization)
+        yield desired
+        yield utilization

@@ -124,7 +124,7 @@ def _operation(route: Route, table: RouteTable, context: Context) -> dict[str, A
             schema = route.body(context)
         settings = context.settings
         operation["requestBody"] = {
-            "required": True,
+            "required": route.body_required,
             "description": f"At most {settings.max_body_bytes} bytes (larger: 413), sent within "
             f"{settings.http_body_timeout_seconds:g} seconds of the headers (later: 408).",
             "content": {"application/json": {"schema": schema}},

@@ -90,6 +90,8 @@ class Route:
     public: bool = False
     description: str = ""
     body: type[BaseModel] | SchemaHook | None = None
+    #: False: the body may be left out (every field of `body` then takes its default).
+    body_required: bool = True
     answers: Mapping[int, Answer] = field(default_factory=dict)
     parameters: tuple[Parameter, ...] = ()
     #: Error statuses this route answers (beyond authentication, 500 and 503): status -> when.
@@ -165,6 +167,7 @@ class RouteTable:
         name: str | None = None,
         public: bool = False,
         body: type[BaseModel] | SchemaHook | None = None,
+        body_required: bool = True,
         answers: Mapping[int, Answer] | None = None,
         parameters: Iterable[Parameter] = (),
         errors: Mapping[int, str] | Iterable[int] = (),
@@ -187,6 +190,7 @@ class RouteTable:
                 public=public,
                 description=" ".join(doc.split()),
                 body=body,
+                body_required=body_required,
                 answers=dict(answers or {200: Answer("OK")}),
                 parameters=tuple(parameters),
                 errors=_error_descriptions(errors),

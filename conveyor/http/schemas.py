@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from conveyor.models import Job, JobStatus
 from conveyor.registry import JobType
 from conveyor.services.cursors import CURSOR_LENGTH
+from conveyor.services.queues import QueueStats
 
 #: The fields of a job that may be large, which a list leaves out unless asked for.
 Content = Literal["payload", "result"]
@@ -343,3 +344,95 @@ class BulkOut(BaseModel):
         0, description="Of `count`, running jobs asked to stop (a cancel)"
     )
     skipped: int = Field(0, description="Jobs of a type this server does not know (a retry)")
+
+
+class ErrorGroupOut(BaseModel):
+    """The failed jobs of one job type that raised the same kind of error."""
+
+    type: str = Field(description="The job type")
+    error_type: str | None = Field(
+        description="The error's type (the exception's class); null: the error named none"
+    )
+    count: int = Field(description="Failed jobs in the group")
+    first_seen: dt.datetime = Field(description="When the group's oldest job failed")
+    last_seen: dt.datetime = Field(description="When its newest job failed")
+    sample_job_id: uuid.UUID = Field(description="The group's newest job")
+    message: str | None = Field(description="The sample job's error message")
+
+
+class ErrorGroupList(BaseModel):
+    """The error groups, the most recently seen first."""
+
+    items: list[ErrorGroupOut]
+
+
+class ErrorGroupIn(BaseModel):
+    """Which error group a bulk action acts on, and how many of its jobs at most."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=200, description="The job type")
+    error_type: str | None = Field(
+        max_length=200, description="The error's type, as the group gives it (null included)"
+    )
+    limit: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="Most jobs changed by this request; call again while `more` is true",
+    )
+
+
+class QueueOut(BaseModel):
+    """One queue's figures, from the database (the same on RabbitMQ and Redis)."""
+
+    name: str
+    waiting: int = Field(description="Queued, or retrying and due: a worker may start them now")
+    scheduled: int = Field(description="Delayed, or retrying later")
+    running: int
+    failed: int = Field(description="Failed jobs still kept")
+    oldest_waiting_seconds: float = Field(
+        description="How long the oldest waiting job has been due (0: none waits)"
+    )
+    paused: bool = Field(description="Its workers take none of its jobs (submissions still land)")
+    paused_at: dt.datetime | None = None
+    pause_reason: str | None = None
+    consumers: int = Field(description="Live worker processes that consume the queue")
+    consumer_threads: int = Field(description="Their worker threads together")
+
+    @classmethod
+    def of(cls, stats: QueueStats) -> Self:
+        return cls(
+            name=stats.queue,
+            waiting=stats.waiting,
+            scheduled=stats.scheduled,
+            running=stats.running,
+            failed=stats.failed or 0,
+            oldest_waiting_seconds=round(stats.oldest_waiting_seconds, 3),
+            paused=stats.paused,
+            paused_at=stats.paused_at,
+            pause_reason=stats.pause_reason,
+            consumers=stats.consumers or 0,
+            consumer_threads=stats.consumer_threads or 0,
+        )
+
+
+class QueueList(BaseModel):
+    items: list[QueueOut]
+
+
+class PauseIn(BaseModel):
+    """Why the queue is paused (optional; kept with the pause and in the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=200)
+
+
+class PauseOut(BaseModel):
+    """What a pause or a resume did."""
+
+    queue: str
+    paused: bool = Field(description="Whether the queue is paused now")
+    changed: bool = Field(description="False: it was paused (or running) already")
+    published: int = Field(0, description="Waiting jobs published again by a resume")

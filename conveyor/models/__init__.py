@@ -1,5 +1,5 @@
-"""SQLAlchemy 2 tables: users and what signs them in, jobs and job events, workers,
-notifications."""
+"""SQLAlchemy 2 tables: users and what signs them in, jobs and job events, paused queues,
+workers, notifications."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from conveyor.models.notification import (
     Notification,
     Subscription,
 )
+from conveyor.models.queue import QueuePause
 from conveyor.models.user import Role, User
 from conveyor.models.worker import Worker
 
@@ -41,6 +42,7 @@ __all__ = [
     "JobStatus",
     "Notification",
     "OneTimeToken",
+    "QueuePause",
     "RecoveryCode",
     "RefreshToken",
     "Role",

@@ -108,6 +108,17 @@ class Job(Base):
             postgresql_where=text(_in(UNSTARTED)),
             sqlite_where=text(_in(UNSTARTED)),
         ),
+        # The error groups (`services.error_groups`): failed jobs by type and error type,
+        # newest last, read by index only.
+        Index(
+            "ix_jobs_failed_type_error_type",
+            "type",
+            "error_type",
+            "finished_at",
+            "id",
+            postgresql_where=text(_in((JobStatus.FAILED,))),
+            sqlite_where=text(_in((JobStatus.FAILED,))),
+        ),
         # The sweeper's promotion of delayed jobs that became due.
         Index(
             "ix_jobs_scheduled_next_attempt_at",
@@ -124,6 +135,9 @@ class Job(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
     result: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    #: `error["type"]` (the exception's class), written with `error`: the error groups
+    #: group on it, through an index (see `error_type_of`).
+    error_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_losses: Mapped[int] = mapped_column(Integer, default=0)
     #: Runs handed back unfinished by a stopping worker: neither failures nor lost workers.
@@ -149,6 +163,18 @@ class Job(Base):
     #: When a scheduled or retrying job is due.
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+#: The longest error type kept in `error_type` (the rest is cut).
+MAX_ERROR_TYPE = 200
+
+
+def error_type_of(error: dict[str, Any] | None) -> str | None:
+    """The `error_type` column of a job whose `error` is `error`: its `type`, cut to fit."""
+    if not error:
+        return None
+    kind = error.get("type")
+    return None if kind is None else str(kind)[:MAX_ERROR_TYPE]
 
 
 class JobEventKind(enum.StrEnum):

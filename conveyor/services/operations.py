@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from conveyor.announcements import Announcer
@@ -69,11 +69,14 @@ class JobFilter:
     created_before: dt.datetime | None = None
     created_after: dt.datetime | None = None
     ids: tuple[uuid.UUID, ...] = field(default=())
+    #: The `type` of the jobs' error (the exception's class); None: an error without one.
+    error_types: tuple[str | None, ...] = ()
 
     def is_empty(self) -> bool:
         return not (
             self.statuses
             or self.types
+            or self.error_types
             or self.queues
             or self.ids
             or self.owner_id is not None
@@ -106,6 +109,12 @@ class JobFilter:
             where.append(jobs_t.c.queue.in_(self.queues))
         if self.ids:
             where.append(jobs_t.c.id.in_(self.ids))
+        if self.error_types:
+            named = [kind for kind in self.error_types if kind is not None]
+            either = [jobs_t.c.error_type.in_(named)] if named else []
+            if None in self.error_types:
+                either.append(jobs_t.c.error_type.is_(None))
+            where.append(or_(*either))
         if self.owner_id is not None:
             where.append(jobs_t.c.owner_id == self.owner_id)
         if self.created_before is not None:
@@ -144,7 +153,8 @@ def _batches(
     return stmt
 
 
-def _limit(limit: int) -> int:
+def check_limit(limit: int) -> int:
+    """`limit` if it is from 1 to `MAX_BULK_LIMIT`, else a 422 naming `limit`."""
     if not 1 <= limit <= MAX_BULK_LIMIT:
         raise InvalidRequestError(
             f"limit must be from 1 to {MAX_BULK_LIMIT}",
@@ -178,7 +188,7 @@ def bulk_cancel(
     `limit` of them, `BATCH` per transaction. Operators and admins only."""
     require_operator(by)
     _check_filter(where)
-    limit = _limit(limit)
+    limit = check_limit(limit)
     conditions = [*where.conditions(CANCELLABLE), jobs_t.c.cancel_requested.is_(False)]
     done = stopping = 0
     after: uuid.UUID | None = None
@@ -404,7 +414,7 @@ def bulk_retry(
     transaction, each published after its batch commits. Operators and admins only."""
     require_operator(by)
     _check_filter(where)
-    limit = _limit(limit)
+    limit = check_limit(limit)
     conditions = where.conditions(RETRYABLE)
     done = skipped = 0
     after: uuid.UUID | None = None

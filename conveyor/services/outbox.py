@@ -6,6 +6,10 @@ and publish, a broker outage, a lost retry message); `republish_lost` those whos
 message a broker lost with its data (a Redis broker restarted or emptied); `promote_due`
 queues and publishes the scheduled jobs whose time has come; `expire_leases` returns the jobs
 of dead workers to the queue, or fails them once they lost too many.
+
+The jobs of a paused queue are left unpublished ("parked") by all of them: its workers would
+take none, and a message sent now would only come back. `publish_parked` sends them at once
+when the queue is resumed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from conveyor.errors import BrokerUnavailableError
 from conveyor.logs import job_fields
 from conveyor.models import JobStatus
 from conveyor.models.base import utcnow
-from conveyor.models.job import OUTBOX, events_t, jobs_t
+from conveyor.models.job import OUTBOX, error_type_of, events_t, jobs_t
+from conveyor.models.queue import is_paused, queue_pauses_t
 from conveyor.services import outcomes
 from conveyor.services.jobs import Enqueuer, JobMessage, new_event
 
@@ -47,8 +52,8 @@ def publish_pending(
     requeue_after: dt.timedelta,
     limit: int = 500,
 ) -> bool:
-    """Publish waiting jobs that have no confirmed message; True if a whole batch was taken
-    (there may be more).
+    """Publish waiting jobs that have no confirmed message, but those of paused queues; True
+    if a whole batch was taken (there may be more).
 
     A job whose message was confirmed more than `requeue_after` ago and that never started
     may have lost its message, or may simply wait in a long queue: it is published again
@@ -68,6 +73,7 @@ def publish_pending(
         )
         .where(
             jobs_t.c.status.in_(OUTBOX),
+            ~is_paused(jobs_t.c.queue),
             or_(
                 and_(jobs_t.c.published_at.is_(None), jobs_t.c.updated_at <= now - grace),
                 and_(
@@ -98,7 +104,9 @@ def publish_pending(
 
 def republish_lost(db: sessionmaker[Session], enqueuer: Enqueuer, *, limit: int = 500) -> int:
     """If the broker may have lost messages it had confirmed (`Enqueuer.broker_restarted`),
-    publish again each waiting job whose message it no longer holds; how many.
+    publish again each waiting job whose message it no longer holds; how many. The jobs of a
+    paused queue are left as they are: the resume publishes those its workers parked, and a
+    message lost meanwhile is found again by the sweep (its `requeue_after`).
 
     Only jobs marked published before the loss was noticed are compared: a later one was
     published to the broker as it is now. A job claimed while this runs may get a message
@@ -112,7 +120,11 @@ def republish_lost(db: sessionmaker[Session], enqueuer: Enqueuer, *, limit: int 
     if restart is None:
         return 0
     noticed = utcnow()
-    waiting = (jobs_t.c.status.in_(OUTBOX), jobs_t.c.published_at <= noticed)
+    waiting = (
+        jobs_t.c.status.in_(OUTBOX),
+        jobs_t.c.published_at <= noticed,
+        ~is_paused(jobs_t.c.queue),
+    )
     with db() as session:
         queues = sorted(session.scalars(select(jobs_t.c.queue).where(*waiting).distinct()))
     lost = 0
@@ -181,10 +193,16 @@ def mark_published(
 ) -> None:
     """Note that these jobs' messages were confirmed by the broker. With `first_only`, only
     for jobs still waiting for their first run: a late confirmation of a job's first message
-    must not pass for the message of a retry that failed to publish."""
+    must not pass for the message of a retry that failed to publish.
+
+    Never for a job of a paused queue: its worker may have parked it already (the message
+    taken and acknowledged), and a stamp now would hide it from the resume. At worst the
+    resume publishes a job whose message still waits: a duplicate, which the claim skips."""
     ids = list(job_ids)
     if ids:
-        stmt = update(jobs_t).where(jobs_t.c.id.in_(ids), jobs_t.c.status.in_(OUTBOX))
+        stmt = update(jobs_t).where(
+            jobs_t.c.id.in_(ids), jobs_t.c.status.in_(OUTBOX), ~is_paused(jobs_t.c.queue)
+        )
         if first_only:
             stmt = stmt.where(jobs_t.c.attempts == 0, jobs_t.c.status == JobStatus.QUEUED)
         session.execute(stmt.values(published_at=utcnow()))
@@ -197,7 +215,8 @@ def promote_due(
     taken (there may be more).
 
     The promotion commits first; the messages go out after, and one that fails leaves its job
-    queued and unpublished, for `publish_pending`.
+    queued and unpublished, for `publish_pending`. The jobs of a paused queue are queued but
+    not published: they wait, parked, for the queue's resume.
     """
     now = utcnow()
     stmt = (
@@ -227,13 +246,66 @@ def promote_due(
                 insert(events_t),
                 [new_event(r.id, JobStatus.QUEUED, 0, now, message="due") for r in rows],
             )
+        paused = set(session.scalars(select(queue_pauses_t.c.queue)))
     if not rows:
         return len(taken) == limit
     for row in rows:
         announcer.announce(row.id, JobStatus.QUEUED)
-    publish_now(db, enqueuer, [JobMessage(r.id, r.type, r.queue) for r in rows], "due")
+    due = [JobMessage(r.id, r.type, r.queue) for r in rows if r.queue not in paused]
+    if due:
+        publish_now(db, enqueuer, due, "due")
     logger.info("queued %d scheduled job(s) that came due", len(rows))
     return len(taken) == limit
+
+
+def publish_parked(
+    db: sessionmaker[Session],
+    enqueuer: Enqueuer,
+    queue: str,
+    *,
+    limit: int = 500,
+    most: int | None = None,
+) -> int:
+    """Publish the waiting jobs of `queue` that have no message (parked while it was paused),
+    `limit` per transaction, each with its due time, up to about `most` of them; how many.
+    What it leaves (past `most`, or when the broker fails) stays unpublished, for the outbox
+    sweep."""
+    published = 0
+    after: uuid.UUID | None = None
+    while True:
+        now = utcnow()
+        # By id, each job once: should the queue be paused again meanwhile, its jobs are not
+        # marked published, and would otherwise be taken again and again.
+        stmt = select(jobs_t.c.id, jobs_t.c.type, jobs_t.c.queue, jobs_t.c.next_attempt_at).where(
+            jobs_t.c.queue == queue,
+            jobs_t.c.status.in_(OUTBOX),
+            jobs_t.c.published_at.is_(None),
+        )
+        if after is not None:
+            stmt = stmt.where(jobs_t.c.id > after)
+        stmt = stmt.order_by(jobs_t.c.id).limit(limit)
+        with transaction(db) as session:
+            rows = session.execute(_locked(session, stmt)).all()  # type: ignore[call-overload]
+            if not rows:
+                break
+            after = rows[-1].id
+            try:
+                enqueuer.publish(
+                    [JobMessage.due_at(r.id, r.type, r.queue, r.next_attempt_at, now) for r in rows]
+                )
+            except Exception:
+                logger.warning(
+                    "could not publish the %d waiting job(s) of queue %s yet; left to the sweep",
+                    len(rows),
+                    queue,
+                    exc_info=True,
+                )
+                break
+            mark_published(session, [r.id for r in rows])
+        published += len(rows)
+        if len(rows) < limit or (most is not None and published >= most):
+            break
+    return published
 
 
 def next_due(db: sessionmaker[Session]) -> dt.datetime | None:
@@ -306,6 +378,7 @@ def expire_leases(
                 .values(
                     status=outcome.status.value,
                     error=outcome.error,
+                    error_type=error_type_of(outcome.error),
                     updated_at=now,
                     lease_expires_at=None,
                     worker_losses=row.worker_losses + 1,

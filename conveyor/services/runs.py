@@ -30,7 +30,8 @@ from conveyor.errors import TransientError
 from conveyor.logs import job_fields
 from conveyor.models import JobEventKind, JobStatus
 from conveyor.models.base import utcnow
-from conveyor.models.job import DUE_SQL, OUTBOX, events_t, jobs_t
+from conveyor.models.job import DUE_SQL, OUTBOX, error_type_of, events_t, jobs_t
+from conveyor.models.queue import is_paused
 from conveyor.services.jobs import Enqueuer, JobMessage, new_event, rowcount
 from conveyor.services.outbox import publish_now
 from conveyor.services.outcomes import Outcome
@@ -63,6 +64,7 @@ WITH before AS (
         worker = %(worker)s
     WHERE id = %(id)s::uuid AND NOT cancel_requested AND status IN ({_CLAIMABLE})
         AND (next_attempt_at IS NULL OR next_attempt_at <= %(due)s)
+        AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = jobs.queue)
     RETURNING id, attempts, max_retries, worker_losses, handbacks, payload, owner_id,
         parent_id
 ), event AS (
@@ -75,7 +77,8 @@ SELECT claimed.*, (SELECT due_at FROM before) AS due_at FROM claimed
 _FINISH_PG = f"""
 WITH done AS (
     UPDATE jobs SET status = %(status)s::varchar, result = %(result)s::jsonb,
-        error = %(error)s::jsonb, finished_at = %(now)s::timestamptz,
+        error = %(error)s::jsonb, error_type = %(error_type)s::varchar,
+        finished_at = %(now)s::timestamptz,
         updated_at = %(now)s::timestamptz, lease_expires_at = NULL,
         progress = CASE WHEN %(status)s::varchar = '{JobStatus.SUCCEEDED.value}' THEN 1.0
             ELSE progress END
@@ -127,7 +130,8 @@ def claim(
 ) -> Claim | None:
     """Move the job to `running` for one more attempt, or None if it is not ours to run.
 
-    Claimable: queued, or retrying and due; never cancelled. (Whether a failed job may run
+    Claimable: queued, or retrying and due; never cancelled, and not while its queue is
+    paused (`park` then keeps the job for after the resume). (Whether a failed job may run
     again was decided when it became `retrying`: see `services.outcomes`.)
     """
     now = utcnow()
@@ -152,6 +156,7 @@ def claim(
                 jobs_t.c.next_attempt_at.is_(None),
                 jobs_t.c.next_attempt_at <= now + EARLY_TOLERANCE,
             ),
+            ~is_paused(jobs_t.c.queue),
         )
         .values(
             status=JobStatus.RUNNING.value,
@@ -176,6 +181,29 @@ def claim(
         )
     fields = {name: row[name] for name in Claim.__dataclass_fields__ if name != "due_at"}
     return Claim(**fields, due_at=due_at)
+
+
+def park(db: sessionmaker[Session], job_id: uuid.UUID) -> bool:
+    """After a claim found nothing: if the job waits in a paused queue, mark its message
+    unpublished (the caller acknowledges the message), so the resume, or the outbox sweep
+    after it, publishes the job again; True if it did. Its due time is kept, so a delayed
+    job or a retry still runs no earlier than planned. Nothing changes for a job that ended,
+    runs, was cancelled, or whose queue is not paused (a late or duplicate message).
+
+    Runs only on that rare path: every claim that succeeds pays nothing for it.
+    """
+    stmt = (
+        update(jobs_t)
+        .where(
+            jobs_t.c.id == job_id,
+            jobs_t.c.status.in_(OUTBOX),
+            jobs_t.c.cancel_requested.is_(False),
+            is_paused(jobs_t.c.queue),
+        )
+        .values(published_at=None)
+    )
+    with transaction(db) as session:
+        return rowcount(session.execute(stmt)) == 1
 
 
 def _guarded(job_id: uuid.UUID, attempt: int) -> Any:
@@ -209,6 +237,7 @@ def finish(
             "status": status.value,
             "result": result_json if result_json is not None else _storable(result),
             "error": _storable(error),
+            "error_type": error_type_of(error),
             "message": error["message"][:1000] if error else None,
             "traceback": error.get("traceback") if error else None,
             "now": utcnow(),
@@ -239,6 +268,7 @@ def _finish_in(
         "status": status.value,
         "result": result,
         "error": error,
+        "error_type": error_type_of(error),
         "finished_at": now,
         "updated_at": now,
         "lease_expires_at": None,
@@ -282,6 +312,7 @@ def retry_later(
     values: dict[str, Any] = {
         "status": JobStatus.RETRYING.value,
         "error": error,
+        "error_type": error_type_of(error),
         "next_attempt_at": next_attempt_at,
         "published_at": None,
         "updated_at": now,

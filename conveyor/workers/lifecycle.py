@@ -1,7 +1,8 @@
 """The worker side of the job lifecycle, as Dramatiq middleware and actors.
 
 Every job type becomes a Dramatiq actor whose message carries only the job id. Running it:
-claim the row (guarded; a duplicate or late message is acknowledged and skipped), re-validate
+claim the row (guarded; a duplicate or late message is acknowledged and skipped, and the job
+of a paused queue is parked for after its resume: `services.runs.park`), re-validate
 the payload, run the function under the job's time limit while a heartbeat renews the lease
 and watches for cancellation, then let the outcome policy (`services.outcomes`) decide and
 record what it decided (`services.runs.record`); a job that failed for good also has its
@@ -288,6 +289,24 @@ class JobLifecycle(Middleware):
         finally:
             logs.job_id.reset(token)
 
+    def _skip(self, job_id: uuid.UUID) -> None:
+        """A delivery whose job this worker may not claim: acknowledged. A job of a paused
+        queue is parked first (published again after the resume); any other is finished,
+        cancelled or taken (a late or duplicate message)."""
+        try:
+            parked = runs.park(self.container.db, job_id)
+        except Exception:
+            # The message is acknowledged all the same: once the queue is resumed, the
+            # sweeper publishes a waiting job whose message is long gone.
+            logger.warning(
+                "could not check whether job %s waits in a paused queue", job_id, exc_info=True
+            )
+            return
+        if parked:
+            logger.info("job %s waits: its queue is paused", job_id)
+        else:
+            logger.info("job %s is not due to run (finished, cancelled or taken); skipped", job_id)
+
     def _pass_on(self, job_type: JobType, job_id: uuid.UUID) -> None:
         """A delivery that reached a stopping worker: sent again for another worker (the job
         row is untouched; should the broker refuse, the sweeper publishes the job again once
@@ -321,7 +340,7 @@ class JobLifecycle(Middleware):
             )
             return
         if job is None:
-            logger.info("job %s is not due to run (finished, cancelled or taken); skipped", job_id)
+            self._skip(job_id)
             return
         metrics = self.metrics
         if job.due_at is not None:

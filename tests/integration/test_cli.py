@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor import __version__
 from conveyor.cli import main, parser
 from conveyor.db import transaction
-from conveyor.models import Job, JobEvent, JobStatus, Role, User
+from conveyor.models import AuditEvent, Job, JobEvent, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import jobs_t
 from conveyor.models.migrate import head
@@ -170,6 +170,36 @@ def _status(db: sessionmaker[Session], job_id: uuid.UUID) -> str:
         return job.status
 
 
+def test_errors_lists_the_groups_of_failed_jobs(
+    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice = create_user(pg_db, "alice@example.com")
+    assert run(capsys, "errors")[2] == "no failed jobs\n"
+    error = {"type": "RuntimeError", "message": "boom"}
+    for _ in range(2):
+        _job(
+            pg_db,
+            alice,
+            JobStatus.FAILED,
+            error=error,
+            error_type="RuntimeError",
+            finished_at=utcnow(),
+        )
+
+    code, out, _ = run(capsys, "errors")
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["TYPE", "ERROR_TYPE", "COUNT"]
+    assert out.splitlines()[1].split()[:3] == ["system.echo", "RuntimeError", "2"]
+    code, out, _ = run(capsys, "errors", "--json")
+    [group] = json.loads(out)
+    assert (group["type"], group["error_type"], group["count"]) == (
+        "system.echo",
+        "RuntimeError",
+        2,
+    )
+    assert group["message"] == "boom"
+
+
 def test_jobs_list_show_cancel_retry_and_purge(
     env: None,
     pg_db: sessionmaker[Session],
@@ -224,6 +254,47 @@ def test_jobs_list_show_cancel_retry_and_purge(
 
     code, _, err = run(capsys, "jobs", "cancel")
     assert code == 1 and "give a job id, or at least one filter" in err
+
+
+def test_queues_pause_resume_and_the_listing(
+    env: None, pg_db: sessionmaker[Session], capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice = create_user(pg_db, "alice@example.com")
+    code, out, _ = run(capsys, "queues", "pause", "system", "--reason", "maintenance")
+    assert (code, out) == (
+        0,
+        "queue system: paused; its workers take none of its jobs until resumed\n",
+    )
+    code, out, _ = run(capsys, "queues", "pause", "system")
+    assert (code, out) == (0, "queue system: paused already\n")
+    code, _, err = run(capsys, "queues", "pause", "nowhere")
+    assert code == 1 and "no queue 'nowhere'" in err
+    waiting = _job(pg_db, alice, JobStatus.QUEUED)  # parked: no message
+
+    code, out, _ = run(capsys, "queues")
+    header, *lines = out.splitlines()
+    columns = "QUEUE WAITING SCHEDULED RUNNING FAILED OLDEST_WAITING CONSUMERS PAUSED"
+    assert header.split() == columns.split()
+    system = next(line.split() for line in lines if line.startswith("system"))
+    assert system[1] == "1" and system[6] == "0" and system[7:] == ["for", "0s"]
+    code, out, _ = run(capsys, "queues", "--json")
+    listed = {q["queue"]: q for q in json.loads(out)}
+    assert listed["system"]["paused"] is True and listed["system"]["consumers"] == 0
+
+    code, out, _ = run(capsys, "queues", "resume", "system")
+    assert (code, out) == (0, "queue system: resumed; 1 waiting job(s) published again\n")
+    with pg_db() as session:
+        job = session.get(Job, waiting.id)
+        assert job is not None and job.published_at is not None
+        events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+    assert [(e.action, e.actor_id) for e in events] == [
+        ("queue_paused", None),
+        ("queue_resumed", None),
+    ]
+    assert events[0].details["reason"] == "maintenance"
+    assert str(events[0].details["by"]).startswith("cli:")
+    code, out, _ = run(capsys, "queues", "resume", "system")
+    assert (code, out) == (0, "queue system: not paused\n")
 
 
 def test_an_unreachable_database_is_named_without_its_password(

@@ -42,6 +42,8 @@ KNOWN_ACTIONS = (
     "api_key_created",
     "api_key_revoked",
     "email_verified",
+    "error_group_discarded",
+    "error_group_retried",
     "lockout",
     "login",
     "login_failed",

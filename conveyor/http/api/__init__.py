@@ -1,5 +1,5 @@
-"""The /v1 application: jobs, notifications, accounts (sessions, MFA, API keys, OIDC), users
-and the audit log, with problem+json errors and bearer auth."""
+"""The /v1 application: jobs, queues, notifications, accounts (sessions, MFA, API keys, OIDC),
+users and the audit log, with problem+json errors and bearer auth."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from conveyor.http.api import (  # noqa: F401  (their routes join the table)
     api_keys,
     audit,
     auth,
+    errors,
     jobs,
     me,
     mfa,
     notifications,
     oidc,
     operations,
+    queues,
     sessions,
     stream,
     users,

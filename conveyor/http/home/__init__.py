@@ -7,9 +7,8 @@ from aiohttp import web
 
 from conveyor.http.auth import authenticate
 from conveyor.http.middleware import rendering_errors
-from conveyor.http.pages import error_page, render
-from conveyor.http.routes import HTML, Answer, RouteTable
-from conveyor.models import Role
+from conveyor.http.pages import error_page
+from conveyor.http.routes import HTML, RouteTable
 
 __all__ = ["PREFIX", "build_home", "routes"]
 
@@ -22,19 +21,12 @@ routes = RouteTable(
 )
 
 
-@routes.get(
-    "/",
-    name="home_index",
-    role=Role.MEMBER,
-    answers={200: Answer("The user's page", content_type=HTML, schema={"type": "string"})},
-)
-async def index(request: web.Request) -> web.Response:
-    """The signed-in user's page: their jobs."""
-    return render(request, "app/index.html", title="Your jobs")
-
-
 def build_home() -> web.Application:
     """The sub-app to mount at /app."""
     app = web.Application(middlewares=[rendering_errors(error_page)])
     routes.install(app, authenticate)
     return app
+
+
+# The pages, each module adding its routes to `routes`.
+from conveyor.http.home import jobs, preferences  # noqa: E402, F401

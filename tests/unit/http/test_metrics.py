@@ -142,6 +142,20 @@ async def test_database_series_come_from_the_last_reading(embedded_stack: Stack)
     oldest = value(found, "conveyor_queue_oldest_waiting_age_seconds", queue="system")
     assert oldest is not None and 0 <= oldest < 10
     assert value(found, "conveyor_outbox_unpublished") is not None
+    # One job arrived and waits: the system pool needs a process (the capacity signal).
+    assert value(found, "conveyor_pool_desired_workers", pool="system") == 1
+    assert value(found, "conveyor_queue_paused", queue="system") == 0
+
+
+async def test_a_paused_queue_has_its_gauge(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    response = await stack.client.post(
+        "/v1/queues/system/pause", headers=stack.headers(stack.admin_token)
+    )
+    assert response.status == 200, await response.text()
+    assert stack.container.stats.read_once() is not None
+    found = samples(await scrape(stack))
+    assert value(found, "conveyor_queue_paused", queue="system") == 1
 
 
 async def test_the_exposition_has_the_process_and_python_collectors(
