@@ -6,13 +6,13 @@ UUIDv7, so "created in the last hour" is `id >= the first id of that hour`), and
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
+from conveyor.ids import first_uuid7_at
 from conveyor.models.base import utcnow
 from conveyor.models.notification import DeliveryStatus, deliveries_t
 
@@ -25,13 +25,6 @@ SHOWN = (
     DeliveryStatus.SUPPRESSED,
     DeliveryStatus.PENDING,
 )
-
-
-def first_id_at(moment: dt.datetime) -> uuid.UUID:
-    """The smallest UUIDv7 of the millisecond `moment`: every id made at or after it sorts
-    at or after this one."""
-    ms = int(moment.timestamp() * 1000)
-    return uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80)
 
 
 @dataclass
@@ -80,7 +73,7 @@ def summary(
     since = (now or utcnow()) - window
     recent = (
         select(deliveries_t.c.channel, deliveries_t.c.provider, deliveries_t.c.status)
-        .where(deliveries_t.c.id >= first_id_at(since))
+        .where(deliveries_t.c.id >= first_uuid7_at(since))
         .order_by(deliveries_t.c.id.desc())
         .limit(limit)
         .subquery()

@@ -19,7 +19,7 @@ from conveyor.http.routes import HTML, Answer
 from conveyor.http.runtime import run_db
 from conveyor.models import Role
 from conveyor.models.worker import Worker
-from conveyor.services import queues, workers
+from conveyor.services import dashboard
 from conveyor.services.queues import QueueStats
 
 PAGE = Answer("The page", content_type=HTML, schema={"type": "string"})
@@ -151,19 +151,16 @@ class Figures:
         return sum(w.threads for w in self.workers)
 
 
-def _failure_rate(c: Chart) -> float | None:
-    return c.totals["failed"] / c.finished if c.finished else None
-
-
 async def figures(request: web.Request) -> Figures:
     """The overview's figures, read off the event loop."""
     container = request.config_dict[CONTAINER]
-    timeout = dt.timedelta(seconds=container.settings.worker_timeout_seconds)
-    names = {job_type.queue for job_type in container.registry}
-    found = await run_db(request.config_dict, queues.stats, names, timeout_seconds=5.0)
-    alive = await run_db(request.config_dict, workers.alive, timeout)
-    drawn = chart([])
-    return Figures(drawn, _failure_rate(drawn), found, alive)
+    found = await run_db(
+        request.config_dict,
+        dashboard.overview,
+        worker_timeout=dt.timedelta(seconds=container.settings.worker_timeout_seconds),
+        queue_names={job_type.queue for job_type in container.registry},
+    )
+    return Figures(chart(found.series), found.failure_rate, found.queues, found.workers)
 
 
 @routes.get("/", name="admin_index", role=Role.OPERATOR, answers={200: PAGE})

@@ -21,7 +21,7 @@ from conveyor.http.pages import form_of, render
 from conveyor.http.routes import Parameter
 from conveyor.http.runtime import run_db
 from conveyor.models import Role
-from conveyor.services import operations
+from conveyor.services import capacity, operations
 from conveyor.services.operations import MAX_BULK_LIMIT
 from conveyor.services.queues import QueueStats, stats
 
@@ -88,9 +88,18 @@ async def _queue(request: web.Request) -> QueueStats:
     raise NotFoundError(f"no queue {name!r}: no job type uses it and it holds no jobs")
 
 
-def _live_context(request: web.Request, found: list[QueueStats]) -> dict[str, Any]:
-    timeout = request.config_dict[CONTAINER].settings.worker_timeout_seconds
-    return {"queues": found, "worker_timeout": dt.timedelta(seconds=timeout)}
+async def _live_context(request: web.Request) -> dict[str, Any]:
+    """What the live part of the page shows: the queues, and the capacity of each pool (its
+    inputs read from the same queue figures)."""
+    settings = request.config_dict[CONTAINER].settings
+    found = await _queues(request)
+    pools = await run_db(request.config_dict, capacity.desired, settings, stats=found)
+    return {
+        "queues": found,
+        "pools": pools,
+        "model": capacity.Model.of(settings),
+        "worker_timeout": dt.timedelta(seconds=settings.worker_timeout_seconds),
+    }
 
 
 @routes.get(
@@ -103,21 +112,15 @@ def _live_context(request: web.Request, found: list[QueueStats]) -> dict[str, An
 async def queues_page(request: web.Request) -> web.Response:
     """Every queue's figures, and its actions."""
     notice = notice_of(request.query)
-    found = await _queues(request)
     return render(
-        request,
-        "admin/queues.html",
-        title="Queues",
-        notice=notice,
-        **_live_context(request, found),
+        request, "admin/queues.html", title="Queues", notice=notice, **await _live_context(request)
     )
 
 
 @routes.get("/queues/live", name="admin_queues_live", role=Role.OPERATOR, answers={200: FRAGMENT})
 async def queues_live(request: web.Request) -> web.Response:
     """Every queue's figures alone, for the page to refresh them in place."""
-    found = await _queues(request)
-    return render(request, "admin/_queues.html", **_live_context(request, found))
+    return render(request, "admin/_queues.html", **await _live_context(request))
 
 
 @routes.get(

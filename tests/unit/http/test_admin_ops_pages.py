@@ -17,6 +17,7 @@ from conveyor.db import transaction
 from conveyor.http.admin.overview import HEIGHT, chart
 from conveyor.models import AuditEvent, Delivery, Notification
 from conveyor.models.base import utcnow
+from conveyor.models.job import jobs_t
 from conveyor.models.worker import workers_t
 from conveyor.services import workers
 from conveyor.services.users import get_by_email
@@ -306,3 +307,40 @@ async def test_the_notifications_page_says_when_nothing_was_delivered(
     text = await _get(embedded_stack, "/admin/notifications")
     assert "No delivery in the last hour." in text
     assert "No failed delivery." in text
+
+
+async def test_the_overview_charts_the_jobs_finished_this_hour_by_outcome(
+    embedded_stack: Stack,
+) -> None:
+    stack = embedded_stack
+    ids = [(await stack.submit("system.echo", {}))["id"] for _ in range(3)]
+    for job_id in ids:
+        await stack.wait_for(job_id, "succeeded")
+    with transaction(stack.db) as session:  # one of them failed, as far as the chart knows
+        session.execute(
+            update(jobs_t).where(jobs_t.c.id == uuid.UUID(ids[0])).values(status="failed")
+        )
+    text = await _get(stack, "/admin/")
+    assert "3 jobs finished: 2 succeeded, 1 failed, 0 cancelled" in text
+    assert '<svg class="chart"' in text and 'role="img"' in text
+    assert text.count('<rect class="slot"') == 60
+    assert '<rect class="failed"' in text and '<rect class="succeeded"' in text
+    assert "33.3 %" in text  # the failure rate
+    assert "<summary>The figures as a table</summary>" in text
+    assert text.count('<th scope="row">') >= 60  # a row per minute in the table
+
+
+async def test_the_queues_page_shows_each_pool_s_desired_workers_and_why(
+    embedded_stack: Stack,
+) -> None:
+    stack = embedded_stack
+    await _waiting_jobs(stack, 2)
+    _beat(stack, "s1", "system")
+    text = await _get(stack, "/admin/queues")
+    assert "Capacity per pool" in text
+    row = text[text.index('<tr id="pool-system">') :]
+    row = row[: row.index("</tr>")]
+    cells = [c.split(">")[-1] for c in row.split("</td>")[:-1]]
+    # queues, arrivals, mean run time (none finished), backlog, running, alive, threads
+    assert cells[:7] == ["system", "0.4 /min", "—", "2", "0", "1", "6"]
+    assert "<strong>1</strong>" in row
