@@ -634,6 +634,7 @@ def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
         row["first_seen"] = _age((now - g.first_seen).total_seconds()) + " ago"
     columns = ("type", "error_type", "count", "last_seen", "first_seen", "sample_job_id")
     show(rows, columns, json_output=False, empty="no failed jobs")
+    return 0
 
 
 def cmd_queues_pause(args: argparse.Namespace, settings: Settings) -> int:
