@@ -1,8 +1,10 @@
 """The queues page (`/admin/queues`): per queue the jobs waiting, scheduled, running and
-failed, and how long the oldest waiting job has been due; and purging a queue, through a page
-that says how many jobs it settles before the operator confirms. Its figures refresh every
-few seconds. Every action answers with a redirect back to the page (post, redirect, get),
-which shows a fixed notice for the action's key; the action is in the audit log."""
+failed, how long the oldest waiting job has been due, its consumers and whether it is paused;
+pausing and resuming a queue; purging one, through a page that says how many jobs it settles
+before the operator confirms; and each pool's desired worker processes with the inputs that
+give them. Its figures refresh every few seconds. Every action answers with a redirect back
+to the page (post, redirect, get), which shows a fixed notice for the action's key; the
+services write each action to the audit log."""
 
 from __future__ import annotations
 
@@ -21,20 +23,26 @@ from conveyor.http.pages import form_of, render
 from conveyor.http.routes import Parameter
 from conveyor.http.runtime import run_db
 from conveyor.models import Role
-from conveyor.services import capacity, operations
+from conveyor.services import capacity, operations, queue_pauses
 from conveyor.services.operations import MAX_BULK_LIMIT
+from conveyor.services.queue_pauses import MAX_QUEUE
 from conveyor.services.queues import QueueStats, stats
 
 #: What the page says after an action, by the `done` key of its redirect.
 NOTICES: Mapping[str, str] = {
+    "paused": (
+        "The queue was paused: its workers take none of its jobs until it is resumed; "
+        "submissions are still accepted and wait."
+    ),
+    "paused_already": "The queue was paused already: nothing changed.",
+    "resumed": "The queue was resumed: {n} waiting jobs were published again.",
+    "resumed_already": "The queue was not paused: nothing changed.",
     "purged": "The queue was purged: {n} waiting jobs were cancelled.",
     "purged_more": (
         "{n} waiting jobs were cancelled, the most one purge settles; more wait in the queue: "
         "purge it again."
     ),
 }
-#: The longest queue name (the column's size).
-MAX_QUEUE = 100
 
 DONE = Parameter(
     "done",
@@ -74,18 +82,26 @@ async def _queues(request: web.Request) -> list[QueueStats]:
     """Every queue a job type uses or that holds jobs not finished, by name."""
     container = request.config_dict[CONTAINER]
     names = {job_type.queue for job_type in container.registry}
-    return await run_db(request.config_dict, stats, names, failed=True, timeout_seconds=5.0)
+    return await run_db(
+        request.config_dict,
+        stats,
+        names,
+        failed=True,
+        workers_within=dt.timedelta(seconds=container.settings.worker_timeout_seconds),
+        timeout_seconds=5.0,
+    )
 
 
 async def _queue(request: web.Request) -> QueueStats:
-    """The path's queue; 404 unless a job type uses it or it holds jobs not finished."""
+    """The path's queue; 404 unless a job type uses it, it holds jobs not finished, or it is
+    paused."""
     name = request.match_info["queue"]
     if len(name) > MAX_QUEUE:
         raise _invalid("queue", f"must be at most {MAX_QUEUE} characters")
     for found in await _queues(request):
         if found.queue == name:
             return found
-    raise NotFoundError(f"no queue {name!r}: no job type uses it and it holds no jobs")
+    raise NotFoundError(f"no queue {name!r}: no job type uses it and it holds no unfinished jobs")
 
 
 async def _live_context(request: web.Request) -> dict[str, Any]:
@@ -165,3 +181,61 @@ async def purge(request: web.Request) -> web.Response:
     )
     done = "purged_more" if result.more else "purged"
     raise web.HTTPSeeOther(f"/admin/queues?done={done}&n={result.count}")
+
+
+async def _known_queue(request: web.Request) -> str:
+    """The path's queue, once the form is checked; 404 unless a job type uses it, it holds
+    jobs not finished, or it is paused."""
+    await form_of(request)
+    name = request.match_info["queue"]
+    if len(name) > MAX_QUEUE:
+        raise _invalid("queue", f"must be at most {MAX_QUEUE} characters")
+    registry = request.config_dict[CONTAINER].registry
+    await run_db(request.config_dict, queue_pauses.check_known, registry, name)
+    return name
+
+
+@routes.post(
+    "/queues/{queue}/pause",
+    name="admin_queue_pause",
+    role=Role.OPERATOR,
+    answers={303: PAGE},
+    parameters=(QUEUE,),
+)
+async def pause(request: web.Request) -> web.Response:
+    """Pause the queue: its workers take none of its jobs (running ones finish), which wait
+    until it is resumed; then back to the queues page."""
+    queue = await _known_queue(request)
+    changed = await run_db(
+        request.config_dict,
+        queue_pauses.pause,
+        queue,
+        request[USER],
+        client=client_of(request),
+    )
+    raise web.HTTPSeeOther(f"/admin/queues?done={'paused' if changed else 'paused_already'}")
+
+
+@routes.post(
+    "/queues/{queue}/resume",
+    name="admin_queue_resume",
+    role=Role.OPERATOR,
+    answers={303: PAGE},
+    parameters=(QUEUE,),
+)
+async def resume(request: web.Request) -> web.Response:
+    """Resume the queue: its waiting jobs are published again at once and its workers take
+    them; then back to the queues page, which says how many."""
+    queue = await _known_queue(request)
+    container = request.config_dict[CONTAINER]
+    was_paused = queue in await run_db(request.config_dict, queue_pauses.paused)
+    published = await run_db(
+        request.config_dict,
+        queue_pauses.resume,
+        container.enqueuer,
+        queue,
+        request[USER],
+        client=client_of(request),
+    )
+    done = "resumed" if was_paused else "resumed_already"
+    raise web.HTTPSeeOther(f"/admin/queues?done={done}&n={published}")

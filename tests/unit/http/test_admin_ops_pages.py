@@ -344,3 +344,67 @@ async def test_the_queues_page_shows_each_pool_s_desired_workers_and_why(
     # queues, arrivals, mean run time (none finished), backlog, running, alive, threads
     assert cells[:7] == ["system", "0.4 /min", "—", "2", "0", "1", "6"]
     assert "<strong>1</strong>" in row
+
+
+def _audited(stack: Stack, action: str) -> list[AuditEvent]:
+    with stack.db() as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.action == action)))
+
+
+async def _post(stack: Stack, path: str, token: str | None = None) -> ClientResponse:
+    return await stack.client.post(
+        path, headers=stack.headers(token or stack.admin_token), allow_redirects=False
+    )
+
+
+async def test_pausing_a_queue_holds_its_jobs_and_resuming_runs_them_both_audited(
+    embedded_stack: Stack,
+) -> None:
+    stack = embedded_stack
+    response = await _post(stack, "/admin/queues/system/pause")
+    assert response.status == 303, await response.text()
+    assert response.headers["Location"] == "/admin/queues?done=paused"
+    job = await stack.submit("system.echo", {})
+    text = await _get(stack, "/admin/queues?done=paused")
+    assert "The queue was paused: its workers take none of its jobs" in text
+    row = text[text.index('<tr id="queue-system">') :]
+    row = row[: row.index("</tr>")]
+    assert '<span class="status status-paused">paused</span>' in row
+    assert 'action="/admin/queues/system/resume"' in row
+    assert 'action="/admin/queues/system/pause"' not in row
+    assert "1 process, " in row  # the stack's own worker consumes it
+    overview = await _get(stack, "/admin/")
+    assert 'system</a> <span class="status status-paused">paused</span>' in overview
+
+    again = await _post(stack, "/admin/queues/system/pause")
+    assert again.headers["Location"] == "/admin/queues?done=paused_already"
+    assert stack.row(job["id"]).status == "queued"  # held while paused
+
+    response = await _post(stack, "/admin/queues/system/resume")
+    assert response.status == 303, await response.text()
+    location = response.headers["Location"]
+    assert location.startswith("/admin/queues?done=resumed&n=")
+    await stack.wait_for(job["id"], "succeeded")
+    text = await _get(stack, location)
+    assert "The queue was resumed:" in text
+    assert 'action="/admin/queues/system/pause"' in text
+    admin = get_by_email(stack.db, "admin@example.com")
+    [paused] = _audited(stack, "queue_paused")
+    [resumed] = _audited(stack, "queue_resumed")
+    assert paused.actor_id == resumed.actor_id == admin.id
+    assert paused.details["queue"] == resumed.details["queue"] == "system"
+
+    not_paused = await _post(stack, "/admin/queues/system/resume")
+    assert not_paused.headers["Location"] == "/admin/queues?done=resumed_already&n=0"
+
+
+async def test_pausing_an_unknown_queue_is_not_found_and_members_may_not(
+    embedded_stack: Stack,
+) -> None:
+    stack = embedded_stack
+    for action in ("pause", "resume"):
+        await _page(await _post(stack, f"/admin/queues/no-such-queue/{action}"), 404)
+        await _page(await _post(stack, f"/admin/queues/system/{action}", stack.member_token), 403)
+        await _page(await _post(stack, f"/admin/queues/{'q' * 101}/{action}"), 422)
+    assert _audited(stack, "queue_paused") == []
+    assert _audited(stack, "queue_resumed") == []

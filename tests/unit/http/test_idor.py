@@ -17,6 +17,8 @@ from tests.unit.http.walk import routes_of
 NOT_FOR_MEMBERS = {
     ("GET", "/admin/queues/{queue}/purge"),
     ("POST", "/admin/queues/{queue}/purge"),
+    ("POST", "/admin/queues/{queue}/pause"),
+    ("POST", "/admin/queues/{queue}/resume"),
     ("DELETE", "/v1/bounces/{bounce_id}"),
     ("POST", "/v1/queues/{queue}/purge"),
     ("POST", "/v1/queues/{queue}/pause"),
