@@ -23,7 +23,7 @@ from conveyor.http.pages import form_of, render
 from conveyor.http.routes import Parameter
 from conveyor.http.runtime import run_db
 from conveyor.models import Role
-from conveyor.services import capacity, operations, queue_pauses
+from conveyor.services import capacity, error_groups, operations, queue_pauses
 from conveyor.services.operations import MAX_BULK_LIMIT
 from conveyor.services.queue_pauses import MAX_QUEUE
 from conveyor.services.queues import QueueStats, stats
@@ -78,18 +78,29 @@ def notice_of(query: Mapping[str, str]) -> str | None:
     return NOTICES[done].format(n=f"{int(given):,}")
 
 
-async def _queues(request: web.Request) -> list[QueueStats]:
-    """Every queue a job type uses or that holds jobs not finished, by name."""
+async def _queues(request: web.Request, *, failed: bool = False) -> list[QueueStats]:
+    """Every queue a job type uses, that holds jobs not finished or is paused, by name. With
+    `failed`, the failed jobs of the job types that use each queue too (counted by job type
+    from the index of failed jobs, by index only)."""
     container = request.config_dict[CONTAINER]
     names = {job_type.queue for job_type in container.registry}
-    return await run_db(
+    found = await run_db(
         request.config_dict,
         stats,
         names,
-        failed=True,
         workers_within=dt.timedelta(seconds=container.settings.worker_timeout_seconds),
         timeout_seconds=5.0,
     )
+    if failed:
+        by_type = await run_db(request.config_dict, error_groups.failed_by_type)
+        queue_of = {job_type.name: job_type.queue for job_type in container.registry}
+        by_queue: dict[str, int] = {}
+        for job_type, n in by_type.items():
+            if job_type in queue_of:
+                by_queue[queue_of[job_type]] = by_queue.get(queue_of[job_type], 0) + n
+        for entry in found:
+            entry.failed = by_queue.get(entry.queue, 0)
+    return found
 
 
 async def _queue(request: web.Request) -> QueueStats:
@@ -108,7 +119,7 @@ async def _live_context(request: web.Request) -> dict[str, Any]:
     """What the live part of the page shows: the queues, and the capacity of each pool (its
     inputs read from the same queue figures)."""
     settings = request.config_dict[CONTAINER].settings
-    found = await _queues(request)
+    found = await _queues(request, failed=True)
     pools = await run_db(request.config_dict, capacity.desired, settings, stats=found)
     return {
         "queues": found,

@@ -166,14 +166,21 @@ async def test_the_workers_page_lists_live_processes_and_drops_dead_ones(
 
 async def test_the_queues_page_shows_each_queue_s_figures(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    await _waiting_jobs(stack, 2)
+    first, *_ = await _waiting_jobs(stack, 3)
     await _waiting_jobs(stack, 1, delay=600)
+    with transaction(stack.db) as session:
+        session.execute(
+            update(jobs_t)
+            .where(jobs_t.c.id == uuid.UUID(first))
+            .values(status="failed", finished_at=utcnow())
+        )
     text = await _get(stack, "/admin/queues")
     assert 'data-refresh="/admin/queues/live"' in text
     row = text[text.index('<tr id="queue-system">') :]
     row = row[: row.index("</tr>")]
     cells = [c.split(">")[-1] for c in row.split("</td>")[:-1]]
-    assert cells[:4] == ["2", "1", "0", "0"]  # waiting, scheduled, running, failed
+    assert cells[:3] == ["2", "1", "0"]  # waiting, scheduled, running
+    assert '<a href="/admin/jobs?status=failed&amp;queue=system">1</a>' in row
     assert 'href="/admin/queues/system/purge"' in row
     fragment = await _get(stack, "/admin/queues/live")
     assert '<tr id="queue-system">' in fragment and "<html" not in fragment
