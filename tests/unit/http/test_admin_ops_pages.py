@@ -179,7 +179,8 @@ async def test_the_queues_page_shows_each_queue_s_figures(embedded_stack: Stack)
     row = text[text.index('<tr id="queue-system">') :]
     row = row[: row.index("</tr>")]
     cells = [c.split(">")[-1] for c in row.split("</td>")[:-1]]
-    assert cells[:3] == ["2", "1", "0"]  # waiting, scheduled, running
+    assert cells[1:5:2] == ["2", "0"] and cells[4] == "1"  # waiting, running, scheduled
+    assert '<span class="status status-running">running</span>' in row  # not paused
     assert '<a href="/admin/jobs?status=failed&amp;queue=system">1</a>' in row
     assert 'href="/admin/queues/system/purge"' in row
     fragment = await _get(stack, "/admin/queues/live")
@@ -348,9 +349,10 @@ async def test_the_queues_page_shows_each_pool_s_desired_workers_and_why(
     row = text[text.index('<tr id="pool-system">') :]
     row = row[: row.index("</tr>")]
     cells = [c.split(">")[-1] for c in row.split("</td>")[:-1]]
-    # queues, arrivals, mean run time (none finished), backlog, running, alive, threads
-    assert cells[:7] == ["system", "0.4 /min", "—", "2", "0", "1", "6"]
-    assert "<strong>1</strong>" in row
+    # alive, busy threads, threads each, utilization, arrivals, mean run time (none
+    # finished), backlog, running, queues
+    assert cells[1:] == ["1", "0.0", "6", "0 %", "0.4 /min", "—", "2", "0", "system"]
+    assert '<td class="num"><strong>1</strong></td>' in row
 
 
 def _audited(stack: Stack, action: str) -> list[AuditEvent]:
