@@ -38,12 +38,13 @@ def build_admin() -> web.Application:
     return app
 
 
-# The pages add their routes to `routes` (imported last: they import it).
-from conveyor.http.admin import (  # noqa: E402
-    audit,  # noqa: F401
-    overview,  # noqa: F401
-    pools,  # noqa: F401
-    queues,  # noqa: F401
-    users,  # noqa: F401
-    workers,  # noqa: F401
+from conveyor.http.admin import (  # noqa: E402, F401  (the pages add their routes)
+    audit,
+    errors,
+    jobs,
+    overview,
+    pools,
+    queues,
+    users,
+    workers,
 )
