@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: dev test lint unit integration e2e bench format services promtool clean
+.PHONY: dev test lint unit integration e2e browser bench format services promtool browser-deps clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,8 @@ dev: $(BIN)/.installed
 	$(BIN)/conveyor dev --port $(PORT)
 
 ## test: lint, type checks and the whole suite against PostgreSQL, Redis and RabbitMQ
-test: lint services promtool
-	REQUIRE_PROMTOOL=1 $(BIN)/pytest $(PYTEST_ARGS)
+test: lint services promtool browser-deps
+	REQUIRE_PROMTOOL=1 REQUIRE_BROWSER=1 $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check conveyor tests bench
@@ -45,6 +45,30 @@ promtool:
 		echo "promtool could not be installed (apt-get failed; run as root?): the" \
 			"metrics tests of make test need Debian's prometheus package" >&2; \
 		exit 1; }
+
+## browser-deps: what the browser tests need: Debian's chromium (Playwright drives it; its
+## own browser downloads are never used) and axe-core from npm, under .cache/ (git-ignored)
+AXE := .cache/npm/node_modules/axe-core/axe.min.js
+browser-deps: $(BIN)/.installed
+	@command -v chromium >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null && \
+		command -v chromium >/dev/null; } || { \
+		echo "chromium could not be installed (apt-get failed; run as root?): the" \
+			"browser tests of make test need Debian's chromium package" >&2; \
+		exit 1; }
+	@test -f $(AXE) || { \
+		{ command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends npm >/dev/null; }; } && \
+		npm install --silent --no-audit --no-fund --prefix .cache/npm axe-core@4 >/dev/null && \
+		test -f $(AXE); } || { \
+		echo "axe-core could not be installed from the npm registry: the accessibility" \
+			"checks of the browser tests need it (npm install --prefix .cache/npm axe-core@4)" >&2; \
+		exit 1; }
+
+## browser: the browser tests alone (headless Chromium against real processes)
+browser: services browser-deps
+	REQUIRE_BROWSER=1 $(BIN)/pytest tests/e2e/browser $(PYTEST_ARGS)
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

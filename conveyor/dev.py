@@ -2,7 +2,8 @@
 
 SQLite under the data directory, Dramatiq's stub broker with in-process worker threads,
 in-process announcements, and the sweeper; email is written to `outbox/` in the data
-directory. On start it prints `url:` and `token:` lines.
+directory. On start it prints `url:`, `token:` (an admin's API token) and `sign-in:` (a
+link that signs a browser in to the dashboard as that admin, once) lines.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from conveyor.models import Role
 from conveyor.models.migrate import SchemaAheadError, upgrade
 from conveyor.notifications import resources as notifications
 from conveyor.notifications.channels import LINKS
+from conveyor.services import sign_in_links
 from conveyor.services.auth import TokenConfig, issue_token
 from conveyor.services.outbox import publish_pending, requeue_unfinished
 from conveyor.services.users import ensure_user
@@ -141,6 +143,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
             admin = ensure_user(container.db, ADMIN_EMAIL, Role.ADMIN)
             tokens = TokenConfig.of(settings)
             token = issue_token(tokens, admin.id, ttl=min(ADMIN_TOKEN_TTL, tokens.max_lifetime))
+            link = sign_in_links.issue(container.db, admin.id, ADMIN_TOKEN_TTL)
             asyncio.run(
                 serve(
                     create_app(container),
@@ -148,7 +151,7 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
                     host,
                     port,
                     shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-                    started=_started(host, token, container if bound_later else None),
+                    started=_started(host, token, link, container if bound_later else None),
                     stopping=lambda: print("stopping…", flush=True),
                 )
             )
@@ -160,15 +163,17 @@ def run_dev(settings: Settings, *, host: str, port: int) -> int:
 
 
 def _started(
-    host: str, token: str, container: bootstrap.Container | None = None
+    host: str, token: str, link: str, container: bootstrap.Container | None = None
 ) -> Callable[[int], None]:
-    """Prints where it listens; with `container`, points its unsubscribe links at the port it
-    was given (`--port 0`)."""
+    """Prints where it listens, the admin's token and a sign-in link (`link`'s token) for the
+    dashboard; with `container`, points its unsubscribe links at the port it was given
+    (`--port 0`)."""
 
     def started(port: int) -> None:
         if container is not None:
             container.resource(LINKS).base_url = f"http://{host}:{port}"
         print(f"url: http://{host}:{port}", flush=True)
         print(f"token: {token}", flush=True)
+        print(f"sign-in: http://{host}:{port}/app/login/link?token={link}", flush=True)
 
     return started

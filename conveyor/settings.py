@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("conveyor", description="Prefix of every Redis channel and key.")
     secret_key: SecretStr | None = Field(
         None,
-        description="Secret from which cursor, unsubscribe-link and (without "
+        description="Secret from which cursor, unsubscribe-link, session-cookie and (without "
         "CONVEYOR_JWT_PRIVATE_KEYS) API token keys are derived. Required outside `conveyor dev`.",
     )
     jwt_private_keys: Annotated[tuple[Path, ...], NoDecode] = Field(
@@ -93,13 +93,14 @@ class Settings(BaseSettings):
     session_idle_seconds: int = Field(
         14 * 24 * 3600,
         gt=0,
-        description="A sign-in session ends when its refresh token goes unused this long.",
+        description="A sign-in session ends when it goes unused this long (its refresh token, "
+        "or a browser's session cookie).",
     )
     session_max_age_seconds: int = Field(
         30 * 24 * 3600,
         gt=0,
         description="A sign-in session ends this long after the sign-in, however often it is "
-        "refreshed.",
+        "refreshed or used; a browser's session cookie lasts as long.",
     )
     mfa_required_roles: Annotated[frozenset[Literal["admin", "operator", "member"]], NoDecode] = (
         Field(

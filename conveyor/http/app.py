@@ -16,6 +16,7 @@ from conveyor.http.broker_metrics import register_broker_metrics
 from conveyor.http.keys import (
     ACCESS_LOG,
     API_KEY_CACHE,
+    BROWSER_SESSIONS,
     CONTAINER,
     METRICS,
     NOTIFICATION_TEMPLATES,
@@ -25,6 +26,7 @@ from conveyor.http.keys import (
     READINESS,
     ROUTE_TABLES,
     SESSION_CACHE,
+    SESSION_COOKIES,
     STREAMS,
     THROTTLES,
     TOKENS,
@@ -36,7 +38,8 @@ from conveyor.http.middleware import observe, problems, secure_headers
 from conveyor.http.oidc_fetch import OidcFetcher
 from conveyor.http.openapi import build_openapi
 from conveyor.http.routes import RouteTable
-from conveyor.http.user_cache import SESSION_TTL, SessionCache, UserCache
+from conveyor.http.session_cookie import SessionCookies
+from conveyor.http.user_cache import SESSION_TTL, BrowserSessionCache, SessionCache, UserCache
 from conveyor.notifications import resources as notification_resources
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
 from conveyor.services.accounts import Throttles
@@ -73,6 +76,8 @@ def create_app(container: Container, *, sweeper: bool = True) -> web.Application
     app[OPENAPI] = build_openapi(settings, container.registry, tables)
     app[USER_CACHE] = UserCache()
     app[SESSION_CACHE] = SessionCache(ttl=SESSION_TTL)
+    app[SESSION_COOKIES] = SessionCookies.of(settings)
+    app[BROWSER_SESSIONS] = BrowserSessionCache()
     if settings.oidc_providers:  # the shared client (and its loop) only where logins need it
         app[OIDC] = OidcFetcher(container.http)
     app[API_KEY_CACHE] = ApiKeyCache()

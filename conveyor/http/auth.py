@@ -42,7 +42,7 @@ def client_of(request: web.Request) -> Client:
     """Where the request came from, for the audit log and the attempt limits: the peer, or,
     when the peer is a trusted proxy (CONVEYOR_TRUSTED_PROXIES), the address it forwarded;
     and the API key it was made with, if any."""
-    proxies = _networks(request.config_dict[CONTAINER].settings.trusted_proxies)
+    proxies = networks(request.config_dict[CONTAINER].settings.trusted_proxies)
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
     principal = request.get(PRINCIPAL)
     return Client(
@@ -56,11 +56,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @functools.cache
-def _networks(proxies: tuple[str, ...]) -> tuple[Network, ...]:
+def networks(proxies: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
 
 
-def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+def trusted(address: str, proxies: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -75,7 +75,7 @@ def client_address(peer: str | None, forwarded: str, proxies: tuple[Network, ...
     trusted; a malformed entry stops the walk at the proxy that passed it on."""
     address = peer
     hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-    while address is not None and hops and _trusted(address, proxies):
+    while address is not None and hops and trusted(address, proxies):
         hop = hops.pop()
         try:
             ipaddress.ip_address(hop)
@@ -106,12 +106,12 @@ async def principal_of(request: web.Request) -> Principal:
         return await _api_key_principal(request, credential)
     state = request.config_dict
     claims = state[TOKENS].verify(credential)
-    user = await _active_user(request, claims.user_id)
+    user = await active_user(request, claims.user_id)
     valid_after = user.tokens_valid_after
     # `iat` has whole seconds: a token of the second the revocation happened in stays good.
     if valid_after is not None and claims.issued_at < valid_after.replace(microsecond=0):
         raise InvalidTokenError("the token was revoked: sign in again")
-    if claims.session_id is not None and not await _session_open(request, claims.session_id):
+    if claims.session_id is not None and not await session_open(request, claims.session_id):
         raise InvalidTokenError("the session was ended: sign in again")
     role = acting_role(state[CONTAINER].settings, user, claims.amr)
     return Principal(user, role, session_id=claims.session_id, amr=claims.amr)
@@ -125,14 +125,15 @@ async def _api_key_principal(request: web.Request, key: str) -> Principal:
     cache = state[API_KEY_CACHE]
     row = await cache.get(key, functools.partial(run_db, state, api_keys.find))
     row = api_keys.check_usable(row, utcnow())
-    user = await _active_user(request, row.user_id)
+    user = await active_user(request, row.user_id)
     if cache.due_for_touch(row.id):
         await run_db(state, api_keys.touch, row.id)
     role = acting_role(state[CONTAINER].settings, user, (mfa.OTP,))
     return Principal(user, role, scopes=frozenset(row.scopes), api_key_id=row.id)
 
 
-async def _active_user(request: web.Request, user_id: uuid.UUID) -> User:
+async def active_user(request: web.Request, user_id: uuid.UUID) -> User:
+    """The user with this id (cached); InvalidTokenError if it is gone or deactivated."""
     state = request.config_dict
     user = await state[USER_CACHE].get(user_id, functools.partial(run_db, state, users.get_by_id))
     if user is None or not user.active:
@@ -140,7 +141,8 @@ async def _active_user(request: web.Request, user_id: uuid.UUID) -> User:
     return user
 
 
-async def _session_open(request: web.Request, session_id: uuid.UUID) -> bool:
+async def session_open(request: web.Request, session_id: uuid.UUID) -> bool:
+    """Whether a sign-in session is open (cached for SESSION_TTL; at once after a `drop`)."""
     state = request.config_dict
     return await state[SESSION_CACHE].get(
         session_id, functools.partial(run_db, state, sessions.is_open)

@@ -13,7 +13,8 @@ from conveyor.http.metrics import Metrics
 from conveyor.http.oidc_fetch import OidcFetcher
 from conveyor.http.principal import Principal
 from conveyor.http.routes import RouteTable
-from conveyor.http.user_cache import SessionCache, UserCache
+from conveyor.http.session_cookie import SessionCookies
+from conveyor.http.user_cache import BrowserSessionCache, SessionCache, UserCache
 from conveyor.models import User
 from conveyor.notifications.templates import Templates
 from conveyor.notifications.unsubscribe import UnsubscribeLinks
@@ -37,6 +38,10 @@ USER_CACHE = web.AppKey("user_cache", UserCache)
 #: Whether each sign-in session is open: access tokens of an ended session are refused.
 SESSION_CACHE = web.AppKey("session_cache", SessionCache)
 #: Fetches what the OpenID Connect providers publish (set only when some are configured).
+#: Makes and reads the browser's session cookie and the CSRF tokens of its pages.
+SESSION_COOKIES = web.AppKey("session_cookies", SessionCookies)
+#: The sessions that session cookies name (who, since when, by what means).
+BROWSER_SESSIONS = web.AppKey("browser_sessions", BrowserSessionCache)
 OIDC = web.AppKey("oidc", OidcFetcher)
 API_KEY_CACHE = web.AppKey("api_key_cache", ApiKeyCache)
 #: The last result of each readiness check ("ok" or "failed"), so a failure is logged when

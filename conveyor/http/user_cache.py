@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from conveyor.models import User
+from conveyor.models import AuthSession, User
 
 #: Seconds a session's state is trusted: how late another process's revocation may be noticed.
 SESSION_TTL = 5.0
@@ -63,3 +63,36 @@ class UserCache(TtlCache[uuid.UUID, User | None]):
 class SessionCache(TtlCache[uuid.UUID, bool]):
     """Whether each sign-in session is open. A session ended by another process stops its
     access tokens within `ttl` (SESSION_TTL); one ended by this process, at once (`drop`)."""
+
+
+#: How often a browser session's use is written (`last_used_at`), at most, per process.
+TOUCH_SECONDS = 60.0
+
+
+class BrowserSessionCache(TtlCache[uuid.UUID, AuthSession | None]):
+    """Sign-in sessions' rows by id, for the session cookie: who, since when, until when, by
+    what means (none of which changes; whether a session is still open is SessionCache's).
+    Also when this process last wrote each one's use, so it writes at most once a minute."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 60.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(ttl=ttl, max_entries=max_entries, clock=clock)
+        self._touched: OrderedDict[uuid.UUID, float] = OrderedDict()
+
+    def due_for_touch(self, session_id: uuid.UUID) -> bool:
+        """Whether this process should record a use of the session now (its first here, or a
+        minute after the last one it recorded)."""
+        last = self._touched.get(session_id)
+        return last is None or self._clock() - last >= TOUCH_SECONDS
+
+    def touched(self, session_id: uuid.UUID) -> None:
+        """Count a use recorded now."""
+        self._touched[session_id] = self._clock()
+        self._touched.move_to_end(session_id)
+        while len(self._touched) > self.max_entries:
+            self._touched.popitem(last=False)

@@ -91,6 +91,8 @@ class TokenPurpose(enum.StrEnum):
     #: An OpenID Connect login done, for a browser sent to `return_to`: the front end trades
     #: this code for the session (a minute, once).
     OIDC_CODE = "oidc_code"
+    #: A sign-in link made on the server (`conveyor dev` prints one for its admin).
+    SIGN_IN_LINK = "sign_in_link"
 
 
 class OneTimeToken(Base):

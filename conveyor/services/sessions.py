@@ -347,6 +347,29 @@ def is_open(db: sessionmaker[Session], session_id: uuid.UUID) -> bool:
     )
 
 
+def get(db: sessionmaker[Session], session_id: uuid.UUID) -> AuthSession | None:
+    """The session with this id (open or not), if there is one."""
+    with db() as session:
+        return session.get(AuthSession, session_id)
+
+
+def touch(db: sessionmaker[Session], session_id: uuid.UUID, idle: dt.timedelta) -> bool:
+    """Record a use of an open session (a browser's, whose cookie has no refresh token to
+    rotate); False, recording nothing, when it went unused longer than `idle` or is ended."""
+    now = utcnow()
+    with transaction(db) as session:
+        used = session.execute(
+            update(AuthSession)
+            .where(
+                AuthSession.id == session_id,
+                AuthSession.revoked_at.is_(None),
+                AuthSession.last_used_at > now - idle,
+            )
+            .values(last_used_at=now)
+        )
+        return rowcount(used) == 1
+
+
 def list_open(db: sessionmaker[Session], user_id: uuid.UUID) -> list[AuthSession]:
     """A user's open sessions, newest first."""
     with db() as session:

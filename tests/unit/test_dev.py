@@ -110,7 +110,9 @@ def test_with_port_0_unsubscribe_links_point_at_the_port_it_was_given(
             assert name == LINKS
             return links
 
-    _started("127.0.0.1", "tok", Built())(43210)  # type: ignore[arg-type]
+    _started("127.0.0.1", "tok", "cvl_x", Built())(43210)  # type: ignore[arg-type]
     url = links.url(OptOut("user:x", "welcome", "email"))
     assert url.startswith("http://127.0.0.1:43210/v1/unsubscribe?token=")
-    assert "url: http://127.0.0.1:43210" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "url: http://127.0.0.1:43210" in out
+    assert "sign-in: http://127.0.0.1:43210/app/login/link?token=cvl_x" in out

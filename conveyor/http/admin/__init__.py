@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from conveyor.errors import PermissionDeniedError
-from conveyor.http.auth import authenticate
+from conveyor.http.browser_session import authenticate_page
 from conveyor.http.keys import PRINCIPAL
 from conveyor.http.middleware import rendering_errors
 from conveyor.http.pages import error_page
@@ -19,14 +19,17 @@ PREFIX = "/admin"
 routes = RouteTable(
     tag="admin",
     error_type=HTML,
-    auth_errors={401: "Missing or invalid token", 403: "Not an operator or admin"},
+    auth_errors={
+        401: "Not signed in (a page's GET goes to the sign-in page instead)",
+        403: "Not an operator or admin",
+    },
 )
 
 
 async def authenticate_admin(request: web.Request, route: Route | None) -> None:
-    """The pages are for operators and admins: a path that matches no page too, so others
-    learn nothing of which pages exist."""
-    await authenticate(request, route)
+    """The pages are for operators and admins (signed in with the session cookie or a bearer
+    token): a path that matches no page too, so others learn nothing of which pages exist."""
+    await authenticate_page(request, route)
     if route is None and not request[PRINCIPAL].role.at_least(Role.OPERATOR):
         raise PermissionDeniedError("these pages are for operators and admins")
 

@@ -73,7 +73,8 @@ class MfaLoginIn(BaseModel):
     code: str = CODE
 
 
-def _checker(state: ChainMapProxy) -> mfa.Checker:
+def checker_of(state: ChainMapProxy) -> mfa.Checker:
+    """What checks second factors, with the app's attempt limits."""
     container = state[CONTAINER]
     throttles = state[THROTTLES]
     return mfa.Checker(
@@ -103,7 +104,7 @@ async def begin_totp(request: web.Request) -> web.Response:
     enrolment = await run_db(
         state,
         mfa.begin_enrolment,
-        _checker(state),
+        checker_of(state),
         request[PRINCIPAL].user.id,
         password=body.password,
         session_id=request[PRINCIPAL].session_id,
@@ -133,7 +134,7 @@ async def confirm_totp(request: web.Request) -> web.Response:
     enabled = await run_db(
         state,
         mfa.confirm_enrolment,
-        _checker(state),
+        checker_of(state),
         state[TOKENS].config,
         Lifetimes.of(state[CONTAINER].settings),
         principal.user.id,
@@ -173,7 +174,7 @@ async def disable_mfa(request: web.Request) -> web.Response:
     await run_db(
         state,
         mfa.disable,
-        _checker(state),
+        checker_of(state),
         user_id,
         password=body.password,
         session_id=principal.session_id,
@@ -206,7 +207,7 @@ async def regenerate_recovery_codes(request: web.Request) -> web.Response:
     codes = await run_db(
         state,
         mfa.regenerate_recovery_codes,
-        _checker(state),
+        checker_of(state),
         request[PRINCIPAL].user.id,
         body.code,
         session_id=request[PRINCIPAL].session_id,
@@ -236,7 +237,7 @@ async def login_mfa(request: web.Request) -> web.Response:
     tokens = await run_db(
         state,
         mfa.finish_sign_in,
-        _checker(state),
+        checker_of(state),
         state[TOKENS].config,
         Lifetimes.of(state[CONTAINER].settings),
         body.mfa_token,

@@ -54,6 +54,13 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("POST", "/admin/users/{user_id}/active"): Role.ADMIN,
     ("POST", "/admin/users/{user_id}/sign-out"): Role.ADMIN,
     ("GET", "/app/"): Role.MEMBER,
+    ("GET", "/app/login"): None,
+    ("POST", "/app/login"): None,
+    ("GET", "/app/login/mfa"): None,
+    ("POST", "/app/login/mfa"): None,
+    ("GET", "/app/login/link"): None,
+    ("POST", "/app/login/link"): None,
+    ("POST", "/app/logout"): Role.MEMBER,
     ("GET", "/app/jobs/live"): Role.MEMBER,
     ("GET", "/app/jobs/new"): Role.MEMBER,
     ("POST", "/app/jobs/new"): Role.MEMBER,
@@ -123,6 +130,12 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
 }
 
 
+#: The pages' prefixes: their GETs send a browser without a session to the sign-in form.
+PAGES = ("/admin/", "/app/")
+
+#: Public forms that a browser may post only with the double-submit token of their page.
+SIGN_IN_FORMS = {("POST", "/app/login"), ("POST", "/app/login/mfa"), ("POST", "/app/login/link")}
+
 #: Routes that refuse (403) a user acting below their role for want of a second factor, though
 #: their least role is member: what they make would act with the user's full role.
 STRONG_ONLY = {("POST", "/v1/me/api-keys")}
@@ -164,11 +177,18 @@ async def test_every_route_answers_each_role_as_the_table_says(embedded_stack: S
         least = EXPECTED[key]
         assert route.spec.role == least, key
         url = route.url()
-        anonymous = await stack.client.request(route.method, url)
+        anonymous = await stack.client.request(route.method, url, allow_redirects=False)
         if least is None:
+            if key in SIGN_IN_FORMS:  # refused for want of the form's token, not a sign-in
+                assert anonymous.status == 403, key
+                continue
             assert anonymous.status not in (401, 403), key
             continue
-        assert anonymous.status == 401, key
+        if method == "GET" and key[1].startswith(PAGES):  # a page sends to its sign-in form
+            assert anonymous.status == 303, key
+            assert anonymous.headers["Location"].startswith("/app/login?next="), key
+        else:
+            assert anonymous.status == 401, key
         for who, (token, acts_as) in tokens.items():
             response = await stack.client.request(route.method, url, headers=stack.headers(token))
             if who == "admin without MFA" and key in STRONG_ONLY:

@@ -32,10 +32,11 @@ async def test_a_member_is_forbidden(embedded_stack: Stack) -> None:
 
 
 async def test_no_token_is_unauthorized_with_a_challenge(embedded_stack: Stack) -> None:
-    response = await embedded_stack.client.get("/admin/")
+    # A GET goes to the sign-in form instead (tests/unit/http/test_browser_session.py).
+    response = await embedded_stack.client.post("/admin/")
     text = await _page(response, 401)
     assert "401 Unauthorized" in text
-    assert "Authorization: Bearer" in text.replace("&#x27;", "'")
+    assert "sign in first: /app/login" in text
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="conveyor"'
 
 
@@ -54,7 +55,9 @@ async def test_an_unknown_admin_page_is_not_found_for_an_admin(embedded_stack: S
     assert "404 Not Found" in text
     assert "no route matches /admin/x" in text
     # Authentication comes first: nothing about /admin is told to others.
-    await _page(await stack.client.get("/admin/x"), 401)
+    await _page(await stack.client.post("/admin/x"), 401)
+    anonymous = await stack.client.get("/admin/x", allow_redirects=False)
+    assert anonymous.status == 303
     await _page(await stack.client.get("/admin/x", headers=stack.headers()), 403)
 
 

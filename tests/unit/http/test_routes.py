@@ -12,6 +12,7 @@ from conveyor.http.middleware import problems
 from conveyor.http.routes import HTML, PROBLEM_JSON, Answer, Parameter, RouteTable
 from conveyor.models import Role
 from tests.stack import Stack
+from tests.unit.http.test_access import SIGN_IN_FORMS
 from tests.unit.http.walk import routes_of
 
 #: The media type of each sub-app's errors, as the README promises them.
@@ -23,10 +24,19 @@ async def test_every_route_not_marked_public_needs_a_token(embedded_stack: Stack
     assert {f.prefix for f in found} == {"", "/v1", "/admin", "/app"}
     assert len(found) > 10
     for route in found:
-        response = await embedded_stack.client.request(route.method, route.url())
+        response = await embedded_stack.client.request(
+            route.method, route.url(), allow_redirects=False
+        )
         where = (route.method, route.path)
         if route.spec is not None and route.spec.public:
+            if where in SIGN_IN_FORMS:  # refused for want of the form's token
+                assert response.status == 403, where
+                continue
             assert response.status not in (401, 403), where
+            continue
+        if route.method in ("GET", "HEAD") and route.prefix in ("/admin", "/app"):
+            # A page's GET sends a browser to the sign-in form.
+            assert response.status == 303, where
             continue
         assert response.status == 401, where
         assert response.headers["Content-Type"].startswith(ERROR_TYPE[route.prefix]), where
@@ -61,6 +71,10 @@ async def test_the_public_routes_are_the_operational_ones_and_unsubscribing(
         "/v1/auth/login",
         "/v1/auth/password-reset",
         "/v1/auth/password-reset/confirm",
+        # the browser's sign-in forms (a double-submit token guards their posts)
+        "/app/login",
+        "/app/login/mfa",
+        "/app/login/link",  # the single-use token of a link made on the server is the proof
     }
 
 
