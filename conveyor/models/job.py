@@ -99,13 +99,17 @@ class Job(Base):
             sqlite_where=text(_in(tuple(FINISHED_ORDER))),
         ),
         # Queue depths and the oldest waiting job per queue (`services.queues`): the jobs
-        # not started yet, by queue, status and when each is (or was) due.
+        # not started yet, by queue, status and when each is (or was) due. On PostgreSQL it
+        # also holds the columns `DUE_SQL` reads, so the figures are read by index only (it
+        # cannot match the expression itself for that): on a deep backlog, a few ms, not the
+        # hundreds of ms of a visit to every waiting row.
         Index(
             "ix_jobs_unstarted_queue_status_due",
             "queue",
             "status",
             text(DUE_SQL),
             postgresql_where=text(_in(UNSTARTED)),
+            postgresql_include=["next_attempt_at", "run_at", "created_at"],
             sqlite_where=text(_in(UNSTARTED)),
         ),
         # The error groups (`services.error_groups`): failed jobs by type and error type,

@@ -160,6 +160,20 @@ def groups(
     return found
 
 
+def failed_by_type(
+    db: sessionmaker[Session], *, timeout_seconds: float | None = TIMEOUT_SECONDS
+) -> dict[str, int]:
+    """How many failed jobs each job type has, read from the index of failed jobs only (the
+    queues page sums them by the queue each type uses: far cheaper than grouping the failed
+    rows by their `queue`, which the index does not hold)."""
+    with db() as session:
+        bound(session, timeout_seconds)
+        rows = session.execute(
+            select(jobs_t.c.type, func.count()).where(_failed()).group_by(jobs_t.c.type)
+        )
+        return {job_type: int(n) for job_type, n in rows}
+
+
 def group(
     db: sessionmaker[Session],
     job_type: str,

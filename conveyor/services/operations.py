@@ -29,7 +29,7 @@ from conveyor.models import Job, JobEvent, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import WAITING, events_t, jobs_t
 from conveyor.registry import Registry
-from conveyor.services import notifications
+from conveyor.services import audit, notifications
 from conveyor.services.jobs import Enqueuer, JobMessage, _visible, new_event
 from conveyor.services.outbox import publish_now
 
@@ -271,15 +271,30 @@ def purge_queue(
     queue: str,
     *,
     limit: int | None = None,
+    client: audit.Client = audit.NOBODY,
 ) -> BulkResult:
     """Cancel the waiting jobs (scheduled, queued, retrying) of `queue`, up to `limit` of them
     (default `DEFAULT_BULK_LIMIT`) in batches, as `bulk_cancel` does; `more` says whether
     some are left (call again). Running jobs go on. Their messages stay on the broker, and
-    workers skip them (the job is cancelled). Operators and admins only."""
+    workers skip them (the job is cancelled). Written to the audit log (`queue_purged`) once
+    the batches are done, with how many jobs it settled. Operators and admins only."""
     require_operator(by)
     where = JobFilter(statuses=tuple(s.value for s in WAITING), queues=(queue,))
     limit = DEFAULT_BULK_LIMIT if limit is None else limit
-    return bulk_cancel(db, announcer, by, where, limit=limit, reason=f"purge of queue {queue}")
+    result = bulk_cancel(db, announcer, by, where, limit=limit, reason=f"purge of queue {queue}")
+    with transaction(db) as session:
+        audit.record(
+            session,
+            "queue_purged",
+            client=client,
+            # The command line's stand-in operator (the nil id) is no stored user.
+            actor_id=None if by.id is None or by.id.int == 0 else by.id,
+            queue=queue,
+            cancelled=result.count,
+            more=result.more,
+            by=who(by),
+        )
+    return result
 
 
 # --- retry --------------------------------------------------------------------------------

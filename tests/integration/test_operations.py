@@ -19,7 +19,7 @@ from conveyor.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from conveyor.models import Job, JobEvent, JobStatus, Role, User
+from conveyor.models import AuditEvent, Job, JobEvent, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import events_t, jobs_t
 from conveyor.registry import JOBS
@@ -327,6 +327,15 @@ def test_purge_cancels_every_waiting_job_of_the_queue(
     assert not row(pg_db, running.id).cancel_requested  # type: ignore[union-attr]
     assert row(pg_db, elsewhere.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
     assert messages(pg_db, waiting[0].id)[-1] == "purge of queue reports by admin@example.com"
+    with pg_db() as session:
+        [audited] = session.scalars(select(AuditEvent).where(AuditEvent.action == "queue_purged"))
+    assert audited.actor_id == users[0].id
+    assert audited.details == {
+        "queue": "reports",
+        "cancelled": 4,
+        "more": False,
+        "by": "admin@example.com",
+    }
 
 
 def test_a_purge_cancels_up_to_its_limit_and_says_whether_more_are_left(

@@ -8,8 +8,8 @@ from conveyor.errors import PermissionDeniedError
 from conveyor.http.browser_session import authenticate_page
 from conveyor.http.keys import PRINCIPAL
 from conveyor.http.middleware import rendering_errors
-from conveyor.http.pages import error_page, render
-from conveyor.http.routes import HTML, Answer, Route, RouteTable
+from conveyor.http.pages import error_page
+from conveyor.http.routes import HTML, Route, RouteTable
 from conveyor.models import Role
 
 __all__ = ["PREFIX", "build_admin", "routes"]
@@ -34,19 +34,6 @@ async def authenticate_admin(request: web.Request, route: Route | None) -> None:
         raise PermissionDeniedError("these pages are for operators and admins")
 
 
-@routes.get(
-    "/",
-    name="admin_index",
-    role=Role.OPERATOR,
-    answers={
-        200: Answer("The index page", content_type=HTML, schema={"type": "string"}),
-    },
-)
-async def index(request: web.Request) -> web.Response:
-    """The overview: what the platform is doing now."""
-    return render(request, "admin/overview.html", title="Overview")
-
-
 def build_admin() -> web.Application:
     """The sub-app to mount at /admin; each route names the least role that may see it."""
     app = web.Application(middlewares=[rendering_errors(error_page)])
@@ -58,5 +45,9 @@ from conveyor.http.admin import (  # noqa: E402, F401  (the pages add their rout
     audit,
     errors,
     jobs,
+    overview,
+    pools,
+    queues,
     users,
+    workers,
 )

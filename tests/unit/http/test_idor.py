@@ -15,6 +15,10 @@ from tests.unit.http.walk import routes_of
 #: Routes with an id in the path that no member may call at all (the role table's test
 #: checks their 403): operators' and admins' routes, on everyone's things by design.
 NOT_FOR_MEMBERS = {
+    ("GET", "/admin/queues/{queue}/purge"),
+    ("POST", "/admin/queues/{queue}/purge"),
+    ("POST", "/admin/queues/{queue}/pause"),
+    ("POST", "/admin/queues/{queue}/resume"),
     ("GET", "/admin/jobs/{job_id}"),
     ("GET", "/admin/jobs/{job_id}/live"),
     ("POST", "/admin/jobs/{job_id}/retry"),

@@ -1,0 +1,45 @@
+"""The pages of the worker pools that have one beyond the queues: the notifications pool
+(`/admin/notifications`): the deliveries of the last hour by channel, provider and outcome,
+and the latest failed deliveries with their errors. The other pools (reports, schedules,
+workflows) get their page when they land."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from conveyor.http.admin import routes
+from conveyor.http.admin.overview import PAGE
+from conveyor.http.keys import CONTAINER, USER
+from conveyor.http.pages import render
+from conveyor.http.runtime import run_db
+from conveyor.models import Role
+from conveyor.models.notification import DeliveryStatus
+from conveyor.services import delivery_stats, notifications
+from conveyor.services.cursors import Cursors
+
+#: The failed deliveries the page lists, newest first.
+FAILURES_SHOWN = 25
+
+
+@routes.get("/notifications", name="admin_notifications", role=Role.OPERATOR, answers={200: PAGE})
+async def notifications_page(request: web.Request) -> web.Response:
+    """The notifications pool: recent deliveries by channel, provider and outcome; failures."""
+    settings = request.config_dict[CONTAINER].settings
+    summary = await run_db(request.config_dict, delivery_stats.summary)
+    failures = await run_db(
+        request.config_dict,
+        notifications.list_deliveries,
+        request[USER],
+        Cursors.of(settings),
+        statuses=[DeliveryStatus.FAILED.value],
+        limit=FAILURES_SHOWN,
+    )
+    return render(
+        request,
+        "admin/notifications.html",
+        title="Notifications",
+        summary=summary,
+        statuses=delivery_stats.SHOWN,
+        failures=failures.items,
+        more_failures=failures.next_cursor is not None,
+    )
