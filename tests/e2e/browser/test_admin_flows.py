@@ -118,6 +118,10 @@ def jobs(server: BrowserServer, member: Api, admin: Page) -> dict[str, str]:
 
 ADMIN_PAGES = {
     "admin-overview": "/admin/",
+    "admin-queues-busy": "/admin/queues",
+    "admin-queue-purge-confirm": "/admin/queues/system/purge",
+    "admin-workers-busy": "/admin/workers",
+    "admin-notifications-none": "/admin/notifications",
     "admin-jobs": "/admin/jobs",
     "admin-jobs-failed": "/admin/jobs?status=failed",
     "admin-jobs-none": "/admin/jobs?type=system.fail",
