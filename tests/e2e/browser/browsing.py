@@ -127,3 +127,13 @@ def look_at(page: Page, name: str) -> None:
         screenshot(page, f"{name}-phone")
     finally:
         page.set_viewport_size(LAPTOP)
+
+
+def look_at_in_dark(page: Page, name: str) -> None:
+    """`look_at` with the system's dark colour scheme (`<name>-dark.png`, `-dark-phone.png`):
+    the pages follow it, and their contrast must hold there too."""
+    page.emulate_media(color_scheme="dark")
+    try:
+        look_at(page, f"{name}-dark")
+    finally:
+        page.emulate_media(color_scheme="light")

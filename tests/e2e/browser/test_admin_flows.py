@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from conveyor.models import Role
-from tests.e2e.browser.browsing import look_at, sign_in_with_code
+from tests.e2e.browser.browsing import look_at, look_at_in_dark, sign_in_with_code
 from tests.e2e.browser.conftest import PASSWORD, BrowserServer, open_page
 from tests.e2e.processes import Api
 from tests.stack import wait_until
@@ -94,7 +94,7 @@ def test_an_admin_retries_an_error_group_and_sees_its_jobs_succeed(
 
 
 @pytest.fixture(scope="module")
-def jobs(server: BrowserServer, member: Api, admin: Page) -> dict[str, str]:
+def jobs(server: BrowserServer, member: Api, admin: Page) -> Iterator[dict[str, str]]:
     """Jobs in several states for the pages to show, by state; error groups of two types."""
     succeeded = member.submit("system.echo", {"greeting": "hello"})
     failed = member.submit("testing.explode", {"message": "the ledger does not balance"})
@@ -106,7 +106,7 @@ def jobs(server: BrowserServer, member: Api, admin: Page) -> dict[str, str]:
     assert status == 202, scheduled
     running = member.submit("system.sleep", {"seconds": 60, "steps": 60})
     wait_until(lambda: member.get(running["id"])["progress"], timeout=20)
-    return {
+    yield {
         "succeeded": succeeded["id"],
         "failed": failed["id"],
         "scheduled": scheduled["id"],
@@ -114,6 +114,10 @@ def jobs(server: BrowserServer, member: Api, admin: Page) -> dict[str, str]:
         "member": str(server.users[MEMBER].id),
         "group": urlencode({"type": "testing.explode", "error_type": "RuntimeError"}),
     }
+    # The worker stops at once at the end of the module, with no job in hand.
+    status, _ = member.request("POST", f"/v1/jobs/{running['id']}/cancel")
+    assert status == 202, status
+    member.wait_finished(running["id"])
 
 
 ADMIN_PAGES = {
@@ -144,3 +148,11 @@ def test_the_admin_pages_are_accessible_on_a_laptop_and_a_phone(
     admin.goto(ADMIN_PAGES[name].format(**jobs))
     expect(admin.get_by_role("heading", level=1)).to_be_visible()
     look_at(admin, name)
+
+
+@pytest.mark.parametrize("name", ["admin-overview", "admin-jobs", "admin-job-failed", "admin-audit"])
+def test_the_admin_pages_are_readable_in_the_dark(
+    admin: Page, jobs: dict[str, str], name: str
+) -> None:
+    admin.goto(ADMIN_PAGES[name].format(**jobs))
+    look_at_in_dark(admin, name)

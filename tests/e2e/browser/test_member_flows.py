@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.browser.browsing import look_at, sign_in
+from tests.e2e.browser.browsing import look_at, look_at_in_dark, sign_in
 from tests.e2e.browser.conftest import PASSWORD, BrowserServer, open_page
 from tests.stack import wait_until
 
@@ -55,7 +55,7 @@ def test_a_member_submits_a_job_through_its_form_and_watches_it_finish(
     title = member.get_by_label("Title")
     # The schema asks for three characters at least, which the browser does not check.
     title.fill("Q3")
-    member.get_by_label("Pages").fill("10")
+    member.get_by_label("Pages").fill("6")
     member.get_by_label("Draft").check()
     with member.expect_navigation():
         member.get_by_role("button", name="Submit the job").click()
@@ -64,7 +64,7 @@ def test_a_member_submits_a_job_through_its_form_and_watches_it_finish(
     expect(member.locator("#error-payload\\.title")).to_contain_text("at least 3 characters")
     expect(title).to_have_accessible_description(re.compile("at least 3 characters"))
     # What was typed is still there, to be corrected.
-    expect(member.get_by_label("Pages")).to_have_value("10")
+    expect(member.get_by_label("Pages")).to_have_value("6")
     expect(member.get_by_label("Draft")).to_be_checked()
     look_at(member, "app-new-job-invalid")
     title.fill("Quarterly report")
@@ -84,7 +84,7 @@ def test_a_member_submits_a_job_through_its_form_and_watches_it_finish(
 
 
 @pytest.fixture(scope="module")
-def jobs(server: BrowserServer, member: Page) -> dict[str, str]:
+def jobs(server: BrowserServer, member: Page) -> Iterator[dict[str, str]]:
     """The member's jobs in several states, by state: what their pages show."""
     api = server.api_as(MEMBER)
     succeeded = api.submit("system.echo", {"greeting": "hello"})
@@ -96,12 +96,16 @@ def jobs(server: BrowserServer, member: Page) -> dict[str, str]:
     assert status == 202, scheduled
     running = api.submit("system.sleep", {"seconds": 60, "steps": 60})
     wait_until(lambda: api.get(running["id"])["progress"], timeout=20)
-    return {
+    yield {
         "succeeded": succeeded["id"],
         "failed": failed["id"],
         "scheduled": scheduled["id"],
         "running": running["id"],
     }
+    # The worker stops at once at the end of the module, with no job in hand.
+    status, _ = api.request("POST", f"/v1/jobs/{running['id']}/cancel")
+    assert status == 202, status
+    api.wait_finished(running["id"])
 
 
 MEMBER_PAGES = {
@@ -124,3 +128,11 @@ def test_the_members_pages_are_accessible_on_a_laptop_and_a_phone(
     member.goto(MEMBER_PAGES[name].format(**jobs))
     expect(member.get_by_role("heading", level=1)).to_be_visible()
     look_at(member, name)
+
+
+@pytest.mark.parametrize("name", ["app-index", "app-job-failed", "app-preferences"])
+def test_the_members_pages_are_readable_in_the_dark(
+    member: Page, jobs: dict[str, str], name: str
+) -> None:
+    member.goto(MEMBER_PAGES[name].format(**jobs))
+    look_at_in_dark(member, name)
