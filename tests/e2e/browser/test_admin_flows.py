@@ -150,7 +150,9 @@ def test_the_admin_pages_are_accessible_on_a_laptop_and_a_phone(
     look_at(admin, name)
 
 
-@pytest.mark.parametrize("name", ["admin-overview", "admin-jobs", "admin-job-failed", "admin-audit"])
+@pytest.mark.parametrize(
+    "name", ["admin-overview", "admin-jobs", "admin-job-failed", "admin-audit"]
+)
 def test_the_admin_pages_are_readable_in_the_dark(
     admin: Page, jobs: dict[str, str], name: str
 ) -> None:

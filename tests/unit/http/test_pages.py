@@ -48,6 +48,7 @@ def test_prose_shows_code_spans_as_code_and_escapes_the_rest() -> None:
     template = environment().from_string("{{ text|prose }}")
     rendered = template.render(text="Fail the first `failures` attempts <b>now</b> `<x>`")
     assert rendered == (
-        "Fail the first <code>failures</code> attempts &lt;b&gt;now&lt;/b&gt; <code>&lt;x&gt;</code>"
+        "Fail the first <code>failures</code> attempts &lt;b&gt;now&lt;/b&gt; "
+        "<code>&lt;x&gt;</code>"
     )
     assert environment().from_string("{{ text|prose }}").render(text=None) == ""
