@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from conveyor.announcements import Announcer
-from conveyor.db import bound, transaction
+from conveyor.db import bound
 from conveyor.errors import InvalidRequestError, TransientError
 from conveyor.models import Job, JobEvent, JobStatus, User
 from conveyor.models.job import FINISHED, jobs_t
@@ -260,17 +260,16 @@ def job_page(
 def _record(
     db: sessionmaker[Session], action: str, by: User, client: Client, job: Job, **details: object
 ) -> None:
-    with transaction(db) as session:
-        audit.record(
-            session,
-            action,
-            client=client,
-            actor_id=by.id,
-            subject_id=job.owner_id,
-            job_id=str(job.id),
-            job_type=job.type,
-            **details,
-        )
+    audit.record_apart(
+        db,
+        action,
+        client=client,
+        actor_id=by.id,
+        subject_id=job.owner_id,
+        job_id=str(job.id),
+        job_type=job.type,
+        **details,
+    )
 
 
 def retry(

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.db import transaction
 from conveyor.ids import uuid7
 from conveyor.models import AuditEvent
 from conveyor.models.base import utcnow
@@ -61,6 +62,28 @@ def record(
     )
     session.add(event)
     return event
+
+
+def record_apart(
+    db: sessionmaker[Session],
+    action: str,
+    *,
+    client: Client = NOBODY,
+    actor_id: uuid.UUID | None = None,
+    subject_id: uuid.UUID | None = None,
+    **details: Any,
+) -> None:
+    """Record an audit event in a transaction of its own: for an action done over several
+    transactions (a bulk action's batches), once it is done and its count known."""
+    with transaction(db) as session:
+        record(session, action, client=client, actor_id=actor_id, subject_id=subject_id, **details)
+
+
+def actor_id_of(user: Any) -> uuid.UUID | None:
+    """A user's id as the audit log keeps it: None for the command line's stand-in operator
+    (the nil id), which is no stored user."""
+    user_id: uuid.UUID | None = user.id
+    return None if user_id is None or user_id.int == 0 else user_id
 
 
 @dataclass(frozen=True)

@@ -246,17 +246,16 @@ def _record(
     error_type: str | None,
     result: BulkResult,
 ) -> None:
-    with transaction(db) as session:
-        audit.record(
-            session,
-            action,
-            client=client,
-            actor_id=by.id,
-            job_type=job_type,
-            error_type=error_type,
-            count=result.count,
-            more=result.more,
-        )
+    audit.record_apart(
+        db,
+        action,
+        client=client,
+        actor_id=by.id,
+        job_type=job_type,
+        error_type=error_type,
+        count=result.count,
+        more=result.more,
+    )
 
 
 def retry_group(
@@ -277,7 +276,9 @@ def retry_group(
     where = JobFilter(
         statuses=(JobStatus.FAILED.value,), types=(job_type,), error_types=(error_type,)
     )
-    result = operations.bulk_retry(db, enqueuer, announcer, registry, by, where, limit=limit)
+    result = operations.bulk_retry(
+        db, enqueuer, announcer, registry, by, where, limit=limit, audited_as=None
+    )
     _record(db, "error_group_retried", by, client, job_type, error_type, result)
     return result
 

@@ -183,9 +183,13 @@ def bulk_cancel(
     *,
     limit: int = DEFAULT_BULK_LIMIT,
     reason: str = "bulk cancel",
+    client: audit.Client = audit.NOBODY,
+    audited_as: str | None = "jobs_cancelled",
 ) -> BulkResult:
     """Cancel the waiting jobs that match (at once) and ask the running ones to stop, up to
-    `limit` of them, `BATCH` per transaction. Operators and admins only."""
+    `limit` of them, `BATCH` per transaction. Written to the audit log as `audited_as` (None:
+    the caller records its own action) with the filter and the counts. Operators and admins
+    only."""
     require_operator(by)
     _check_filter(where)
     limit = check_limit(limit)
@@ -261,6 +265,17 @@ def bulk_cancel(
         stopping,
         where.describe(),
     )
+    if audited_as is not None:
+        audit.record_apart(
+            db,
+            audited_as,
+            client=client,
+            actor_id=audit.actor_id_of(by),
+            filter=where.describe(),
+            cancelled=done - stopping,
+            stopping=stopping,
+            more=more,
+        )
     return BulkResult(done, more, stopping=stopping)
 
 
@@ -281,19 +296,19 @@ def purge_queue(
     require_operator(by)
     where = JobFilter(statuses=tuple(s.value for s in WAITING), queues=(queue,))
     limit = DEFAULT_BULK_LIMIT if limit is None else limit
-    result = bulk_cancel(db, announcer, by, where, limit=limit, reason=f"purge of queue {queue}")
-    with transaction(db) as session:
-        audit.record(
-            session,
-            "queue_purged",
-            client=client,
-            # The command line's stand-in operator (the nil id) is no stored user.
-            actor_id=None if by.id is None or by.id.int == 0 else by.id,
-            queue=queue,
-            cancelled=result.count,
-            more=result.more,
-            by=who(by),
-        )
+    result = bulk_cancel(
+        db, announcer, by, where, limit=limit, reason=f"purge of queue {queue}", audited_as=None
+    )
+    audit.record_apart(
+        db,
+        "queue_purged",
+        client=client,
+        actor_id=audit.actor_id_of(by),
+        queue=queue,
+        cancelled=result.count,
+        more=result.more,
+        by=who(by),
+    )
     return result
 
 
@@ -409,9 +424,12 @@ def bulk_retry(
     where: JobFilter,
     *,
     limit: int = DEFAULT_BULK_LIMIT,
+    client: audit.Client = audit.NOBODY,
+    audited_as: str | None = "jobs_retried",
 ) -> BulkResult:
     """Retry the `failed` and `cancelled` jobs that match, up to `limit`, `BATCH` per
-    transaction, each published after its batch commits. Operators and admins only."""
+    transaction, each published after its batch commits. Written to the audit log as
+    `audited_as` (None: the caller records its own action). Operators and admins only."""
     require_operator(by)
     _check_filter(where)
     limit = check_limit(limit)
@@ -446,6 +464,17 @@ def bulk_retry(
         skipped,
         where.describe(),
     )
+    if audited_as is not None:
+        audit.record_apart(
+            db,
+            audited_as,
+            client=client,
+            actor_id=audit.actor_id_of(by),
+            filter=where.describe(),
+            retried=done,
+            skipped=skipped,
+            more=more,
+        )
     return BulkResult(done, more, skipped=skipped)
 
 

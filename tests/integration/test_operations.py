@@ -252,6 +252,19 @@ def test_bulk_cancel_by_filter_in_batches(
     assert row(pg_db, theirs.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
     assert row(pg_db, finished.id).status == JobStatus.SUCCEEDED  # type: ignore[union-attr]
     assert messages(pg_db, mine[0].id)[-1] == "bulk cancel by admin@example.com"
+    with pg_db() as session:
+        audited = list(
+            session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.action == "jobs_cancelled")
+                .order_by(AuditEvent.id)
+            )
+        )
+    assert [(e.actor_id, e.details["cancelled"], e.details["more"]) for e in audited] == [
+        (admin.id, 3, True),
+        (admin.id, 0, False),
+    ]
+    assert audited[1].details["stopping"] == 1
 
 
 def test_bulk_operations_are_for_admins_with_a_filter(
@@ -295,6 +308,10 @@ def test_bulk_retry_retries_matching_failed_jobs_and_skips_unknown_types(
     )
 
     assert (result.count, result.skipped, result.more) == (1, 1, False)
+    with pg_db() as session:
+        [audited] = session.scalars(select(AuditEvent).where(AuditEvent.action == "jobs_retried"))
+    assert audited.actor_id == admin.id
+    assert (audited.details["retried"], audited.details["skipped"]) == (1, 1)
     assert row(pg_db, new.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
     assert row(pg_db, old.id).status == JobStatus.FAILED  # type: ignore[union-attr]
     assert row(pg_db, cancelled.id).status == JobStatus.CANCELLED  # type: ignore[union-attr]

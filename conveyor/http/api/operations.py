@@ -7,6 +7,7 @@ from pydantic_core import from_json
 
 from conveyor.errors import BadRequestError
 from conveyor.http.api.params import bounded_int, respond, routes
+from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, USER
 from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
@@ -79,6 +80,7 @@ async def cancel_jobs(request: web.Request) -> web.Response:
         request[USER],
         where,
         limit=limit,
+        client=client_of(request),
     )
     return respond(_out(result))
 
@@ -110,6 +112,7 @@ async def retry_jobs(request: web.Request) -> web.Response:
         request[USER],
         where,
         limit=limit,
+        client=client_of(request),
     )
     return respond(_out(result))
 
@@ -152,5 +155,6 @@ async def purge_queue(request: web.Request) -> web.Response:
         request[USER],
         request.match_info["queue"],
         limit=limit,
+        client=client_of(request),
     )
     return respond(_out(result))
