@@ -1,6 +1,7 @@
 """Job types that exist only in tests (time limits, a job that ignores cancellation, child
 jobs, planned retries, permanent errors, outbound HTTP from an async job, a job that queries
-the database itself)."""
+the database itself, a job that fails once without retrying, a job with a field of each
+simple type for the generated form)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import datetime as dt
 import time
 from typing import Any
 
+from pydantic import Field
 from sqlalchemy import text
 
 from conveyor.errors import RetryLater
@@ -174,3 +176,35 @@ if "testing.async_busy" not in JOBS:
     async def async_busy(payload: Busy) -> None:
         """Wait past the time limit in an `async def` job."""
         await asyncio.sleep(payload.seconds)
+
+
+class Flaky(Payload):
+    message: str = "the service was away"
+
+
+if "testing.fail_first" not in JOBS:
+
+    @job(queue="system", name="testing.fail_first", max_retries=0)
+    def fail_first(payload: Flaky, ctx: JobContext) -> dict[str, Any]:
+        """Fail the first attempt for good (no retries), succeed on the next: a job that a
+        person's retry fixes."""
+        if ctx.attempt == 1:
+            raise ConnectionError(payload.message)
+        return {"attempt": ctx.attempt}
+
+
+class Compose(Payload):
+    title: str = Field(min_length=3, max_length=40, description="What the document is called.")
+    pages: int = Field(3, ge=1, le=20, description="How many pages to write.")
+    draft: bool = Field(False, description="Mark it as a draft.")
+
+
+if "testing.compose" not in JOBS:
+
+    @job(queue="system", name="testing.compose", max_retries=0)
+    def compose(payload: Compose, ctx: JobContext) -> dict[str, Any]:
+        """Write the pages a little apart, reporting progress after each."""
+        for page in range(1, payload.pages + 1):
+            ctx.sleep(0.3)
+            ctx.progress(page / payload.pages, f"page {page} of {payload.pages}")
+        return {"title": payload.title, "pages": payload.pages, "draft": payload.draft}

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import mimetypes
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from multidict import MultiDictProxy
 
 from conveyor.errors import PermissionDeniedError
@@ -135,6 +136,17 @@ def _when(value: dt.datetime | None) -> str:
     return "" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+#: A `code` span of a docstring or a description, as people write them in text.
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")
+
+
+def _prose(text: str | None) -> Markup:
+    """Text written for people (a job type's docstring, a field's description), escaped, with
+    its `code` spans shown as code rather than between backticks."""
+    escaped = str(escape(text or ""))
+    return Markup(_CODE_SPAN.sub(r"<code>\1</code>", escaped))  # escaped above
+
+
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
 
@@ -154,6 +166,7 @@ def environment() -> jinja2.Environment:
     env.filters["span"] = _span
     env.filters["when"] = _when
     env.filters["pretty"] = _pretty
+    env.filters["prose"] = _prose
     return env
 
 

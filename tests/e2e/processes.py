@@ -174,18 +174,23 @@ class Processes:
         self.started.append(process.start())
         return process
 
-    def web(self, env: Mapping[str, str]) -> tuple[Process, Api]:
-        """`conveyor web` on a free port, once it answers `/healthz`."""
+    def web(self, env: Mapping[str, str], *, preload: str = "") -> tuple[Process, Api]:
+        """`conveyor web` on a free port, once it answers `/healthz`; `preload`: a module it
+        imports first (`tests.jobs`, with the project on PYTHONPATH: more job types)."""
         port = free_port()
-        argv = [sys.executable, "-m", "conveyor.cli", "web", "--host", "127.0.0.1"]
+        cli = ["-m", "conveyor.cli"]
+        if preload:
+            cli = ["-c", f"import sys, {preload}; from conveyor.cli import main; sys.exit(main())"]
+        argv = [sys.executable, *cli, "web", "--host", "127.0.0.1"]
         process = self.start("web", [*argv, "--port", str(port)], env)
         api = Api(f"http://127.0.0.1:{port}")
         wait_until(lambda: _alive(process) and api.healthy(), timeout=20, interval=0.05)
         return process, api
 
-    def worker(self, env: Mapping[str, str], pool: str = "system") -> Process:
-        """`dramatiq conveyor.workers.<pool>` with one process of four threads, once ready."""
-        argv = [str(BIN / "dramatiq"), f"conveyor.workers.{pool}", "--processes", "1"]
+    def worker(self, env: Mapping[str, str], pool: str = "system", *, module: str = "") -> Process:
+        """`dramatiq conveyor.workers.<pool>` (or `module`) with one process of four threads,
+        once ready."""
+        argv = [str(BIN / "dramatiq"), module or f"conveyor.workers.{pool}", "--processes", "1"]
         process = self.start("worker", [*argv, "--threads", "4"], env)
         process.wait_for_output(r"Worker process is ready for action", timeout=30)
         return process

@@ -12,11 +12,14 @@ import functools
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, ViewportSize
+
+from conveyor.security import totp
 
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,6 +34,9 @@ CHROMIUM_ARGS = (
     "--disable-sync",
     "--no-first-run",
 )
+#: The viewports the pages are looked at in: a laptop's and a phone's.
+LAPTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 #: axe-core impacts that fail a page.
 BLOCKING = frozenset({"serious", "critical"})
 REQUIRE_BROWSER = "REQUIRE_BROWSER"
@@ -71,6 +77,17 @@ def sign_in(page: Page, base_url: str, email: str, password: str, *, next_path: 
         page.get_by_role("button", name="Sign in").click()
 
 
+def sign_in_with_code(
+    page: Page, base_url: str, email: str, password: str, secret: str, *, next_path: str = ""
+) -> None:
+    """Sign in with the password, then with a TOTP code of `secret` (the next period's: the
+    current one was spent confirming it), as an admin must."""
+    sign_in(page, base_url, email, password, next_path=next_path)
+    page.get_by_role("textbox", name="Code").fill(totp.code_at(secret, time.time() + totp.PERIOD))
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
+
+
 def screenshot(page: Page, name: str) -> Path:
     """A full-page PNG of what the page shows now, under test-artifacts/screenshots/."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -96,3 +113,27 @@ def axe_check(page: Page) -> None:
         for v in blocking
     )
     assert not blocking, f"accessibility violations on {page.url}:\n{report}"
+
+
+def look_at(page: Page, name: str) -> None:
+    """Check the page as it is now with axe-core and take its screenshots, at a laptop's
+    width (`<name>.png`) and at a phone's (`<name>-phone.png`, checked again: what is hidden or
+    moved on a small screen must stay accessible); the page is back at a laptop's size after."""
+    axe_check(page)
+    screenshot(page, name)
+    page.set_viewport_size(PHONE)
+    try:
+        axe_check(page)
+        screenshot(page, f"{name}-phone")
+    finally:
+        page.set_viewport_size(LAPTOP)
+
+
+def look_at_in_dark(page: Page, name: str) -> None:
+    """`look_at` with the system's dark colour scheme (`<name>-dark.png`, `-dark-phone.png`):
+    the pages follow it, and their contrast must hold there too."""
+    page.emulate_media(color_scheme="dark")
+    try:
+        look_at(page, f"{name}-dark")
+    finally:
+        page.emulate_media(color_scheme="light")

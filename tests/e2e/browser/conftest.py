@@ -5,6 +5,7 @@ with passwords."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 from collections.abc import Iterator, Mapping
@@ -18,10 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from conveyor.db import make_engine, make_sessionmaker
 from conveyor.models import Role, User
 from conveyor.models.migrate import upgrade
+from conveyor.security import totp
 from conveyor.services.accounts import set_password
 from conveyor.services.users import create_user
 from tests.conftest import REDIS_URL, RUN_ID
-from tests.e2e.browser.browsing import CHROMIUM, CHROMIUM_ARGS, need_browser
+from tests.e2e.browser.browsing import CHROMIUM, CHROMIUM_ARGS, LAPTOP, ROOT, need_browser
 from tests.e2e.processes import FAST, Api, Processes, environment
 
 PASSWORD = "correct horse battery staple"
@@ -49,6 +51,26 @@ class BrowserServer:
         user = set_password(self.db, email, password)
         self.users[email] = user
         return user
+
+    def enable_totp(self, email: str, password: str = PASSWORD) -> str:
+        """Turn TOTP on for `email` through the API, as its owner would; the secret."""
+        api = self.api_as(email, password)
+        status, enrolment = api.request("POST", "/v1/me/mfa/totp", {"password": password})
+        assert status == 200, enrolment
+        secret: str = enrolment["secret"]
+        status, body = api.request(
+            "POST", "/v1/me/mfa/totp/confirm", {"code": totp.code_at(secret)}
+        )
+        assert status == 200, body
+        return secret
+
+    def api_as(self, email: str, password: str = PASSWORD) -> Api:
+        """The API with a token of `email`, signed in with `password`."""
+        status, tokens = self.api.request(
+            "POST", "/v1/auth/login", {"email": email, "password": password}
+        )
+        assert status == 200, tokens
+        return self.api.with_token(tokens["access_token"])
 
 
 @pytest.fixture(scope="package")
@@ -80,6 +102,13 @@ def pools() -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
+def test_jobs() -> bool:
+    """Whether the module's server knows the test-only job types of `tests.jobs` (override
+    it: `True`); its `system` pool then runs them too."""
+    return False
+
+
+@pytest.fixture(scope="module")
 def server(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -88,6 +117,7 @@ def server(
     redis_prefix: str,
     server_settings: dict[str, str],
     pools: tuple[str, ...],
+    test_jobs: bool,
 ) -> Iterator[BrowserServer]:
     """The module's own Conveyor: a new migrated database, the run's vhost and a Redis prefix
     of its own; its processes' output is printed if a test of the module failed."""
@@ -107,15 +137,17 @@ def server(
             "CONVEYOR_REDIS_URL": REDIS_URL,
             "CONVEYOR_REDIS_PREFIX": prefix,
             **server_settings,
+            **({"PYTHONPATH": str(ROOT)} if test_jobs else {}),
         }
     )
     engine = make_engine(database_url, pool_size=2)
     processes = Processes(tmp_path_factory.mktemp("browser-server"))
     failed_before = request.session.testsfailed
     try:
-        _, api = processes.web(env)
+        _, api = processes.web(env, preload="tests.jobs" if test_jobs else "")
         for pool in pools:
-            processes.worker(env, pool)
+            testing = test_jobs and pool == "system"
+            processes.worker(env, pool, module="tests.e2e.testing_pool" if testing else "")
         yield BrowserServer(api.base_url, env, make_sessionmaker(engine), processes)
     finally:
         processes.stop_all()
@@ -128,9 +160,17 @@ def server(
 
 @pytest.fixture
 def page(browser: Browser, server: BrowserServer) -> Iterator[Page]:
-    """A page in a new browser context (no cookies of another test). The page's own
-    Content-Security-Policy stays on; anything it blocks fails the test."""
-    context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 800})
+    """A page in a new browser context (no cookies of another test)."""
+    with open_page(browser, server) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def open_page(browser: Browser, server: BrowserServer) -> Iterator[Page]:
+    """A page in a new browser context, at a laptop's size, closed after. The page's own
+    Content-Security-Policy stays on; anything it blocks fails the test. A module signs in
+    once with it (in a module fixture) and reuses the page in its tests."""
+    context = browser.new_context(base_url=server.url, viewport=LAPTOP)
     page = context.new_page()
     page.set_default_timeout(10_000)
     blocked: list[str] = []

@@ -27,22 +27,7 @@ def users(server: BrowserServer) -> dict[str, str]:
     """The module's admin (with TOTP on, as admins must) and member; the admin's secret."""
     server.user(ADMIN, Role.ADMIN)
     server.user(MEMBER)
-    return {ADMIN: _enable_totp(server, ADMIN)}
-
-
-def _enable_totp(server: BrowserServer, email: str) -> str:
-    """Turn TOTP on for `email` through the API, as its owner would; the secret."""
-    status, tokens = server.api.request(
-        "POST", "/v1/auth/login", {"email": email, "password": PASSWORD}
-    )
-    assert status == 200, tokens
-    api = server.api.with_token(tokens["access_token"])
-    status, enrolment = api.request("POST", "/v1/me/mfa/totp", {"password": PASSWORD})
-    assert status == 200, enrolment
-    secret: str = enrolment["secret"]
-    status, body = api.request("POST", "/v1/me/mfa/totp/confirm", {"code": totp.code_at(secret)})
-    assert status == 200, body
-    return secret
+    return {ADMIN: server.enable_totp(ADMIN)}
 
 
 def test_the_sign_in_page_is_accessible_and_says_what_went_wrong(

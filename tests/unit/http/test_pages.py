@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.http.pages import CSP, asset, static_url
+from conveyor.http.pages import CSP, asset, environment, static_url
 from tests.stack import Stack
 
 
@@ -42,3 +42,13 @@ async def test_pages_forbid_inline_script_and_framing(embedded_stack: Stack) -> 
     text = await response.text()
     assert static_url("conveyor.css") in text
     assert "<script>" not in text
+
+
+def test_prose_shows_code_spans_as_code_and_escapes_the_rest() -> None:
+    template = environment().from_string("{{ text|prose }}")
+    rendered = template.render(text="Fail the first `failures` attempts <b>now</b> `<x>`")
+    assert rendered == (
+        "Fail the first <code>failures</code> attempts &lt;b&gt;now&lt;/b&gt; "
+        "<code>&lt;x&gt;</code>"
+    )
+    assert environment().from_string("{{ text|prose }}").render(text=None) == ""
