@@ -47,7 +47,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("POST", "/admin/errors/group/retry"): Role.OPERATOR,
     ("GET", "/admin/errors/group/discard"): Role.OPERATOR,
     ("POST", "/admin/errors/group/discard"): Role.OPERATOR,
-    ("GET", "/admin/audit"): Role.OPERATOR,
+    ("GET", "/admin/audit"): Role.ADMIN,
     ("GET", "/admin/users"): Role.ADMIN,
     ("GET", "/admin/users/{user_id}"): Role.ADMIN,
     ("POST", "/admin/users/{user_id}/role"): Role.ADMIN,
