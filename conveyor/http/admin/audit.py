@@ -150,7 +150,7 @@ async def _user_filter(request: web.Request, name: str) -> uuid.UUID | None:
 
 def _form_time(moment: dt.datetime | None) -> str:
     """A time as the date-and-time field shows it (UTC, no offset)."""
-    return "" if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return "" if moment is None else moment.replace(tzinfo=None).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)

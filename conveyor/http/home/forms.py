@@ -299,8 +299,11 @@ def _local(value: str) -> str:
     except ValueError:
         return ""
     if when.tzinfo is not None:
-        when = when.astimezone(dt.UTC).replace(tzinfo=None)
-    return when.strftime("%Y-%m-%dT%H:%M:%S")
+        try:
+            when = when.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:  # 0001-01-01T00:00+14:00 (sent to the API) has no UTC time
+            return ""
+    return when.isoformat(timespec="seconds")  # strftime writes year 1 as "1"
 
 
 def _integer(text: str) -> int:
@@ -338,7 +341,13 @@ def _datetime(text: str) -> str:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError("must be a date and time (YYYY-MM-DDTHH:MM, UTC)") from None
-    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).isoformat()
+    if when.tzinfo is None:
+        return when.replace(tzinfo=dt.UTC).isoformat()
+    try:
+        when.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("out of range (no such time in UTC)") from None
+    return when.isoformat()
 
 
 def _json(text: str) -> Any:

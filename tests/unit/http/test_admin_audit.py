@@ -171,6 +171,7 @@ async def test_the_log_filters_by_time(logged: Stack) -> None:
     [
         ("since=yesterday", "since"),
         ("until=9999-12-31T23:59:59-01:00", "until"),
+        ("since=0001-01-01T00:00%2B14:00", "since"),
         ("actor=nobody@example.com", "actor"),
         ("target=not-an-id", "target"),
         ("actor=a@b@c", "actor"),
@@ -187,6 +188,17 @@ async def test_a_bad_filter_is_a_422_page_naming_it(logged: Stack, query: str, f
     )
     text = await page(response, 422)
     assert f"<li>{field}: " in text
+
+
+async def test_the_calendar_s_first_and_last_moments_are_filters_too(logged: Stack) -> None:
+    stack = logged
+    response = await stack.client.get(
+        "/admin/audit?since=0001-01-01T00:00&until=9999-12-31T23:59:59.999999",
+        headers=stack.headers(stack.admin_token),
+    )
+    text = await page(response)
+    assert len(actions_in(text)) == 3
+    assert 'value="0001-01-01T00:00:00"' in text
 
 
 async def test_the_log_pages_by_keyset_keeping_its_filters(logged: Stack) -> None:
