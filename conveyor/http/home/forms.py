@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import from_json
+
 __all__ = [
     "FREE_FIELD",
     "FormField",
@@ -351,13 +353,13 @@ def _datetime(text: str) -> str:
 
 
 def _json(text: str) -> Any:
+    """A JSON input's value, read as the API reads a body: strict (no NaN or Infinity) and
+    nested at most as deep as its parser goes (deeper would exhaust Python's stack later)."""
     if not text.strip():
         return None
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return from_json(text, allow_inf_nan=False)
     except ValueError as exc:
+        if "recursion limit" in str(exc):
+            raise ValueError("nested too deeply") from None
         raise ValueError(f"not valid JSON: {exc}") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")

@@ -239,6 +239,15 @@ async def test_validation_errors_are_shown_next_to_their_fields_with_the_values_
     await page(response, 422)
 
 
+async def test_deeply_nested_json_is_an_error_of_its_field(embedded_stack: Stack) -> None:
+    """As the API refuses it (400 "recursion limit exceeded"), never a 500."""
+    stack = embedded_stack
+    for depth in (300, 5000):
+        nested = '{"a": ' + "[" * depth + "]" * depth + "}"
+        response = await post_form(stack, "/app/jobs/new?type=system.echo", {"payload": nested})
+        assert "nested too deeply" in _field(await page(response, 422), "payload"), depth
+
+
 async def test_a_member_saves_notification_preferences(embedded_stack: Stack) -> None:
     stack = embedded_stack
     member = get_by_email(stack.db, "member@example.com")

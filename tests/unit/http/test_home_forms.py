@@ -173,6 +173,8 @@ def test_a_payload_that_takes_any_fields_is_one_json_object() -> None:
     assert errors == {FREE_FIELD: "must be a JSON object"}
     _, errors = form.payload({FREE_FIELD: '{"a": NaN}'})
     assert FREE_FIELD in errors
+    _, errors = form.payload({FREE_FIELD: "[" * 10_000 + "]" * 10_000})
+    assert errors == {FREE_FIELD: "nested too deeply"}
 
 
 def test_a_closed_payload_takes_no_free_fields() -> None:
