@@ -85,16 +85,22 @@ class Asset:
 
 
 @functools.cache
+def assets() -> Mapping[str, Asset]:
+    """Every file of `conveyor/static/` by name (no dot files, no directories), read once: a
+    name is looked up here, so asking for unknown names keeps nothing."""
+    found: dict[str, Asset] = {}
+    for path in sorted(STATIC.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            body = path.read_bytes()
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            digest = hashlib.sha256(body).hexdigest()[:16]
+            found[path.name] = Asset(path.name, body, content_type, digest)
+    return found
+
+
 def asset(name: str) -> Asset | None:
-    """The static file `name` (a plain file name: no directories), or None."""
-    if "/" in name or "\\" in name or name.startswith("."):
-        return None
-    path = STATIC / name
-    if not path.is_file():
-        return None
-    body = path.read_bytes()
-    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return Asset(name, body, content_type, hashlib.sha256(body).hexdigest()[:16])
+    """The static file `name` (a plain file name), or None."""
+    return assets().get(name)
 
 
 def static_url(name: str) -> str:

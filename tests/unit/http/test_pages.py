@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.http.pages import CSP, asset, static_url
+from conveyor.http.pages import CSP, STATIC, asset, assets, static_url
 from tests.stack import Stack
 
 
@@ -29,6 +29,15 @@ async def test_only_plain_static_file_names_are_served(embedded_stack: Stack) ->
         response = await client.get(f"/static/{name}")
         assert response.status == 404, name
     assert asset("../settings.py") is None
+
+
+async def test_unknown_static_names_keep_no_memory(embedded_stack: Stack) -> None:
+    """The table of files is built once from the folder; a name not in it adds nothing."""
+    client = embedded_stack.client
+    for i in range(20):
+        assert (await client.get(f"/static/nothing-{i}.css")).status == 404
+    assert set(assets()) == {p.name for p in STATIC.iterdir() if p.is_file()}
+    assert {"conveyor.css", "conveyor.js"} <= set(assets())
 
 
 async def test_pages_forbid_inline_script_and_framing(embedded_stack: Stack) -> None:
