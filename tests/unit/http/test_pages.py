@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from conveyor.http.pages import CSP, STATIC, asset, assets, static_url
+from collections.abc import AsyncIterator
+from urllib.parse import urlencode
+
+from conveyor.http.pages import CSP, MAX_FORM_BYTES, STATIC, asset, assets, static_url
 from tests.stack import Stack
 
 
@@ -51,3 +54,31 @@ async def test_pages_forbid_inline_script_and_framing(embedded_stack: Stack) -> 
     text = await response.text()
     assert static_url("conveyor.css") in text
     assert "<script>" not in text
+
+
+async def test_a_form_past_its_size_is_413_with_or_without_a_length(
+    embedded_stack: Stack,
+) -> None:
+    """MAX_FORM_BYTES counts the bytes that arrive: a chunked body has no Content-Length to
+    check first (below the app's own body limit, so only the form's limit refuses it)."""
+    stack = embedded_stack
+    body = urlencode({"payload": '{"a": "' + "x" * (MAX_FORM_BYTES + 1024) + '"}'}).encode()
+    assert len(body) < stack.settings.max_body_bytes
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    async def chunked(data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 16 * 1024):
+            yield data[start : start + 16 * 1024]
+
+    url = "/app/jobs/new?type=system.echo"
+    headers = {**stack.headers(), **form}
+    for data in (body, chunked(body)):
+        response = await stack.client.post(url, data=data, headers=headers)
+        assert response.status == 413, await response.text()
+    # A small form sent either way is read.
+    small = urlencode({"payload": '{"a": 1}'}).encode()
+    for data in (small, chunked(small)):
+        response = await stack.client.post(
+            url, data=data, headers=headers, allow_redirects=False
+        )
+        assert response.status == 303, await response.text()
