@@ -59,6 +59,17 @@ async def test_a_member_sees_their_own_jobs_only(embedded_stack: Stack) -> None:
     assert mine["id"] in fragment and theirs["id"] not in fragment
 
 
+async def test_jobs_submitted_together_are_told_apart_by_their_ids_end(
+    embedded_stack: Stack,
+) -> None:
+    """A UUIDv7 starts with its time: the list shows the random end, as the admin pages do."""
+    stack = embedded_stack
+    ids = [(await stack.submit("system.echo", {"n": n}))["id"] for n in range(2)]
+    text = await get_page(stack, "/app/")
+    for job_id in ids:
+        assert f'<span class="muted mono" title="{job_id}">…{job_id[-12:]}</span>' in text
+
+
 async def test_the_list_filters_by_status_and_type_and_pages_by_cursor(
     embedded_stack: Stack,
 ) -> None:
