@@ -70,6 +70,16 @@ async def test_jobs_submitted_together_are_told_apart_by_their_ids_end(
         assert f'<span class="muted mono" title="{job_id}">…{job_id[-12:]}</span>' in text
 
 
+async def test_the_type_filter_offers_the_types_users_submit(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    text = await get_page(stack, "/app/")
+    assert '<option value="system.echo">' in text
+    assert '<option value="notifications.deliver"' not in text
+    # Filtering by an internal type by URL still works, and the form shows it.
+    text = await get_page(stack, "/app/?type=notifications.deliver")
+    assert '<option value="notifications.deliver" selected>' in text
+
+
 async def test_the_list_filters_by_status_and_type_and_pages_by_cursor(
     embedded_stack: Stack,
 ) -> None:
