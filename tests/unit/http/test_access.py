@@ -32,6 +32,7 @@ EXPECTED: dict[tuple[str, str], Role | None] = {
     ("GET", "/admin/queues/live"): Role.OPERATOR,
     ("GET", "/admin/queues/{queue}/purge"): Role.OPERATOR,
     ("POST", "/admin/queues/{queue}/purge"): Role.OPERATOR,
+    ("GET", "/admin/queues/{queue}/pause"): Role.OPERATOR,
     ("POST", "/admin/queues/{queue}/pause"): Role.OPERATOR,
     ("POST", "/admin/queues/{queue}/resume"): Role.OPERATOR,
     ("GET", "/admin/workers"): Role.OPERATOR,
