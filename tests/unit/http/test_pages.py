@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
@@ -78,7 +79,14 @@ async def test_a_form_past_its_size_is_413_with_or_without_a_length(
     # A small form sent either way is read.
     small = urlencode({"payload": '{"a": 1}'}).encode()
     for data in (small, chunked(small)):
-        response = await stack.client.post(
-            url, data=data, headers=headers, allow_redirects=False
-        )
+        response = await stack.client.post(url, data=data, headers=headers, allow_redirects=False)
         assert response.status == 303, await response.text()
+
+
+def test_row_headers_have_no_column_head_background() -> None:
+    """`<th scope="row">` in a table's body (the overview's queues, say) reads as the row's
+    name, not as a grey column head."""
+    css = STATIC.joinpath("conveyor.css").read_text()
+    found = re.findall(r"([^{}]+)\{([^}]*)\}", css)
+    rules = {selector.strip(): body.strip() for selector, body in found}
+    assert "background: none" in rules["tbody th"]
