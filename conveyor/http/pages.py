@@ -86,16 +86,22 @@ class Asset:
 
 
 @functools.cache
+def assets() -> Mapping[str, Asset]:
+    """Every file of `conveyor/static/` by name (no dot files, no directories), read once: a
+    name is looked up here, so asking for unknown names keeps nothing."""
+    found: dict[str, Asset] = {}
+    for path in sorted(STATIC.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            body = path.read_bytes()
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            digest = hashlib.sha256(body).hexdigest()[:16]
+            found[path.name] = Asset(path.name, body, content_type, digest)
+    return found
+
+
 def asset(name: str) -> Asset | None:
-    """The static file `name` (a plain file name: no directories), or None."""
-    if "/" in name or "\\" in name or name.startswith("."):
-        return None
-    path = STATIC / name
-    if not path.is_file():
-        return None
-    body = path.read_bytes()
-    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return Asset(name, body, content_type, hashlib.sha256(body).hexdigest()[:16])
+    """The static file `name` (a plain file name), or None."""
+    return assets().get(name)
 
 
 def static_url(name: str) -> str:
@@ -242,7 +248,8 @@ async def form_of(request: web.Request) -> MultiDictProxy[str | bytes | bytearra
         raise web.HTTPRequestEntityTooLarge(
             max_size=MAX_FORM_BYTES, actual_size=request.content_length
         )
-    form = await request.post()
+    # A chunked body says no length: the limit counts the bytes as they arrive (413 past it).
+    form = await request.clone(client_max_size=MAX_FORM_BYTES).post()
     expected = request.get(CSRF_TOKEN)
     if expected is not None:
         given = form.get(CSRF_FIELD)

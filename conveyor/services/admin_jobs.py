@@ -85,9 +85,20 @@ class SearchPage:
 
 
 def id_at(moment: dt.datetime) -> uuid.UUID:
-    """The smallest UUIDv7 of `moment`'s millisecond: ids below it are of jobs made before."""
-    ms = int(moment.timestamp() * 1000)
-    return uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | 0b10 << 62)
+    """The smallest UUIDv7 of `moment`'s millisecond: ids below it are of jobs made before.
+    A time before 1970 is the first id of all (a UUIDv7 has no earlier one)."""
+    ms = min(max(int(moment.timestamp() * 1000), 0), (1 << 48) - 1)
+    return uuid.UUID(int=ms << 80 | 0x7 << 76 | 0b10 << 62)
+
+
+def _moved(moment: dt.datetime, by: dt.timedelta) -> dt.datetime:
+    """`moment + by`, stopped at the calendar's first or last moment (a filter may name
+    0001-01-01 or 9999-12-31, and the slack must not take it past them)."""
+    try:
+        return moment + by
+    except OverflowError:
+        edge = dt.datetime.min if by < dt.timedelta(0) else dt.datetime.max
+        return edge.replace(tzinfo=dt.UTC)
 
 
 @contextmanager
@@ -143,9 +154,9 @@ def _conditions(
         if types:
             conditions.append(jobs_t.c.type.in_(types))
     if where.created_after is not None:
-        conditions.append(jobs_t.c.id >= id_at(where.created_after - ID_SLACK))
+        conditions.append(jobs_t.c.id >= id_at(_moved(where.created_after, -ID_SLACK)))
     if where.created_before is not None:
-        conditions.append(jobs_t.c.id < id_at(where.created_before + ID_SLACK))
+        conditions.append(jobs_t.c.id < id_at(_moved(where.created_before, ID_SLACK)))
     if criteria.parent_id is not None:
         conditions.append(jobs_t.c.parent_id == criteria.parent_id)
     if before is not None:

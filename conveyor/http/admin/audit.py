@@ -1,5 +1,7 @@
-"""The audit log page (operators and admins): security events newest first, filtered by who
-acted, on whom, which actions and when; and the query parsing the admin lists share."""
+"""The audit log page (admins only, like GET /v1/audit-events: it shows every user's email
+address, IP and user agent, and its filters tell whether an account exists): security events
+newest first, filtered by who acted, on whom, which actions and when; and the query parsing the
+admin lists share."""
 
 from __future__ import annotations
 
@@ -148,7 +150,7 @@ async def _user_filter(request: web.Request, name: str) -> uuid.UUID | None:
 
 def _form_time(moment: dt.datetime | None) -> str:
     """A time as the date-and-time field shows it (UTC, no offset)."""
-    return "" if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return "" if moment is None else moment.replace(tzinfo=None).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ class EventRow:
 @routes.get(
     "/audit",
     name="admin_audit",
-    role=Role.OPERATOR,
+    role=Role.ADMIN,
     answers=PAGE,
     parameters=(
         Parameter("actor", "query", {"type": "string"}, "Only events by this user (email or id)"),

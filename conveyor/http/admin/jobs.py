@@ -132,7 +132,12 @@ def _moment(query: MultiMapping[str], name: str) -> dt.datetime | None:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
         raise _invalid(name, "not a date and time (like 2026-12-02T13:05)") from None
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 has no UTC time
+        raise _invalid(name, "out of range (no such time in UTC)") from None
 
 
 def _uuid(query: MultiMapping[str], name: str) -> uuid.UUID | None:

@@ -19,13 +19,13 @@ from conveyor.http.admin import routes
 from conveyor.http.admin.overview import FRAGMENT, PAGE
 from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, USER
-from conveyor.http.pages import form_of, render
+from conveyor.http.pages import form_of, render, text_field
 from conveyor.http.routes import Parameter
 from conveyor.http.runtime import run_db
 from conveyor.models import Role
 from conveyor.services import capacity, error_groups, operations, queue_pauses
 from conveyor.services.operations import MAX_BULK_LIMIT
-from conveyor.services.queue_pauses import MAX_QUEUE
+from conveyor.services.queue_pauses import MAX_QUEUE, MAX_REASON
 from conveyor.services.queues import QueueStats, stats
 
 #: What the page says after an action, by the `done` key of its redirect.
@@ -194,16 +194,36 @@ async def purge(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"/admin/queues?done={done}&n={result.count}")
 
 
-async def _known_queue(request: web.Request) -> str:
-    """The path's queue, once the form is checked; 404 unless a job type uses it, it holds
-    jobs not finished, or it is paused."""
-    await form_of(request)
+async def _known_queue(request: web.Request) -> tuple[str, Mapping[str, Any]]:
+    """The path's queue and the posted form, once checked; 404 unless a job type uses the
+    queue, it holds jobs not finished, or it is paused."""
+    form = await form_of(request)
     name = request.match_info["queue"]
     if len(name) > MAX_QUEUE:
         raise _invalid("queue", f"must be at most {MAX_QUEUE} characters")
     registry = request.config_dict[CONTAINER].registry
     await run_db(request.config_dict, queue_pauses.check_known, registry, name)
-    return name
+    return name, form
+
+
+@routes.get(
+    "/queues/{queue}/pause",
+    name="admin_queue_pause_form",
+    role=Role.OPERATOR,
+    answers={200: PAGE},
+    parameters=(QUEUE,),
+)
+async def pause_form(request: web.Request) -> web.Response:
+    """The pause with a reason: a page of its own, as the queues' table is replaced every few
+    seconds (it would wipe what is being typed)."""
+    queue = await _queue(request)
+    return render(
+        request,
+        "admin/queues_pause.html",
+        title=f"Pause the queue {queue.queue}",
+        queue=queue,
+        max_reason=MAX_REASON,
+    )
 
 
 @routes.post(
@@ -214,14 +234,18 @@ async def _known_queue(request: web.Request) -> str:
     parameters=(QUEUE,),
 )
 async def pause(request: web.Request) -> web.Response:
-    """Pause the queue: its workers take none of its jobs (running ones finish), which wait
-    until it is resumed; then back to the queues page."""
-    queue = await _known_queue(request)
+    """Pause the queue, with the form's optional `reason`: its workers take none of its jobs
+    (running ones finish), which wait until it is resumed; then back to the queues page."""
+    queue, form = await _known_queue(request)
+    reason = text_field(form, "reason")
+    if len(reason) > MAX_REASON:
+        raise _invalid("reason", f"must be at most {MAX_REASON} characters")
     changed = await run_db(
         request.config_dict,
         queue_pauses.pause,
         queue,
         request[USER],
+        reason or None,
         client=client_of(request),
     )
     raise web.HTTPSeeOther(f"/admin/queues?done={'paused' if changed else 'paused_already'}")
@@ -237,7 +261,7 @@ async def pause(request: web.Request) -> web.Response:
 async def resume(request: web.Request) -> web.Response:
     """Resume the queue: its waiting jobs are published again at once and its workers take
     them; then back to the queues page, which says how many."""
-    queue = await _known_queue(request)
+    queue, _ = await _known_queue(request)
     container = request.config_dict[CONTAINER]
     was_paused = queue in await run_db(request.config_dict, queue_pauses.paused)
     published = await run_db(

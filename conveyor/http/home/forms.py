@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import from_json
+
 __all__ = [
     "FREE_FIELD",
     "FormField",
@@ -299,8 +301,11 @@ def _local(value: str) -> str:
     except ValueError:
         return ""
     if when.tzinfo is not None:
-        when = when.astimezone(dt.UTC).replace(tzinfo=None)
-    return when.strftime("%Y-%m-%dT%H:%M:%S")
+        try:
+            when = when.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:  # 0001-01-01T00:00+14:00 (sent to the API) has no UTC time
+            return ""
+    return when.isoformat(timespec="seconds")  # strftime writes year 1 as "1"
 
 
 def _integer(text: str) -> int:
@@ -338,17 +343,23 @@ def _datetime(text: str) -> str:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError("must be a date and time (YYYY-MM-DDTHH:MM, UTC)") from None
-    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).isoformat()
+    if when.tzinfo is None:
+        return when.replace(tzinfo=dt.UTC).isoformat()
+    try:
+        when.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("out of range (no such time in UTC)") from None
+    return when.isoformat()
 
 
 def _json(text: str) -> Any:
+    """A JSON input's value, read as the API reads a body: strict (no NaN or Infinity) and
+    nested at most as deep as its parser goes (deeper would exhaust Python's stack later)."""
     if not text.strip():
         return None
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return from_json(text, allow_inf_nan=False)
     except ValueError as exc:
+        if "recursion limit" in str(exc):
+            raise ValueError("nested too deeply") from None
         raise ValueError(f"not valid JSON: {exc}") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")

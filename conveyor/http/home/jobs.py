@@ -161,7 +161,11 @@ async def _listing(request: web.Request) -> Listing:
 async def index(request: web.Request) -> web.Response:
     """The signed-in user's jobs, newest first: status, progress and age, live."""
     listing = await _listing(request)
-    types = [t.name for t in request.config_dict[CONTAINER].registry]
+    # The types users submit; an internal one (a notification's delivery, say) only when the
+    # URL filters by it, so that the form shows the filter in force.
+    types = [t.name for t in request.config_dict[CONTAINER].registry.public()]
+    if listing.type and listing.type not in types:
+        types.append(listing.type)
     return render(
         request,
         "app/index.html",

@@ -193,6 +193,26 @@ async def test_bad_filters_answer_422_naming_the_field(embedded_stack: Stack) ->
     assert "error:" in text
 
 
+async def test_times_at_the_calendar_s_edge_are_422_or_clamped(embedded_stack: Stack) -> None:
+    """A time with no UTC equivalent is a 422 naming its field; a time at the first or last
+    moment of the calendar finds jobs (the id range's slack stops at the edge)."""
+    stack = embedded_stack
+    ids = _add(stack)
+    for field, value in (
+        ("created_from", "0001-01-01T00:00+14:00"),
+        ("created_to", "9999-12-31T23:59-14:00"),
+    ):
+        text = await _get(stack, "/admin/jobs", 422, **{field: value})
+        assert f"{field}: out of range" in text, text
+    for params in (
+        {"created_from": "0001-01-01T00:00"},
+        {"created_to": "9999-12-31T23:59:59.999999"},
+        {"created_from": "1960-01-01T00:00", "created_to": "9999-12-31T23:59"},
+    ):
+        assert _listed(await _get(stack, "/admin/jobs", **params)) == {*ids}, params
+    assert _listed(await _get(stack, "/admin/jobs", created_to="1969-12-31T23:59")) == set()
+
+
 async def test_members_may_not_see_the_jobs_pages(embedded_stack: Stack) -> None:
     stack = embedded_stack
     job = await stack.submit("system.echo", {})

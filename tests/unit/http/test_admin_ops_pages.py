@@ -407,6 +407,41 @@ async def test_pausing_a_queue_holds_its_jobs_and_resuming_runs_them_both_audite
     assert not_paused.headers["Location"] == "/admin/queues?done=resumed_already&n=0"
 
 
+async def test_a_pause_with_a_reason_goes_through_its_own_page(embedded_stack: Stack) -> None:
+    """The reason's field is not in the table the page refreshes every 5 s (which would wipe
+    what is typed): the row links to a page with it."""
+    stack = embedded_stack
+    text = await _get(stack, "/admin/queues")
+    assert 'href="/admin/queues/system/pause"' in text
+    form = await _get(stack, "/admin/queues/system/pause")
+    assert "<h1>Pause the queue system</h1>" in form
+    assert 'name="reason" maxlength="200"' in form
+    assert 'action="/admin/queues/system/pause"' in form
+    too_long = await stack.client.post(
+        "/admin/queues/system/pause",
+        data={"reason": "x" * 201},
+        headers=stack.headers(stack.admin_token),
+        allow_redirects=False,
+    )
+    assert "reason" in await _page(too_long, 422)
+    response = await stack.client.post(
+        "/admin/queues/system/pause",
+        data={"reason": " migration <until> 14:00 "},
+        headers=stack.headers(stack.admin_token),
+        allow_redirects=False,
+    )
+    assert response.headers["Location"] == "/admin/queues?done=paused"
+    text = await _get(stack, "/admin/queues")
+    row = text[text.index('<tr id="queue-system">') :]
+    assert "migration &lt;until&gt; 14:00" in row[: row.index("</tr>")]
+    [paused] = _audited(stack, "queue_paused")
+    assert paused.details["reason"] == "migration <until> 14:00"
+    again = await _get(stack, "/admin/queues/system/pause")
+    assert "system is paused already: migration &lt;until&gt; 14:00." in again
+    await _get(stack, "/admin/queues/no-such-queue/pause", 404)
+    await _get(stack, "/admin/queues/system/pause", 403, stack.member_token)
+
+
 async def test_pausing_an_unknown_queue_is_not_found_and_members_may_not(
     embedded_stack: Stack,
 ) -> None:

@@ -59,6 +59,27 @@ async def test_a_member_sees_their_own_jobs_only(embedded_stack: Stack) -> None:
     assert mine["id"] in fragment and theirs["id"] not in fragment
 
 
+async def test_jobs_submitted_together_are_told_apart_by_their_ids_end(
+    embedded_stack: Stack,
+) -> None:
+    """A UUIDv7 starts with its time: the list shows the random end, as the admin pages do."""
+    stack = embedded_stack
+    ids = [(await stack.submit("system.echo", {"n": n}))["id"] for n in range(2)]
+    text = await get_page(stack, "/app/")
+    for job_id in ids:
+        assert f'<span class="muted mono" title="{job_id}">…{job_id[-12:]}</span>' in text
+
+
+async def test_the_type_filter_offers_the_types_users_submit(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    text = await get_page(stack, "/app/")
+    assert '<option value="system.echo">' in text
+    assert '<option value="notifications.deliver"' not in text
+    # Filtering by an internal type by URL still works, and the form shows it.
+    text = await get_page(stack, "/app/?type=notifications.deliver")
+    assert '<option value="notifications.deliver" selected>' in text
+
+
 async def test_the_list_filters_by_status_and_type_and_pages_by_cursor(
     embedded_stack: Stack,
 ) -> None:
@@ -237,6 +258,15 @@ async def test_validation_errors_are_shown_next_to_their_fields_with_the_values_
     assert response.status == 303  # the extra textarea is not offered, nor read, for it
     response = await post_form(stack, "/app/jobs/new", {})
     await page(response, 422)
+
+
+async def test_deeply_nested_json_is_an_error_of_its_field(embedded_stack: Stack) -> None:
+    """As the API refuses it (400 "recursion limit exceeded"), never a 500."""
+    stack = embedded_stack
+    for depth in (300, 5000):
+        nested = '{"a": ' + "[" * depth + "]" * depth + "}"
+        response = await post_form(stack, "/app/jobs/new?type=system.echo", {"payload": nested})
+        assert "nested too deeply" in _field(await page(response, 422), "payload"), depth
 
 
 async def test_a_member_saves_notification_preferences(embedded_stack: Stack) -> None:

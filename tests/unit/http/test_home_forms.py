@@ -148,6 +148,18 @@ def test_inputs_that_cannot_be_read_as_their_type_are_errors_of_their_field() ->
     assert payload == {"name": "x", "loud": False}
 
 
+def test_a_time_with_no_utc_equivalent_is_an_error_of_its_field() -> None:
+    form = payload_form(Everything.model_json_schema())
+    for edge in ("0001-01-01T00:00+14:00", "9999-12-31T23:59-14:00"):
+        payload, errors = form.payload({"payload.name": "x", "payload.when": edge})
+        assert errors == {"payload.when": "out of range (no such time in UTC)"}, edge
+    # The first and last moments themselves are fine, and an earlier payload's time that has
+    # no UTC equivalent leaves the input empty.
+    payload, errors = form.payload({"payload.name": "x", "payload.when": "0001-01-01T00:00"})
+    assert errors == {} and payload["when"] == "0001-01-01T00:00:00+00:00"
+    assert _fields()["when"].show("0001-01-01T00:00:00+14:00") == ""
+
+
 def test_a_payload_that_takes_any_fields_is_one_json_object() -> None:
     class Anything(Payload):
         model_config = ConfigDict(extra="allow")
@@ -161,6 +173,8 @@ def test_a_payload_that_takes_any_fields_is_one_json_object() -> None:
     assert errors == {FREE_FIELD: "must be a JSON object"}
     _, errors = form.payload({FREE_FIELD: '{"a": NaN}'})
     assert FREE_FIELD in errors
+    _, errors = form.payload({FREE_FIELD: "[" * 10_000 + "]" * 10_000})
+    assert errors == {FREE_FIELD: "nested too deeply"}
 
 
 def test_a_closed_payload_takes_no_free_fields() -> None:

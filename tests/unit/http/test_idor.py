@@ -17,6 +17,7 @@ from tests.unit.http.walk import routes_of
 NOT_FOR_MEMBERS = {
     ("GET", "/admin/queues/{queue}/purge"),
     ("POST", "/admin/queues/{queue}/purge"),
+    ("GET", "/admin/queues/{queue}/pause"),
     ("POST", "/admin/queues/{queue}/pause"),
     ("POST", "/admin/queues/{queue}/resume"),
     ("GET", "/admin/jobs/{job_id}"),
