@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -53,6 +54,10 @@ class Mailbox:
             return len(self.messages)
 
 
+#: Tries at a free port for the server before giving up.
+BIND_ATTEMPTS = 5
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,9 +68,16 @@ def _free_port() -> int:
 def smtp_server() -> Iterator[tuple[Mailbox, int]]:
     """A running SMTP server on 127.0.0.1: its mailbox and port."""
     handler = Mailbox()
-    port = _free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
+    for attempt in range(BIND_ATTEMPTS):
+        # A free port may be taken by another process between the look and the bind.
+        port = _free_port()
+        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        try:
+            controller.start()
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == BIND_ATTEMPTS - 1:
+                raise
     try:
         yield handler, port
     finally:
