@@ -232,7 +232,8 @@ def park(db: sessionmaker[Session], job_id: uuid.UUID) -> Park:
             return Park.NOT_WAITING
         # Read again rather than returned by the UPDATE (SQLite cannot correlate a subquery
         # of RETURNING): a pause or resume between the two only changes who publishes it.
-        still = session.scalar(select(queue_pauses_t.c.queue).where(queue_pauses_t.c.queue == queue))
+        pause = select(queue_pauses_t.c.queue).where(queue_pauses_t.c.queue == queue)
+        still = session.scalar(pause)
     return Park.RESUMED if still is None else Park.PARKED
 
 

@@ -128,7 +128,8 @@ async def test_a_resume_between_the_claim_and_the_park_leaves_no_job_behind(
 ) -> None:
     # A job published before the pause; the worker's claim finds the queue paused; the operator
     # resumes before the worker parks the job. The resume publishes nothing (the job's message
-    # was still out): without a second claim the job would wait for the sweep's `requeue_after`, a quarter of an hour.
+    # was still out): without a second claim the job would wait for the sweep's
+    # `requeue_after`, a quarter of an hour.
     admin = get_by_email(stack.db, "admin@example.com")
     park = runs.park
     resumed: list[int] = []
