@@ -19,11 +19,20 @@ from conveyor.models import AuditEvent, Job, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import error_type_of, events_t, jobs_t
 from conveyor.registry import JOBS
-from conveyor.services import dashboard, error_groups, runs, submissions, workers
+from conveyor.services import (
+    capacity,
+    dashboard,
+    error_groups,
+    queue_pauses,
+    runs,
+    submissions,
+    workers,
+)
 from conveyor.services.dashboard import Minute
 from conveyor.services.jobs import new_event
 from conveyor.services.submissions import NewJob
 from conveyor.services.users import create_user
+from conveyor.settings import Settings
 from tests.unit.support import RecordingAnnouncer, RecordingEnqueuer
 
 pytestmark = pytest.mark.integration
@@ -154,6 +163,33 @@ def test_the_overview_has_the_series_the_queues_and_the_live_workers(
     assert set(seen.oldest_waiting) == {"reports", "system"}
     assert [w.id for w in seen.workers] == ["w1"]
     assert seen.workers_by_pool == {"system": 1}
+
+
+def test_a_paused_queues_backlog_and_arrivals_ask_for_no_worker(
+    any_db: sessionmaker[Session], make: MakeJob
+) -> None:
+    # Jobs pile up in a paused queue: an autoscaler fed the signal must not add workers that
+    # can take none of them. A job that still runs there keeps one process.
+    admin = create_user(any_db, "admin@example.com", Role.ADMIN)
+    now = utcnow()
+    for _ in range(3):
+        make(JobStatus.SUCCEEDED, started_at=now - MINUTE, finished_at=now - MINUTE / 2)
+    parked = [make(JobStatus.QUEUED) for _ in range(200)]
+    settings = Settings(capacity_drain_seconds=10, capacity_target_utilization=0.5)
+
+    def system() -> capacity.PoolCapacity:
+        return next(p for p in capacity.desired(any_db, settings) if p.pool == "system")
+
+    busy = system()
+    assert busy.backlog == 200 and busy.desired == settings.capacity_max_workers
+
+    queue_pauses.pause(any_db, "system", admin)
+    paused = system()
+    assert (paused.paused, paused.backlog, paused.arrival_per_second) == (["system"], 0, 0)
+    assert (paused.busy_threads, paused.desired) == (0, 0)
+    with transaction(any_db) as session:
+        session.execute(update(jobs_t).where(jobs_t.c.id == parked[0].id).values(status="running"))
+    assert (system().running, system().desired) == (1, 1)
 
 
 def test_the_series_reads_the_finished_jobs_index(pg_db: sessionmaker[Session]) -> None:
