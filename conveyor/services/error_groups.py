@@ -8,7 +8,8 @@ jobs by (type, error_type, finished_at, id), by index only, so listing them read
 a group's sample is its newest job, whose message and traceback come from its last event that
 has a traceback (the job's error when none has one).
 
-Retrying a group gives its jobs a new attempt cycle (`operations.bulk_retry`); discarding it
+Retrying a group gives its jobs a new attempt cycle (`operations.bulk_retry`), unless its
+job type is unknown to this server (409: its jobs could not run); discarding it
 deletes them, and their events, in batches (as retention does). Both are for operators and
 admins, act on at most `limit` jobs per call (`more` says whether some are left), and write
 one audit event naming the group and the count.
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session, defer, sessionmaker
 
 from conveyor.announcements import Announcer
 from conveyor.db import bound, transaction
+from conveyor.errors import ConflictError
 from conveyor.models import Job, JobEvent, JobStatus, User
 from conveyor.models.job import jobs_t
 from conveyor.registry import Registry
@@ -271,8 +273,18 @@ def retry_group(
     client: Client = audit.NOBODY,
 ) -> BulkResult:
     """Give up to `limit` failed jobs of the group a new attempt cycle each (see
-    `operations.bulk_retry`), and record it in the audit log. Operators and admins only."""
+    `operations.bulk_retry`), and record it in the audit log. Operators and admins only.
+
+    ConflictError when this server does not know the group's job type (its code was removed,
+    or is deployed elsewhere): none of its jobs could be retried, and reading them all, batch
+    after batch, to skip each would only keep the request busy.
+    """
     require_operator(by)
+    if job_type not in registry:
+        raise ConflictError(
+            f"job type {job_type!r} is not known to this server any more: its jobs cannot be "
+            "retried here (deploy the code that declares it, or discard the group)"
+        )
     where = JobFilter(
         statuses=(JobStatus.FAILED.value,), types=(job_type,), error_types=(error_type,)
     )

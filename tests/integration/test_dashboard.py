@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import conveyor.actors.all  # noqa: F401  (system.* job types)
 from conveyor.db import make_engine, make_sessionmaker, transaction
-from conveyor.errors import PermissionDeniedError
+from conveyor.errors import ConflictError, PermissionDeniedError
 from conveyor.models import AuditEvent, Job, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import error_type_of, events_t, jobs_t
@@ -328,6 +328,9 @@ def _audit(db: sessionmaker[Session]) -> list[AuditEvent]:
         return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
 
 
+_failed = jobs_t.c.status == JobStatus.FAILED.value
+
+
 def _count(db: sessionmaker[Session], table: Any, *where: Any) -> int:
     with db() as session:
         return int(session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
@@ -381,6 +384,21 @@ def test_retrying_a_group_queues_its_jobs_again(
     [event] = _audit(any_db)
     assert (event.action, event.details["count"]) == ("error_group_retried", 3)
     assert error_groups.group(any_db, "system.fail", "ValueError") is None
+
+
+def test_a_group_of_a_job_type_this_server_does_not_know_is_not_retried(
+    any_db: sessionmaker[Session], make: MakeJob, operator: User
+) -> None:
+    gone = [make(JobStatus.FAILED, job_type="removed.report") for _ in range(3)]
+    enqueuer = RecordingEnqueuer()
+    with pytest.raises(ConflictError, match=r"removed\.report"):
+        error_groups.retry_group(
+            any_db, enqueuer, RecordingAnnouncer(), JOBS, "removed.report", "ValueError", operator
+        )
+    assert enqueuer.messages == []
+    assert _count(any_db, jobs_t, jobs_t.c.id.in_([j.id for j in gone]), _failed) == 3
+    assert _audit(any_db) == []  # nothing was done
+    assert error_groups.discard_group(any_db, "removed.report", "ValueError", operator).count == 3
 
 
 def test_a_group_without_an_error_type_is_acted_on_as_one(

@@ -143,6 +143,8 @@ async def group_page(request: web.Request) -> web.Response:
         "admin/error_group.html",
         title=f"{error_type or 'Errors'} in {job_type}",
         group=found,
+        # A type this server does not know cannot run: its jobs are not offered a retry.
+        retryable=job_type in request.config_dict[CONTAINER].registry,
         jobs=jobs,
         next_url=group_url(job_type, error_type, after=str(jobs[-1].id)) if more else None,
         first_url=group_url(job_type, error_type) if after else None,
@@ -165,7 +167,7 @@ def _after(
     name="admin_error_group_retry",
     role=Role.OPERATOR,
     answers={303: BACK},
-    errors={422: "No job type given"},
+    errors={409: "This server does not know the job type", 422: "No job type given"},
 )
 async def retry_group(request: web.Request) -> web.Response:
     """Retry the group's failed jobs, a thousand at most (written to the audit log)."""
