@@ -386,6 +386,29 @@ def test_retrying_a_group_queues_its_jobs_again(
     assert error_groups.group(any_db, "system.fail", "ValueError") is None
 
 
+def test_a_group_action_bounded_by_the_newest_failure_seen_leaves_later_ones(
+    any_db: sessionmaker[Session], make: MakeJob, operator: User
+) -> None:
+    # The operator saw the group up to NOW; two more jobs failed while they confirmed.
+    seen = [make(JobStatus.FAILED, finished_at=NOW - i * MINUTE) for i in range(3)]
+    later = [make(JobStatus.FAILED, finished_at=NOW + i * MINUTE) for i in (1, 2)]
+    group = ("system.fail", "ValueError")
+
+    retried = error_groups.retry_group(
+        any_db, RecordingEnqueuer(), RecordingAnnouncer(), JOBS, *group, operator, up_to=NOW
+    )
+    assert (retried.count, retried.more) == (3, False)
+    with any_db() as session:
+        assert {session.get(Job, j.id).status for j in seen} == {"queued"}  # type: ignore[union-attr]
+    assert _count(any_db, jobs_t, jobs_t.c.id.in_([j.id for j in later]), _failed) == 2
+
+    bound = NOW + MINUTE
+    discarded = error_groups.discard_group(any_db, *group, operator, up_to=bound)
+    assert (discarded.count, discarded.more) == (1, False)
+    assert _count(any_db, jobs_t, jobs_t.c.id == later[1].id, _failed) == 1
+    assert [e.details["up_to"] for e in _audit(any_db)] == [NOW.isoformat(), bound.isoformat()]
+
+
 def test_a_group_of_a_job_type_this_server_does_not_know_is_not_retried(
     any_db: sessionmaker[Session], make: MakeJob, operator: User
 ) -> None:

@@ -4,6 +4,7 @@ jobs then run again, and discards one; both are in the audit log."""
 from __future__ import annotations
 
 import html
+import re
 import uuid
 
 import pytest
@@ -100,13 +101,13 @@ async def test_group_actions_are_for_operators_and_check_their_body(stack: Stack
     assert response.status == 403
 
 
-def _failed_of_a_removed_type(stack: Stack, n: int) -> list[uuid.UUID]:
-    """Failed jobs of `removed.report`, a job type this server does not declare (any more)."""
+def _failed(stack: Stack, n: int, job_type: str = "system.fail") -> list[uuid.UUID]:
+    """`n` failed jobs of `job_type`, with a TimeoutError, failed as they were made."""
     owner = get_by_email(stack.db, "member@example.com")
     ids = []
-    for i in range(n):
+    for _ in range(n):
         job, _ = submissions.write(
-            stack.db, NewJob("removed.report", "reports", {"i": i}, 3, owner.id)
+            stack.db, NewJob(job_type, "system", {"failures": 0}, 3, owner.id)
         )
         ids.append(job.id)
     error = {"type": "TimeoutError", "message": "the warehouse did not answer"}
@@ -127,7 +128,7 @@ def _failed_of_a_removed_type(stack: Stack, n: int) -> list[uuid.UUID]:
 async def test_a_group_of_a_job_type_this_server_does_not_know_cannot_be_retried(
     stack: Stack,
 ) -> None:
-    ids = _failed_of_a_removed_type(stack, 3)
+    ids = _failed(stack, 3, "removed.report")
     admin = stack.headers(stack.admin_token)
     group = {"type": "removed.report", "error_type": "TimeoutError"}
 
@@ -149,3 +150,42 @@ async def test_a_group_of_a_job_type_this_server_does_not_know_cannot_be_retried
         rows = session.scalars(select(Job).where(Job.id.in_(ids))).all()
     assert {job.status for job in rows} == {"failed"}
     assert _actions(stack) == []
+
+
+async def test_a_group_action_leaves_the_jobs_that_failed_after_the_page_was_shown(
+    stack: Stack,
+) -> None:
+    admin = stack.headers(stack.admin_token)
+    group = {"type": "system.fail", "error_type": "TimeoutError"}
+    shown = _failed(stack, 2)
+    response = await stack.client.get("/admin/errors/group/discard", params=group, headers=admin)
+    page = html.unescape(await response.text())
+    assert response.status == 200, page
+    up_to = re.search(r'name="up_to" value="([^"]+)"', page)
+    assert up_to is not None
+    later = _failed(stack, 1)  # failed while the operator read the confirmation
+
+    form = {**group, "up_to": up_to.group(1)}
+    response = await stack.client.post(
+        "/admin/errors/group/discard", data=form, headers=admin, allow_redirects=False
+    )
+    assert response.status == 303
+    with stack.db() as session:
+        left = set(session.scalars(select(Job.id).where(Job.id.in_([*shown, *later]))))
+    assert left == set(later)
+
+    # The API takes the group's `last_seen` as read, the same way.
+    [listed] = await _groups(stack)
+    newer = _failed(stack, 1)
+    body = {**group, "up_to": listed["last_seen"]}
+    response = await stack.client.post("/v1/errors/retry", json=body, headers=admin)
+    done = await response.json()
+    assert response.status == 200, done
+    assert done["count"] == 1
+    await stack.wait_for(str(later[0]), "succeeded")  # retried, it runs again
+    assert stack.row(str(newer[0])).status == "failed"
+    for bad in ("yesterday", "2026-12-02T12:00:00"):  # not a time; no offset
+        response = await stack.client.post(
+            "/admin/errors/group/retry", data={**group, "up_to": bad}, headers=admin
+        )
+        assert response.status == 422, bad

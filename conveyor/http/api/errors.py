@@ -92,6 +92,7 @@ async def retry_group(request: web.Request) -> web.Response:
         given.error_type,
         request[USER],
         limit=given.limit,
+        up_to=given.up_to,
         client=client_of(request),
     )
     return respond(_out(result))
@@ -118,6 +119,7 @@ async def discard_group(request: web.Request) -> web.Response:
         given.error_type,
         request[USER],
         limit=given.limit,
+        up_to=given.up_to,
         client=client_of(request),
     )
     return respond(_out(result))
