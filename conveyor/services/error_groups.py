@@ -251,7 +251,7 @@ def _record(
     result: BulkResult,
     up_to: dt.datetime | None,
 ) -> None:
-    bound_to = {} if up_to is None else {"up_to": up_to.isoformat()}
+    bound_to: dict[str, Any] = {} if up_to is None else {"up_to": up_to.isoformat()}
     audit.record_apart(
         db,
         action,
