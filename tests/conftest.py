@@ -99,7 +99,9 @@ def pg_db(database_url: str) -> Iterator[sessionmaker[Session]]:
     """Sessions on the run's database, emptied before each test."""
     engine = make_engine(database_url, pool_size=10)
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE job_events, jobs, users, workers, audit_events CASCADE"))
+        connection.execute(
+            text("TRUNCATE job_events, jobs, users, workers, audit_events, queue_pauses CASCADE")
+        )
     yield make_sessionmaker(engine)
     engine.dispose()
 

@@ -60,6 +60,15 @@ def promtool_check_rules(path: str) -> None:
     assert done.returncode == 0, f"promtool check rules:\n{done.stdout}{done.stderr}"
 
 
+def promtool_test_rules(path: str) -> None:
+    """Fail unless `promtool test rules` passes the rule tests at `path` (without promtool:
+    as `promtool_check`)."""
+    done = subprocess.run(
+        [_promtool(), "test", "rules", path], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, f"promtool test rules:\n{done.stdout}{done.stderr}"
+
+
 def promtool_check(text: str) -> None:
     """Fail unless `promtool check metrics` accepts the exposition. Without promtool: fail
     under `make test` or CI (which must not pass by skipping), else skip."""

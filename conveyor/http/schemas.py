@@ -381,6 +381,11 @@ class ErrorGroupIn(BaseModel):
         le=10_000,
         description="Most jobs changed by this request; call again while `more` is true",
     )
+    up_to: AwareDatetime | None = Field(
+        None,
+        description="Only the jobs that failed at or before this time: the group's `last_seen` "
+        "as you read it, so that jobs failing after you looked are left alone",
+    )
 
 
 class QueueOut(BaseModel):

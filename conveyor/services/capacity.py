@@ -17,9 +17,11 @@ target utilization U (`CONVEYOR_CAPACITY_TARGET_UTILIZATION`, 0.75) and the drai
     desired      = min(max(floor, ceil(busy threads / T)), CONVEYOR_CAPACITY_MAX_WORKERS)
 
 where floor is 1 when a job of the pool arrived, waits or runs, else 0 (a pool with nothing to
-do may scale to zero). A queue whose run time is unknown adds no threads; its floor keeps one
-process, whose runs then give the next reading a run time. The inputs come back with the
-figure, so a page can show why.
+do may scale to zero). A paused queue's arrivals and backlog are left out: its workers take
+none of its jobs, so more workers would only sit idle (an autoscaler fed this figure would
+otherwise scale out as the parked jobs pile up); its running jobs still count. A queue
+whose run time is unknown adds no threads; its floor keeps one process, whose runs then give
+the next reading a run time. The inputs come back with the figure, so a page can show why.
 
 A pool's queues are those its live processes consume; a queue that no live process consumes
 belongs to the pool of its name (queues are named after pools).
@@ -30,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, Float, cast, extract, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -82,6 +84,8 @@ class QueueLoad:
     mean_seconds: float | None = None  #: None: no job of it finished lately
     backlog: int = 0
     running: int = 0
+    #: Paused: its arrivals and backlog ask for no worker (shown, but left out of the sums).
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,14 @@ class PoolCapacity:
     queues: list[str]
     processes: int  #: live processes now
     threads: int  #: per process
-    arrival_per_second: float
+    arrival_per_second: float  #: of its queues not paused
     mean_seconds: float | None  #: of its queues' runs, weighted by their arrivals
-    backlog: int
+    backlog: int  #: of its queues not paused
     running: int
     utilization: float | None  #: jobs in hand / threads of the live processes; None: none
     busy_threads: float  #: threads the arrivals and the backlog need
     desired: int
+    paused: list[str] = field(default_factory=list)  #: its paused queues
 
 
 def plan(
@@ -110,15 +115,19 @@ def plan(
     """The capacity of `pool`, whose queues carry `loads` and whose live processes are
     `live` (see the module docstring)."""
     threads = max((w.threads for w in live), default=DEFAULT_THREADS)
+    paused = sorted(q.queue for q in loads if q.paused)
+    taken = [q for q in loads if not q.paused]  # the queues whose waiting jobs workers take
     busy = 0.0
-    for load in loads:
+    for load in taken:
         if load.mean_seconds is not None:
             busy += load.arrival_per_second * load.mean_seconds / model.target_utilization
             busy += load.backlog * load.mean_seconds / model.drain_seconds
-    active = any(q.arrival_per_second > 0 or q.backlog or q.running for q in loads)
+    active = any(q.running for q in loads) or any(
+        q.arrival_per_second > 0 or q.backlog for q in taken
+    )
     desired = min(max(1 if active else 0, math.ceil(busy / threads)), model.max_workers)
-    arrivals = sum(q.arrival_per_second for q in loads)
-    timed = [q for q in loads if q.mean_seconds is not None]
+    arrivals = sum(q.arrival_per_second for q in taken)
+    timed = [q for q in taken if q.mean_seconds is not None]
     weights = sum(q.arrival_per_second for q in timed)
     if not timed:
         mean = None
@@ -134,11 +143,12 @@ def plan(
         threads=threads,
         arrival_per_second=arrivals,
         mean_seconds=mean,
-        backlog=sum(q.backlog for q in loads),
+        backlog=sum(q.backlog for q in taken),
         running=sum(q.running for q in loads),
         utilization=sum(w.jobs_in_hand for w in live) / capacity if capacity else None,
         busy_threads=busy,
         desired=desired,
+        paused=paused,
     )
 
 
@@ -158,10 +168,13 @@ def loads(
     now: dt.datetime | None = None,
     timeout_seconds: float | None = TIMEOUT_SECONDS,
 ) -> dict[str, QueueLoad]:
-    """Each queue's load: those of `stats` (their backlog and running jobs), and any other
-    queue that had jobs arrive or finish lately."""
+    """Each queue's load: those of `stats` (their backlog and running jobs, and whether they
+    are paused: a paused queue is always among them), and any other queue that had jobs
+    arrive or finish lately."""
     now = now or utcnow()
+    stats = list(stats)
     backlog = {q.queue: (q.waiting, q.running) for q in stats}
+    paused = {q.queue for q in stats if q.paused}
     with db() as session:
         bound(session, timeout_seconds)
         arrived: dict[str, int] = {
@@ -196,6 +209,7 @@ def loads(
             mean_seconds=max(ran[name], 0.0) if name in ran else None,
             backlog=backlog.get(name, (0, 0))[0],
             running=backlog.get(name, (0, 0))[1],
+            paused=name in paused,
         )
         for name in sorted(names)
     }

@@ -8,10 +8,13 @@ jobs by (type, error_type, finished_at, id), by index only, so listing them read
 a group's sample is its newest job, whose message and traceback come from its last event that
 has a traceback (the job's error when none has one).
 
-Retrying a group gives its jobs a new attempt cycle (`operations.bulk_retry`); discarding it
+Retrying a group gives its jobs a new attempt cycle (`operations.bulk_retry`), unless its
+job type is unknown to this server (409: its jobs could not run); discarding it
 deletes them, and their events, in batches (as retention does). Both are for operators and
 admins, act on at most `limit` jobs per call (`more` says whether some are left), and write
-one audit event naming the group and the count.
+one audit event naming the group and the count. Both take `up_to`, the newest failure the
+operator saw (the group's `last_seen` on the page they confirmed): a job that failed after
+it is left alone, as the operator has not seen it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sqlalchemy.orm import Session, defer, sessionmaker
 
 from conveyor.announcements import Announcer
 from conveyor.db import bound, transaction
+from conveyor.errors import ConflictError
 from conveyor.models import Job, JobEvent, JobStatus, User
 from conveyor.models.job import jobs_t
 from conveyor.registry import Registry
@@ -245,7 +249,9 @@ def _record(
     job_type: str,
     error_type: str | None,
     result: BulkResult,
+    up_to: dt.datetime | None,
 ) -> None:
+    bound_to: dict[str, Any] = {} if up_to is None else {"up_to": up_to.isoformat()}
     audit.record_apart(
         db,
         action,
@@ -255,6 +261,7 @@ def _record(
         error_type=error_type,
         count=result.count,
         more=result.more,
+        **bound_to,
     )
 
 
@@ -268,18 +275,33 @@ def retry_group(
     by: User,
     *,
     limit: int = DEFAULT_BULK_LIMIT,
+    up_to: dt.datetime | None = None,
     client: Client = audit.NOBODY,
 ) -> BulkResult:
-    """Give up to `limit` failed jobs of the group a new attempt cycle each (see
-    `operations.bulk_retry`), and record it in the audit log. Operators and admins only."""
+    """Give up to `limit` failed jobs of the group, those that failed at or before `up_to`
+    if given, a new attempt cycle each (see `operations.bulk_retry`), and record it in the
+    audit log. Operators and admins only.
+
+    ConflictError when this server does not know the group's job type (its code was removed,
+    or is deployed elsewhere): none of its jobs could be retried, and reading them all, batch
+    after batch, to skip each would only keep the request busy.
+    """
     require_operator(by)
+    if job_type not in registry:
+        raise ConflictError(
+            f"job type {job_type!r} is not known to this server any more: its jobs cannot be "
+            "retried here (deploy the code that declares it, or discard the group)"
+        )
     where = JobFilter(
-        statuses=(JobStatus.FAILED.value,), types=(job_type,), error_types=(error_type,)
+        statuses=(JobStatus.FAILED.value,),
+        types=(job_type,),
+        error_types=(error_type,),
+        finished_up_to=up_to,
     )
     result = operations.bulk_retry(
         db, enqueuer, announcer, registry, by, where, limit=limit, audited_as=None
     )
-    _record(db, "error_group_retried", by, client, job_type, error_type, result)
+    _record(db, "error_group_retried", by, client, job_type, error_type, result, up_to)
     return result
 
 
@@ -290,13 +312,17 @@ def discard_group(
     by: User,
     *,
     limit: int = DEFAULT_BULK_LIMIT,
+    up_to: dt.datetime | None = None,
     client: Client = audit.NOBODY,
 ) -> BulkResult:
-    """Delete up to `limit` failed jobs of the group, with their events, `BATCH` per
-    transaction, and record it in the audit log. Operators and admins only."""
+    """Delete up to `limit` failed jobs of the group, those that failed at or before `up_to`
+    if given, with their events, `BATCH` per transaction, and record it in the audit log.
+    Operators and admins only."""
     require_operator(by)
     limit = operations.check_limit(limit)
     where = _in_group(job_type, error_type)
+    if up_to is not None:
+        where.append(jobs_t.c.finished_at <= up_to)
     done = 0
     while done < limit:
         size = min(BATCH, limit - done)
@@ -315,7 +341,7 @@ def discard_group(
     with db() as session:
         more = session.scalar(select(jobs_t.c.id).where(*where).limit(1)) is not None
     result = BulkResult(done, more)
-    _record(db, "error_group_discarded", by, client, job_type, error_type, result)
+    _record(db, "error_group_discarded", by, client, job_type, error_type, result, up_to)
     logger.info(
         "discard by %s: %d failed job(s) of %s with %s deleted",
         who(by),

@@ -71,6 +71,8 @@ class JobFilter:
     ids: tuple[uuid.UUID, ...] = field(default=())
     #: The `type` of the jobs' error (the exception's class); None: an error without one.
     error_types: tuple[str | None, ...] = ()
+    #: Only jobs that finished at or before this time (what an operator saw when choosing).
+    finished_up_to: dt.datetime | None = None
 
     def is_empty(self) -> bool:
         return not (
@@ -117,6 +119,8 @@ class JobFilter:
             where.append(or_(*either))
         if self.owner_id is not None:
             where.append(jobs_t.c.owner_id == self.owner_id)
+        if self.finished_up_to is not None:
+            where.append(jobs_t.c.finished_at <= self.finished_up_to)
         if self.created_before is not None:
             where.append(jobs_t.c.created_at < self.created_before)
         if self.created_after is not None:

@@ -31,7 +31,7 @@ from conveyor.logs import job_fields
 from conveyor.models import JobEventKind, JobStatus
 from conveyor.models.base import utcnow
 from conveyor.models.job import DUE_SQL, OUTBOX, error_type_of, events_t, jobs_t
-from conveyor.models.queue import is_paused
+from conveyor.models.queue import is_paused, queue_pauses_t
 from conveyor.services.jobs import Enqueuer, JobMessage, new_event, rowcount
 from conveyor.services.outbox import publish_now
 from conveyor.services.outcomes import Outcome
@@ -183,27 +183,58 @@ def claim(
     return Claim(**fields, due_at=due_at)
 
 
-def park(db: sessionmaker[Session], job_id: uuid.UUID) -> bool:
-    """After a claim found nothing: if the job waits in a paused queue, mark its message
-    unpublished (the caller acknowledges the message), so the resume, or the outbox sweep
-    after it, publishes the job again; True if it did. Its due time is kept, so a delayed
-    job or a retry still runs no earlier than planned. Nothing changes for a job that ended,
-    runs, was cancelled, or whose queue is not paused (a late or duplicate message).
+class Park(enum.Enum):
+    """What `park` found of a job its worker could not claim."""
 
-    Runs only on that rare path: every claim that succeeds pays nothing for it.
+    #: It waits in a paused queue, now unpublished: the resume publishes it again.
+    PARKED = "parked"
+    #: It waits, due, in a queue not paused: the queue was resumed since the claim (and the
+    #: resume took its message for one still out), or the job came back to the queue
+    #: meanwhile. The worker claims it again. It is unpublished too, so should that claim
+    #: fail, the resume or the outbox sweep (within its grace) publishes it.
+    RESUMED = "resumed"
+    #: It ended, runs, was cancelled, or is not yet due: a late or duplicate message.
+    NOT_WAITING = "not_waiting"
+
+
+def park(db: sessionmaker[Session], job_id: uuid.UUID) -> Park:
+    """After a claim found nothing: if the job still waits, in a paused queue or, due, in one
+    resumed since, mark its message unpublished (the caller acknowledges the message) and say
+    which. Its due time is kept, so a delayed job or a retry still runs no earlier than
+    planned. Nothing changes for a job that ended, runs, was cancelled, or is not yet due in a
+    queue not paused (a late or duplicate message).
+
+    The resume publishes only the jobs without a message: a resume that lands between the
+    claim and this park leaves out a job whose message is being acknowledged here. Such a job
+    is `Park.RESUMED`, for its worker to claim again; were it left as it was, it would wait for
+    the sweep's `requeue_after`. Runs only on that rare path: every claim that succeeds pays
+    nothing for it.
     """
+    now = utcnow()
     stmt = (
         update(jobs_t)
         .where(
             jobs_t.c.id == job_id,
             jobs_t.c.status.in_(OUTBOX),
             jobs_t.c.cancel_requested.is_(False),
-            is_paused(jobs_t.c.queue),
+            or_(
+                is_paused(jobs_t.c.queue),
+                jobs_t.c.next_attempt_at.is_(None),
+                jobs_t.c.next_attempt_at <= now + EARLY_TOLERANCE,
+            ),
         )
         .values(published_at=None)
+        .returning(jobs_t.c.queue)
     )
     with transaction(db) as session:
-        return rowcount(session.execute(stmt)) == 1
+        queue = session.scalar(stmt)
+        if queue is None:
+            return Park.NOT_WAITING
+        # Read again rather than returned by the UPDATE (SQLite cannot correlate a subquery
+        # of RETURNING): a pause or resume between the two only changes who publishes it.
+        pause = select(queue_pauses_t.c.queue).where(queue_pauses_t.c.queue == queue)
+        still = session.scalar(pause)
+    return Park.RESUMED if still is None else Park.PARKED
 
 
 def _guarded(job_id: uuid.UUID, attempt: int) -> Any:

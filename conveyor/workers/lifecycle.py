@@ -289,10 +289,12 @@ class JobLifecycle(Middleware):
         finally:
             logs.job_id.reset(token)
 
-    def _skip(self, job_id: uuid.UUID) -> None:
-        """A delivery whose job this worker may not claim: acknowledged. A job of a paused
-        queue is parked first (published again after the resume); any other is finished,
-        cancelled or taken (a late or duplicate message)."""
+    def _skip(self, job_id: uuid.UUID) -> bool:
+        """A delivery whose job this worker could not claim: True if it should claim it again,
+        else the message is acknowledged. A job of a paused queue is parked first (published
+        again after the resume); a job whose queue was resumed between the claim and the park
+        is claimed again (the resume did not publish it: its message was still out, this
+        one); any other is finished, cancelled or taken (a late or duplicate message)."""
         try:
             parked = runs.park(self.container.db, job_id)
         except Exception:
@@ -301,11 +303,15 @@ class JobLifecycle(Middleware):
             logger.warning(
                 "could not check whether job %s waits in a paused queue", job_id, exc_info=True
             )
-            return
-        if parked:
+            return False
+        if parked is runs.Park.PARKED:
             logger.info("job %s waits: its queue is paused", job_id)
+        elif parked is runs.Park.RESUMED:
+            logger.info("job %s: its queue was resumed as it was parked; claimed again", job_id)
+            return True
         else:
             logger.info("job %s is not due to run (finished, cancelled or taken); skipped", job_id)
+        return False
 
     def _pass_on(self, job_type: JobType, job_id: uuid.UUID) -> None:
         """A delivery that reached a stopping worker: sent again for another worker (the job
@@ -325,6 +331,18 @@ class JobLifecycle(Middleware):
         container = self.container
         try:
             job = runs.claim(container.db, job_id, worker=self.worker_name, lease=self.lease)
+            # Claimed again at most once: the claim is the one guarded UPDATE that starts an
+            # attempt, so however many messages the job has, one attempt runs. Should this
+            # claim fail too (paused again, say), the park left the job unpublished, for the
+            # resume or the sweep.
+            if job is None and self._skip(job_id):
+                job = runs.claim(container.db, job_id, worker=self.worker_name, lease=self.lease)
+                if job is None:
+                    logger.info(
+                        "job %s was not claimed again (paused again, or taken); if it waits, "
+                        "the resume or the outbox sweep publishes it",
+                        job_id,
+                    )
         except Exception:
             # The database is unreachable: try this delivery again later rather than
             # acknowledge a job nobody ran (if the broker fails too, the sweeper's
@@ -340,7 +358,6 @@ class JobLifecycle(Middleware):
             )
             return
         if job is None:
-            self._skip(job_id)
             return
         metrics = self.metrics
         if job.due_at is not None:

@@ -14,16 +14,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import conveyor.actors.all  # noqa: F401  (system.* job types)
 from conveyor.db import make_engine, make_sessionmaker, transaction
-from conveyor.errors import PermissionDeniedError
+from conveyor.errors import ConflictError, PermissionDeniedError
 from conveyor.models import AuditEvent, Job, JobStatus, Role, User
 from conveyor.models.base import utcnow
 from conveyor.models.job import error_type_of, events_t, jobs_t
 from conveyor.registry import JOBS
-from conveyor.services import dashboard, error_groups, runs, submissions, workers
+from conveyor.services import (
+    capacity,
+    dashboard,
+    error_groups,
+    queue_pauses,
+    runs,
+    submissions,
+    workers,
+)
 from conveyor.services.dashboard import Minute
 from conveyor.services.jobs import new_event
 from conveyor.services.submissions import NewJob
 from conveyor.services.users import create_user
+from conveyor.settings import Settings
 from tests.unit.support import RecordingAnnouncer, RecordingEnqueuer
 
 pytestmark = pytest.mark.integration
@@ -154,6 +163,33 @@ def test_the_overview_has_the_series_the_queues_and_the_live_workers(
     assert set(seen.oldest_waiting) == {"reports", "system"}
     assert [w.id for w in seen.workers] == ["w1"]
     assert seen.workers_by_pool == {"system": 1}
+
+
+def test_a_paused_queues_backlog_and_arrivals_ask_for_no_worker(
+    any_db: sessionmaker[Session], make: MakeJob
+) -> None:
+    # Jobs pile up in a paused queue: an autoscaler fed the signal must not add workers that
+    # can take none of them. A job that still runs there keeps one process.
+    admin = create_user(any_db, "admin@example.com", Role.ADMIN)
+    now = utcnow()
+    for _ in range(3):
+        make(JobStatus.SUCCEEDED, started_at=now - MINUTE, finished_at=now - MINUTE / 2)
+    parked = [make(JobStatus.QUEUED) for _ in range(200)]
+    settings = Settings(capacity_drain_seconds=10, capacity_target_utilization=0.5)
+
+    def system() -> capacity.PoolCapacity:
+        return next(p for p in capacity.desired(any_db, settings) if p.pool == "system")
+
+    busy = system()
+    assert busy.backlog == 200 and busy.desired == settings.capacity_max_workers
+
+    queue_pauses.pause(any_db, "system", admin)
+    paused = system()
+    assert (paused.paused, paused.backlog, paused.arrival_per_second) == (["system"], 0, 0)
+    assert (paused.busy_threads, paused.desired) == (0, 0)
+    with transaction(any_db) as session:
+        session.execute(update(jobs_t).where(jobs_t.c.id == parked[0].id).values(status="running"))
+    assert (system().running, system().desired) == (1, 1)
 
 
 def test_the_series_reads_the_finished_jobs_index(pg_db: sessionmaker[Session]) -> None:
@@ -295,6 +331,9 @@ def _audit(db: sessionmaker[Session]) -> list[AuditEvent]:
         return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
 
 
+_failed = jobs_t.c.status == JobStatus.FAILED.value
+
+
 def _count(db: sessionmaker[Session], table: Any, *where: Any) -> int:
     with db() as session:
         return int(session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
@@ -348,6 +387,44 @@ def test_retrying_a_group_queues_its_jobs_again(
     [event] = _audit(any_db)
     assert (event.action, event.details["count"]) == ("error_group_retried", 3)
     assert error_groups.group(any_db, "system.fail", "ValueError") is None
+
+
+def test_a_group_action_bounded_by_the_newest_failure_seen_leaves_later_ones(
+    any_db: sessionmaker[Session], make: MakeJob, operator: User
+) -> None:
+    # The operator saw the group up to NOW; two more jobs failed while they confirmed.
+    seen = [make(JobStatus.FAILED, finished_at=NOW - i * MINUTE) for i in range(3)]
+    later = [make(JobStatus.FAILED, finished_at=NOW + i * MINUTE) for i in (1, 2)]
+    group = ("system.fail", "ValueError")
+
+    retried = error_groups.retry_group(
+        any_db, RecordingEnqueuer(), RecordingAnnouncer(), JOBS, *group, operator, up_to=NOW
+    )
+    assert (retried.count, retried.more) == (3, False)
+    with any_db() as session:
+        assert {session.get(Job, j.id).status for j in seen} == {"queued"}  # type: ignore[union-attr]
+    assert _count(any_db, jobs_t, jobs_t.c.id.in_([j.id for j in later]), _failed) == 2
+
+    bound = NOW + MINUTE
+    discarded = error_groups.discard_group(any_db, *group, operator, up_to=bound)
+    assert (discarded.count, discarded.more) == (1, False)
+    assert _count(any_db, jobs_t, jobs_t.c.id == later[1].id, _failed) == 1
+    assert [e.details["up_to"] for e in _audit(any_db)] == [NOW.isoformat(), bound.isoformat()]
+
+
+def test_a_group_of_a_job_type_this_server_does_not_know_is_not_retried(
+    any_db: sessionmaker[Session], make: MakeJob, operator: User
+) -> None:
+    gone = [make(JobStatus.FAILED, job_type="removed.report") for _ in range(3)]
+    enqueuer = RecordingEnqueuer()
+    with pytest.raises(ConflictError, match=r"removed\.report"):
+        error_groups.retry_group(
+            any_db, enqueuer, RecordingAnnouncer(), JOBS, "removed.report", "ValueError", operator
+        )
+    assert enqueuer.messages == []
+    assert _count(any_db, jobs_t, jobs_t.c.id.in_([j.id for j in gone]), _failed) == 3
+    assert _audit(any_db) == []  # nothing was done
+    assert error_groups.discard_group(any_db, "removed.report", "ValueError", operator).count == 3
 
 
 def test_a_group_without_an_error_type_is_acted_on_as_one(

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 import tests.jobs  # noqa: F401  (test-only job types)
 from conveyor.models import AuditEvent, JobEvent, Worker
-from conveyor.services import outbox
+from conveyor.services import outbox, queue_pauses, runs
 from conveyor.services.users import get_by_email
 from tests.stack import Stack, wait_until
 
@@ -119,6 +120,34 @@ async def test_running_jobs_finish_and_delayed_or_retrying_ones_wait_for_the_res
     assert resumed["published"] == 2
     assert (await stack.wait_for(retrying["id"], "succeeded"))["attempts"] == 2
     assert (await stack.wait_for(delayed["id"], "succeeded"))["attempts"] == 1
+
+
+@RABBITMQ
+async def test_a_resume_between_the_claim_and_the_park_leaves_no_job_behind(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job published before the pause; the worker's claim finds the queue paused; the operator
+    # resumes before the worker parks the job. The resume publishes nothing (the job's message
+    # was still out): without a second claim the job would wait for the sweep's
+    # `requeue_after`, a quarter of an hour.
+    admin = get_by_email(stack.db, "admin@example.com")
+    park = runs.park
+    resumed: list[int] = []
+
+    def resumed_first(db: sessionmaker[Session], job_id: uuid.UUID) -> runs.Park:
+        resumed.append(queue_pauses.resume(db, stack.container.enqueuer, "system", admin))
+        return park(db, job_id)
+
+    monkeypatch.setattr(runs, "park", resumed_first)
+    stack.stop_worker()
+    job = await stack.submit("system.echo", {"n": 1})  # published before the pause
+    wait_until(lambda: stack.row(job["id"]).published_at is not None)
+    await post(stack, "/v1/queues/system/pause")
+    stack.start_worker()
+
+    done = await stack.wait_for(job["id"], "succeeded", within=10)
+    assert resumed == [0]  # the resume had nothing to publish
+    assert done["attempts"] == 1 and runs_of(stack, job["id"]) == 1
 
 
 @RABBITMQ

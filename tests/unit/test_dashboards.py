@@ -19,7 +19,7 @@ from conveyor.metrics import JobMetrics
 from conveyor.notifications.metrics import NotificationMetrics
 from conveyor.services.capacity import PoolCapacity
 from conveyor.services.queues import QueueStats
-from tests.metrics import promtool_check_rules
+from tests.metrics import promtool_check_rules, promtool_test_rules
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DASHBOARD = DOCS / "grafana" / "conveyor.json"
@@ -65,6 +65,42 @@ def _expressions(node: Any) -> Iterator[str]:
 
 def test_the_alert_rules_pass_promtool() -> None:
     promtool_check_rules(str(ALERTS))
+
+
+#: `promtool test rules` input: two queues whose oldest job waits for 20 minutes, one paused.
+WAITING_TESTS = """
+rule_files: [{alerts}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'conveyor_queue_oldest_waiting_age_seconds{{queue="system"}}'
+        values: '700+60x20'
+      - series: 'conveyor_queue_oldest_waiting_age_seconds{{queue="reports"}}'
+        values: '700+60x20'
+      - series: 'conveyor_queue_paused{{queue="system"}}'
+        values: '0x20'
+      - series: 'conveyor_queue_paused{{queue="reports"}}'
+        values: '1x20'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: ConveyorQueueWaitingTooLong
+        exp_alerts:
+          - exp_labels: {{queue: system, severity: warning}}
+            exp_annotations:
+              summary: "Queue system: a job has waited over 10 minutes"
+              description: >-
+                The oldest waiting job of queue system has been due for 21m 40s. Its pool has
+                too few workers for the load, or none (a paused queue does not raise this
+                alert). Compare conveyor_pool_desired_workers with conveyor_workers_alive, and
+                see `conveyor queues`.
+"""
+
+
+def test_a_paused_queue_whose_jobs_wait_raises_no_alert(tmp_path: Path) -> None:
+    tests = tmp_path / "waiting_test.yml"
+    tests.write_text(WAITING_TESTS.format(alerts=json.dumps(str(ALERTS))))
+    promtool_test_rules(str(tests))
 
 
 def _alerts() -> list[str]:

@@ -4,6 +4,7 @@ it after a confirmation)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -68,6 +69,21 @@ def _text(values: Any, name: str) -> str:
     if len(value) > MAX_NAME:
         raise _invalid(name, f"at most {MAX_NAME} characters")
     return value
+
+
+def _up_to(form: Any) -> dt.datetime | None:
+    """The newest failure the form's page showed (its hidden `up_to`): the action leaves out
+    the jobs that failed after it, which the operator did not see. None when absent."""
+    text = _text(form, "up_to")
+    if not text:
+        return None
+    try:
+        found = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise _invalid("up_to", "not a time") from None
+    if found.tzinfo is None:
+        raise _invalid("up_to", "a time with its offset from UTC")
+    return found
 
 
 def _group_of(values: Any) -> tuple[str, str | None]:
@@ -143,6 +159,8 @@ async def group_page(request: web.Request) -> web.Response:
         "admin/error_group.html",
         title=f"{error_type or 'Errors'} in {job_type}",
         group=found,
+        # A type this server does not know cannot run: its jobs are not offered a retry.
+        retryable=job_type in request.config_dict[CONTAINER].registry,
         jobs=jobs,
         next_url=group_url(job_type, error_type, after=str(jobs[-1].id)) if more else None,
         first_url=group_url(job_type, error_type) if after else None,
@@ -165,7 +183,10 @@ def _after(
     name="admin_error_group_retry",
     role=Role.OPERATOR,
     answers={303: BACK},
-    errors={422: "No job type given"},
+    errors={
+        409: "This server does not know the job type",
+        422: "No job type given, or a bad up_to",
+    },
 )
 async def retry_group(request: web.Request) -> web.Response:
     """Retry the group's failed jobs, a thousand at most (written to the audit log)."""
@@ -181,6 +202,7 @@ async def retry_group(request: web.Request) -> web.Response:
         job_type,
         error_type,
         request[USER],
+        up_to=_up_to(form),
         client=client_of(request),
     )
     raise _after(result, job_type, error_type, "retried")
@@ -212,7 +234,7 @@ async def discard_confirm(request: web.Request) -> web.Response:
     name="admin_error_group_discard",
     role=Role.OPERATOR,
     answers={303: BACK},
-    errors={422: "No job type given"},
+    errors={422: "No job type given, or a bad up_to"},
 )
 async def discard_group(request: web.Request) -> web.Response:
     """Delete the group's failed jobs and their events, a thousand at most (written to the
@@ -225,6 +247,7 @@ async def discard_group(request: web.Request) -> web.Response:
         job_type,
         error_type,
         request[USER],
+        up_to=_up_to(form),
         client=client_of(request),
     )
     raise _after(result, job_type, error_type, "discarded")

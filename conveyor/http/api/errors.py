@@ -68,11 +68,17 @@ async def list_groups(request: web.Request) -> web.Response:
     summary="Retry the failed jobs of an error group (operators and admins)",
     body=ErrorGroupIn,
     answers={200: Answer("How many jobs were queued again", BulkOut)},
-    errors={**OPERATORS_ONLY, 400: "Malformed JSON", 422: "A bad field"},
+    errors={
+        **OPERATORS_ONLY,
+        400: "Malformed JSON",
+        409: "This server does not know the job type: its jobs cannot be retried",
+        422: "A bad field",
+    },
 )
 async def retry_group(request: web.Request) -> web.Response:
     """Give up to `limit` failed jobs of the group a new attempt cycle each; `more` says
-    whether some are left. Written to the audit log."""
+    whether some are left. Written to the audit log. 409 when this server does not know the
+    job type (discard the group, or deploy the code that declares it)."""
     require_operator(request[USER])  # before reading the body: a member learns nothing more
     given = await read_body(request, ErrorGroupIn)
     container = request.config_dict[CONTAINER]
@@ -86,6 +92,7 @@ async def retry_group(request: web.Request) -> web.Response:
         given.error_type,
         request[USER],
         limit=given.limit,
+        up_to=given.up_to,
         client=client_of(request),
     )
     return respond(_out(result))
@@ -112,6 +119,7 @@ async def discard_group(request: web.Request) -> web.Response:
         given.error_type,
         request[USER],
         limit=given.limit,
+        up_to=given.up_to,
         client=client_of(request),
     )
     return respond(_out(result))

@@ -54,6 +54,21 @@ def test_a_pool_with_anything_to_do_keeps_one_process(load: QueueLoad) -> None:
     assert plan("system", [load], [], MODEL).desired == 1
 
 
+def test_a_paused_queue_asks_only_for_its_running_jobs() -> None:
+    loads = [
+        QueueLoad("system", arrival_per_second=5, mean_seconds=3, backlog=900, paused=True),
+        QueueLoad("extra", arrival_per_second=1, mean_seconds=2, backlog=0),
+    ]
+    found = plan("system", loads, [], MODEL)
+    assert found.busy_threads == pytest.approx(4)  # 1/s of 2 s at 50 %: the other queue's
+    assert (found.backlog, found.arrival_per_second, found.mean_seconds) == (0, 1, 2)
+    assert found.paused == ["system"]
+    alone = [QueueLoad("system", arrival_per_second=5, backlog=9, paused=True)]
+    assert plan("system", alone, [], MODEL).desired == 0
+    alone = [QueueLoad("system", backlog=9, running=1, paused=True)]
+    assert plan("system", alone, [], MODEL).desired == 1
+
+
 def test_the_figure_is_capped() -> None:
     load = QueueLoad("system", arrival_per_second=1000, mean_seconds=10)
     assert plan("system", [load], [], MODEL).desired == 20

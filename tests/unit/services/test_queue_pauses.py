@@ -71,7 +71,7 @@ def test_a_job_of_a_paused_queue_is_not_claimed_but_parked(
 
     assert runs.claim(db, job.id, worker="w", lease=LEASE) is None
     assert load(job.id).published_at is not None
-    assert runs.park(db, job.id) is True
+    assert runs.park(db, job.id) is runs.Park.PARKED
     parked = load(job.id)
     assert (parked.status, parked.published_at, parked.attempts) == ("queued", None, 0)
     # The broker's confirmation of its first message, late: it must not hide the parked job.
@@ -80,7 +80,28 @@ def test_a_job_of_a_paused_queue_is_not_claimed_but_parked(
     assert load(job.id).published_at is None
     # Another queue's job runs; a job that is not waiting is never parked.
     assert runs.claim(db, other.id, worker="w", lease=LEASE) is not None
-    assert runs.park(db, other.id) is False
+    assert runs.park(db, other.id) is runs.Park.NOT_WAITING
+
+
+def test_a_job_whose_queue_is_resumed_before_its_park_is_claimed_again(
+    db: sessionmaker[Session], make_job: MakeJob, set_job: SetJob, load: Load, admin: User
+) -> None:
+    job = make_job()
+    outbox.publish_now(db, RecordingEnqueuer(), [JobMessage(job.id, "system.echo", "system")], "")
+    queue_pauses.pause(db, "system", admin)
+    assert runs.claim(db, job.id, worker="w", lease=LEASE) is None  # the worker's claim
+    enqueuer = RecordingEnqueuer()
+    assert queue_pauses.resume(db, enqueuer, "system", admin) == 0  # its message is still out
+    assert runs.park(db, job.id) is runs.Park.RESUMED  # the worker's park, after the resume
+    assert load(job.id).published_at is None  # should the second claim fail: the sweep's
+    assert runs.claim(db, job.id, worker="w", lease=LEASE) is not None
+    assert load(job.id).published_at is not None
+    # A retry not yet due in a queue not paused: an early or stale message, nothing changes.
+    later = make_job()
+    set_job(later.id, status="retrying", next_attempt_at=utcnow() + dt.timedelta(minutes=5))
+    outbox.publish_now(db, enqueuer, [JobMessage(later.id, "system.echo", "system")], "")
+    assert runs.park(db, later.id) is runs.Park.NOT_WAITING
+    assert load(later.id).published_at is not None
 
 
 def test_a_parked_retry_keeps_its_due_time_and_is_published_with_it_on_resume(
@@ -96,7 +117,7 @@ def test_a_parked_retry_keeps_its_due_time_and_is_published_with_it_on_resume(
     set_job(retrying.id, status="retrying", next_attempt_at=retry_at, published_at=utcnow())
     queued = make_job()
     queue_pauses.pause(db, "system", admin)
-    assert runs.park(db, retrying.id) is True
+    assert runs.park(db, retrying.id) is runs.Park.PARKED
     assert load(retrying.id).next_attempt_at == retry_at
 
     assert queue_pauses.resume(db, enqueuer, "system", admin) == 2
