@@ -181,7 +181,7 @@ async def test_an_admin_s_own_page_offers_no_demotion(embedded_stack: Stack) -> 
     assert "Change role" not in text and "Deactivate account" not in text
 
 
-@pytest.mark.parametrize("user_id", [str(uuid.uuid4()), "not-an-id"])
+@pytest.mark.parametrize("user_id", [str(uuid.uuid4()), "not-an-id"], ids=["unknown", "malformed"])
 async def test_an_unknown_user_is_a_404_page(embedded_stack: Stack, user_id: str) -> None:
     stack = embedded_stack
     admin = stack.headers(stack.admin_token)

@@ -82,6 +82,7 @@ def test_every_altered_character_is_refused() -> None:
         base64.urlsafe_b64encode(uuid7().bytes).decode().rstrip("="),  # an unsigned id
         "A" * 10_000,
     ],
+    ids=["empty", "short", "punctuation", "letters", "non-ascii", "unsigned-id", "huge"],
 )
 def test_made_up_cursors_are_refused(made_up: str) -> None:
     _refused(CURSORS, made_up)
