@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 PYTEST_ARGS ?=
+# Test processes of `make test` (pytest-xdist; each has its own database, vhost and key
+# prefix, and whole test files go to one process, so a file's servers are started once).
+JOBS ?= 3
 
 .PHONY: dev test lint unit integration e2e browser bench format services promtool browser-deps clean
 
@@ -19,7 +22,7 @@ dev: $(BIN)/.installed
 
 ## test: lint, type checks and the whole suite against PostgreSQL, Redis and RabbitMQ
 test: lint services promtool browser-deps
-	REQUIRE_PROMTOOL=1 REQUIRE_BROWSER=1 $(BIN)/pytest $(PYTEST_ARGS)
+	REQUIRE_PROMTOOL=1 REQUIRE_BROWSER=1 $(BIN)/pytest -n $(JOBS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check conveyor tests bench
