@@ -10,18 +10,11 @@ from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.http.admin import routes
-from conveyor.http.admin.audit import (
-    CURSOR,
-    LIMIT,
-    PAGE,
-    bad_field,
-    limit_of,
-    next_page_url,
-    query_text,
-)
+from conveyor.http.admin.audit import PAGE
 from conveyor.http.api.params import uuid_of
 from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, PRINCIPAL, SESSION_CACHE, USER_CACHE
+from conveyor.http.page_params import CURSOR, LIMIT, bad_field, limit_of, next_page_url, query_text
 from conveyor.http.pages import form_of, render, text_field
 from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
