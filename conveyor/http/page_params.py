@@ -17,6 +17,8 @@ from conveyor.http.routes import Parameter
 #: Rows a list shows without `limit`, and at most.
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+#: The longest cursor a Next link carries, with room to spare.
+MAX_CURSOR = 1000
 
 LIMIT = Parameter(
     "limit",
@@ -61,6 +63,11 @@ def limit_of(request: web.Request) -> int:
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
         raise bad_field("limit", f"a whole number from 1 to {MAX_LIMIT}")
     return int(value)
+
+
+def cursor_of(request: web.Request) -> str | None:
+    """Where the page starts (the `cursor` of its Next link); None for the first page."""
+    return query_text(request, "cursor", max_length=MAX_CURSOR)
 
 
 def next_page_url(request: web.Request, cursor: str | None) -> str | None:

@@ -20,6 +20,7 @@ from conveyor.http.page_params import (
     CURSOR,
     LIMIT,
     bad_field,
+    cursor_of,
     limit_of,
     next_page_url,
     query_text,
@@ -168,7 +169,7 @@ async def audit_log(request: web.Request) -> web.Response:
     actions = _actions(request)
     since, until = _moment(request, "since"), _moment(request, "until")
     limit = limit_of(request)
-    cursor = query_text(request, "cursor", max_length=1000)
+    cursor = cursor_of(request)
     actor_id = await _user_filter(request, "actor")
     subject_id = await _user_filter(request, "target")
     page = await run_db(

@@ -14,7 +14,15 @@ from conveyor.http.admin.audit import PAGE
 from conveyor.http.api.params import uuid_of
 from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, PRINCIPAL, SESSION_CACHE, USER_CACHE
-from conveyor.http.page_params import CURSOR, LIMIT, bad_field, limit_of, next_page_url, query_text
+from conveyor.http.page_params import (
+    CURSOR,
+    LIMIT,
+    bad_field,
+    cursor_of,
+    limit_of,
+    next_page_url,
+    query_text,
+)
 from conveyor.http.pages import form_of, render, text_field
 from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
@@ -75,7 +83,7 @@ async def list_users(request: web.Request) -> web.Response:
     active = _active(query_text(request, "active"))
     email = query_text(request, "email")
     limit = limit_of(request)
-    cursor = query_text(request, "cursor", max_length=1000)
+    cursor = cursor_of(request)
     page = await run_db(
         state,
         users.list_page,
