@@ -15,7 +15,7 @@ standard error.
     .venv/bin/python bench/dashboard.py [-n 1000000] [--repeat 5]
 
 `seed` is importable (`from bench.dashboard import seed`) to time other readers, such as
-the pages, on the same data.
+the pages (`bench/pages.py`), on the same data; it can spread the jobs over many owners.
 """
 
 from __future__ import annotations
@@ -76,7 +76,10 @@ SELECT
     error_type,
     CASE WHEN status IN ('queued', 'scheduled') THEN 0
          WHEN status IN ('failed', 'retrying') THEN 4 ELSE 1 END,
-    0, 0, 3, %(owner)s::uuid, false, created, created,
+    0, 0, 3,
+    (%(owners)s::uuid[])[
+        1 + ('x' || substr(h, 28, 5))::bit(20)::int %% cardinality(%(owners)s::uuid[])],
+    false, created, created,
     CASE WHEN status <> 'scheduled' THEN created END,
     CASE WHEN status IN ('running', 'succeeded', 'failed', 'cancelled')
          THEN created + interval '50 ms' END,
@@ -122,23 +125,31 @@ FROM unnest(%(queues)s::text[]) AS q, generate_series(1, 2) AS p
 """
 
 
-def seed(dsn: str, n: int) -> None:
+def seed(dsn: str, n: int, owners: int = 1) -> list[str]:
     """Fill the migrated database at `dsn` (a libpq or SQLAlchemy URL) with `n` jobs, the
-    failed events and a few live workers (see the module docstring), then VACUUM ANALYZE."""
+    failed events and a few live workers (see the module docstring), then VACUUM ANALYZE.
+
+    The jobs are spread over `owners` users: an admin, then members (the pages' benchmark
+    asks for many, to filter by owner as a real table would). Their ids, the admin first."""
     conninfo = dsn.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo, autocommit=True) as connection:
-        owner = connection.execute(
-            "INSERT INTO users (id, email, role, active, created_at) "
-            "VALUES (gen_random_uuid(), %s, 'admin', true, now()) RETURNING id",
-            (f"bench-{secrets.token_hex(4)}@example.com",),
-        ).fetchone()
-        assert owner is not None
+        emails = [f"bench-{i}-{secrets.token_hex(4)}@example.com" for i in range(owners)]
+        ids = [
+            str(row[0])
+            for row in connection.execute(
+                "INSERT INTO users (id, email, role, active, created_at) "
+                "SELECT gen_random_uuid(), e, "
+                "CASE WHEN k = 1 THEN 'admin' ELSE 'member' END, true, now() "
+                "FROM unnest(%s::text[]) WITH ORDINALITY AS u(e, k) ORDER BY k RETURNING id",
+                (emails,),
+            ).fetchall()
+        ]
         params: dict[str, Any] = {
             "n": n,
             "types": list(TYPES),
             "queues": list(QUEUES),
             "errors": list(ERRORS),
-            "owner": owner[0],
+            "owners": ids,
             "traceback": TRACEBACK,
         }
         connection.execute(_SEED_JOBS, params)
@@ -147,6 +158,8 @@ def seed(dsn: str, n: int) -> None:
         connection.execute("VACUUM ANALYZE jobs")
         connection.execute("VACUUM ANALYZE job_events")
         connection.execute("VACUUM ANALYZE workers")
+        connection.execute("VACUUM ANALYZE users")
+    return ids
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
@@ -30,7 +30,7 @@ from conveyor.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from conveyor.models import AuthSession, Job, OneTimeToken, RecoveryCode, TokenPurpose, User
+from conveyor.models import AuthSession, Job, RecoveryCode, TokenPurpose, User
 from conveyor.models.base import utcnow
 from conveyor.security import totp
 from conveyor.security.passwords import verify_password
@@ -41,7 +41,7 @@ from conveyor.services.accounts import moment, queue_notice
 from conveyor.services.audit import Client
 from conveyor.services.auth import TokenConfig
 from conveyor.services.jobs import rowcount
-from conveyor.services.sessions import Lifetimes, Tokens, hash_secret
+from conveyor.services.sessions import Lifetimes, Tokens
 from conveyor.services.sign_in import notify_sign_in
 from conveyor.services.submissions import Submissions
 from conveyor.settings import SECRET_KEY_HINT, Settings
@@ -367,15 +367,8 @@ def finish_sign_in(
         raise too_many(by_ip, "sign-in attempts from this address")
     now = utcnow()
     with transaction(db) as session:
-        found = session.execute(
-            select(OneTimeToken, User)
-            .join(User, OneTimeToken.user_id == User.id)
-            .where(
-                OneTimeToken.token_hash == hash_secret(mfa_token),
-                OneTimeToken.purpose == TokenPurpose.MFA_LOGIN.value,
-            )
-        ).first()
-        if found is None or found[0].used_at is not None or found[0].expires_at <= now:
+        found = sessions.live_token(session, mfa_token, TokenPurpose.MFA_LOGIN, now)
+        if found is None:
             raise InvalidTokenError("unknown, used or expired mfa_token: sign in again")
         token, user = found
         if not user.active or not user.mfa_enabled:

@@ -241,6 +241,25 @@ def revoke_all(
     return ended
 
 
+def live_token(
+    session: Session, token: str, purpose: TokenPurpose, now: dt.datetime
+) -> tuple[OneTimeToken, User] | None:
+    """The single-use `token` of `purpose` and its user, in `session`'s transaction, when it
+    is known, not used and not expired; None otherwise (each caller says why in its own
+    words). Still to use up with `use_up`, which settles a race of two requests."""
+    found = session.execute(
+        select(OneTimeToken, User)
+        .join(User, OneTimeToken.user_id == User.id)
+        .where(
+            OneTimeToken.token_hash == hash_secret(token),
+            OneTimeToken.purpose == purpose.value,
+        )
+    ).first()
+    if found is None or found[0].used_at is not None or found[0].expires_at <= now:
+        return None
+    return found[0], found[1]
+
+
 def use_up(session: Session, token_id: uuid.UUID, now: dt.datetime) -> bool:
     """Use a single-use token up, in `session`'s transaction: a guarded UPDATE, so of two
     requests with the same token only one does. Whether this call did."""

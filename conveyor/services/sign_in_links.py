@@ -12,13 +12,12 @@ import datetime as dt
 import secrets
 import uuid
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.db import transaction
 from conveyor.errors import InvalidTokenError
 from conveyor.ids import uuid7
-from conveyor.models import OneTimeToken, TokenPurpose, User
+from conveyor.models import OneTimeToken, TokenPurpose
 from conveyor.models.base import utcnow
 from conveyor.services import sessions
 from conveyor.services.audit import Client
@@ -61,15 +60,8 @@ def redeem(
     unknown, used or expired token, or one of a deactivated user, is an InvalidTokenError."""
     now = utcnow()
     with transaction(db) as session:
-        found = session.execute(
-            select(OneTimeToken, User)
-            .join(User, OneTimeToken.user_id == User.id)
-            .where(
-                OneTimeToken.token_hash == hash_secret(token),
-                OneTimeToken.purpose == TokenPurpose.SIGN_IN_LINK.value,
-            )
-        ).first()
-        if found is None or found[0].used_at is not None or found[0].expires_at <= now:
+        found = sessions.live_token(session, token, TokenPurpose.SIGN_IN_LINK, now)
+        if found is None:
             raise InvalidTokenError("this sign-in link is unknown, used or expired")
         link, user = found
         if not user.active:

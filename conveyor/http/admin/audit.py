@@ -1,7 +1,6 @@
 """The audit log page (admins only, like GET /v1/audit-events: it shows every user's email
 address, IP and user agent, and its filters tell whether an account exists): security events
-newest first, filtered by who acted, on whom, which actions and when; and the query parsing the
-admin lists share."""
+newest first, filtered by who acted, on whom, which actions and when."""
 
 from __future__ import annotations
 
@@ -17,6 +16,15 @@ from conveyor.errors import InvalidRequestError, NotFoundError
 from conveyor.http.admin import routes
 from conveyor.http.api.audit import MAX_ACTIONS
 from conveyor.http.keys import CONTAINER
+from conveyor.http.page_params import (
+    CURSOR,
+    LIMIT,
+    bad_field,
+    cursor_of,
+    limit_of,
+    next_page_url,
+    query_text,
+)
 from conveyor.http.pages import render
 from conveyor.http.routes import HTML, Answer, Parameter
 from conveyor.http.runtime import run_db
@@ -24,19 +32,9 @@ from conveyor.models import AuditEvent, Role
 from conveyor.services import audit, users
 from conveyor.services.cursors import Cursors
 
-#: Rows a list shows without `limit`, and at most.
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 200
 #: The longest action name (the column's width).
 MAX_ACTION = 40
 
-LIMIT = Parameter(
-    "limit",
-    "query",
-    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-    "Rows per page",
-)
-CURSOR = Parameter("cursor", "query", {"type": "string"}, "Where the page starts (its Next link)")
 PAGE = {200: Answer("The page", content_type=HTML, schema={"type": "string"})}
 
 #: Actions the filter suggests (any other name may be typed).
@@ -72,37 +70,6 @@ KNOWN_ACTIONS = (
     "user_enabled",
 )
 _SEPARATORS = re.compile(r"[\s,]+")
-
-
-def bad_field(name: str, message: str) -> InvalidRequestError:
-    """The 422 of a bad query parameter or form field, naming it."""
-    return InvalidRequestError(f"{name}: {message}", errors=[{"field": name, "message": message}])
-
-
-def query_text(request: web.Request, name: str, *, max_length: int = 320) -> str | None:
-    """A query parameter, trimmed; None when absent or empty (a filter form sends every field,
-    filled in or not)."""
-    value = request.query.get(name, "").strip()
-    if len(value) > max_length:
-        raise bad_field(name, f"at most {max_length} characters")
-    return value or None
-
-
-def limit_of(request: web.Request) -> int:
-    """The page's `limit`: 1 to MAX_LIMIT rows, DEFAULT_LIMIT when not given."""
-    value = query_text(request, "limit", max_length=10)
-    if value is None:
-        return DEFAULT_LIMIT
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIMIT:
-        raise bad_field("limit", f"a whole number from 1 to {MAX_LIMIT}")
-    return int(value)
-
-
-def next_page_url(request: web.Request, cursor: str | None) -> str | None:
-    """This page's URL, its filters kept, starting where `cursor` says (None: no next page)."""
-    if cursor is None:
-        return None
-    return str(request.rel_url.update_query(cursor=cursor))
 
 
 def _moment(request: web.Request, name: str) -> dt.datetime | None:
@@ -202,7 +169,7 @@ async def audit_log(request: web.Request) -> web.Response:
     actions = _actions(request)
     since, until = _moment(request, "since"), _moment(request, "until")
     limit = limit_of(request)
-    cursor = query_text(request, "cursor", max_length=1000)
+    cursor = cursor_of(request)
     actor_id = await _user_filter(request, "actor")
     subject_id = await _user_filter(request, "target")
     page = await run_db(

@@ -11,10 +11,11 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from conveyor.errors import InvalidRequestError, NotFoundError
+from conveyor.errors import NotFoundError
 from conveyor.http.admin import routes
 from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, USER
+from conveyor.http.page_params import bad_field, single_text
 from conveyor.http.pages import form_of, render
 from conveyor.http.routes import HTML, Answer, Parameter
 from conveyor.http.runtime import run_db
@@ -56,19 +57,9 @@ AFTER = Parameter("after", "query", {"type": "string", "format": "uuid"}, "The p
 DONE = Parameter("done", "query", {"type": "string"}, "The action just done (for its notice)")
 
 
-def _invalid(name: str, message: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{name}: {message}", errors=[{"field": name, "message": message}])
-
-
 def _text(values: Any, name: str) -> str:
     """A single text parameter of a query or a form, trimmed ("" when absent)."""
-    given = values.getall(name, [])
-    if len(given) > 1:
-        raise _invalid(name, "given more than once")
-    value = given[0].strip() if given and isinstance(given[0], str) else ""
-    if len(value) > MAX_NAME:
-        raise _invalid(name, f"at most {MAX_NAME} characters")
-    return value
+    return single_text(values, name, max_length=MAX_NAME)
 
 
 def _up_to(form: Any) -> dt.datetime | None:
@@ -80,16 +71,16 @@ def _up_to(form: Any) -> dt.datetime | None:
     try:
         found = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise _invalid("up_to", "not a time") from None
+        raise bad_field("up_to", "not a time") from None
     if found.tzinfo is None:
-        raise _invalid("up_to", "a time with its offset from UTC")
+        raise bad_field("up_to", "a time with its offset from UTC")
     return found
 
 
 def _group_of(values: Any) -> tuple[str, str | None]:
     job_type = _text(values, "type")
     if not job_type:
-        raise _invalid("type", "required")
+        raise bad_field("type", "required")
     return job_type, _text(values, "error_type") or None
 
 
@@ -142,7 +133,7 @@ async def group_page(request: web.Request) -> web.Response:
     try:
         after = uuid.UUID(after_text) if after_text else None
     except ValueError:
-        raise _invalid("after", "not an id") from None
+        raise bad_field("after", "not an id") from None
     found = await _group(request, job_type, error_type)
     jobs = await run_db(
         request.config_dict,

@@ -11,10 +11,11 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
-from conveyor.errors import InvalidRequestError, NotFoundError
+from conveyor.errors import NotFoundError
 from conveyor.http.admin import routes
 from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, USER
+from conveyor.http.page_params import bad_field, single_text
 from conveyor.http.pages import form_of, render
 from conveyor.http.routes import HTML, Answer, Parameter
 from conveyor.http.runtime import run_db
@@ -89,18 +90,8 @@ EVENTS_AFTER = Parameter(
 DONE = Parameter("done", "query", {"type": "string"}, "The action just done (for its notice)")
 
 
-def _invalid(name: str, message: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{name}: {message}", errors=[{"field": name, "message": message}])
-
-
 def _text(query: MultiMapping[str], name: str) -> str:
-    values = query.getall(name, [])
-    if len(values) > 1:
-        raise _invalid(name, "given more than once")
-    value = values[0].strip() if values else ""
-    if len(value) > MAX_TEXT:
-        raise _invalid(name, f"at most {MAX_TEXT} characters")
-    return value
+    return single_text(query, name, max_length=MAX_TEXT)
 
 
 def _names(query: MultiMapping[str], name: str) -> tuple[str, ...]:
@@ -109,7 +100,7 @@ def _names(query: MultiMapping[str], name: str) -> tuple[str, ...]:
     for value in query.getall(name, []):
         for part in value.split(","):
             if len(part.strip()) > MAX_TEXT:
-                raise _invalid(name, f"each at most {MAX_TEXT} characters")
+                raise bad_field(name, f"each at most {MAX_TEXT} characters")
             if part.strip():
                 found[part.strip()] = None
     return tuple(found)
@@ -119,7 +110,7 @@ def _statuses(query: MultiMapping[str]) -> tuple[str, ...]:
     given = _names(query, "status")
     wrong = [s for s in given if s not in STATUSES]
     if wrong:
-        raise _invalid("status", f"unknown status {wrong[0]!r}; one of {', '.join(STATUSES)}")
+        raise bad_field("status", f"unknown status {wrong[0]!r}; one of {', '.join(STATUSES)}")
     return given
 
 
@@ -131,13 +122,13 @@ def _moment(query: MultiMapping[str], name: str) -> dt.datetime | None:
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise _invalid(name, "not a date and time (like 2026-12-02T13:05)") from None
+        raise bad_field(name, "not a date and time (like 2026-12-02T13:05)") from None
     if moment.tzinfo is None:
         return moment.replace(tzinfo=dt.UTC)
     try:
         return moment.astimezone(dt.UTC)
     except OverflowError:  # 0001-01-01T00:00+14:00 has no UTC time
-        raise _invalid(name, "out of range (no such time in UTC)") from None
+        raise bad_field(name, "out of range (no such time in UTC)") from None
 
 
 def _uuid(query: MultiMapping[str], name: str) -> uuid.UUID | None:
@@ -147,7 +138,7 @@ def _uuid(query: MultiMapping[str], name: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise _invalid(name, "not an id") from None
+        raise bad_field(name, "not an id") from None
 
 
 def _int(query: MultiMapping[str], name: str, default: int, low: int, high: int) -> int:
@@ -155,9 +146,9 @@ def _int(query: MultiMapping[str], name: str, default: int, low: int, high: int)
     if not value:
         return default
     if not (len(value) <= 19 and value.isascii() and value.isdigit()):
-        raise _invalid(name, f"a whole number from {low} to {high}")
+        raise bad_field(name, f"a whole number from {low} to {high}")
     if not low <= int(value) <= high:
-        raise _invalid(name, f"a whole number from {low} to {high}")
+        raise bad_field(name, f"a whole number from {low} to {high}")
     return int(value)
 
 
@@ -167,7 +158,7 @@ async def _search_of(request: web.Request) -> Search:
     created_after = _moment(query, "created_from")
     created_before = _moment(query, "created_to")
     if created_after and created_before and created_before <= created_after:
-        raise _invalid("created_to", "must be after created_from")
+        raise bad_field("created_to", "must be after created_from")
     owner_id = None
     if owner:
         owner_id = await run_db(request.config_dict, operations.owner_id_of, owner)

@@ -17,6 +17,7 @@ from aiohttp import web
 from conveyor.errors import InvalidRequestError, NotFoundError
 from conveyor.http.admin import routes
 from conveyor.http.admin.overview import FRAGMENT, PAGE
+from conveyor.http.api.queues import resume_for
 from conveyor.http.auth import client_of
 from conveyor.http.keys import CONTAINER, USER
 from conveyor.http.pages import form_of, render, text_field
@@ -262,15 +263,6 @@ async def resume(request: web.Request) -> web.Response:
     """Resume the queue: its waiting jobs are published again at once and its workers take
     them; then back to the queues page, which says how many."""
     queue, _ = await _known_queue(request)
-    container = request.config_dict[CONTAINER]
-    was_paused = queue in await run_db(request.config_dict, queue_pauses.paused)
-    published = await run_db(
-        request.config_dict,
-        queue_pauses.resume,
-        container.enqueuer,
-        queue,
-        request[USER],
-        client=client_of(request),
-    )
+    was_paused, published = await resume_for(request, queue)
     done = "resumed" if was_paused else "resumed_already"
     raise web.HTTPSeeOther(f"/admin/queues?done={done}&n={published}")

@@ -10,18 +10,19 @@ from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.http.admin import routes
-from conveyor.http.admin.audit import (
+from conveyor.http.admin.audit import PAGE
+from conveyor.http.api.params import uuid_of
+from conveyor.http.auth import client_of
+from conveyor.http.keys import CONTAINER, PRINCIPAL, SESSION_CACHE, USER_CACHE
+from conveyor.http.page_params import (
     CURSOR,
     LIMIT,
-    PAGE,
     bad_field,
+    cursor_of,
     limit_of,
     next_page_url,
     query_text,
 )
-from conveyor.http.api.params import uuid_of
-from conveyor.http.auth import client_of
-from conveyor.http.keys import CONTAINER, PRINCIPAL, SESSION_CACHE, USER_CACHE
 from conveyor.http.pages import form_of, render, text_field
 from conveyor.http.routes import Answer, Parameter
 from conveyor.http.runtime import run_db
@@ -82,7 +83,7 @@ async def list_users(request: web.Request) -> web.Response:
     active = _active(query_text(request, "active"))
     email = query_text(request, "email")
     limit = limit_of(request)
-    cursor = query_text(request, "cursor", max_length=1000)
+    cursor = cursor_of(request)
     page = await run_db(
         state,
         users.list_page,
@@ -152,6 +153,28 @@ def _back(user_id: uuid.UUID, done: str) -> web.HTTPSeeOther:
     return web.HTTPSeeOther(f"/admin/users/{user_id}?done={done}")
 
 
+async def _update(
+    request: web.Request,
+    user_id: uuid.UUID,
+    *,
+    role: Role | None = None,
+    active: bool | None = None,
+) -> None:
+    """Change the user's role or whether active, as the signed-in admin (written to the
+    audit log); this process forgets the user's cached account at once, so that it refuses
+    a deactivated user's tokens, and a demoted one's rights, from the next request."""
+    await run_db(
+        request.config_dict,
+        users.update,
+        request[PRINCIPAL].user.id,
+        user_id,
+        role=role,
+        active=active,
+        client=client_of(request),
+    )
+    request.config_dict[USER_CACHE].drop(user_id)
+
+
 @routes.post(
     "/users/{user_id}/role",
     name="admin_user_role",
@@ -166,18 +189,9 @@ def _back(user_id: uuid.UUID, done: str) -> web.HTTPSeeOther:
 )
 async def change_role(request: web.Request) -> web.Response:
     """Change a user's role (`role_changed` in the audit log)."""
-    state = request.config_dict
     user_id = uuid_of(request, "user_id", "user")
     role = _role(text_field(await form_of(request), "role"))
-    await run_db(
-        state,
-        users.update,
-        request[PRINCIPAL].user.id,
-        user_id,
-        role=role,
-        client=client_of(request),
-    )
-    state[USER_CACHE].drop(user_id)
+    await _update(request, user_id, role=role)
     raise _back(user_id, "role")
 
 
@@ -196,18 +210,9 @@ async def change_role(request: web.Request) -> web.Response:
 async def change_active(request: web.Request) -> web.Response:
     """Deactivate a user (`user_disabled`: every session ends, their tokens are refused at
     once) or activate them again (`user_enabled`)."""
-    state = request.config_dict
     user_id = uuid_of(request, "user_id", "user")
     active = _active(text_field(await form_of(request), "active"))
-    await run_db(
-        state,
-        users.update,
-        request[PRINCIPAL].user.id,
-        user_id,
-        active=active,
-        client=client_of(request),
-    )
-    state[USER_CACHE].drop(user_id)  # this process refuses a deactivated user's tokens at once
+    await _update(request, user_id, active=active)
     raise _back(user_id, "activated" if active else "deactivated")
 
 

@@ -104,6 +104,13 @@ async def resume_queue(request: web.Request) -> web.Response:
     """Resume the queue: the jobs that waited are published again at once and its workers
     take them. Resuming a queue that is not paused changes nothing."""
     queue = await _known_queue(request)
+    was_paused, published = await resume_for(request, queue)
+    return respond(PauseOut(queue=queue, paused=False, changed=was_paused, published=published))
+
+
+async def resume_for(request: web.Request, queue: str) -> tuple[bool, int]:
+    """Resume `queue` as the request's user (the API's and the admin page's): whether it was
+    paused, and how many of its waiting jobs were published again."""
     container = request.config_dict[CONTAINER]
     was_paused = queue in await run_db(request.config_dict, queue_pauses.paused)
     published = await run_db(
@@ -114,4 +121,4 @@ async def resume_queue(request: web.Request) -> web.Response:
         request[USER],
         client=client_of(request),
     )
-    return respond(PauseOut(queue=queue, paused=False, changed=was_paused, published=published))
+    return was_paused, published

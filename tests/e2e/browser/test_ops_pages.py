@@ -7,14 +7,12 @@ Every page passes axe-core and leaves a screenshot."""
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from conveyor.models import Role
-from conveyor.security import totp
-from tests.e2e.browser.browsing import axe_check, screenshot, sign_in
+from tests.e2e.browser.browsing import axe_check, screenshot, sign_in_with_code
 from tests.e2e.browser.conftest import PASSWORD, BrowserServer
 from tests.e2e.processes import Api
 
@@ -35,26 +33,12 @@ def admin(server: BrowserServer) -> tuple[str, Api]:
     """The module's admin, with TOTP on (as admins must): its secret, and the API as its
     password-only sign-in (which acts as a member: enough to submit jobs)."""
     server.user(ADMIN, Role.ADMIN)
-    status, tokens = server.api.request(
-        "POST", "/v1/auth/login", {"email": ADMIN, "password": PASSWORD}
-    )
-    assert status == 200, tokens
-    api = server.api.with_token(tokens["access_token"])
-    status, enrolment = api.request("POST", "/v1/me/mfa/totp", {"password": PASSWORD})
-    assert status == 200, enrolment
-    secret: str = enrolment["secret"]
-    status, body = api.request("POST", "/v1/me/mfa/totp/confirm", {"code": totp.code_at(secret)})
-    assert status == 200, body
-    return secret, api
+    api = server.api_as(ADMIN)
+    return server.enable_totp(ADMIN), api
 
 
 def _sign_in(page: Page, server: BrowserServer, secret: str) -> None:
-    sign_in(page, server.url, ADMIN, PASSWORD)
-    expect(page).to_have_url(re.compile(r"/app/login/mfa"))
-    # The code of the next period: the enrolment used the current one, and a code works once.
-    page.get_by_role("textbox", name="Code").fill(totp.code_at(secret, time.time() + totp.PERIOD))
-    with page.expect_navigation():
-        page.get_by_role("button", name="Sign in").click()
+    sign_in_with_code(page, server.url, ADMIN, PASSWORD, secret)
     expect(page).to_have_url(f"{server.url}/admin/")
 
 

@@ -3,34 +3,16 @@ its sample traceback and jobs, and retrying or discarding a whole group (audited
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
-from aiohttp import ClientResponse
 from sqlalchemy import select
 
 import tests.jobs  # noqa: F401  (test-only job types)
 from conveyor.models import AuditEvent
 from tests.stack import Stack
+from tests.unit.http.admin_pages import admin_get, admin_post, html_of
 
 GROUP = "/admin/errors/group"
-
-
-async def _page(response: ClientResponse, expected: int = 200) -> str:
-    text = await response.text()
-    assert response.status == expected, text
-    assert response.headers["Content-Type"].startswith("text/html")
-    return html.unescape(text)
-
-
-async def _get(stack: Stack, url: str, expected: int = 200, **params: Any) -> str:
-    response = await stack.client.get(url, params=params, headers=stack.headers(stack.admin_token))
-    return await _page(response, expected)
-
-
-async def _post(stack: Stack, url: str, form: dict[str, str], expected: int = 200) -> str:
-    response = await stack.client.post(url, data=form, headers=stack.headers(stack.admin_token))
-    return await _page(response, expected)
 
 
 async def _failures(stack: Stack) -> tuple[list[str], str]:
@@ -57,7 +39,7 @@ def _audit(stack: Stack, action: str) -> list[AuditEvent]:
 async def test_the_errors_page_groups_failures_by_type_and_error(embedded_stack: Stack) -> None:
     stack = embedded_stack
     await _failures(stack)
-    text = await _get(stack, "/admin/errors")
+    text = await admin_get(stack, "/admin/errors")
     assert "testing.explode" in text and "RuntimeError" in text
     assert "testing.decline" in text and "CardDeclinedError" in text
     assert f'href="{GROUP}?type=testing.explode&error_type=RuntimeError"' in text
@@ -67,24 +49,24 @@ async def test_the_errors_page_groups_failures_by_type_and_error(embedded_stack:
 
 
 async def test_no_failures_say_what_will_appear(embedded_stack: Stack) -> None:
-    text = await _get(embedded_stack, "/admin/errors")
+    text = await admin_get(embedded_stack, "/admin/errors")
     assert "No failed jobs" in text
 
 
 async def test_a_group_s_page_shows_its_traceback_and_jobs(embedded_stack: Stack) -> None:
     stack = embedded_stack
     exploded, _declined = await _failures(stack)
-    text = await _get(stack, GROUP, type="testing.explode", error_type="RuntimeError")
+    text = await admin_get(stack, GROUP, type="testing.explode", error_type="RuntimeError")
     assert "Traceback (most recent call last)" in text and "_explode_here" in text
     assert sorted(_listed(text, exploded)) == sorted(exploded)
     assert "Retry all 2 jobs" in text
     assert f'href="{GROUP}/discard?type=testing.explode&error_type=RuntimeError"' in text
-    await _get(stack, GROUP, 404, type="testing.explode", error_type="KeyError")
-    await _get(stack, GROUP, 422)
-    await _get(stack, GROUP, 422, type="testing.explode", after="nope")
-    await _get(stack, GROUP, 422, type="x" * 201)
-    await _post(stack, f"{GROUP}/retry", {"error_type": "RuntimeError"}, 422)
-    await _post(stack, f"{GROUP}/discard", {}, 422)
+    await admin_get(stack, GROUP, 404, type="testing.explode", error_type="KeyError")
+    await admin_get(stack, GROUP, 422)
+    await admin_get(stack, GROUP, 422, type="testing.explode", after="nope")
+    await admin_get(stack, GROUP, 422, type="x" * 201)
+    await admin_post(stack, f"{GROUP}/retry", {"error_type": "RuntimeError"}, 422)
+    await admin_post(stack, f"{GROUP}/discard", {}, 422)
 
 
 async def test_a_group_s_jobs_are_paged(embedded_stack: Stack, monkeypatch: Any) -> None:
@@ -93,11 +75,11 @@ async def test_a_group_s_jobs_are_paged(embedded_stack: Stack, monkeypatch: Any)
     stack = embedded_stack
     monkeypatch.setattr(errors, "JOBS_PER_PAGE", 1)
     exploded, _declined = await _failures(stack)
-    text = await _get(stack, GROUP, type="testing.explode", error_type="RuntimeError")
+    text = await admin_get(stack, GROUP, type="testing.explode", error_type="RuntimeError")
     seen = _listed(text, exploded)
     assert len(seen) == 1
     start = text.index(f"{GROUP}?type=testing.explode&error_type=RuntimeError&after=")
-    text = await _get(stack, text[start : text.index('"', start)])
+    text = await admin_get(stack, text[start : text.index('"', start)])
     assert _listed(text, exploded) == [job_id for job_id in exploded if job_id not in seen]
     assert "Most recent" in text
 
@@ -105,7 +87,7 @@ async def test_a_group_s_jobs_are_paged(embedded_stack: Stack, monkeypatch: Any)
 async def test_retrying_a_group_queues_its_jobs_again(embedded_stack: Stack) -> None:
     stack = embedded_stack
     exploded, declined = await _failures(stack)
-    text = await _post(
+    text = await admin_post(
         stack, f"{GROUP}/retry", {"type": "testing.explode", "error_type": "RuntimeError"}
     )
     assert "The group's jobs were queued again." in text  # on the errors page
@@ -120,13 +102,13 @@ async def test_retrying_a_group_queues_its_jobs_again(embedded_stack: Stack) -> 
 async def test_discarding_a_group_asks_first_then_deletes_its_jobs(embedded_stack: Stack) -> None:
     stack = embedded_stack
     exploded, declined = await _failures(stack)
-    text = await _get(
+    text = await admin_get(
         stack, f"{GROUP}/discard", type="testing.decline", error_type="CardDeclinedError"
     )
     assert "deletes the 1 failed job of <strong>testing.decline</strong>" in text
     assert 'action="/admin/errors/group/discard"' in text
     assert stack.row(declined).status == "failed"  # asking deleted nothing
-    text = await _post(
+    text = await admin_post(
         stack,
         f"{GROUP}/discard",
         {"type": "testing.decline", "error_type": "CardDeclinedError"},
@@ -146,9 +128,9 @@ async def test_members_may_not_see_or_act_on_error_groups(embedded_stack: Stack)
     stack = embedded_stack
     for url in ("/admin/errors", GROUP, f"{GROUP}/discard"):
         response = await stack.client.get(url, headers=stack.headers())
-        await _page(response, 403)
+        await html_of(response, 403)
     for url in (f"{GROUP}/retry", f"{GROUP}/discard"):
         response = await stack.client.post(
             url, data={"type": "testing.explode"}, headers=stack.headers()
         )
-        await _page(response, 403)
+        await html_of(response, 403)

@@ -4,13 +4,11 @@ traceback and children, and its retry and cancel buttons (audited)."""
 from __future__ import annotations
 
 import datetime as dt
-import html
 import os
 import re
 import uuid
 from typing import Any
 
-from aiohttp import ClientResponse
 from sqlalchemy import select
 
 import tests.jobs  # noqa: F401  (test-only job types)
@@ -19,21 +17,9 @@ from conveyor.models.base import utcnow
 from conveyor.services import admin_jobs
 from conveyor.services.users import get_by_email
 from tests.stack import Stack
+from tests.unit.http.admin_pages import admin_get, html_of
 
 NOW = utcnow()
-
-
-async def _page(response: ClientResponse, status: int = 200) -> str:
-    text = await response.text()
-    assert response.status == status, text
-    assert response.headers["Content-Type"].startswith("text/html")
-    return html.unescape(text)
-
-
-async def _get(stack: Stack, url: str, expected: int = 200, **params: Any) -> str:
-    """The admin's page at `url` with the query `params`, answered with `expected`."""
-    response = await stack.client.get(url, params=params, headers=stack.headers(stack.admin_token))
-    return await _page(response, expected)
 
 
 def _id_at(moment: dt.datetime) -> uuid.UUID:
@@ -84,7 +70,7 @@ async def test_the_list_shows_the_newest_jobs_with_their_facts(embedded_stack: S
     stack = embedded_stack
     old = _add(stack, created_at=NOW - dt.timedelta(hours=2))
     new = _add(stack, status="failed", error={"type": "ValueError", "message": "bad input"})
-    text = await _get(stack, "/admin/jobs")
+    text = await admin_get(stack, "/admin/jobs")
     assert text.index(new[0]) < text.index(old[0])  # newest first
     assert 'class="status status-failed"' in text
     assert "ValueError: bad input" in text
@@ -119,7 +105,7 @@ async def test_each_filter_keeps_only_the_jobs_that_match(embedded_stack: Stack)
         ({"error": "slow", "status": "failed"}, set()),
     ]
     for params, expected in cases:
-        text = await _get(stack, "/admin/jobs", **params)
+        text = await admin_get(stack, "/admin/jobs", **params)
         assert _listed(text) == expected, params
 
 
@@ -127,14 +113,14 @@ async def test_a_queue_is_found_through_the_types_that_run_on_it(embedded_stack:
     stack = embedded_stack
     system = _add(stack, type="testing.busy", queue="system")
     _add(stack, type="auth.send_email", queue="auth")
-    text = await _get(stack, "/admin/jobs", queue="system")
+    text = await admin_get(stack, "/admin/jobs", queue="system")
     assert _listed(text) == {*system}
 
 
 async def test_the_list_is_paged_by_the_id_of_the_last_job(embedded_stack: Stack) -> None:
     stack = embedded_stack
     ids = _add(stack, 5)
-    text = await _get(
+    text = await admin_get(
         stack, "/admin/jobs", limit="2", type="system.echo", status=["succeeded", "failed"]
     )
     assert _listed(text) == set(ids[3:])
@@ -144,7 +130,7 @@ async def test_the_list_is_paged_by_the_id_of_the_last_job(embedded_stack: Stack
         assert href is not None
         assert "type=system.echo" in href.group(1)  # the filters stay, repeated ones too
         assert "status=succeeded&status=failed" in href.group(1)
-        text = await _get(stack, href.group(1))
+        text = await admin_get(stack, href.group(1))
         assert not seen & _listed(text)
         seen |= _listed(text)
     assert seen == set(ids)
@@ -164,12 +150,12 @@ async def test_an_error_search_says_how_far_it_looked(
         error={"type": "E", "message": "hay"},
         created_at=NOW + dt.timedelta(seconds=1),
     )
-    text = await _get(stack, "/admin/jobs", error="needle")
+    text = await admin_get(stack, "/admin/jobs", error="needle")
     assert _listed(text) == set()
     assert "among the 3 newest jobs with an error" in text
     href = re.search(r'<a href="([^"]+)" rel="next">', text)
     assert href is not None
-    text = await _get(stack, href.group(1))
+    text = await admin_get(stack, href.group(1))
     assert _listed(text) == {*match}
     assert 'rel="next"' not in text
 
@@ -187,9 +173,9 @@ async def test_bad_filters_answer_422_naming_the_field(embedded_stack: Stack) ->
         "error": {"error": "boom", "status": "succeeded"},
     }
     for field, params in cases.items():
-        text = await _get(stack, "/admin/jobs", 422, **params)
+        text = await admin_get(stack, "/admin/jobs", 422, **params)
         assert "422" in text and f"{field}:" in text, (field, text)
-    text = await _get(stack, "/admin/jobs", 422, error="x" * 201)
+    text = await admin_get(stack, "/admin/jobs", 422, error="x" * 201)
     assert "error:" in text
 
 
@@ -202,15 +188,15 @@ async def test_times_at_the_calendar_s_edge_are_422_or_clamped(embedded_stack: S
         ("created_from", "0001-01-01T00:00+14:00"),
         ("created_to", "9999-12-31T23:59-14:00"),
     ):
-        text = await _get(stack, "/admin/jobs", 422, **{field: value})
+        text = await admin_get(stack, "/admin/jobs", 422, **{field: value})
         assert f"{field}: out of range" in text, text
     for params in (
         {"created_from": "0001-01-01T00:00"},
         {"created_to": "9999-12-31T23:59:59.999999"},
         {"created_from": "1960-01-01T00:00", "created_to": "9999-12-31T23:59"},
     ):
-        assert _listed(await _get(stack, "/admin/jobs", **params)) == {*ids}, params
-    assert _listed(await _get(stack, "/admin/jobs", created_to="1969-12-31T23:59")) == set()
+        assert _listed(await admin_get(stack, "/admin/jobs", **params)) == {*ids}, params
+    assert _listed(await admin_get(stack, "/admin/jobs", created_to="1969-12-31T23:59")) == set()
 
 
 async def test_members_may_not_see_the_jobs_pages(embedded_stack: Stack) -> None:
@@ -218,12 +204,12 @@ async def test_members_may_not_see_the_jobs_pages(embedded_stack: Stack) -> None
     job = await stack.submit("system.echo", {})
     for url in ("/admin/jobs", f"/admin/jobs/{job['id']}", f"/admin/jobs/{job['id']}/live"):
         response = await stack.client.get(url, headers=stack.headers())
-        await _page(response, 403)
+        await html_of(response, 403)
     for action in ("retry", "cancel"):
         response = await stack.client.post(
             f"/admin/jobs/{job['id']}/{action}", headers=stack.headers()
         )
-        await _page(response, 403)
+        await html_of(response, 403)
 
 
 # --- one job -------------------------------------------------------------------------------
@@ -235,7 +221,7 @@ async def test_a_failed_job_s_page_shows_its_error_traceback_and_every_event(
     stack = embedded_stack
     job = await stack.submit("testing.explode", {"message": "kaboom"})
     await stack.wait_for(job["id"], "failed")
-    text = await _get(stack, f"/admin/jobs/{job['id']}")
+    text = await admin_get(stack, f"/admin/jobs/{job['id']}")
     assert "RuntimeError" in text and "the helper failed" in text
     assert "Traceback (most recent call last)" in text and "_explode_here" in text
     assert 'ol class="timeline"' in text
@@ -253,15 +239,15 @@ async def test_the_timeline_is_paged_when_long(embedded_stack: Stack, monkeypatc
     monkeypatch.setattr(admin_jobs, "EVENTS_PAGE", 2)
     job = await stack.submit("system.echo", {})
     await stack.wait_for(job["id"], "succeeded")
-    text = await _get(stack, f"/admin/jobs/{job['id']}")
+    text = await admin_get(stack, f"/admin/jobs/{job['id']}")
     assert text.count("attempt ") == 2
     href = re.search(r'href="(/admin/jobs/[^"]+\?events_after=\d+)">Later events', text)
     assert href is not None
-    text = await _get(stack, href.group(1))
+    text = await admin_get(stack, href.group(1))
     assert "First events" in text
     assert 'class="status status-succeeded"' in text
     for bad in ("-1", "x", "9" * 40):
-        await _get(stack, f"/admin/jobs/{job['id']}", 422, events_after=bad)
+        await admin_get(stack, f"/admin/jobs/{job['id']}", 422, events_after=bad)
 
 
 async def test_a_job_s_page_links_its_parent_and_children(embedded_stack: Stack) -> None:
@@ -269,29 +255,29 @@ async def test_a_job_s_page_links_its_parent_and_children(embedded_stack: Stack)
     parent = await stack.submit("testing.spawn", {"n": 7})
     done = await stack.wait_for(parent["id"], "succeeded")
     child = done["result"]["child"]
-    text = await _get(stack, f"/admin/jobs/{parent['id']}")
+    text = await admin_get(stack, f"/admin/jobs/{parent['id']}")
     assert f'href="/admin/jobs/{child}"' in text
     assert '"child":' in text  # the result
-    text = await _get(stack, f"/admin/jobs/{child}")
+    text = await admin_get(stack, f"/admin/jobs/{child}")
     assert f'href="/admin/jobs/{parent["id"]}"' in text
     assert "This job submitted no other job." in text
-    text = await _get(stack, "/admin/jobs", parent=parent["id"])
+    text = await admin_get(stack, "/admin/jobs", parent=parent["id"])
     assert _listed(text) == {child, parent["id"]}  # the child, and the parent in the notice
 
 
 async def test_an_unknown_job_is_not_found(embedded_stack: Stack) -> None:
     stack = embedded_stack
-    await _get(stack, f"/admin/jobs/{uuid.uuid4()}", 404)
-    await _get(stack, "/admin/jobs/not-an-id", 404)
+    await admin_get(stack, f"/admin/jobs/{uuid.uuid4()}", 404)
+    await admin_get(stack, "/admin/jobs/not-an-id", 404)
 
 
 async def test_the_live_part_refreshes_until_the_job_finishes(embedded_stack: Stack) -> None:
     stack = embedded_stack
     job = await stack.submit("system.sleep", {"seconds": 30, "steps": 30})
     await stack.wait_for(job["id"], "running")
-    text = await _get(stack, f"/admin/jobs/{job['id']}")
+    text = await admin_get(stack, f"/admin/jobs/{job['id']}")
     assert f'data-refresh="/admin/jobs/{job["id"]}/live"' in text
-    live = await _get(stack, f"/admin/jobs/{job['id']}/live")
+    live = await admin_get(stack, f"/admin/jobs/{job['id']}/live")
     assert not live.startswith("<!doctype html>")
     assert "data-refresh-stop" not in live
     assert "Ask its worker to stop it" in live
@@ -303,7 +289,7 @@ async def test_the_live_part_refreshes_until_the_job_finishes(embedded_stack: St
     assert response.status == 303
     assert response.headers["Location"] == f"/admin/jobs/{job['id']}?done=stopping"
     await stack.wait_for(job["id"], "cancelled")
-    live = await _get(stack, f"/admin/jobs/{job['id']}/live")
+    live = await admin_get(stack, f"/admin/jobs/{job['id']}/live")
     assert "data-refresh-stop" in live
 
 
@@ -322,7 +308,7 @@ async def test_retry_queues_the_job_again_and_is_audited(embedded_stack: Stack) 
     response = await stack.client.post(
         f"/admin/jobs/{job['id']}/retry", headers=stack.headers(stack.admin_token)
     )
-    text = await _page(response)  # followed: back to the job's page
+    text = await html_of(response)  # followed: back to the job's page
     assert str(response.url).endswith(f"/admin/jobs/{job['id']}?done=retried")
     assert "The job was queued again." in text
     assert stack.row(job["id"]).attempts >= 2 or stack.row(job["id"]).status != "failed"
@@ -337,7 +323,7 @@ async def test_retry_queues_the_job_again_and_is_audited(embedded_stack: Stack) 
     response = await stack.client.post(
         f"/admin/jobs/{done['id']}/retry", headers=stack.headers(stack.admin_token)
     )
-    await _page(response, 409)
+    await html_of(response, 409)
 
 
 async def test_cancel_ends_a_waiting_job_and_is_audited(embedded_stack: Stack) -> None:
@@ -349,12 +335,12 @@ async def test_cancel_ends_a_waiting_job_and_is_audited(embedded_stack: Stack) -
     )
     job = await response.json()
     assert job["status"] == "scheduled", job
-    text = await _get(stack, f"/admin/jobs/{job['id']}")
+    text = await admin_get(stack, f"/admin/jobs/{job['id']}")
     assert "Cancel this job" in text
     response = await stack.client.post(
         f"/admin/jobs/{job['id']}/cancel", headers=stack.headers(stack.admin_token)
     )
-    text = await _page(response)
+    text = await html_of(response)
     assert "The job was cancelled." in text
     assert stack.row(job["id"]).status == "cancelled"
     [event] = _audit(stack, "job_cancelled")
