@@ -1,7 +1,7 @@
 """The pages of the worker pools that have one beyond the queues: the notifications pool
 (`/admin/notifications`): the deliveries of the last hour by channel, provider and outcome,
-and the latest failed deliveries with their errors. The other pools (reports, schedules,
-workflows) get their page when they land."""
+and the latest failed deliveries with their errors. The pools this version does not have yet
+(reports, schedules, workflows) have a page that says what will appear there."""
 
 from __future__ import annotations
 
@@ -43,3 +43,39 @@ async def notifications_page(request: web.Request) -> web.Response:
         failures=failures.items,
         more_failures=failures.next_cursor is not None,
     )
+
+
+#: The pages of pools to come: path -> (title, what the page will show).
+COMING = {
+    "reports": (
+        "Reports",
+        "Reports generated on demand and by schedules: their status, row counts, sizes and "
+        "download links. They appear here once the reports pool runs (a worker-reports line "
+        "in the Procfile).",
+    ),
+    "schedules": (
+        "Schedules",
+        "Periodic jobs and reports: their cron expressions, next and last fire times, paused "
+        "state and misfires. They appear here once the scheduler runs (conveyor scheduler).",
+    ),
+    "workflows": (
+        "Workflows",
+        "Chains, groups and joins of jobs: each workflow's status derived from its steps, and "
+        "the steps themselves. They appear here once the business pool runs (a "
+        "worker-business line in the Procfile).",
+    ),
+}
+
+
+def _coming(path: str) -> None:
+    title, what = COMING[path]
+
+    async def page(request: web.Request) -> web.Response:
+        return render(request, "admin/coming.html", title=title, what=what)
+
+    page.__doc__ = f"The {title.lower()} page: an empty state until its pool runs."
+    routes.get(f"/{path}", name=f"admin_{path}", role=Role.OPERATOR, answers={200: PAGE})(page)
+
+
+for _path in COMING:
+    _coming(_path)

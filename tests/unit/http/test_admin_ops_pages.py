@@ -317,6 +317,16 @@ async def test_the_notifications_page_says_when_nothing_was_delivered(
     assert "No failed delivery." in text
 
 
+@pytest.mark.parametrize("path", ["reports", "schedules", "workflows"])
+async def test_the_pages_of_pools_to_come_say_what_will_appear(
+    embedded_stack: Stack, path: str
+) -> None:
+    text = await _get(embedded_stack, f"/admin/{path}")
+    assert "Nothing here yet." in text
+    assert "appear here once" in text
+    assert f'href="/admin/{path}" aria-current="page"' in text
+
+
 async def test_the_overview_charts_the_jobs_finished_this_hour_by_outcome(
     embedded_stack: Stack,
 ) -> None:
