@@ -8,8 +8,8 @@ import uuid
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from conveyor.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
-from conveyor.http.api.params import read_body, respond, routes
+from conveyor.errors import InvalidRequestError, PermissionDeniedError
+from conveyor.http.api.params import read_body, respond, routes, uuid_of
 from conveyor.http.auth import client_of
 from conveyor.http.keys import API_KEY_CACHE, CONTAINER, PRINCIPAL
 from conveyor.http.routes import Answer, Parameter
@@ -151,10 +151,7 @@ async def list_api_keys(request: web.Request) -> web.Response:
 async def revoke_api_key(request: web.Request) -> web.Response:
     """Revoke one of your API keys: refused from now on (within seconds on other web
     processes)."""
-    try:
-        key_id = uuid.UUID(request.match_info["key_id"])
-    except ValueError:
-        raise NotFoundError("no such API key (not an id)") from None
+    key_id = uuid_of(request, "key_id", "API key")
     state = request.config_dict
     await run_db(
         state, api_keys.revoke, request[PRINCIPAL].user.id, key_id, client=client_of(request)

@@ -22,6 +22,7 @@ from conveyor.http.api.params import (
     page_limit,
     respond,
     routes,
+    uuid_of,
 )
 from conveyor.http.keys import CONTAINER, NOTIFICATION_TEMPLATES, UNSUBSCRIBE_LINKS, USER
 from conveyor.http.routes import HTML, Answer, Parameter
@@ -290,10 +291,7 @@ async def create_notification(request: web.Request) -> web.Response:
 )
 async def get_notification(request: web.Request) -> web.Response:
     """A notification with each delivery's status, attempts, last error and provider id."""
-    try:
-        notification_id = uuid.UUID(request.match_info["notification_id"])
-    except ValueError:
-        raise NotFoundError("no such notification (not an id)") from None
+    notification_id = uuid_of(request, "notification_id", "notification")
     notification, deliveries = await run_db(
         request.config_dict, notifications.get, notification_id, request[USER]
     )
@@ -488,10 +486,7 @@ async def list_bounces(request: web.Request) -> web.Response:
 async def clear_bounce(request: web.Request) -> web.Response:
     """Clear an entry of the bounce list (the mailbox exists again, say)."""
     require_operator(request[USER])
-    try:
-        bounce_id = uuid.UUID(request.match_info["bounce_id"])
-    except ValueError:
-        raise NotFoundError("no such bounced address (not an id)") from None
+    bounce_id = uuid_of(request, "bounce_id", "bounced address")
     await run_db(request.config_dict, notifications.clear_bounce, bounce_id)
     return web.Response(status=204)
 
