@@ -59,10 +59,19 @@ class Overview:
 
     @property
     def workers_by_pool(self) -> dict[str, int]:
+        """Live worker processes per pool, by pool name."""
         found: dict[str, int] = {}
         for worker in self.workers:
             found[worker.pool] = found.get(worker.pool, 0) + 1
-        return found
+        return dict(sorted(found.items()))
+
+    @property
+    def waiting(self) -> int:
+        return sum(q.waiting for q in self.queues)
+
+    @property
+    def running(self) -> int:
+        return sum(q.running for q in self.queues)
 
 
 def _epoch_minute(session: Session) -> ColumnElement[int]:

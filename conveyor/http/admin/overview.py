@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -18,9 +18,7 @@ from conveyor.http.pages import render
 from conveyor.http.routes import HTML, Answer
 from conveyor.http.runtime import run_db
 from conveyor.models import Role
-from conveyor.models.worker import Worker
 from conveyor.services import dashboard
-from conveyor.services.queues import QueueStats
 
 PAGE = Answer("The page", content_type=HTML, schema={"type": "string"})
 FRAGMENT = Answer("The page's live part, alone", content_type=HTML, schema={"type": "string"})
@@ -122,37 +120,9 @@ def chart(series: Sequence[MinuteCounts]) -> Chart:
     return Chart(bars, peak, totals, summary, series)
 
 
-@dataclass(frozen=True)
-class Figures:
-    """What the overview shows."""
-
-    chart: Chart
-    failure_rate: float | None  #: failed / finished over the chart's minutes; None: none
-    queues: list[QueueStats]
-    workers: list[Worker]
-
-    @property
-    def workers_by_pool(self) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for worker in self.workers:
-            found[worker.pool] = found.get(worker.pool, 0) + 1
-        return dict(sorted(found.items()))
-
-    @property
-    def waiting(self) -> int:
-        return sum(q.waiting for q in self.queues)
-
-    @property
-    def running(self) -> int:
-        return sum(q.running for q in self.queues)
-
-    @property
-    def threads(self) -> int:
-        return sum(w.threads for w in self.workers)
-
-
-async def figures(request: web.Request) -> Figures:
-    """The overview's figures, read off the event loop."""
+async def figures(request: web.Request) -> dict[str, Any]:
+    """The overview's figures (`overview`, and its series drawn as `chart`), read off the
+    event loop."""
     container = request.config_dict[CONTAINER]
     found = await run_db(
         request.config_dict,
@@ -160,13 +130,13 @@ async def figures(request: web.Request) -> Figures:
         worker_timeout=dt.timedelta(seconds=container.settings.worker_timeout_seconds),
         queue_names={job_type.queue for job_type in container.registry},
     )
-    return Figures(chart(found.series), found.failure_rate, found.queues, found.workers)
+    return {"overview": found, "chart": chart(found.series)}
 
 
 @routes.get("/", name="admin_index", role=Role.OPERATOR, answers={200: PAGE})
 async def index(request: web.Request) -> web.Response:
     """The overview: what the platform is doing now."""
-    return render(request, "admin/overview.html", title="Overview", figures=await figures(request))
+    return render(request, "admin/overview.html", title="Overview", **await figures(request))
 
 
 @routes.get(
@@ -174,4 +144,4 @@ async def index(request: web.Request) -> web.Response:
 )
 async def overview_live(request: web.Request) -> web.Response:
     """The overview's figures alone, for the page to refresh them in place."""
-    return render(request, "admin/_overview.html", figures=await figures(request))
+    return render(request, "admin/_overview.html", **await figures(request))
